@@ -1,0 +1,180 @@
+"""Actionability constraints as arrays, and the projections that enforce them exactly.
+
+A counterfactual x' for a factual x is feasible when: immutable features equal x bit for bit,
+increase-only features satisfy x' >= x, decrease-only features x' <= x, every feature lies in
+[min(lower, x), max(upper, x)] (the factual itself is always feasible, even when it lies outside
+the bounds fitted on training data), and every one-hot group is a real category. The search runs
+relaxed (groups live on the probability simplex) and `snap_groups` turns the result into a category.
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FREE, IMMUTABLE, INCREASE, DECREASE = 0, 1, 2, 3
+CODES = {"free": FREE, "immutable": IMMUTABLE, "increase": INCREASE, "decrease": DECREASE}
+
+
+@flax.struct.dataclass
+class Constraints:
+    """Per-feature constraint arrays: mutability codes, bounds, and one-hot group column indices."""
+
+    mutability: jax.Array  # (D,) int32, one of FREE/IMMUTABLE/INCREASE/DECREASE
+    lower: jax.Array  # (D,) float32, may be -inf
+    upper: jax.Array  # (D,) float32, may be +inf
+    group_index: jax.Array  # (G, S) int32 column indices of one-hot groups, padded with -1
+
+    @property
+    def width(self) -> int:
+        return self.mutability.shape[-1]
+
+    @property
+    def has_groups(self) -> bool:
+        return self.group_index.shape[-2] > 0
+
+    @property
+    def protected(self) -> jax.Array:
+        """Returns a (D,) bool mask of features with a mutability constraint."""
+        return self.mutability != FREE
+
+
+def make_constraints(width: int, *, immutable=(), increase=(), decrease=(), lower=None, upper=None,
+                     groups=()) -> Constraints:
+    """Returns Constraints for `width` features from column-index lists, optional bound arrays and one-hot groups."""
+    mut = np.full(width, FREE, np.int32)
+    for code, cols in ((IMMUTABLE, immutable), (INCREASE, increase), (DECREASE, decrease)):
+        cols = np.asarray(list(cols), dtype=np.int64)
+        if cols.size and (cols.min() < 0 or cols.max() >= width):
+            raise ValueError(f"constraint column index out of range [0, {width}): {cols.tolist()}")
+        if np.any(mut[cols] != FREE):
+            raise ValueError(f"columns {cols[mut[cols] != FREE].tolist()} are given two mutabilities")
+        mut[cols] = code
+    lo = np.full(width, -np.inf, np.float32) if lower is None else np.asarray(lower, np.float32)
+    hi = np.full(width, np.inf, np.float32) if upper is None else np.asarray(upper, np.float32)
+    if lo.shape != (width,) or hi.shape != (width,):
+        raise ValueError(f"lower/upper must have shape ({width},), got {lo.shape} and {hi.shape}")
+    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)):
+        raise ValueError("bounds must not be NaN")
+    if np.any(lo > hi):
+        bad = np.flatnonzero(lo > hi).tolist()
+        raise ValueError(f"lower bound > upper bound for columns {bad}")
+    groups = [list(g) for g in groups]
+    flat = [c for g in groups for c in g]
+    if len(flat) != len(set(flat)):
+        raise ValueError("a column belongs to more than one one-hot group")
+    if any(len(g) < 2 for g in groups) or any(c < 0 or c >= width for c in flat):
+        raise ValueError(f"one-hot groups need >= 2 columns in [0, {width}), got {groups}")
+    for g in groups:
+        if np.any(np.isin(mut[g], [INCREASE, DECREASE])) or len(set(mut[g].tolist())) > 1:
+            raise ValueError(f"one-hot group {g} must be all 'free' or all 'immutable'")
+    size = max((len(g) for g in groups), default=1)
+    gidx = np.full((len(groups), size), -1, np.int32)
+    for i, g in enumerate(groups):
+        gidx[i, : len(g)] = g
+    return Constraints(jnp.asarray(mut), jnp.asarray(lo), jnp.asarray(hi), jnp.asarray(gidx))
+
+
+def from_schema(schema) -> Constraints:
+    """Returns the Constraints arrays of a `ctrain.data.Schema`."""
+    lo, hi = schema.bounds_array()
+    muts = [f.mutability for f in schema.features]
+    cols = {m: [i for i, v in enumerate(muts) if v == m] for m in CODES}
+    return make_constraints(schema.width, immutable=cols["immutable"], increase=cols["increase"],
+                            decrease=cols["decrease"], lower=lo, upper=hi, groups=list(schema.groups.values()))
+
+
+def unconstrained(width: int) -> Constraints:
+    """Returns Constraints that allow every change: all features free, no bounds, no groups."""
+    return make_constraints(width)
+
+
+def check_width(constraints: Constraints, width: int) -> None:
+    """Raises a ValueError when the constraints describe a different number of features than the data."""
+    if constraints.width != width:
+        raise ValueError(f"the constraints describe {constraints.width} features but x has {width}")
+
+
+def feasible_box(x: jax.Array, c: Constraints) -> tuple[jax.Array, jax.Array]:
+    """Returns (lo, hi), each shaped like x (..., D): the per-feature interval a counterfactual of x may occupy."""
+    lo = jnp.minimum(c.lower, x)
+    hi = jnp.maximum(c.upper, x)
+    lo = jnp.where((c.mutability == IMMUTABLE) | (c.mutability == INCREASE), x, lo)
+    hi = jnp.where((c.mutability == IMMUTABLE) | (c.mutability == DECREASE), x, hi)
+    return lo, hi
+
+
+def _gather_groups(x: jax.Array, group_index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    valid = group_index >= 0
+    return jnp.take(x, jnp.where(valid, group_index, 0), axis=-1), valid
+
+
+def _scatter_groups(x: jax.Array, group_index: jax.Array, values: jax.Array) -> jax.Array:
+    # Padding slots (-1) are routed past the last column and dropped, so they never overwrite a real column.
+    idx = jnp.where(group_index >= 0, group_index, x.shape[-1]).reshape(-1)
+    return x.at[..., idx].set(values.reshape(values.shape[:-2] + (-1,)), mode="drop")
+
+
+def project_simplex_groups(x: jax.Array, group_index: jax.Array) -> jax.Array:
+    """Returns x (..., D) with each one-hot group's columns Euclidean-projected onto the probability simplex."""
+    if group_index.shape[0] == 0:
+        return x
+    v, valid = _gather_groups(x, group_index)  # (..., G, S)
+    n_valid = valid.sum(-1)
+    u = -jnp.sort(-jnp.where(valid, v, -jnp.inf), axis=-1)  # descending; padding sorts last
+    u = jnp.where(jnp.arange(u.shape[-1]) < n_valid[:, None], u, 0.0)
+    css = jnp.cumsum(u, axis=-1) - 1.0
+    j = jnp.arange(1, u.shape[-1] + 1, dtype=x.dtype)
+    ok = (u - css / j > 0) & (jnp.arange(u.shape[-1]) < n_valid[:, None])
+    rho = jnp.maximum(ok.sum(-1), 1)  # ok is a prefix, so its count is the last index where it holds
+    theta = jnp.take_along_axis(css, (rho - 1)[..., None], axis=-1) / rho[..., None].astype(x.dtype)
+    return _scatter_groups(x, group_index, jnp.maximum(v - theta, 0.0))
+
+
+def snap_groups(x: jax.Array, group_index: jax.Array) -> jax.Array:
+    """Returns x (..., D) with each one-hot group replaced by the one-hot vector of its largest entry."""
+    if group_index.shape[0] == 0:
+        return x
+    v, valid = _gather_groups(x, group_index)
+    best = jnp.argmax(jnp.where(valid, v, -jnp.inf), axis=-1)
+    onehot = (jnp.arange(v.shape[-1]) == best[..., None]).astype(x.dtype)
+    return _scatter_groups(x, group_index, onehot)
+
+
+def project(x_cf: jax.Array, x: jax.Array, c: Constraints) -> jax.Array:
+    """Returns the relaxed-feasible point nearest x_cf (..., D): box-clipped, groups on the simplex, immutables = x."""
+    lo, hi = feasible_box(x, c)
+    x_cf = project_simplex_groups(jnp.clip(x_cf, lo, hi), c.group_index)
+    # Re-imposing immutables by copy (not arithmetic) keeps them bit-identical to the factual.
+    return jnp.where(c.mutability == IMMUTABLE, x, x_cf)
+
+
+def finalize(x_cf: jax.Array, x: jax.Array, c: Constraints) -> jax.Array:
+    """Returns the strictly feasible counterfactual (..., D): `project` followed by snapping groups to categories."""
+    return jnp.where(c.mutability == IMMUTABLE, x, snap_groups(project(x_cf, x, c), c.group_index))
+
+
+def protect(x_pos: jax.Array, x_cf: jax.Array, c: Constraints) -> jax.Array:
+    """Returns x⁺ (..., D) with protected features pulled to x' so they add no energy gradient (paper §3.4)."""
+    out = jnp.where(c.mutability == IMMUTABLE, x_cf, x_pos)
+    out = jnp.where(c.mutability == INCREASE, jnp.maximum(x_cf, x_pos), out)
+    return jnp.where(c.mutability == DECREASE, jnp.minimum(x_cf, x_pos), out)
+
+
+def violations(x_cf: jax.Array, x: jax.Array, c: Constraints, *, atol: float = 1e-6) -> dict[str, jax.Array]:
+    """Returns per-sample (N,) int32 counts of violated immutables, monotonicity, bounds and one-hot groups."""
+    immut = jnp.sum((c.mutability == IMMUTABLE) & (x_cf != x), -1)
+    inc = jnp.sum((c.mutability == INCREASE) & (x_cf < x - atol), -1)
+    dec = jnp.sum((c.mutability == DECREASE) & (x_cf > x + atol), -1)
+    lo, hi = jnp.minimum(c.lower, x), jnp.maximum(c.upper, x)
+    bounds = jnp.sum((x_cf < lo - atol) | (x_cf > hi + atol), -1)
+    if c.has_groups:
+        v, valid = _gather_groups(x_cf, c.group_index)
+        is_binary = jnp.all(jnp.where(valid, (v == 0) | (v == 1), True), -1)
+        one_hot = is_binary & (jnp.sum(jnp.where(valid, v, 0), -1) == 1)
+        groups = jnp.sum(~one_hot, -1)
+    else:
+        groups = jnp.zeros(x_cf.shape[:-1], jnp.int32)
+    return {"immutable": immut.astype(jnp.int32), "monotone": (inc + dec).astype(jnp.int32),
+            "bounds": bounds.astype(jnp.int32), "onehot": groups.astype(jnp.int32)}

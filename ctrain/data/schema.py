@@ -1,0 +1,206 @@
+"""Per-feature actionability schema: kind, one-hot group, mutability and bounds.
+
+A `Schema` is plain, hashable Python data describing the columns of a dataset. The search engine
+never reads it directly: `ctrain.constraints.from_schema` turns it into arrays once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+MUTABILITIES = ("free", "immutable", "increase", "decrease")
+KINDS = ("continuous", "categorical")
+
+
+@dataclasses.dataclass(frozen=True)
+class Feature:
+    """One input column. `lower`/`upper` of ±inf mean "infer from the training data"."""
+
+    name: str
+    kind: str = "continuous"
+    group: str | None = None
+    mutability: str = "free"
+    lower: float = -math.inf
+    upper: float = math.inf
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"feature {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.mutability not in MUTABILITIES:
+            raise ValueError(
+                f"feature {self.name!r}: mutability must be one of {MUTABILITIES}, got {self.mutability!r}")
+        if self.kind == "categorical" and self.group is None:
+            raise ValueError(f"feature {self.name!r}: a categorical feature needs the name of its one-hot group")
+        if self.kind == "continuous" and self.group is not None:
+            raise ValueError(f"feature {self.name!r}: only categorical features belong to a one-hot group")
+        if self.kind == "categorical" and self.mutability in ("increase", "decrease"):
+            raise ValueError(
+                f"feature {self.name!r}: a one-hot category can be 'free' or 'immutable', not {self.mutability!r}")
+        if math.isnan(self.lower) or math.isnan(self.upper):
+            raise ValueError(f"feature {self.name!r}: bounds must not be NaN")
+        if self.lower > self.upper:
+            raise ValueError(
+                f"feature {self.name!r}: lower bound {self.lower} is greater than upper bound {self.upper}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schema:
+    """The ordered features of a dataset; `width` equals the number of input columns."""
+
+    features: tuple[Feature, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "features", tuple(self.features))
+        names = [f.name for f in self.features]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate feature names in schema: {dup}")
+        for group, idx in self.groups.items():
+            if len(idx) < 2:
+                raise ValueError(f"one-hot group {group!r} has {len(idx)} column; a group needs at least 2")
+            muts = {self.features[i].mutability for i in idx}
+            if len(muts) > 1:
+                raise ValueError(f"one-hot group {group!r} mixes mutabilities {sorted(muts)}; "
+                                 "set the mutability of the whole group")
+            if group in names:
+                raise ValueError(f"one-hot group {group!r} has the same name as a feature")
+
+    @property
+    def width(self) -> int:
+        return len(self.features)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def groups(self) -> dict[str, tuple[int, ...]]:
+        """Returns {group name: column indices} for the one-hot categorical groups, in column order."""
+        out: dict[str, list[int]] = {}
+        for i, f in enumerate(self.features):
+            if f.group is not None:
+                out.setdefault(f.group, []).append(i)
+        return {g: tuple(v) for g, v in out.items()}
+
+    def resolve(self, names: Iterable[str]) -> list[int]:
+        """Returns the column indices for feature or group names; unknown names raise a KeyError-like ValueError."""
+        groups = self.groups
+        lookup = {f.name: i for i, f in enumerate(self.features)}
+        out: list[int] = []
+        for n in names:
+            if n in lookup:
+                out.append(lookup[n])
+            elif n in groups:
+                out.extend(groups[n])
+            else:
+                raise ValueError(f"unknown feature name {n!r}; the schema has features {list(self.names)}"
+                                 + (f" and one-hot groups {list(groups)}" if groups else ""))
+        return out
+
+    def index(self, name: str) -> int:
+        """Returns the column index of one feature name."""
+        if name in self.groups:
+            raise ValueError(f"{name!r} is a one-hot group, not a single feature")
+        return self.resolve([name])[0]
+
+    def with_mutability(self, **by_name: str) -> "Schema":
+        """Returns a copy with the mutability of the named features or groups replaced."""
+        feats = list(self.features)
+        for name, mut in by_name.items():
+            for i in self.resolve([name]):
+                feats[i] = dataclasses.replace(feats[i], mutability=mut)
+        return Schema(tuple(feats))
+
+    def with_bounds(self, bounds: Mapping[str, tuple[float, float]]) -> "Schema":
+        """Returns a copy with the bounds of the named features replaced."""
+        feats = list(self.features)
+        for name, (lo, hi) in bounds.items():
+            for i in self.resolve([name]):
+                feats[i] = dataclasses.replace(feats[i], lower=float(lo), upper=float(hi))
+        return Schema(tuple(feats))
+
+    def protected(self) -> np.ndarray:
+        """Returns a (width,) bool mask of features with any mutability constraint."""
+        return np.array([f.mutability != "free" for f in self.features], dtype=bool)
+
+    def bounds_array(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (lower, upper), each (width,) float32."""
+        lo = np.array([f.lower for f in self.features], dtype=np.float64)
+        hi = np.array([f.upper for f in self.features], dtype=np.float64)
+        return lo.astype(np.float32), hi.astype(np.float32)
+
+    def infer_bounds(self, x: np.ndarray, n_std: float = 2.0) -> "Schema":
+        """Returns a copy whose unset (infinite) bounds are `min(μ−nσ, min x)` / `max(μ+nσ, max x)` of x (N, width).
+
+        One-hot categories get [0, 1]. Bounds already set are kept.
+        """
+        x = check_features(x, self, what="x")
+        if n_std < 0:
+            raise ValueError(f"n_std must be >= 0, got {n_std}")
+        mu, sd = x.mean(0), x.std(0)
+        lo = np.minimum(mu - n_std * sd, x.min(0))
+        hi = np.maximum(mu + n_std * sd, x.max(0))
+        feats = []
+        for i, f in enumerate(self.features):
+            if f.kind == "categorical":
+                lower = 0.0 if math.isinf(f.lower) else f.lower
+                upper = 1.0 if math.isinf(f.upper) else f.upper
+            else:
+                lower = float(lo[i]) if math.isinf(f.lower) else f.lower
+                upper = float(hi[i]) if math.isinf(f.upper) else f.upper
+            feats.append(dataclasses.replace(f, lower=lower, upper=upper))
+        return Schema(tuple(feats))
+
+    @classmethod
+    def build(cls, names: Sequence[str], *, immutable: Iterable[str] = (), increase: Iterable[str] = (),
+              decrease: Iterable[str] = (), categorical: Mapping[str, Sequence[str]] | None = None,
+              bounds: Mapping[str, tuple[float, float]] | None = None) -> "Schema":
+        """Returns a Schema over `names` with the given one-hot groups, mutabilities and bounds (unknown names raise)."""
+        names = [str(n) for n in names]
+        feats = {n: Feature(n) for n in names}
+        if len(feats) != len(names):
+            raise ValueError(f"duplicate feature names: {sorted({n for n in names if names.count(n) > 1})}")
+        for group, members in (categorical or {}).items():
+            for m in members:
+                if m not in feats:
+                    raise ValueError(f"unknown feature name {m!r} in one-hot group {group!r}; "
+                                     f"the features are {names}")
+                feats[m] = dataclasses.replace(feats[m], kind="categorical", group=group)
+        schema = cls(tuple(feats[n] for n in names))
+        muts = {}
+        for mut, which in (("immutable", immutable), ("increase", increase), ("decrease", decrease)):
+            for n in which:
+                if n in muts:
+                    raise ValueError(f"feature {n!r} is given two mutabilities: {muts[n]!r} and {mut!r}")
+                muts[n] = mut
+        schema.resolve(muts)  # raises on unknown names before any replacement
+        schema = schema.with_mutability(**muts)
+        return schema.with_bounds(bounds or {})
+
+    @classmethod
+    def default(cls, width: int) -> "Schema":
+        """Returns a schema of `width` free continuous features named x0, x1, …."""
+        return cls(tuple(Feature(f"x{i}") for i in range(width)))
+
+
+def check_features(x, schema: Schema | None = None, *, what: str = "x") -> np.ndarray:
+    """Returns x as a float32 (N, D) array after checking its shape, finiteness and width against `schema`."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (samples, features), got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise ValueError(f"{what} must be numeric, got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if schema is not None and x.shape[1] != schema.width:
+        raise ValueError(f"{what} has {x.shape[1]} features but the schema describes {schema.width}")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        rows, cols = np.nonzero(bad)
+        names = schema.names if schema is not None else [f"column {c}" for c in range(x.shape[1])]
+        cols_named = sorted({names[c] for c in cols})
+        raise ValueError(f"{what} contains {bad.sum()} NaN/inf values (first at row {rows[0]}), "
+                         f"in features {cols_named[:10]}")
+    return x

@@ -1,0 +1,125 @@
+r"""The counterfactual-training objective.
+
+.. math::
+   λ_{clf}\,CE(f(x), y) + λ_{div}\,\overline{E(x^+, t) − E(x', t)}
+   + λ_{reg}\,\overline{E(x^+, t)^2 + E(x', t)^2} + λ_{adv}\,CE(f(x_{AE}), y)
+
+with E(x, t) = −f(x)[t]. The counterfactual quantities (x', x⁺, t, x_AE) come from
+`make_counterfactual_batch` and are constants for the parameter update.
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from ctrain import constraints as cons
+from ctrain.energy import energy_from_logits
+from ctrain.search import SearchConfig, sample_targets, search_counterfactuals
+
+OBJECTIVES = ("vanilla", "full", "energy", "adversarial")  # BL, CT, CD (no adversarial term), AR (no div/reg)
+
+
+@flax.struct.dataclass
+class LossWeights:
+    """The λ's of the composite loss (pytree leaves, so they can be vmapped over in a grid)."""
+
+    clf: float = 1.0
+    div: float = 0.5
+    reg: float = 0.1
+    adv: float = 0.25
+
+
+def objective_weights(objective: str, weights: LossWeights) -> LossWeights:
+    """Returns the weights with the terms that `objective` leaves out set to zero."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
+    zero = jnp.zeros_like(jnp.asarray(weights.div))
+    if objective == "vanilla":
+        return weights.replace(div=zero, reg=zero, adv=zero)
+    if objective == "energy":
+        return weights.replace(adv=zero)
+    if objective == "adversarial":
+        return weights.replace(div=zero, reg=zero)
+    return weights
+
+
+@flax.struct.dataclass
+class PositivePool:
+    """Training samples grouped by class, padded: x (K, M, D) and the real count per class (K,)."""
+
+    x: jax.Array
+    count: jax.Array
+
+
+def positive_pool(x, y, num_classes: int) -> PositivePool:
+    """Returns the PositivePool of x (N, D) by label y (N,); raises if a class has no samples."""
+    import numpy as np
+    x, y = np.asarray(x, np.float32), np.asarray(y)
+    members = [np.flatnonzero(y == k) for k in range(num_classes)]
+    empty = [k for k, m in enumerate(members) if len(m) == 0]
+    if empty:
+        raise ValueError(f"classes {empty} have no training samples to draw x⁺ from")
+    size = max(len(m) for m in members)
+    pool = np.stack([x[np.resize(m, size)] for m in members])
+    return PositivePool(jnp.asarray(pool), jnp.asarray([len(m) for m in members], jnp.int32))
+
+
+def sample_positives(key: jax.Array, pool: PositivePool, target: jax.Array) -> jax.Array:
+    """Returns one uniformly drawn training sample of class target[i] per row, shape (N, D)."""
+    u = jax.random.uniform(key, target.shape)
+    idx = jnp.minimum((u * pool.count[target]).astype(jnp.int32), pool.count[target] - 1)
+    return pool.x[target, idx]
+
+
+@flax.struct.dataclass
+class CounterfactualBatch:
+    """What the loss needs from the search, per factual (leading axis n_ce); all constants for the update."""
+
+    x_cf: jax.Array  # (n, D) mature counterfactual, or x⁺ where the search did not converge
+    x_pos: jax.Array  # (n, D) x⁺ with protected features pulled to x_cf
+    target: jax.Array  # (n,)
+    x_ae: jax.Array  # (n, D) adversarial example (last iterate inside the ε-ball)
+    y: jax.Array  # (n,) the factual's true label, used for the adversarial term
+    converged: jax.Array  # (n,) bool
+    steps: jax.Array  # (n,) int32
+    ae_moved: jax.Array  # (n,) bool: x_ae differs from the factual
+    cf_in_ball: jax.Array  # (n,) bool: the returned counterfactual itself lies in the ε-ball
+
+
+def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, config: SearchConfig,
+                              constraints: cons.Constraints | None = None, aux=None) -> CounterfactualBatch:
+    """Returns the CounterfactualBatch for factuals x (n, D) with labels y (n,): targets ≠ predicted class."""
+    t_key, s_key, p_key = jax.random.split(key, 3)
+    params = jax.lax.stop_gradient(params)
+    predicted = jnp.argmax(apply_fn(params, x), -1)
+    target = sample_targets(t_key, predicted, pool.count.shape[0])
+    res = search_counterfactuals(apply_fn, params, x, target, s_key, config, constraints, aux)
+    x_pos = sample_positives(p_key, pool, target)
+    x_cf = jnp.where(res.converged[:, None], res.x_cf, x_pos)  # an immature x' adds no divergence
+    if constraints is not None:
+        x_pos = cons.protect(x_pos, x_cf, constraints)
+    return CounterfactualBatch(
+        x_cf=x_cf, x_pos=x_pos, target=target, x_ae=res.x_ae, y=y.astype(jnp.int32), converged=res.converged,
+        steps=res.steps, ae_moved=jnp.any(res.x_ae != x, -1),
+        cf_in_ball=jnp.max(jnp.abs(res.x_cf - x), -1) <= config.epsilon)
+
+
+def composite_loss(params, apply_fn, x, y, cf: CounterfactualBatch | None, weights: LossWeights):
+    """Returns (loss scalar, dict of the unweighted terms and accuracy) for a batch x (B, D), y (B,)."""
+    logits = apply_fn(params, x)
+    clf = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    terms = {"clf": clf, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+    if cf is None:
+        return weights.clf * clf, terms
+    n = cf.x_cf.shape[0]
+    # One forward pass over [x', x⁺, x_AE] instead of three.
+    out = apply_fn(params, jnp.concatenate([cf.x_cf, cf.x_pos, cf.x_ae]))
+    e_cf = energy_from_logits(out[:n], cf.target)
+    e_pos = energy_from_logits(out[n:2 * n], cf.target)
+    terms["div"] = jnp.mean(e_pos - e_cf)
+    terms["reg"] = jnp.mean(e_pos ** 2 + e_cf ** 2)
+    terms["adv"] = optax.softmax_cross_entropy_with_integer_labels(out[2 * n:], cf.y).mean()
+    loss = weights.clf * clf + weights.div * terms["div"] + weights.reg * terms["reg"] + weights.adv * terms["adv"]
+    return loss, terms

@@ -1,0 +1,384 @@
+"""Batched, constrained, jit-compiled counterfactual search.
+
+`search_counterfactuals` runs up to T gradient steps for a whole batch at once: per-sample gradients
+are `vmap`ped, the loop is a `lax.while_loop` that stops when every sample has converged (or a
+`lax.scan` of exactly T steps), converged samples are frozen, and every iterate is projected onto the
+actionability constraints. The same pure function serves post-hoc explanation (`explain`) and the
+counterfactual-training step, where its outputs are constants (`stop_gradient`).
+
+A generator is a per-sample search objective `loss(logits, x_cf, x, target, step, config, aux)`,
+registered under a name; latent-space generators also give `encode`/`decode`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ctrain import constraints as cons
+from ctrain.energy import energy_from_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Hyperparameters of the search (hashable, so it can be a static jit argument).
+
+    Defaults are the reference's training-time ECCo search: T = 30 SGD steps of size 0.1,
+    λ_cost = 0.001, λ_energy = 5 with the decaying schedule, AE ball ε = 0.3 (L∞).
+    """
+
+    generator: str = "ecco"
+    max_steps: int = 30
+    step_size: float = 0.1
+    threshold: float = 0.75
+    epsilon: float = 0.3
+    lambda_cost: float = 0.001
+    lambda_energy: float = 5.0
+    energy_schedule: str = "decay"  # "decay" (reference φ_k) or "constant" (φ = 1)
+    energy_reg: float = 1e-3
+    lambda_conformal: float = 1.0
+    conformal_temperature: float = 0.1
+    conformal_kappa: float = 1.0
+    init: str = "identity"  # or "noise": x + init_noise·N(0, I), projected
+    init_noise: float = 0.01
+    optimizer: str = "sgd"  # "sgd" or "adam" (optax), applied per sample
+    loop: str = "while"  # "while" stops once all samples converge; "scan" always runs T steps
+    vae_latent: int = 2  # REVISE only: the VAE architecture whose params come in `aux["vae_params"]`
+    vae_hidden: int = 16
+
+    def __post_init__(self):
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold τ must be in (0, 1), got {self.threshold}")
+        if int(self.max_steps) != self.max_steps or self.max_steps < 1:
+            raise ValueError(f"max_steps T must be an integer >= 1, got {self.max_steps}")
+        if not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        if self.epsilon < 0:
+            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
+        for name in ("lambda_cost", "lambda_energy", "energy_reg", "lambda_conformal", "init_noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        choices = {"energy_schedule": ("decay", "constant"), "init": ("identity", "noise"),
+                   "optimizer": ("sgd", "adam"), "loop": ("while", "scan")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+
+    def replace(self, **changes) -> "SearchConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Generators
+
+LossFn = Callable[..., jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Generator:
+    """A search objective; `encode`/`decode` map between input space and the search state (latent search)."""
+
+    loss: LossFn
+    encode: Callable | None = None  # (config, aux, x (D,)) -> state
+    decode: Callable | None = None  # (config, aux, state) -> x (D,)
+
+    @property
+    def latent(self) -> bool:
+        return self.decode is not None
+
+
+GENERATORS: dict[str, Generator] = {}
+
+
+def register_generator(name: str, *, encode: Callable | None = None, decode: Callable | None = None):
+    """Returns a decorator registering `loss(logits, x_cf, x, target, step, config, aux) -> scalar` under `name`."""
+    if (encode is None) != (decode is None):
+        raise ValueError("a latent generator needs both encode and decode")
+
+    def wrap(loss: LossFn) -> LossFn:
+        GENERATORS[name] = Generator(loss, encode, decode)
+        return loss
+
+    return wrap
+
+
+def get_generator(name: str) -> Generator:
+    """Returns the registered Generator called `name`."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; registered: {sorted(GENERATORS)}")
+    return GENERATORS[name]
+
+
+def energy_weight(step: jax.Array, config: SearchConfig) -> jax.Array:
+    """Returns φ_k, the energy-penalty weight at step k: a·(b + k + 1)^−0.9 with b = round(T/25), a = b/10.
+
+    The reference's b is 0 for T < 13, which silently switches the penalty off; b is at least 1 here.
+    """
+    if config.energy_schedule == "constant":
+        return jnp.ones_like(step, dtype=jnp.float32)
+    b = max(1, round(config.max_steps / 25))
+    return (b / 10) * (b + step + 1.0) ** -0.9
+
+
+@register_generator("generic")
+def generic_loss(logits, x_cf, x, target, step, config, aux):
+    """Returns the Wachter objective CE(f(x'), t) + λ_cost·‖x' − x‖₁ (scalar)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, target)
+    return ce + config.lambda_cost * jnp.sum(jnp.abs(x_cf - x))
+
+
+@register_generator("ecco")
+def ecco_loss(logits, x_cf, x, target, step, config, aux):
+    """Returns generic + λ_energy·φ_k·(E(x', t) + reg·E(x', t)²) (scalar), E the target-class energy."""
+    e = energy_from_logits(logits, target)
+    return (generic_loss(logits, x_cf, x, target, step, config, aux)
+            + config.lambda_energy * energy_weight(step, config) * (e + config.energy_reg * e ** 2))
+
+
+def smooth_set_size(logits: jax.Array, quantile: jax.Array, *, temperature: float, kappa: float) -> jax.Array:
+    """Returns max(0, Σ_y σ((q̂ − s_y)/T) − κ) with s_y = 1 − p(y|x): the smooth conformal set size (...,)."""
+    scores = 1.0 - jax.nn.softmax(logits, axis=-1)
+    return jnp.maximum(0.0, jax.nn.sigmoid((quantile - scores) / temperature).sum(-1) - kappa)
+
+
+def calibrate_conformal(apply_fn, params, x_cal: jax.Array, y_cal: jax.Array, *, alpha: float = 0.1) -> jax.Array:
+    """Returns q̂, the split-conformal (1 − α) quantile of calibration scores 1 − p(y|x) (scalar)."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    scores = 1.0 - jnp.take_along_axis(jax.nn.softmax(apply_fn(params, x_cal), -1), y_cal[:, None], -1)[:, 0]
+    n = scores.shape[0]
+    level = min(1.0, np.ceil((n + 1) * (1 - alpha)) / n)
+    return jnp.quantile(scores, level, method="higher")
+
+
+@register_generator("eccco")
+def eccco_loss(logits, x_cf, x, target, step, config, aux):
+    """Returns ecco + λ_conformal·smooth conformal set size (scalar); needs aux["conformal_quantile"]."""
+    if aux is None or "conformal_quantile" not in aux:
+        raise ValueError("the 'eccco' generator needs aux={'conformal_quantile': calibrate_conformal(...)}")
+    size = smooth_set_size(logits, aux["conformal_quantile"], temperature=config.conformal_temperature,
+                           kappa=config.conformal_kappa)
+    return ecco_loss(logits, x_cf, x, target, step, config, aux) + config.lambda_conformal * size
+
+
+def _vae(config: SearchConfig, width: int):
+    from ctrain.models import VAE
+    return VAE(latent=config.vae_latent, hidden=config.vae_hidden, width=width)
+
+
+def _revise_encode(config, aux, x):
+    return _vae(config, x.shape[-1]).apply(aux["vae_params"], x, method="encode")[0]
+
+
+def _revise_decode(config, aux, z):
+    width = aux["vae_params"]["params"]["decoder_out"]["bias"].shape[-1]
+    return _vae(config, width).apply(aux["vae_params"], z, method="decode")
+
+
+@register_generator("revise", encode=_revise_encode, decode=_revise_decode)
+def revise_loss(logits, x_cf, x, target, step, config, aux):
+    """Returns the REVISE objective CE(f(g(z)), t) + λ_cost·‖g(z) − x‖₁, with cost in input space (scalar)."""
+    return generic_loss(logits, x_cf, x, target, step, config, aux)
+
+
+# --------------------------------------------------------------------------------------------------
+# Search
+
+
+@flax.struct.dataclass
+class SearchResult:
+    """Per-sample outputs of the search (leading axis N)."""
+
+    x_cf: jax.Array  # (N, D) counterfactuals, strictly feasible
+    converged: jax.Array  # (N,) bool: p(target | x_cf) >= τ
+    steps: jax.Array  # (N,) int32: gradient steps applied
+    x_ae: jax.Array  # (N, D) last iterate with ‖x_t − x‖∞ <= ε (x itself if none)
+    p_target: jax.Array  # (N,) p(target | x_cf)
+
+
+def _check_inputs(x, target, constraints: cons.Constraints) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (N, D), got {x.shape}")
+    if target.shape != x.shape[:1]:
+        raise ValueError(f"target must have shape ({x.shape[0]},), got {target.shape}")
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+    cons.check_width(constraints, x.shape[1])
+
+
+def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, key: jax.Array,
+                           config: SearchConfig = SearchConfig(), constraints: cons.Constraints | None = None,
+                           aux: Any = None) -> SearchResult:
+    """Returns a SearchResult for factuals x (N, D) and target classes (N,); pure and jit-compatible.
+
+    The outputs carry no gradient: they are constants for whatever loss uses them.
+    """
+    x = jnp.asarray(x)
+    target = jnp.asarray(target)
+    constraints = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
+    _check_inputs(x, target, constraints)
+    gen = get_generator(config.generator)
+    if gen.latent and (aux is None or "vae_params" not in aux):
+        raise ValueError(f"generator {config.generator!r} searches a VAE latent space: pass aux={{'vae_params': ...}}")
+    params = jax.lax.stop_gradient(params)
+    c = constraints
+
+    if gen.latent:
+        encode = jax.vmap(functools.partial(gen.encode, config, aux))
+        decode_one = functools.partial(gen.decode, config, aux)
+        view_of = lambda s: cons.finalize(jax.vmap(decode_one)(s), x, c)
+    else:
+        encode = lambda v: v
+        decode_one = lambda s: s
+        # Identity-space states are kept projected, so only the one-hot snap separates state and view.
+        view_of = lambda s: cons.finalize(s, x, c) if c.has_groups else s
+
+    s0 = encode(x)
+    if config.init == "noise":
+        s0 = s0 + config.init_noise * jax.random.normal(key, s0.shape, s0.dtype)
+    if not gen.latent:
+        s0 = cons.project(s0, x, c)
+    tx = optax.sgd(config.step_size) if config.optimizer == "sgd" else optax.adam(config.step_size)
+    opt0 = jax.vmap(tx.init)(s0)
+
+    def sample_objective(s, x_i, t_i, step):
+        x_cf = decode_one(s)
+        logits = apply_fn(params, x_cf[None])[0]
+        return gen.loss(logits, x_cf, x_i, t_i, step, config, aux), logits
+
+    grad_fn = jax.vmap(jax.value_and_grad(sample_objective, has_aux=True), in_axes=(0, 0, 0, None))
+    view_needs_forward = gen.latent or c.has_groups
+
+    def check(view, logits, done, x_ae):
+        p = jnp.take_along_axis(jax.nn.softmax(logits, -1), target[:, None], -1)[:, 0]
+        done = done | (p >= config.threshold)
+        in_ball = jnp.max(jnp.abs(view - x), axis=-1) <= config.epsilon
+        return done, jnp.where(in_ball[:, None], view, x_ae), p
+
+    def step_fn(carry):
+        k, s, view, done, steps, x_ae, opt, _ = carry
+        (_, logits), g = grad_fn(s, x, target, k)
+        if view_needs_forward:
+            logits = apply_fn(params, view)
+        done, x_ae, p = check(view, logits, done, x_ae)
+        g = jnp.where(jnp.isfinite(g), g, 0.0)
+        updates, new_opt = jax.vmap(tx.update)(g, opt, s)
+        s_new = s + updates
+        if not gen.latent:
+            s_new = cons.project(s_new, x, c)
+        keep = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)
+        s = keep(s_new, s)
+        opt = jax.tree.map(keep, new_opt, opt)
+        steps = steps + (~done).astype(jnp.int32)
+        return k + 1, s, view_of(s), done, steps, x_ae, opt, p
+
+    n = x.shape[0]
+    carry = (jnp.zeros((), jnp.int32), s0, view_of(s0), jnp.zeros(n, bool), jnp.zeros(n, jnp.int32), x, opt0,
+             jnp.zeros(n, x.dtype))
+    if config.loop == "while":
+        carry = jax.lax.while_loop(lambda cr: (cr[0] < config.max_steps) & ~jnp.all(cr[3]), step_fn, carry)
+    else:
+        carry = jax.lax.scan(lambda cr, _: (step_fn(cr), None), carry, None, length=config.max_steps)[0]
+    _, _, view, done, steps, x_ae, _, _ = carry
+    done, x_ae, p = check(view, apply_fn(params, view), done, x_ae)
+    return jax.lax.stop_gradient(SearchResult(x_cf=view, converged=done, steps=steps, x_ae=x_ae, p_target=p))
+
+
+# --------------------------------------------------------------------------------------------------
+# Post-hoc API
+
+_search_jit = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config"))
+
+
+def sample_targets(key: jax.Array, predicted: jax.Array, num_classes: int) -> jax.Array:
+    """Returns targets (N,) drawn uniformly from the classes other than `predicted` (N,)."""
+    shift = jax.random.randint(key, predicted.shape, 1, num_classes)
+    return ((predicted + shift) % num_classes).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """Counterfactuals for N factuals as NumPy arrays, with `summary()` statistics."""
+
+    x: np.ndarray  # (N, D)
+    x_cf: np.ndarray  # (N, D)
+    target: np.ndarray  # (N,)
+    predicted: np.ndarray  # (N,) model's class for x
+    converged: np.ndarray  # (N,) p(target | x_cf) >= τ
+    valid: np.ndarray  # (N,) argmax f(x_cf) == target
+    steps: np.ndarray  # (N,)
+    x_ae: np.ndarray  # (N, D)
+    p_target: np.ndarray  # (N,)
+
+    def summary(self) -> dict[str, float]:
+        """Returns shares converged / valid, mean steps and mean L1 cost as plain floats."""
+        return {"n": int(len(self.x)), "converged": float(self.converged.mean()), "valid": float(self.valid.mean()),
+                "mean_steps": float(self.steps.mean()),
+                "mean_cost_l1": float(np.abs(self.x_cf - self.x).sum(-1).mean())}
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def predict(apply_fn, params, x, *, chunk_size: int = 1024) -> np.ndarray:
+    """Returns argmax f(x) (N,) computed in fixed-size chunks."""
+    return np.concatenate([np.asarray(logits).argmax(-1) for logits in _chunked_logits(apply_fn, params, x, chunk_size)])
+
+
+def _chunked_logits(apply_fn, params, x, chunk_size):
+    fn = jax.jit(apply_fn)
+    x = np.asarray(x, np.float32)
+    for lo, hi in _chunks(len(x), chunk_size):
+        yield fn(params, _pad(x[lo:hi], chunk_size))[: hi - lo]
+
+
+def _pad(a: np.ndarray, size: int) -> np.ndarray:
+    # Padding by repeating the first row keeps every chunk the same shape, so the search compiles once.
+    if len(a) == size:
+        return a
+    return np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)])
+
+
+def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchConfig = SearchConfig(),
+            constraints: cons.Constraints | None = None, chunk_size: int = 256, allow_same_class: bool = False,
+            aux: Any = None) -> Explanation:
+    """Returns an Explanation for factuals x (N, D): targets random ≠ predicted class unless given (N,) or scalar."""
+    from ctrain.data.schema import check_features
+    x = check_features(x, what="x")
+    n, width = x.shape
+    constraints = cons.unconstrained(width) if constraints is None else constraints
+    cons.check_width(constraints, width)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    logits = np.concatenate([np.asarray(lg) for lg in _chunked_logits(apply_fn, params, x, chunk_size)])
+    num_classes, predicted = logits.shape[-1], logits.argmax(-1)
+    key, tkey = jax.random.split(key)
+    if target is None:
+        target = np.asarray(sample_targets(tkey, jnp.asarray(predicted), num_classes))
+    else:
+        target = np.broadcast_to(np.asarray(target), (n,)).astype(np.int64)
+        if target.min() < 0 or target.max() >= num_classes:
+            raise ValueError(f"target classes must be in [0, {num_classes}), got values in "
+                             f"[{target.min()}, {target.max()}]")
+        if not allow_same_class and np.any(target == predicted):
+            raise ValueError(f"{int(np.sum(target == predicted))} targets equal the model's predicted class; "
+                             "pass allow_same_class=True to search anyway")
+        target = target.astype(np.int32)
+    size = min(chunk_size, n)
+    parts = []
+    for i, (lo, hi) in enumerate(_chunks(n, size)):
+        res = _search_jit(apply_fn, params, _pad(x[lo:hi], size), _pad(target[lo:hi], size),
+                          jax.random.fold_in(key, i), config, constraints, aux)
+        parts.append(jax.tree.map(lambda a: np.asarray(a)[: hi - lo], res))
+    res = jax.tree.map(lambda *a: np.concatenate(a), *parts)
+    valid = predict(apply_fn, params, res.x_cf, chunk_size=chunk_size) == target
+    return Explanation(x=x, x_cf=res.x_cf, target=target, predicted=predicted, converged=res.converged,
+                       valid=valid, steps=res.steps, x_ae=res.x_ae, p_target=res.p_target)

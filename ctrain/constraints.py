@@ -69,6 +69,8 @@ def make_constraints(width: int, *, immutable=(), increase=(), decrease=(), lowe
     for g in groups:
         if np.any(np.isin(mut[g], [INCREASE, DECREASE])) or len(set(mut[g].tolist())) > 1:
             raise ValueError(f"one-hot group {g} must be all 'free' or all 'immutable'")
+        if np.any(lo[g] > 0) or np.any(hi[g] < 1):
+            raise ValueError(f"one-hot group {g} has bounds that exclude 0 or 1, so no category is feasible")
     size = max((len(g) for g in groups), default=1)
     gidx = np.full((len(groups), size), -1, np.int32)
     for i, g in enumerate(groups):
@@ -142,11 +144,17 @@ def snap_groups(x: jax.Array, group_index: jax.Array) -> jax.Array:
     return _scatter_groups(x, group_index, onehot)
 
 
-def project(x_cf: jax.Array, x: jax.Array, c: Constraints) -> jax.Array:
-    """Returns the relaxed-feasible point nearest x_cf (..., D): box-clipped, groups on the simplex, immutables = x."""
-    lo, hi = feasible_box(x, c)
-    x_cf = project_simplex_groups(jnp.clip(x_cf, lo, hi), c.group_index)
-    # Re-imposing immutables by copy (not arithmetic) keeps them bit-identical to the factual.
+def project(x_cf: jax.Array, x: jax.Array, c: Constraints, box: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """Returns the relaxed-feasible point nearest x_cf (..., D): box-clipped, groups on the simplex, immutables = x.
+
+    `box` is `feasible_box(x, c)`, passed in by loops that project the same factuals many times.
+    """
+    lo, hi = feasible_box(x, c) if box is None else box
+    x_cf = jnp.clip(x_cf, lo, hi)  # clip(v, x, x) is exactly x, so immutables stay bit-identical here
+    if not c.has_groups:
+        return x_cf
+    x_cf = project_simplex_groups(x_cf, c.group_index)
+    # An immutable group whose factual is not an exact one-hot would be moved by the simplex projection.
     return jnp.where(c.mutability == IMMUTABLE, x, x_cf)
 
 

@@ -6,6 +6,7 @@ Equinox, or a plain function of a params pytree.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -68,7 +69,17 @@ def make_model(name: str, num_features: int, num_classes: int, key: jax.Array, *
             raise ValueError(f"lenet5 needs {shape[0]}x{shape[1]}={shape[0] * shape[1]} features, got {num_features}")
     module = modules[name](num_classes=num_classes, **kwargs)
     params = module.init(key, jnp.zeros((1, num_features), jnp.float32))
-    return module.apply, params
+    return ModuleApply(module), params
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleApply:
+    """`apply_fn(params, x)` of a Flax module; equal modules give equal (hashable) functions, so jit reuses compiles."""
+
+    module: nn.Module
+
+    def __call__(self, params, x):
+        return self.module.apply(params, x)
 
 
 class VAE(nn.Module):

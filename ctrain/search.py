@@ -239,11 +239,12 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         # Identity-space states are kept projected, so only the one-hot snap separates state and view.
         view_of = lambda s: cons.finalize(s, x, c) if c.has_groups else s
 
+    box = cons.feasible_box(x, c)
     s0 = encode(x)
     if config.init == "noise":
         s0 = s0 + config.init_noise * jax.random.normal(key, s0.shape, s0.dtype)
     if not gen.latent:
-        s0 = cons.project(s0, x, c)
+        s0 = cons.project(s0, x, c, box)
     tx = optax.sgd(config.step_size) if config.optimizer == "sgd" else optax.adam(config.step_size)
     opt0 = jax.vmap(tx.init)(s0)
 
@@ -271,7 +272,7 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         updates, new_opt = jax.vmap(tx.update)(g, opt, s)
         s_new = s + updates
         if not gen.latent:
-            s_new = cons.project(s_new, x, c)
+            s_new = cons.project(s_new, x, c, box)
         keep = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)
         s = keep(s_new, s)
         opt = jax.tree.map(keep, new_opt, opt)

@@ -172,6 +172,8 @@ def schemas(draw):
             muts[col] = group_mut
     lo = np.array(draw(st.lists(st.floats(-3, 0), min_size=WIDTH, max_size=WIDTH)), np.float32)
     hi = lo + np.array(draw(st.lists(st.floats(0, 3), min_size=WIDTH, max_size=WIDTH)), np.float32)
+    if with_group:
+        lo[cols], hi[cols] = 0.0, 1.0  # a one-hot category lives in [0, 1]
     seed = draw(st.integers(0, 2 ** 16))
     return muts, lo, hi, (cols if with_group else None), seed
 
@@ -248,3 +250,5 @@ def test_bad_input_raises_clear_errors():
         search_counterfactuals(linear, PARAMS, x, jnp.array([1]), key, GENERIC)
     with pytest.raises(ValueError, match="lower bound > upper bound"):
         cons.make_constraints(2, lower=[0.0, 1.0], upper=[1.0, 0.0])
+    with pytest.raises(ValueError, match="no category is feasible"):
+        cons.make_constraints(WIDTH, groups=[[0, 1]], lower=np.full(WIDTH, 0.5, np.float32))

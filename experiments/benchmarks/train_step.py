@@ -1,0 +1,87 @@
+"""Time of one CT train step vs one vanilla step, against the ratio predicted by counting work.
+
+    python -m experiments.benchmarks.train_step [--batch 1000 --json out.json]
+
+A vanilla step is one forward-backward pass over the batch. A CT step adds, for n_ce factuals,
+one forward pass to pick targets, the search (one forward-backward per step), and the loss's
+forward-backward over [x', x⁺, x_AE]: predicted ratio = 1 + (n_ce/batch)·(search steps + 3).
+The search is a batched loop that runs until its *slowest* sample stops, so the prediction is
+given with the mean per-sample steps (the issue's formula) and with the loop's iterations.
+"""
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ctrain.constraints import unconstrained
+from ctrain.models import make_model
+from ctrain.objective import positive_pool
+from ctrain.search import SearchConfig
+from ctrain.train import TrainConfig, create_train_state, make_train_step
+from experiments.benchmarks.common import fmt, measure, write_json
+
+CASES = {"adult-sized (104 features, 2 classes)": (104, 2, 192), "mnist (784 features, 10 classes)": (784, 10, 500)}
+
+
+def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats: int, threshold: float) -> dict:
+    """Returns step timings and measured vs predicted CT/vanilla ratios for one input size."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(classes, width)).astype(np.float32)
+    y = rng.integers(0, classes, 20 * batch)
+    x = centres[y] + rng.normal(size=(len(y), width)).astype(np.float32)
+    apply_fn, params = make_model("mlp", width, classes, jax.random.key(0))
+    state = create_train_state(apply_fn, params)
+    vanilla = jax.jit(make_train_step(TrainConfig(objective="vanilla")))
+    # A few vanilla epochs first, so the search runs on a model that has learnt something.
+    for epoch in range(3):
+        for i in range(0, len(x), batch):
+            state, _ = vanilla(state, {"x": jnp.asarray(x[i:i + batch]), "y": jnp.asarray(y[i:i + batch])})
+    pool = positive_pool(x, y, classes)
+    search = SearchConfig(threshold=threshold)
+    ct = jax.jit(make_train_step(TrainConfig(search=search, ce_per_batch=n_ce), unconstrained(width)))
+    b = {"x": jnp.asarray(x[:batch]), "y": jnp.asarray(y[:batch])}
+    key = jax.random.key(1)
+    t_vanilla = measure(lambda: vanilla(state, b), repeats=repeats)
+    t_ct = measure(lambda: ct(state, {**b, "pool": pool}, key), repeats=repeats)
+    _, metrics = ct(state, {**b, "pool": pool}, key)
+    search_jit = jax.jit(lambda k: __import__("ctrain.objective", fromlist=["x"]).make_counterfactual_batch(
+        apply_fn, state.params, b["x"][:n_ce], b["y"][:n_ce], pool, k, search, unconstrained(width)))
+    cf = search_jit(key)
+    mean_steps = float(metrics["search_steps"])
+    loop_iters = int(np.max(np.asarray(cf.steps)))
+    frac = n_ce / batch
+    measured = t_ct["median"] / t_vanilla["median"]
+    pred_mean = 1 + frac * (mean_steps + 3)
+    pred_loop = 1 + frac * (loop_iters + 3)
+    return {"case": name, "batch": batch, "n_ce": n_ce, "tau": threshold, "vanilla_s": t_vanilla, "ct_s": t_ct,
+            "mean_search_steps": mean_steps, "loop_iterations": loop_iters, "converged": float(metrics["converged"]),
+            "measured_ratio": measured, "predicted_ratio_mean_steps": pred_mean,
+            "predicted_ratio_loop_iterations": pred_loop, "measured_over_predicted": measured / pred_mean,
+            "measured_over_predicted_loop": measured / pred_loop}
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threshold", type=float, default=0.5)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    rows = [run_case(name, w, k, n, args.batch, args.repeats, args.threshold) for name, (w, k, n) in CASES.items()]
+    print("| input | n_ce/batch | vanilla ms | CT ms | mean steps | loop iters | measured ratio | predicted (mean) "
+          "| measured/predicted | predicted (loop) | measured/predicted (loop) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['case']} | {r['n_ce']}/{r['batch']} | {fmt(r['vanilla_s'])} | {fmt(r['ct_s'])} "
+              f"| {r['mean_search_steps']:.1f} | {r['loop_iterations']} | {r['measured_ratio']:.1f} "
+              f"| {r['predicted_ratio_mean_steps']:.1f} | {r['measured_over_predicted']:.2f} "
+              f"| {r['predicted_ratio_loop_iterations']:.1f} | {r['measured_over_predicted_loop']:.2f} |")
+    write_json(args.json, {"train_step": rows})
+    return rows
+
+
+if __name__ == "__main__":
+    main()

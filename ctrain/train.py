@@ -161,15 +161,11 @@ train_step.__doc__ = "Returns (state, metrics) after one jitted vanilla cross-en
 # Whole epochs
 
 
-def epoch_batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int, epoch: int, shuffle: bool):
-    """Returns (xs (nb, B, D), ys (nb, B)): the epoch's batches stacked; order depends only on (seed, epoch)."""
-    n = len(x)
-    if batch_size > n:
-        raise ValueError(f"batch_size {batch_size} exceeds the {n} training samples")
-    order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
-    nb = n // batch_size  # the remainder is dropped so every step has the same shape (one compile)
-    idx = order[: nb * batch_size].reshape(nb, batch_size)
-    return x[idx], y[idx]
+def epoch_order(key: jax.Array, n: int, batch_size: int, shuffle: bool) -> jax.Array:
+    """Returns (n // batch_size, batch_size) training indices for one epoch; the remainder is dropped."""
+    order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
+    nb = n // batch_size  # every step has the same shape, so the epoch compiles once
+    return order[: nb * batch_size].reshape(nb, batch_size)
 
 
 def epoch_counterfactuals(state: TrainState, x_train, y_train, pool: PositivePool, key: jax.Array,
@@ -184,27 +180,35 @@ def epoch_counterfactuals(state: TrainState, x_train, y_train, pool: PositivePoo
     return jax.tree.map(lambda a: a.reshape((n_batches, m) + a.shape[1:]), cf)
 
 
-def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None = None, aux=None):
-    """Returns pure `epoch(state, xs, ys, pool, key, use_ct) -> (state, stacked metrics)`, one `lax.scan` of steps.
+def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None = None, aux=None,
+                     batch_sharding: NamedSharding | None = None):
+    """Returns pure `epoch(state, x_train, y_train, pool, key, epoch, use_ct) -> (state, stacked metrics)`.
 
-    `use_ct` is static: False runs the vanilla step (burn-in epochs), True the configured objective.
+    One epoch is one `lax.scan` over its steps, with the batches gathered on device from the full
+    training arrays (no host round-trip). The batch order depends only on (key, epoch). `use_ct` is
+    static: False runs the vanilla step (burn-in epochs), True the configured objective. With
+    `batch_sharding` (e.g. NamedSharding(mesh, P(None, "data"))) every step's batch is split across devices.
     """
     ct_step = make_train_step(config, constraints, aux)
     vanilla_step = make_train_step(config.replace(objective="vanilla"))
+    constrain = (lambda a: jax.lax.with_sharding_constraint(a, batch_sharding)) if batch_sharding else (lambda a: a)
 
-    def epoch(state: TrainState, xs, ys, pool: PositivePool, key: jax.Array, use_ct: bool):
+    def epoch(state: TrainState, x_train, y_train, pool: PositivePool, key: jax.Array, epoch_index, use_ct: bool):
+        epoch_key = jax.random.fold_in(key, epoch_index)
+        order_key, cf_key, step_key = jax.random.split(epoch_key, 3)
+        idx = epoch_order(order_key, x_train.shape[0], config.batch_size, config.shuffle)
+        xs, ys = constrain(x_train[idx]), constrain(y_train[idx])
         nb = xs.shape[0]
-        step_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(nb))
         if not use_ct:
-            body = lambda s, inp: vanilla_step(s, {"x": inp[0], "y": inp[1]})
-            return jax.lax.scan(body, state, (xs, ys))
+            return jax.lax.scan(lambda s, b: vanilla_step(s, {"x": b[0], "y": b[1]}), state, (xs, ys))
         if config.schedule == "per_batch":
-            body = lambda s, inp: ct_step(s, {"x": inp[0], "y": inp[1], "pool": pool}, inp[2])
-            return jax.lax.scan(body, state, (xs, ys, step_keys))
+            keys = jax.random.split(step_key, nb)
+            body = lambda s, b: ct_step(s, {"x": b[0], "y": b[1], "pool": pool}, b[2])
+            return jax.lax.scan(body, state, (xs, ys, keys))
         # One search for the whole epoch on the parameters as they stand at its start (reference schedule).
-        cfs = epoch_counterfactuals(state, xs.reshape(-1, xs.shape[-1]), ys.reshape(-1), pool,
-                                    jax.random.fold_in(key, nb), config, nb, constraints, aux)
-        body = lambda s, inp: ct_step(s, {"x": inp[0], "y": inp[1], "cf": inp[2]})
+        cfs = jax.tree.map(constrain, epoch_counterfactuals(state, x_train, y_train, pool, cf_key, config, nb,
+                                                            constraints, aux))
+        body = lambda s, b: ct_step(s, {"x": b[0], "y": b[1], "cf": b[2]})
         return jax.lax.scan(body, state, (xs, ys, cfs))
 
     return epoch
@@ -267,6 +271,8 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     if constraints is None and config.needs_counterfactuals:
         constraints = dataset.constraints()
     x_train, y_train = dataset.x_train, dataset.y_train
+    if not np.all(np.isfinite(x_train)):
+        raise ValueError(f"{dataset.name}: training inputs contain NaN/inf; clean them before training")
     n_batches = len(x_train) // config.batch_size
     if n_batches < 1:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(x_train)} training samples")
@@ -280,9 +286,17 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     manager = checkpoint.Manager(workdir) if workdir else None
     if manager is not None and manager.latest_epoch() is not None:
         state, start_epoch, history = manager.restore(state)
+    state = jax.tree.map(jnp.copy, state)  # the epoch donates its input: never consume the caller's arrays
+    x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
+    batch_sharding = None
     if mesh is not None:
-        state, pool = replicate(state, mesh), replicate(pool, mesh)
-    epoch_fn = jax.jit(make_train_epoch(config, constraints, aux), static_argnums=(5,), donate_argnums=(0,))
+        for name, size in (("batch_size", config.batch_size), ("ce_per_batch", config.ce_per_batch or 0)):
+            if size % mesh.devices.size:
+                raise ValueError(f"{name}={size} does not split evenly over {mesh.devices.size} devices")
+        state, pool, x_dev, y_dev = replicate((state, pool, x_dev, y_dev), mesh)
+        batch_sharding = NamedSharding(mesh, P(None, "data"))
+    epoch_fn = jax.jit(make_train_epoch(config, constraints, aux, batch_sharding), static_argnums=(6,),
+                       donate_argnums=(0,))
 
     bar = None
     if progress:
@@ -290,15 +304,8 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
         bar = tqdm(total=config.epochs, initial=start_epoch, desc=f"{dataset.name}/{config.objective}", unit="epoch")
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        xs, ys = epoch_batches(x_train, y_train, config.batch_size, seed=config.seed, epoch=epoch,
-                               shuffle=config.shuffle)
-        if not np.all(np.isfinite(xs)):
-            raise ValueError(f"epoch {epoch}: training inputs contain NaN/inf")
-        batch = (jnp.asarray(xs), jnp.asarray(ys))
-        if mesh is not None:
-            batch = shard_batch(batch, mesh, axis=1)
         use_ct = config.needs_counterfactuals and epoch >= burnin_epochs
-        state, metrics = epoch_fn(state, *batch, pool, jax.random.fold_in(key, epoch), use_ct)
+        state, metrics = epoch_fn(state, x_dev, y_dev, pool, key, epoch, use_ct)
         log = {"epoch": epoch + 1, **_epoch_log(metrics)}
         log["train_accuracy"] = float(np.mean(predict(state.apply_fn, state.params, x_train) == y_train))
         if len(dataset.x_val):
@@ -325,3 +332,73 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     if manager is not None:
         manager.close()
     return state, history
+
+
+# --------------------------------------------------------------------------------------------------
+# Many runs in one program
+
+
+def create_train_states(apply_fn, params, *, tx: optax.GradientTransformation | None = None,
+                        learning_rate: float = 1e-3, weights: LossWeights | None = None) -> TrainState:
+    """Returns K TrainStates stacked on a leading axis, for params whose leaves have a leading axis K.
+
+    `weights` may hold per-run λ's as (K,) arrays (e.g. a λ_reg grid); scalars apply to every run.
+    """
+    k = jax.tree.leaves(params)[0].shape[0]
+    tx = optax.adam(learning_rate) if tx is None else tx
+    weights = LossWeights() if weights is None else weights
+    weights = jax.tree.map(lambda w: jnp.broadcast_to(jnp.asarray(w, jnp.float32), (k,)), weights)
+    return TrainState(step=jnp.zeros((k,), jnp.int32), params=params, opt_state=jax.vmap(tx.init)(params),
+                      weights=weights, skipped=jnp.zeros((k,), jnp.int32), apply_fn=apply_fn, tx=tx)
+
+
+def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constraints: cons.Constraints | None = None,
+             progress: bool = True, aux=None) -> tuple[TrainState, list[list[dict]]]:
+    """Returns (K trained states, K per-epoch log lists): K runs trained as one vmapped, compiled program.
+
+    Run k uses data/search seed `seeds[k]` and the k-th slice of `states`; its result equals
+    `fit(state_k, dataset, config.replace(seed=seeds[k]))` up to float rounding.
+    """
+    if constraints is None and config.needs_counterfactuals:
+        constraints = dataset.constraints()
+    seeds = [int(s) for s in seeds]
+    k = len(seeds)
+    if jax.tree.leaves(states.params)[0].shape[0] != k:
+        raise ValueError(f"{k} seeds given for {jax.tree.leaves(states.params)[0].shape[0]} stacked states")
+    n_batches = len(dataset.x_train) // config.batch_size
+    if n_batches < 1:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.x_train)} training samples")
+    if config.needs_counterfactuals and config.ce_per_batch is None:
+        config = config.replace(ce_per_batch=math.ceil(config.n_ce / n_batches))
+    pool = positive_pool(dataset.x_train, dataset.y_train, dataset.num_classes)
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    states = jax.tree.map(jnp.copy, states)  # the epoch donates its input: never consume the caller's arrays
+    x_dev, y_dev = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    epoch = make_train_epoch(config, constraints, aux)
+    epoch_fns = {use_ct: jax.jit(jax.vmap(lambda s, kk, e, u=use_ct: epoch(s, x_dev, y_dev, pool, kk, e, u),
+                                          in_axes=(0, 0, None)), donate_argnums=(0,)) for use_ct in (False, True)}
+    accuracy = jax.jit(jax.vmap(lambda p, x, y: jnp.mean(jnp.argmax(states.apply_fn(p, x), -1) == y),
+                                in_axes=(0, None, None)))
+    burnin_epochs = round(config.burnin * config.epochs)
+    histories: list[list[dict]] = [[] for _ in range(k)]
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=config.epochs, desc=f"{dataset.name}/{config.objective} x{k}", unit="epoch")
+    for e in range(config.epochs):
+        t0 = time.perf_counter()
+        use_ct = config.needs_counterfactuals and e >= burnin_epochs
+        states, metrics = epoch_fns[use_ct](states, keys, e)
+        accs = {f"{split}_accuracy": np.asarray(accuracy(states.params, getattr(dataset, f"x_{split}"),
+                                                         getattr(dataset, f"y_{split}")))
+                for split in ("train", "val", "test") if len(getattr(dataset, f"x_{split}"))}
+        elapsed = time.perf_counter() - t0
+        for i in range(k):
+            log = {"epoch": e + 1, **_epoch_log({m: v[i] for m, v in metrics.items()})}
+            log.update({name: float(v[i]) for name, v in accs.items()}, time_s=elapsed / k)
+            histories[i].append(log)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return states, histories

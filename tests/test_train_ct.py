@@ -227,3 +227,24 @@ def test_ct_on_circles_keeps_accuracy_within_two_points(schedule):
     _, ct = fit(_state(), data, base.replace(schedule=schedule), progress=False)
     assert ct[-1]["converged"] > 0.2 and ct[-1]["nonfinite"] == 0
     assert ct[-1]["test_accuracy"] >= bl[-1]["test_accuracy"] - 0.02
+
+
+def test_many_runs_in_one_vmapped_program_match_single_runs(moons):
+    from ctrain.train import create_train_states, fit_many
+    small = moons.subsample(600, seed=1)
+    cfg = TrainConfig(epochs=2, search=SEARCH, n_ce=200, shuffle=True)
+    apply_fn, _ = make_model("mlp", 2, 2, jax.random.key(0))
+    inits = [make_model("mlp", 2, 2, jax.random.key(s))[1] for s in (3, 4)]
+    lambda_reg = jnp.array([0.1, 0.5])  # a hyperparameter grid rides along as a vmapped leaf
+    states = create_train_states(apply_fn, jax.tree.map(lambda *a: jnp.stack(a), *inits),
+                                 weights=LossWeights(reg=lambda_reg))
+    many, histories = fit_many(states, small, cfg, seeds=[3, 4], progress=False)
+    for i, seed in enumerate((3, 4)):
+        one, history = fit(create_train_state(apply_fn, inits[i], weights=LossWeights(reg=float(lambda_reg[i]))),
+                           small, cfg.replace(seed=seed), progress=False)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], many.params), one.params, atol=1e-5)
+        assert abs(histories[i][-1]["loss"] - history[-1]["loss"]) < 1e-5
+        assert histories[i][-1]["test_accuracy"] == pytest.approx(history[-1]["test_accuracy"], abs=1e-6)
+    assert not np.allclose(jax.tree.leaves(many.params)[0][0], jax.tree.leaves(many.params)[0][1])
+    with pytest.raises(ValueError, match="3 seeds given for 2 stacked states"):
+        fit_many(states, small, cfg, seeds=[1, 2, 3], progress=False)

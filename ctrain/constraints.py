@@ -170,19 +170,32 @@ def protect(x_pos: jax.Array, x_cf: jax.Array, c: Constraints) -> jax.Array:
     return jnp.where(c.mutability == DECREASE, jnp.minimum(x_cf, x_pos), out)
 
 
-def violations(x_cf: jax.Array, x: jax.Array, c: Constraints, *, atol: float = 1e-6) -> dict[str, jax.Array]:
-    """Returns per-sample (N,) int32 counts of violated immutables, monotonicity, bounds and one-hot groups."""
-    immut = jnp.sum((c.mutability == IMMUTABLE) & (x_cf != x), -1)
-    inc = jnp.sum((c.mutability == INCREASE) & (x_cf < x - atol), -1)
-    dec = jnp.sum((c.mutability == DECREASE) & (x_cf > x + atol), -1)
-    lo, hi = jnp.minimum(c.lower, x), jnp.maximum(c.upper, x)
-    bounds = jnp.sum((x_cf < lo - atol) | (x_cf > hi + atol), -1)
+def violations(x_cf: jax.Array, x: jax.Array, c: Constraints, *, tol: float = 0.0) -> dict[str, jax.Array]:
+    """Returns per-sample (N,) int32 counts of broken constraints, by kind, and their sum under "total".
+
+    Keys: "immutable_changed" (any change, bit-exact at tol 0), "increase_violated", "decrease_violated",
+    "out_of_bounds" (outside [min(lower, x), max(upper, x)]: the factual itself is never out of bounds)
+    and "invalid_onehot" (groups whose entries are not all 0/1 within tol with exactly one 1).
+    """
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    x_cf, x = jnp.asarray(x_cf), jnp.asarray(x)
+    if x_cf.shape != x.shape:
+        raise ValueError(f"x_cf and x must have the same shape, got {x_cf.shape} and {x.shape}")
+    check_width(c, x.shape[-1])
+    delta = x_cf - x
+    count = lambda mask: jnp.sum(mask, -1, dtype=jnp.int32)
+    out = {"immutable_changed": count((c.mutability == IMMUTABLE) & (jnp.abs(delta) > tol)),
+           "increase_violated": count((c.mutability == INCREASE) & (delta < -tol)),
+           "decrease_violated": count((c.mutability == DECREASE) & (delta > tol)),
+           "out_of_bounds": count((x_cf < jnp.minimum(c.lower, x) - tol) | (x_cf > jnp.maximum(c.upper, x) + tol))}
     if c.has_groups:
         v, valid = _gather_groups(x_cf, c.group_index)
-        is_binary = jnp.all(jnp.where(valid, (v == 0) | (v == 1), True), -1)
-        one_hot = is_binary & (jnp.sum(jnp.where(valid, v, 0), -1) == 1)
-        groups = jnp.sum(~one_hot, -1)
+        is_one = jnp.abs(v - 1.0) <= tol
+        all_binary = jnp.all(is_one | (jnp.abs(v) <= tol) | ~valid, -1)
+        one_hot = all_binary & (jnp.sum(is_one & valid, -1) == 1)
+        out["invalid_onehot"] = count(~one_hot)
     else:
-        groups = jnp.zeros(x_cf.shape[:-1], jnp.int32)
-    return {"immutable": immut.astype(jnp.int32), "monotone": (inc + dec).astype(jnp.int32),
-            "bounds": bounds.astype(jnp.int32), "onehot": groups.astype(jnp.int32)}
+        out["invalid_onehot"] = jnp.zeros(x_cf.shape[:-1], jnp.int32)
+    out["total"] = sum(out.values())
+    return out

@@ -214,10 +214,12 @@ def _check_inputs(x, target, constraints: cons.Constraints) -> None:
 
 def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, key: jax.Array,
                            config: SearchConfig = SearchConfig(), constraints: cons.Constraints | None = None,
-                           aux: Any = None) -> SearchResult:
+                           aux: Any = None, return_path: bool = False):
     """Returns a SearchResult for factuals x (N, D) and target classes (N,); pure and jit-compatible.
 
-    The outputs carry no gradient: they are constants for whatever loss uses them.
+    The outputs carry no gradient: they are constants for whatever loss uses them. With
+    `return_path=True` (static) it returns (result, path) where path (T + 1, N, D) holds every
+    iterate starting from the initial point (frozen rows repeat), for plots.
     """
     x = jnp.asarray(x)
     target = jnp.asarray(target)
@@ -282,13 +284,22 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     n = x.shape[0]
     carry = (jnp.zeros((), jnp.int32), s0, view_of(s0), jnp.zeros(n, bool), jnp.zeros(n, jnp.int32), x, opt0,
              jnp.zeros(n, x.dtype))
-    if config.loop == "while":
+    path = None
+    if config.loop == "while" and not return_path:
         carry = jax.lax.while_loop(lambda cr: (cr[0] < config.max_steps) & ~jnp.all(cr[3]), step_fn, carry)
     else:
-        carry = jax.lax.scan(lambda cr, _: (step_fn(cr), None), carry, None, length=config.max_steps)[0]
+        def scan_step(cr, _):
+            cr = step_fn(cr)
+            return cr, (cr[2] if return_path else None)
+
+        start = carry[2]
+        carry, path = jax.lax.scan(scan_step, carry, None, length=config.max_steps)
+        if return_path:
+            path = jnp.concatenate([start[None], path])
     _, _, view, done, steps, x_ae, _, _ = carry
     done, x_ae, p = check(view, apply_fn(params, view), done, x_ae)
-    return jax.lax.stop_gradient(SearchResult(x_cf=view, converged=done, steps=steps, x_ae=x_ae, p_target=p))
+    result = jax.lax.stop_gradient(SearchResult(x_cf=view, converged=done, steps=steps, x_ae=x_ae, p_target=p))
+    return (result, jax.lax.stop_gradient(path)) if return_path else result
 
 
 # --------------------------------------------------------------------------------------------------

@@ -196,7 +196,7 @@ def test_random_schemas_never_violate_constraints(spec):
     res = _search_jit(apply_fn, params, jnp.asarray(x), target, jax.random.key(0), cfg, c, None)
     v = cons.violations(res.x_cf, jnp.asarray(x), c)
     for name, count in v.items():
-        assert int(count.sum()) == 0, f"{name} violated"
+        assert int(count.sum()) == 0, f"{name}"
     imm = muts == 1
     np.testing.assert_array_equal(np.asarray(res.x_cf)[:, imm], x[:, imm])
     assert bool(jnp.all(jnp.max(jnp.abs(res.x_ae - x), -1) <= cfg.epsilon))
@@ -252,3 +252,15 @@ def test_bad_input_raises_clear_errors():
         cons.make_constraints(2, lower=[0.0, 1.0], upper=[1.0, 0.0])
     with pytest.raises(ValueError, match="no category is feasible"):
         cons.make_constraints(WIDTH, groups=[[0, 1]], lower=np.full(WIDTH, 0.5, np.float32))
+
+
+def test_search_path_starts_at_the_factual_and_ends_at_the_counterfactual():
+    x = jnp.array([[1.0, 1.0], [0.1, 0.1]])
+    res, path = search_counterfactuals(linear, PARAMS, x, jnp.array([1, 1]), jax.random.key(0),
+                                       GENERIC.replace(max_steps=25), return_path=True)
+    chex.assert_shape(path, (26, 2, 2))
+    np.testing.assert_array_equal(path[0], x)
+    np.testing.assert_array_equal(path[-1], res.x_cf)
+    plain = search_counterfactuals(linear, PARAMS, x, jnp.array([1, 1]), jax.random.key(0),
+                                   GENERIC.replace(max_steps=25))
+    chex.assert_trees_all_close(res, plain, atol=1e-6)

@@ -1,0 +1,147 @@
+"""Known-answer tests for ctrain.attacks."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ctrain import attacks, metrics
+
+D, N = 5, 24
+
+
+def linear_apply(params, x):
+    return x @ params["w"] + params["b"]
+
+
+@pytest.fixture(scope="module")
+def problem():
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    params = {"w": jax.random.normal(keys[0], (D, 3)), "b": jax.random.normal(keys[1], (3,))}
+    x = jax.random.uniform(keys[2], (N, D), minval=-1.0, maxval=1.0)
+    # The model's own predictions with every fourth label wrong: clean accuracy 0.75, not a trivial 1 or chance.
+    y = jnp.argmax(linear_apply(params, x), axis=1)
+    y = jnp.where(jnp.arange(N) % 4 == 0, (y + 1) % 3, y)
+    return params, x, y
+
+
+def mean_ce(params, x, y):
+    return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(linear_apply(params, x), y)))
+
+
+def test_fgsm_on_a_binary_linear_model_moves_by_epsilon_along_the_sign_of_w():
+    w = jnp.array([[0.5, -1.0], [-2.0, 1.0], [0.0, 3.0], [1.0, 1.5]])
+    params = {"w": w, "b": jnp.array([0.2, -0.1])}
+    x = jnp.array([[0.1, 0.2, -0.3, 0.4], [1.0, -1.0, 0.5, 0.0]])
+    y = jnp.array([1, 0])
+    x_adv = attacks.fgsm(linear_apply, params, x, y, epsilon=0.1)
+    chex.assert_shape(x_adv, x.shape)
+    # ∇_x CE = (w_other − w_y)·p_other, so the step is +ε·sign(w_other − w_y): away from the true class.
+    direction = jnp.sign(w[:, 1] - w[:, 0])
+    expected = x + 0.1 * jnp.stack([-direction, direction])
+    chex.assert_trees_all_close(x_adv, expected, atol=1e-7)
+    chex.assert_trees_all_close(jnp.abs(x_adv - x), jnp.full_like(x, 0.1), atol=1e-6)
+    per_row_ce = optax.softmax_cross_entropy_with_integer_labels
+    assert bool(jnp.all(per_row_ce(linear_apply(params, x_adv), y) > per_row_ce(linear_apply(params, x), y)))
+
+
+def test_fgsm_clamps_to_bounds_when_given(problem):
+    params, x, y = problem
+    x_adv = attacks.fgsm(linear_apply, params, x, y, epsilon=0.5, lower=-1.0, upper=1.0)
+    assert float(jnp.min(x_adv)) >= -1.0 and float(jnp.max(x_adv)) <= 1.0
+    unclamped = attacks.fgsm(linear_apply, params, x, y, epsilon=0.5)
+    assert float(jnp.max(jnp.abs(unclamped))) > 1.0  # so the clamp above did something
+
+
+def test_pgd_never_leaves_the_epsilon_ball_and_raises_the_loss(problem):
+    params, x, y = problem
+    x_adv = attacks.pgd(linear_apply, params, x, y, jax.random.PRNGKey(1), epsilon=0.05, step_size=0.02,
+                        n_steps=10)
+    chex.assert_shape(x_adv, x.shape)
+    assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.05 + 1e-6
+    assert mean_ce(params, x_adv, y) > mean_ce(params, x, y)
+    # For a binary linear model sign(∇_x CE) is constant, so enough sign-steps reach FGSM's corner of the ball.
+    binary = {"w": params["w"][:, :2], "b": params["b"][:2]}
+    y_binary = y % 2
+    corner = attacks.pgd(linear_apply, binary, x, y_binary, jax.random.PRNGKey(1), epsilon=0.05, step_size=0.02,
+                         n_steps=10)
+    chex.assert_trees_all_close(corner, attacks.fgsm(linear_apply, binary, x, y_binary, epsilon=0.05), atol=1e-6)
+
+
+def test_pgd_respects_bounds_and_is_the_identity_at_epsilon_zero(problem):
+    params, x, y = problem
+    key = jax.random.PRNGKey(2)
+    x_adv = attacks.pgd(linear_apply, params, x, y, key, epsilon=0.3, n_steps=10, step_size=0.1,
+                        lower=-0.9, upper=0.9)
+    inside = jnp.clip(x, -0.9, 0.9)
+    x_adv_inside = attacks.pgd(linear_apply, params, inside, y, key, epsilon=0.3, n_steps=10, step_size=0.1,
+                               lower=-0.9, upper=0.9)
+    for adv, origin in ((x_adv, x), (x_adv_inside, inside)):
+        assert float(jnp.min(adv)) >= -0.9 and float(jnp.max(adv)) <= 0.9
+    assert float(jnp.max(jnp.abs(x_adv_inside - inside))) <= 0.3 + 1e-6
+    assert bool(jnp.any(jnp.abs(x_adv_inside) == 0.9))  # the bound was active somewhere
+    at_zero = attacks.pgd(linear_apply, params, x, y, key, epsilon=0.0, n_steps=5)
+    assert bool(jnp.all(at_zero == x))
+
+
+def test_pgd_random_start_fills_the_ball_and_no_start_no_steps_is_the_identity(problem):
+    params, x, y = problem
+    start = attacks.pgd(linear_apply, params, x, y, jax.random.PRNGKey(5), epsilon=0.2, n_steps=0)
+    offsets = jnp.abs(start - x)
+    assert float(jnp.max(offsets)) <= 0.2 + 1e-6 and float(jnp.max(offsets)) > 0.19
+    assert float(jnp.mean(offsets)) == pytest.approx(0.1, abs=0.03)  # |U(−ε, ε)| has mean ε/2
+    still = attacks.pgd(linear_apply, params, x, y, jax.random.PRNGKey(5), epsilon=0.2, n_steps=0,
+                        random_start=False)
+    assert bool(jnp.all(still == x))
+
+
+@pytest.mark.parametrize("attack", attacks.ATTACKS)
+def test_robust_accuracy_scores_clean_inputs_at_epsilon_zero_even_next_to_the_boundary(attack):
+    # One feature, logits (0, x): every point sits 1e-3 from the boundary, so any perturbation flips it.
+    params = {"w": jnp.array([[0.0, 1.0]]), "b": jnp.zeros(2)}
+    x = jnp.array([[1e-3], [-1e-3], [1e-3], [-1e-3], [1e-3]])
+    y = (x[:, 0] > 0).astype(jnp.int32)
+    result = attacks.robust_accuracy(linear_apply, params, x, y, jax.random.PRNGKey(0), epsilons=(0.0, 0.01),
+                                     attack=attack, batch_size=2, n_steps=2, random_start=False)
+    assert result["accuracy"] == [1.0, 0.0]
+    assert result["f1"][0] == 1.0
+
+
+def test_robust_accuracy_at_epsilon_zero_is_clean_accuracy_and_compiles_once(problem):
+    params, x, y = problem
+    traces = []
+
+    def counting_apply(p, z):
+        traces.append(z.shape)
+        return linear_apply(p, z)
+
+    clean = float(metrics.accuracy(linear_apply, params, x, y))
+    for attack in attacks.ATTACKS:
+        traces.clear()
+        result = attacks.robust_accuracy(counting_apply, params, x, y, jax.random.PRNGKey(3),
+                                         epsilons=(0.0, 0.05, 0.1, 0.5), attack=attack, batch_size=10, n_steps=3)
+        calls_for_grid = len(traces)
+        traces.clear()
+        attacks.robust_accuracy(counting_apply, params, x, y, jax.random.PRNGKey(3), epsilons=(0.1,),
+                                attack=attack, batch_size=N, n_steps=3)
+        # 3 padded batches × 4 ε run through one trace, no more apply_fn calls than one batch at one ε.
+        assert calls_for_grid == len(traces), attack
+        assert result["epsilon"] == [0.0, 0.05, 0.1, 0.5]
+        assert result["accuracy"][0] == clean == result["clean_accuracy"]
+        assert all(type(a) is float for a in result["accuracy"] + result["f1"])
+        assert result["accuracy"][-1] < clean
+        assert result["n"] == N
+
+
+def test_robust_accuracy_default_grid_and_bad_input(problem):
+    params, x, y = problem
+    result = attacks.robust_accuracy(linear_apply, params, x, y, jax.random.PRNGKey(4))
+    np.testing.assert_allclose(result["epsilon"], np.linspace(0, 0.1, 10))
+    assert result["accuracy"][0] == result["clean_accuracy"]
+    with pytest.raises(ValueError, match="attack"):
+        attacks.robust_accuracy(linear_apply, params, x, y, jax.random.PRNGKey(4), attack="cw")
+    with pytest.raises(ValueError, match="non-negative"):
+        attacks.robust_accuracy(linear_apply, params, x, y, jax.random.PRNGKey(4), epsilons=(0.1, -0.1))
+    with pytest.raises(ValueError, match="non-negative"):
+        attacks.fgsm(linear_apply, params, x, y, epsilon=-0.1)

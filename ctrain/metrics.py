@@ -334,6 +334,30 @@ def mmd2_unbiased(x, y, *, length_scale: float = DEFAULT_LENGTH_SCALE, chunk_siz
     return jnp.maximum(estimate, 0.0) if clamp else estimate
 
 
+def mmd2_unbiased_masked(x, x_mask, y, *, length_scale: float = DEFAULT_LENGTH_SCALE) -> jax.Array:
+    """Returns the unbiased MMD² (scalar; NaN if fewer than 2 rows are kept) between the rows of x (m, D)
+    where x_mask (m,) is True and all rows of y (n, D).
+
+    The fixed-shape form of `mmd2_unbiased` for many small groups (e.g. the valid counterfactuals of
+    each bootstrap round): it is vmappable and compiles once, but materialises the (m, m) and (m, n)
+    kernel matrices, so keep m and n in the hundreds.
+    """
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    w = jnp.asarray(x_mask, x.dtype)
+    inv_two_l2 = 0.5 / jnp.square(length_scale)
+    kernel = lambda a, b: jnp.exp(-jnp.maximum(jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :]
+                                               - 2.0 * jnp.dot(a, b.T, precision=lax.Precision.HIGHEST), 0.0)
+                                  * inv_two_l2)
+    m_eff, n = jnp.sum(w), y.shape[0]
+    centre = jnp.mean(y, axis=0)  # shift invariance: centring keeps the norms small
+    x, y = x - centre, y - centre
+    pair_w = w[:, None] * w[None, :] * (1.0 - jnp.eye(x.shape[0], dtype=x.dtype))
+    k_xx = jnp.sum(kernel(x, x) * pair_w) / (m_eff * (m_eff - 1))
+    k_yy = (jnp.sum(kernel(y, y)) - n) / (n * (n - 1))
+    k_xy = jnp.sum(kernel(x, y) * w[:, None]) / (m_eff * n)
+    return jnp.where(m_eff >= 2, k_xx + k_yy - 2.0 * k_xy, jnp.nan)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Energy, SGLD and unfaithfulness
 # ---------------------------------------------------------------------------------------------------

@@ -339,3 +339,13 @@ def test_summarise_means_over_valid_only_and_returns_none_without_valid_rows():
         metrics.summarise(per_cf)
     with pytest.raises(ValueError, match="same length"):
         metrics.summarise({"a": np.zeros(2), "b": np.zeros(3)})
+
+
+def test_masked_mmd2_equals_mmd2_on_the_kept_rows(rng):
+    x = rng.normal(size=(12, 3)).astype(np.float32)
+    y = rng.normal(0.5, 1.0, size=(9, 3)).astype(np.float32)
+    mask = np.zeros(12, bool)
+    mask[[0, 3, 4, 7, 10]] = True
+    masked = metrics.mmd2_unbiased_masked(x, mask, y, length_scale=1.5)
+    np.testing.assert_allclose(masked, metrics.mmd2_unbiased(x[mask], y, length_scale=1.5), rtol=1e-4, atol=1e-6)
+    assert bool(jnp.isnan(metrics.mmd2_unbiased_masked(x, np.eye(12, dtype=bool)[0], y, length_scale=1.5)))

@@ -319,8 +319,9 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
         if log_fn is not None:
             log_fn(log)
         if manager is not None:
-            with open(os.path.join(workdir, "history.jsonl"), "w") as f:  # rewritten whole: resume-safe
-                f.writelines(json.dumps(h) + "\n" for h in history)
+            if jax.process_index() == 0:  # multi-host: one writer; orbax coordinates the checkpoint itself
+                with open(os.path.join(workdir, "history.jsonl"), "w") as f:  # rewritten whole: resume-safe
+                    f.writelines(json.dumps(h) + "\n" for h in history)
             last = epoch + 1 == config.epochs
             if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
                 manager.save(state, epoch + 1, history)

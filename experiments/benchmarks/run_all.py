@@ -1,0 +1,61 @@
+"""The benchmark suite: one command, one table, one JSON file.
+
+    python -m experiments.benchmarks.run_all [--quick] [--with-reproduce] [--json results/benchmarks.json]
+
+Runs: CT vs vanilla step time against the work-counting prediction (train_step), counterfactual
+search throughput vmapped vs per-sample loop (search_throughput), compiled epoch times and full
+100-epoch CT runs per dataset plus K vmapped runs vs K sequential ones (training), peak memory of
+IP / MMD² scoring (metrics_memory), and optionally the wall time of the default reproduce run.
+Figures are median [min–max] over repeats; nothing is asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from experiments.benchmarks import search_throughput, train_step, training
+from experiments.benchmarks.common import machine, write_json
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and datasets (a smoke run)")
+    parser.add_argument("--with-reproduce", action="store_true", help="also time `python -m experiments.reproduce`")
+    parser.add_argument("--json", default=os.path.join("results", "benchmarks.json"))
+    args = parser.parse_args(argv)
+    repeats = 2 if args.quick else 5
+    print(f"machine: {machine()}\n")
+    out = {}
+    print("## CT step vs vanilla step (batch 1000)")
+    out["train_step"] = train_step.main(["--repeats", str(repeats)])
+    print("\n## Counterfactual search throughput (batch 1000, T = 30)")
+    out["search_throughput"] = search_throughput.main(["--repeats", str(repeats)])
+    print("\n## Epochs, full runs, K runs in one program")
+    datasets = ["circles"] if args.quick else ["linearly_separable", "circles", "moons", "overlapping", "adult",
+                                               "german", "digits"]
+    out["training"] = training.main(["--repeats", str(max(1, repeats // 2)), "--datasets", *datasets,
+                                     "--seeds", "3" if args.quick else "10"])
+    print("\n## Peak memory of IP and MMD² (10,000 x 784 vs 10,000 x 784)")
+    n = "2000" if args.quick else "10000"
+    mem = subprocess.run([sys.executable, "-m", "experiments.benchmarks.metrics_memory", "--n", n],
+                         capture_output=True, text=True)
+    print(mem.stdout[-2000:])
+    out["metrics_memory_stdout"] = mem.stdout
+    if args.with_reproduce:
+        print("\n## Default reproduce run")
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "experiments.reproduce", "--quiet", "--no-plots", "--out",
+                        os.path.join("results", "bench_reproduce")], check=True, stdout=subprocess.DEVNULL)
+        out["reproduce_default_s"] = time.perf_counter() - t0
+        print(f"python -m experiments.reproduce: {out['reproduce_default_s'] / 60:.1f} min")
+    write_json(args.json, out)
+    print(f"\nwritten: {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

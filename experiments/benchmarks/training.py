@@ -1,0 +1,142 @@
+"""Training speed: compiled epoch times per dataset, full 100-epoch CT runs, and K runs vmapped vs sequential.
+
+    python -m experiments.benchmarks.training [--datasets circles adult --seeds 10 --json out.json]
+
+Every figure is post-compile unless it says "compile"; each is min/median/max over repeats.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from ctrain.data import load_dataset
+from ctrain.models import make_model
+from ctrain.objective import positive_pool
+from ctrain.train import create_train_state, create_train_states, fit, fit_many, make_train_epoch
+from experiments.benchmarks.common import block, fmt, measure, write_json
+from experiments.configs import SYNTHETIC_NAMES, get_config
+from experiments.pipeline import free_schema, train_config
+
+
+def _setup(name: str, objective: str):
+    config = get_config(name)
+    data = free_schema(load_dataset(name, **dict(config.dataset_kwargs)))
+    tc = train_config(config, objective)
+    nb = len(data.x_train) // tc.batch_size
+    tc = tc.replace(ce_per_batch=-(-tc.n_ce // nb)) if tc.needs_counterfactuals else tc
+    apply_fn, params = make_model("mlp", data.num_features, data.num_classes, jax.random.key(0))
+    pool = positive_pool(data.x_train, data.y_train, data.num_classes)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    return config, data, tc, apply_fn, params, pool, x, y
+
+
+def epoch_times(name: str, repeats: int) -> dict:
+    """Returns compile and steady-state epoch times of BL and CT, and a whole 100-epoch CT run, for one dataset."""
+    out = {"dataset": name}
+    for objective in ("vanilla", "full"):
+        config, data, tc, apply_fn, params, pool, x, y = _setup(name, objective)
+        epoch = jax.jit(make_train_epoch(tc, data.constraints()), static_argnums=(6,))
+        state = create_train_state(apply_fn, params, weights=tc.loss_weights())
+        key = jax.random.key(0)
+        use_ct = objective != "vanilla"
+        t0 = time.perf_counter()
+        block(epoch(state, x, y, pool, key, 0, use_ct))
+        label = "ct" if use_ct else "vanilla"
+        out[f"{label}_compile_s"] = time.perf_counter() - t0
+        out[f"{label}_epoch_s"] = measure(lambda: epoch(state, x, y, pool, key, 1, use_ct), repeats=repeats)
+        out["steps_per_epoch"] = len(data.x_train) // tc.batch_size
+        if use_ct:
+            def full_run():
+                s = state
+                for e in range(config.epochs):
+                    s, _ = epoch(s, x, y, pool, key, e, True)
+                return s.params
+            out["ct_full_run_s"] = measure(full_run, repeats=max(1, repeats // 3), warmup=0)
+            out["epochs"] = config.epochs
+    out["ct_over_vanilla_epoch"] = out["ct_epoch_s"]["median"] / out["vanilla_epoch_s"]["median"]
+    return out
+
+
+def many_vs_sequential(name: str, k: int, epochs: int, repeats: int) -> dict:
+    """Returns the time of k CT runs as one vmapped program vs k runs one after another (same compiled epoch)."""
+    config, data, tc, apply_fn, params, pool, x, y = _setup(name, "full")
+    epoch = make_train_epoch(tc, data.constraints())
+    one = jax.jit(epoch, static_argnums=(6,))
+    many = jax.jit(jax.vmap(lambda s, kk, e: epoch(s, x, y, pool, kk, e, True), in_axes=(0, 0, None)))
+    inits = [make_model("mlp", data.num_features, data.num_classes, jax.random.key(s))[1] for s in range(k)]
+    states = create_train_states(apply_fn, jax.tree.map(lambda *a: jnp.stack(a), *inits), weights=tc.loss_weights())
+    singles = [create_train_state(apply_fn, p, weights=tc.loss_weights()) for p in inits]
+    keys = jnp.stack([jax.random.key(s) for s in range(k)])
+
+    def vmapped():
+        s = states
+        for e in range(epochs):
+            s, _ = many(s, keys, e)
+        return s.params
+
+    def sequential():
+        outs = []
+        for i in range(k):
+            s = singles[i]
+            for e in range(epochs):
+                s, _ = one(s, x, y, pool, keys[i], e, True)
+            outs.append(s.params)
+        return outs
+
+    t0 = time.perf_counter()
+    block(many(states, keys, 0))
+    compile_many = time.perf_counter() - t0
+    t_many = measure(vmapped, repeats=repeats)
+    t_seq = measure(sequential, repeats=repeats)
+
+    # End to end, as a researcher runs it: `fit` once per seed (each compiles its own program and
+    # evaluates every epoch) vs one `fit_many` call, both for the config's full number of epochs.
+    full = tc.replace(epochs=config.epochs)
+    fit_seq = measure(lambda: [fit(s, data, full.replace(seed=i), progress=False)[0].params
+                               for i, s in enumerate(singles)], repeats=1, warmup=0)
+    fit_vmap = measure(lambda: fit_many(states, data, full, seeds=range(k), progress=False)[0].params,
+                       repeats=1, warmup=0)
+    return {"dataset": name, "k": k, "epochs": epochs, "vmapped_s": t_many, "sequential_s": t_seq,
+            "vmapped_compile_s": compile_many, "speedup": t_seq["median"] / t_many["median"],
+            "fit_epochs": config.epochs, "fit_sequential_s": fit_seq, "fit_many_s": fit_vmap,
+            "fit_speedup": fit_seq["median"] / fit_vmap["median"]}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=list(SYNTHETIC_NAMES))
+    parser.add_argument("--seeds", type=int, default=10, help="K for the vmapped-vs-sequential comparison")
+    parser.add_argument("--many-epochs", type=int, default=10)
+    parser.add_argument("--many-dataset", default="circles")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.datasets:
+        try:
+            rows.append(epoch_times(name, args.repeats))
+        except FileNotFoundError as err:
+            print(f"{name}: skipped ({str(err).splitlines()[0][:120]})")
+    print("| dataset | steps/epoch | BL epoch ms | CT epoch ms | CT/BL | compile BL s | compile CT s "
+          "| 100-epoch CT run s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['steps_per_epoch']} | {fmt(r['vanilla_epoch_s'])} | {fmt(r['ct_epoch_s'])} "
+              f"| {r['ct_over_vanilla_epoch']:.1f} | {r['vanilla_compile_s']:.2f} | {r['ct_compile_s']:.2f} "
+              f"| {fmt(r['ct_full_run_s'], 1)} |")
+    many = many_vs_sequential(args.many_dataset, args.seeds, args.many_epochs, args.repeats)
+    print(f"\n{many['k']} CT runs x {many['epochs']} epochs on {many['dataset']}: vmapped {fmt(many['vmapped_s'], 1)} s, "
+          f"sequential {fmt(many['sequential_s'], 1)} s, speed-up {many['speedup']:.1f}x "
+          f"(vmapped compile {many['vmapped_compile_s']:.1f} s)")
+    print(f"End to end, {many['fit_epochs']} epochs each: {many['k']} x fit() {fmt(many['fit_sequential_s'], 1)} s, "
+          f"one fit_many() {fmt(many['fit_many_s'], 1)} s, speed-up {many['fit_speedup']:.1f}x")
+    payload = {"epochs": rows, "many_vs_sequential": many}
+    write_json(args.json, payload)
+    return payload
+
+
+if __name__ == "__main__":
+    main()

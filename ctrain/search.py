@@ -49,6 +49,7 @@ class SearchConfig:
     init_noise: float = 0.01
     optimizer: str = "sgd"  # "sgd" or "adam" (optax), applied per sample
     loop: str = "while"  # "while" stops once all samples converge; "scan" always runs T steps
+    onehot: str = "box"  # relaxation of one-hot groups during the search: "box" [0, 1] or "simplex"; both snap
     vae_latent: int = 2  # REVISE only: the VAE architecture whose params come in `aux["vae_params"]`
     vae_hidden: int = 16
 
@@ -65,7 +66,7 @@ class SearchConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         choices = {"energy_schedule": ("decay", "constant"), "init": ("identity", "noise"),
-                   "optimizer": ("sgd", "adam"), "loop": ("while", "scan")}
+                   "optimizer": ("sgd", "adam"), "loop": ("while", "scan"), "onehot": ("box", "simplex")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -239,14 +240,15 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         encode = lambda v: v
         decode_one = lambda s: s
         # Identity-space states are kept projected, so only the one-hot snap separates state and view.
-        view_of = lambda s: cons.finalize(s, x, c) if c.has_groups else s
+        view_of = lambda s: cons.snap(s, x, c)
 
     box = cons.feasible_box(x, c)
+    simplex = config.onehot == "simplex"
     s0 = encode(x)
     if config.init == "noise":
         s0 = s0 + config.init_noise * jax.random.normal(key, s0.shape, s0.dtype)
     if not gen.latent:
-        s0 = cons.project(s0, x, c, box)
+        s0 = cons.project(s0, x, c, box, simplex=simplex)
     tx = optax.sgd(config.step_size) if config.optimizer == "sgd" else optax.adam(config.step_size)
     opt0 = jax.vmap(tx.init)(s0)
 
@@ -274,7 +276,7 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         updates, new_opt = jax.vmap(tx.update)(g, opt, s)
         s_new = s + updates
         if not gen.latent:
-            s_new = cons.project(s_new, x, c, box)
+            s_new = cons.project(s_new, x, c, box, simplex=simplex)
         keep = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)
         s = keep(s_new, s)
         opt = jax.tree.map(keep, new_opt, opt)

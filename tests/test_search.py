@@ -175,13 +175,13 @@ def schemas(draw):
     if with_group:
         lo[cols], hi[cols] = 0.0, 1.0  # a one-hot category lives in [0, 1]
     seed = draw(st.integers(0, 2 ** 16))
-    return muts, lo, hi, (cols if with_group else None), seed
+    return muts, lo, hi, (cols if with_group else None), seed, draw(st.sampled_from(["box", "simplex"]))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(schemas())
 def test_random_schemas_never_violate_constraints(spec):
-    muts, lo, hi, group, seed = spec
+    muts, lo, hi, group, seed, onehot = spec
     muts = np.array(muts)
     c = cons.make_constraints(WIDTH, immutable=np.flatnonzero(muts == 1), increase=np.flatnonzero(muts == 2),
                               decrease=np.flatnonzero(muts == 3), lower=lo, upper=hi,
@@ -192,7 +192,8 @@ def test_random_schemas_never_violate_constraints(spec):
         x[:, group] = np.eye(3)[rng.integers(0, 3, 16)]
     apply_fn, params = make_model("mlp", WIDTH, 3, jax.random.key(seed % 7))
     target = jnp.asarray(rng.integers(0, 3, 16), jnp.int32)
-    cfg = SearchConfig(generator="generic", step_size=2.0, max_steps=8, threshold=0.99, lambda_cost=0.0)
+    cfg = SearchConfig(generator="generic", step_size=2.0, max_steps=8, threshold=0.99, lambda_cost=0.0,
+                       onehot=onehot)
     res = _search_jit(apply_fn, params, jnp.asarray(x), target, jax.random.key(0), cfg, c, None)
     v = cons.violations(res.x_cf, jnp.asarray(x), c)
     for name, count in v.items():

@@ -17,7 +17,6 @@ import os
 from typing import Iterable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ctrain import attacks, constraints as cons, metrics
@@ -71,7 +70,7 @@ def _draw_rounds(rng: np.random.Generator, n_rounds: int, num_classes: int) -> t
 
 def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_classes: int,
                             protocol: ProtocolConfig = ProtocolConfig(),
-                            constraints: cons.Constraints | None = None) -> dict:
+                            constraints: cons.Constraints | None = None, progress: bool = False) -> dict:
     """Returns {"rounds": per-(model, round, λ) records, "summary": per-(model, round) means, "protocol": ...}.
 
     models: name -> (apply_fn, params). x_test (N, D), y_test (N,). A round in which a model predicts
@@ -102,6 +101,10 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
         xs, mask, ys, length_scale=protocol.mmd_length_scale)))
 
     records, summary = [], []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(models) * len(protocol.lambda_energy), desc="evaluate", unit="search")
     for name, (apply_fn, params) in models.items():
         predicted = predict(apply_fn, params, x_test, chunk_size=protocol.chunk_size)
         pools = [np.flatnonzero(predicted == a) for a in factual_class]
@@ -136,6 +139,8 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
                        "ip_star": float(max(ip_star[r], 0.0)) if v.sum() >= 2 else None,  # clamped as the reference
                        "energy_differential": _mean_or_none(energy_diff.reshape(j, n)[r], v)}
                 per_lambda.append(rec)
+            if bar is not None:
+                bar.update(1)
         records.extend(per_lambda)
         for r in range(j):
             rows = [rec for rec in per_lambda if rec["round"] == r]
@@ -144,6 +149,8 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
                 vals = [rec[m] for rec in rows if rec[m] is not None]
                 row[m] = float(np.mean(vals)) if vals else None
             summary.append(row)
+    if bar is not None:
+        bar.close()
     return {"rounds": records, "summary": summary, "protocol": dataclasses.asdict(protocol)}
 
 

@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ctrain import constraints as cons
 from ctrain.objective import (CounterfactualBatch, LossWeights, PositivePool, composite_loss,
                               make_counterfactual_batch, objective_weights, positive_pool)
-from ctrain.search import SearchConfig, predict
+from ctrain.search import SearchConfig
 
 
 @flax.struct.dataclass
@@ -256,6 +256,30 @@ def _epoch_log(metrics: dict) -> dict:
     return out
 
 
+def _prepare_run(dataset, config: TrainConfig, constraints):
+    """Returns (config with ce_per_batch set, constraints, PositivePool) after checking the training data."""
+    if not np.all(np.isfinite(dataset.x_train)):
+        raise ValueError(f"{dataset.name}: training inputs contain NaN/inf; clean them before training")
+    n_batches = len(dataset.x_train) // config.batch_size
+    if n_batches < 1:
+        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.x_train)} training samples")
+    if config.needs_counterfactuals:
+        constraints = dataset.constraints() if constraints is None else constraints
+        if config.ce_per_batch is None:
+            config = config.replace(ce_per_batch=math.ceil(config.n_ce / n_batches))
+    return config, constraints, positive_pool(dataset.x_train, dataset.y_train, dataset.num_classes)
+
+
+def _accuracies(accuracy_fn, params, dataset) -> dict[str, jax.Array]:
+    """Returns {"<split>_accuracy": accuracy_fn(params, x, y)} for the non-empty splits."""
+    return {f"{split}_accuracy": accuracy_fn(params, getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}"))
+            for split in ("train", "val", "test") if len(getattr(dataset, f"x_{split}"))}
+
+
+def _accuracy_fn(apply_fn):
+    return lambda p, x, y: jnp.mean(jnp.argmax(apply_fn(p, x), -1) == y)
+
+
 def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Constraints | None = None,
         workdir: str | None = None, mesh: Mesh | None = None, progress: bool = True, aux=None,
         log_fn: Callable[[dict], None] | None = None) -> tuple[TrainState, list[dict]]:
@@ -268,17 +292,7 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     """
     from ctrain import checkpoint
 
-    if constraints is None and config.needs_counterfactuals:
-        constraints = dataset.constraints()
-    x_train, y_train = dataset.x_train, dataset.y_train
-    if not np.all(np.isfinite(x_train)):
-        raise ValueError(f"{dataset.name}: training inputs contain NaN/inf; clean them before training")
-    n_batches = len(x_train) // config.batch_size
-    if n_batches < 1:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(x_train)} training samples")
-    if config.needs_counterfactuals and config.ce_per_batch is None:
-        config = config.replace(ce_per_batch=math.ceil(config.n_ce / n_batches))
-    pool = positive_pool(x_train, y_train, dataset.num_classes)
+    config, constraints, pool = _prepare_run(dataset, config, constraints)
     burnin_epochs = round(config.burnin * config.epochs)
     key = jax.random.key(config.seed)
 
@@ -287,7 +301,7 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     if manager is not None and manager.latest_epoch() is not None:
         state, start_epoch, history = manager.restore(state)
     state = jax.tree.map(jnp.copy, state)  # the epoch donates its input: never consume the caller's arrays
-    x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
+    x_dev, y_dev = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     batch_sharding = None
     if mesh is not None:
         for name, size in (("batch_size", config.batch_size), ("ce_per_batch", config.ce_per_batch or 0)):
@@ -297,6 +311,7 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
         batch_sharding = NamedSharding(mesh, P(None, "data"))
     epoch_fn = jax.jit(make_train_epoch(config, constraints, aux, batch_sharding), static_argnums=(6,),
                        donate_argnums=(0,))
+    accuracy = jax.jit(_accuracy_fn(state.apply_fn))
 
     bar = None
     if progress:
@@ -307,10 +322,7 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
         use_ct = config.needs_counterfactuals and epoch >= burnin_epochs
         state, metrics = epoch_fn(state, x_dev, y_dev, pool, key, epoch, use_ct)
         log = {"epoch": epoch + 1, **_epoch_log(metrics)}
-        log["train_accuracy"] = float(np.mean(predict(state.apply_fn, state.params, x_train) == y_train))
-        if len(dataset.x_val):
-            log["val_accuracy"] = float(np.mean(predict(state.apply_fn, state.params, dataset.x_val) == dataset.y_val))
-        log["test_accuracy"] = float(np.mean(predict(state.apply_fn, state.params, dataset.x_test) == dataset.y_test))
+        log.update({k: float(v) for k, v in _accuracies(accuracy, state.params, dataset).items()})
         log["time_s"] = time.perf_counter() - t0
         history.append(log)
         if log["nonfinite"]:
@@ -360,26 +372,18 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
     Run k uses data/search seed `seeds[k]` and the k-th slice of `states`; its result equals
     `fit(state_k, dataset, config.replace(seed=seeds[k]))` up to float rounding.
     """
-    if constraints is None and config.needs_counterfactuals:
-        constraints = dataset.constraints()
     seeds = [int(s) for s in seeds]
     k = len(seeds)
     if jax.tree.leaves(states.params)[0].shape[0] != k:
         raise ValueError(f"{k} seeds given for {jax.tree.leaves(states.params)[0].shape[0]} stacked states")
-    n_batches = len(dataset.x_train) // config.batch_size
-    if n_batches < 1:
-        raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.x_train)} training samples")
-    if config.needs_counterfactuals and config.ce_per_batch is None:
-        config = config.replace(ce_per_batch=math.ceil(config.n_ce / n_batches))
-    pool = positive_pool(dataset.x_train, dataset.y_train, dataset.num_classes)
+    config, constraints, pool = _prepare_run(dataset, config, constraints)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     states = jax.tree.map(jnp.copy, states)  # the epoch donates its input: never consume the caller's arrays
     x_dev, y_dev = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
     epoch = make_train_epoch(config, constraints, aux)
     epoch_fns = {use_ct: jax.jit(jax.vmap(lambda s, kk, e, u=use_ct: epoch(s, x_dev, y_dev, pool, kk, e, u),
                                           in_axes=(0, 0, None)), donate_argnums=(0,)) for use_ct in (False, True)}
-    accuracy = jax.jit(jax.vmap(lambda p, x, y: jnp.mean(jnp.argmax(states.apply_fn(p, x), -1) == y),
-                                in_axes=(0, None, None)))
+    accuracy = jax.jit(jax.vmap(_accuracy_fn(states.apply_fn), in_axes=(0, None, None)))
     burnin_epochs = round(config.burnin * config.epochs)
     histories: list[list[dict]] = [[] for _ in range(k)]
     bar = None
@@ -390,9 +394,7 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
         t0 = time.perf_counter()
         use_ct = config.needs_counterfactuals and e >= burnin_epochs
         states, metrics = epoch_fns[use_ct](states, keys, e)
-        accs = {f"{split}_accuracy": np.asarray(accuracy(states.params, getattr(dataset, f"x_{split}"),
-                                                         getattr(dataset, f"y_{split}")))
-                for split in ("train", "val", "test") if len(getattr(dataset, f"x_{split}"))}
+        accs = {name: np.asarray(v) for name, v in _accuracies(accuracy, states.params, dataset).items()}
         elapsed = time.perf_counter() - t0
         for i in range(k):
             log = {"epoch": e + 1, **_epoch_log({m: v[i] for m, v in metrics.items()})}

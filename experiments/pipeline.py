@@ -116,7 +116,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, ablation: bool
         models = {label: trained[label][i] for label in labels}
         res = evaluate_explainability(models, data.x_test, data.y_test, num_classes=data.num_classes,
                                       protocol=protocol_config(config, threshold=config.eval_tau, seed=seed),
-                                      constraints=data.constraints())
+                                      constraints=data.constraints(), progress=progress)
         write_records(os.path.join(seed_dir, "plausibility_rounds.csv"), res["rounds"])
         write_records(os.path.join(seed_dir, "plausibility_summary.csv"), res["summary"])
         plaus.append(res["summary"])
@@ -125,7 +125,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, ablation: bool
                                               data.y_test, num_classes=data.num_classes,
                                               protocol=protocol_config(config, threshold=config.eval_cost_tau,
                                                                        seed=seed),
-                                              constraints=data_protected.constraints())
+                                              constraints=data_protected.constraints(), progress=progress)
             write_records(os.path.join(seed_dir, "actionability_summary.csv"), res_mut["summary"])
             cost.append(res_mut["summary"])
     timings["evaluate_s"] = time.perf_counter() - t0

@@ -11,7 +11,6 @@ Figures are median [min–max] over repeats; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

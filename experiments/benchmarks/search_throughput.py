@@ -51,7 +51,7 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     rows = [run_case(w, k, args.batch, args.steps, args.repeats, min(args.loop_samples, args.batch))
             for w, k in ((2, 2), (784, 10))]
-    print(f"| MLP | batch | T | vmapped ms (median [min–max]) | per-sample loop ms | CF/s vmapped | CF/s loop | speed-up |")
+    print("| MLP | batch | T | vmapped ms (median [min–max]) | per-sample loop ms | CF/s vmapped | CF/s loop | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['width']} | {r['batch']} | {r['steps']} | {fmt(r['vmapped_s'])} | {fmt(r['per_sample_loop_s'])} "

@@ -18,7 +18,7 @@ import numpy as np
 
 from ctrain.constraints import unconstrained
 from ctrain.models import make_model
-from ctrain.objective import positive_pool
+from ctrain.objective import make_counterfactual_batch, positive_pool
 from ctrain.search import SearchConfig
 from ctrain.train import TrainConfig, create_train_state, make_train_step
 from experiments.benchmarks.common import fmt, measure, write_json
@@ -47,9 +47,9 @@ def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats
     t_vanilla = measure(lambda: vanilla(state, b), repeats=repeats)
     t_ct = measure(lambda: ct(state, {**b, "pool": pool}, key), repeats=repeats)
     _, metrics = ct(state, {**b, "pool": pool}, key)
-    search_jit = jax.jit(lambda k: __import__("ctrain.objective", fromlist=["x"]).make_counterfactual_batch(
-        apply_fn, state.params, b["x"][:n_ce], b["y"][:n_ce], pool, k, search, unconstrained(width)))
-    cf = search_jit(key)
+    # The loop's iteration count: the batched while_loop runs until its slowest sample stops.
+    cf = jax.jit(lambda k: make_counterfactual_batch(apply_fn, state.params, b["x"][:n_ce], b["y"][:n_ce], pool, k,
+                                                     search, unconstrained(width)))(key)
     mean_steps = float(metrics["search_steps"])
     loop_iters = int(np.max(np.asarray(cf.steps)))
     frac = n_ce / batch

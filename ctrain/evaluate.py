@@ -58,10 +58,6 @@ class ProtocolConfig:
 ROUND_METRICS = ("validity", "validity_strict", "cost", "ip", "ip_star", "energy_differential")
 
 
-def _mean_or_none(values: np.ndarray, mask: np.ndarray) -> float | None:
-    return float(values[mask].mean()) if mask.any() else None
-
-
 def _draw_rounds(rng: np.random.Generator, n_rounds: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     factual = rng.integers(0, num_classes, n_rounds)
     target = (factual + rng.integers(1, num_classes, n_rounds)) % num_classes  # uniform over t ≠ a
@@ -135,9 +131,10 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
                        "target_class": int(target_class[r]), "n": n if has_pool[r] else 0, "n_valid": int(v.sum()),
                        "validity": float(v.mean()) if has_pool[r] else None,
                        "validity_strict": float(strict[r].mean()) if has_pool[r] else None,
-                       "cost": _mean_or_none(cost[r], v), "ip": _mean_or_none(ip.reshape(j, n)[r], v),
+                       "cost": metrics.mean_or_none(cost[r], v),
+                       "ip": metrics.mean_or_none(ip.reshape(j, n)[r], v),
                        "ip_star": float(max(ip_star[r], 0.0)) if v.sum() >= 2 else None,  # clamped as the reference
-                       "energy_differential": _mean_or_none(energy_diff.reshape(j, n)[r], v)}
+                       "energy_differential": metrics.mean_or_none(energy_diff.reshape(j, n)[r], v)}
                 per_lambda.append(rec)
             if bar is not None:
                 bar.update(1)

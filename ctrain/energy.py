@@ -6,8 +6,12 @@ import jax.numpy as jnp
 
 
 def energy_from_logits(logits: jax.Array, target: jax.Array) -> jax.Array:
-    """Returns −logits[..., target], shape logits.shape[:-1]: the conditional energy at the target class."""
-    return -jnp.take_along_axis(logits, jnp.asarray(target)[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    """Returns −logits[..., target], shape logits.shape[:-1]: the conditional energy at the target class.
+
+    `target` is one class per row or a single class for all rows.
+    """
+    target = jnp.broadcast_to(jnp.asarray(target, jnp.int32), logits.shape[:-1])
+    return -jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
 
 
 def marginal_energy_from_logits(logits: jax.Array) -> jax.Array:

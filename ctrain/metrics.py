@@ -362,15 +362,6 @@ def mmd2_unbiased_masked(x, x_mask, y, *, length_scale: float = DEFAULT_LENGTH_S
 # Energy, SGLD and unfaithfulness
 # ---------------------------------------------------------------------------------------------------
 
-def energy(apply_fn: ApplyFn, params, x, target) -> jax.Array:
-    """Returns (N,) energies E(x, t) = −logit_t(x), the raw-logit energy the reference uses."""
-    x = _finite_matrix("x", x)
-    target = _as_labels("target", target, x.shape[0])
-    logits = _logits(apply_fn, params, x)
-    _check_class_range("target", target, logits.shape[1])
-    return energy_from_logits(logits, target)
-
-
 def energy_differential(apply_fn: ApplyFn, params, x_cf, target, x_target_samples) -> jax.Array:
     """Returns (N,) E(x', t) − mean_k E(x_k, t): how far above the typical target sample each CF's energy is.
 

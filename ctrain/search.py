@@ -307,7 +307,8 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
 # --------------------------------------------------------------------------------------------------
 # Post-hoc API
 
-_search_jit = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config"))
+# The jitted search shared by `explain`, plots and tests, so they reuse one compilation cache.
+search_counterfactuals_jit = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config", "return_path"))
 
 
 def sample_targets(key: jax.Array, predicted: jax.Array, num_classes: int) -> jax.Array:
@@ -389,7 +390,7 @@ def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchC
     size = min(chunk_size, n)
     parts = []
     for i, (lo, hi) in enumerate(_chunks(n, size)):
-        res = _search_jit(apply_fn, params, _pad(x[lo:hi], size), _pad(target[lo:hi], size),
+        res = search_counterfactuals_jit(apply_fn, params, _pad(x[lo:hi], size), _pad(target[lo:hi], size),
                           jax.random.fold_in(key, i), config, constraints, aux)
         parts.append(jax.tree.map(lambda a: np.asarray(a)[: hi - lo], res))
     res = jax.tree.map(lambda *a: np.concatenate(a), *parts)

@@ -16,9 +16,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from ctrain.search import sample_targets, search_counterfactuals  # noqa: E402
+from ctrain.search import sample_targets, search_counterfactuals_jit  # noqa: E402
 
-_search_path_jit = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config", "return_path"))
 
 
 def _save(fig, path):
@@ -51,7 +50,7 @@ def plot_decision_surfaces(path, dataset, models, *, key, search_config, constra
     runs = {}
     for name, (apply_fn, params) in models.items():
         target = sample_targets(t_key, apply_fn(params, x_f).argmax(-1), k)
-        res, path_cf = _search_path_jit(apply_fn, params, x_f, target, s_key, search_config, constraints,
+        res, path_cf = search_counterfactuals_jit(apply_fn, params, x_f, target, s_key, search_config, constraints,
                                         return_path=True)
         runs[name] = (np.asarray(path_cf), np.asarray(res.converged))
 

@@ -7,6 +7,7 @@ import pytest
 
 from ctrain import constraints as cons
 from ctrain import metrics
+from ctrain.energy import energy
 
 
 def linear_apply(params, x):
@@ -228,7 +229,7 @@ def test_energy_differential_on_a_hand_case():
     chex.assert_shape(diff, (2,))
     # logit_0: CFs 1.1, 2.1; samples 3.1, 5.1 (mean 4.1). logit_1: CF 0.3; samples -0.7, -2.7 (mean -1.7).
     chex.assert_trees_all_close(diff, jnp.array([-1.1 + 4.1, -0.3 - 1.7]), atol=1e-6)
-    chex.assert_trees_all_close(metrics.energy(linear_apply, LINEAR_2, x_cf, 0), jnp.array([-1.1, -2.1]), atol=1e-6)
+    chex.assert_trees_all_close(energy(linear_apply, LINEAR_2, x_cf, 0), jnp.array([-1.1, -2.1]), atol=1e-6)
 
 
 def test_sgld_returns_finite_samples_that_lower_the_energy_of_a_linear_model():
@@ -237,8 +238,8 @@ def test_sgld_returns_finite_samples_that_lower_the_energy_of_a_linear_model():
     samples = metrics.sgld_sample(linear_apply, LINEAR_2, 1, key, init=init, n_steps=20)
     chex.assert_shape(samples, (64, 2))
     assert bool(jnp.all(jnp.isfinite(samples)))
-    before = metrics.energy(linear_apply, LINEAR_2, init, 1)
-    after = metrics.energy(linear_apply, LINEAR_2, samples, 1)
+    before = energy(linear_apply, LINEAR_2, init, 1)
+    after = energy(linear_apply, LINEAR_2, samples, 1)
     # Each step lowers E by (φ/2)‖w_1‖² = 1.25 in expectation: 25 over 20 steps.
     np.testing.assert_allclose(float(jnp.mean(before - after)), 25.0, rtol=0.02)
     fresh = metrics.sgld_sample(linear_apply, LINEAR_2, jnp.zeros(8, jnp.int32), key, n_samples=8, n_features=2,
@@ -260,7 +261,7 @@ def test_unfaithfulness_keeps_the_lowest_energy_samples_and_scores_each_cf_again
                                     rtol=1e-6)
     kept = metrics.unfaithfulness(linear_apply, LINEAR_2, x_cf, 1, key, n_keep=2, **settings)
     samples = metrics.sgld_sample(linear_apply, LINEAR_2, 1, key, init=init, n_steps=3, noise=0.0)
-    lowest = samples[jnp.argsort(metrics.energy(linear_apply, LINEAR_2, samples, 1))[:2]]
+    lowest = samples[jnp.argsort(energy(linear_apply, LINEAR_2, samples, 1))[:2]]
     chex.assert_trees_all_close(kept, metrics.implausibility(x_cf, lowest), rtol=1e-5)
     noisy = metrics.unfaithfulness(linear_apply, LINEAR_2, x_cf, targets, key, n_samples=4, n_steps=5)
     assert bool(jnp.all(jnp.isfinite(noisy)))

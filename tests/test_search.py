@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from ctrain import constraints as cons
 from ctrain.energy import energy, marginal_energy
 from ctrain.models import make_model, train_vae
-from ctrain.search import (GENERATORS, SearchConfig, _search_jit, calibrate_conformal, energy_weight, explain,
-                           register_generator, search_counterfactuals)
+from ctrain.search import (GENERATORS, SearchConfig, calibrate_conformal, energy_weight, explain,
+                           register_generator, search_counterfactuals, search_counterfactuals_jit)
 
 W = jnp.array([[1.0, -1.0], [2.0, 0.5]])  # logits = x @ W: class-1 minus class-0 direction is (-2, -1.5)
 
@@ -194,7 +194,7 @@ def test_random_schemas_never_violate_constraints(spec):
     target = jnp.asarray(rng.integers(0, 3, 16), jnp.int32)
     cfg = SearchConfig(generator="generic", step_size=2.0, max_steps=8, threshold=0.99, lambda_cost=0.0,
                        onehot=onehot)
-    res = _search_jit(apply_fn, params, jnp.asarray(x), target, jax.random.key(0), cfg, c, None)
+    res = search_counterfactuals_jit(apply_fn, params, jnp.asarray(x), target, jax.random.key(0), cfg, c, None)
     v = cons.violations(res.x_cf, jnp.asarray(x), c)
     for name, count in v.items():
         assert int(count.sum()) == 0, f"{name}"
@@ -220,11 +220,11 @@ def test_search_traces_once_per_shape():
     x = jnp.array([[1.0, 1.0], [2.0, 2.0]])
     for seed in range(3):
         traced(linear, PARAMS, x + seed, jnp.array([1, 1]), jax.random.key(seed), GENERIC)
-    before = _search_jit._cache_size()
+    before = search_counterfactuals_jit._cache_size()
     xs = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
     explain(linear, PARAMS, xs, key=jax.random.key(0), config=GENERIC.replace(max_steps=7), chunk_size=4)
     explain(linear, PARAMS, xs + 1, key=jax.random.key(1), config=GENERIC.replace(max_steps=7), chunk_size=4)
-    assert _search_jit._cache_size() == before + 1  # 3 chunks (last one padded), 2 calls: one compile
+    assert search_counterfactuals_jit._cache_size() == before + 1  # 3 chunks (last one padded), 2 calls: one compile
 
 
 def test_bad_input_raises_clear_errors():

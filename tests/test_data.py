@@ -1,10 +1,11 @@
+import dataclasses
 import math
 
 import chex
 import numpy as np
 import pytest
 
-from ctrain.data import Feature, Schema, from_arrays, load_dataset
+from ctrain.data import Dataset, Feature, Schema, Standardizer, from_arrays, load_dataset, prepare
 from ctrain.data.synthetic import N_TEST, N_TRAIN, N_VAL
 
 
@@ -28,8 +29,8 @@ def test_synthetic_shapes_labels_and_determinism(name):
 def test_synthetic_geometry():
     circles = load_dataset("circles")
     r = np.linalg.norm(circles.x_train, axis=1)
-    # factor 0.01: class 1 sits at the centre, class 0 on the unit circle
-    assert np.median(r[circles.y_train == 1]) < 0.3 < 0.7 < np.median(r[circles.y_train == 0])
+    # factor 0.01: class 0 (MLJBase's smaller circle) sits at the centre, class 1 on the unit circle
+    assert np.median(r[circles.y_train == 0]) < 0.3 < 0.7 < np.median(r[circles.y_train == 1])
     ls, ol = load_dataset("ls"), load_dataset("ol")
     assert ls.x_train[ls.y_train == 0].std() < ol.x_train[ol.y_train == 0].std()
 
@@ -149,3 +150,172 @@ def test_invalid_schema_definitions_raise():
         Schema((Feature("a", "categorical", "g"), Feature("b", "categorical", "g", mutability="immutable")))
     with pytest.raises(ValueError, match="two mutabilities"):
         Schema.build(["a", "b"], immutable=["a"], increase=["a"])
+
+
+# --- labels: any label set maps to 0..K-1 with its names kept ---------------------------------------------
+
+def _xy(n=60, seed=0):
+    return np.random.default_rng(seed).normal(size=(n, 2))
+
+
+@pytest.mark.parametrize("labels,names", [
+    ([1, 2], ("1", "2")),
+    ([0, 7], ("0", "7")),
+    ([2.0, 5.0], ("2", "5")),  # integer-valued floats are the same classes as their integers
+    (["yes", "no"], ("no", "yes")),
+    ([True, False], ("False", "True")),
+    ([3, 1, 2], ("1", "2", "3")),
+])
+def test_from_arrays_maps_any_label_set_to_consecutive_classes(labels, names):
+    raw = np.array(labels * 20)
+    d = from_arrays(_xy(len(raw)), raw, test_fraction=0.25)
+    assert d.num_classes == len(names)
+    assert d.class_names == names
+    for y in (d.y_train, d.y_test):
+        chex.assert_type(y, np.int32)
+        assert set(np.unique(y)) == set(range(len(names)))
+    np.testing.assert_array_equal(np.bincount(np.r_[d.y_train, d.y_test]), [20] * len(names))  # no empty class
+
+
+def test_from_arrays_codes_follow_the_rows():
+    x = np.r_[np.zeros((20, 1)), np.ones((20, 1))] + np.random.default_rng(0).normal(0, 0.01, (40, 1))
+    y = np.array(["low"] * 20 + ["high"] * 20)
+    d = from_arrays(x, y, standardize=False)
+    high = d.class_names.index("high")
+    np.testing.assert_array_equal(d.x_train[:, 0] > 0.5, d.y_train == high)
+
+
+@pytest.mark.parametrize("bad,count", [
+    (np.r_[np.zeros(20), np.ones(18), np.nan, np.nan], 2),
+    (np.array([0] * 20 + [1] * 19 + [None], dtype=object), 1),
+])
+def test_missing_labels_raise_naming_count_and_rows(bad, count):
+    with pytest.raises(ValueError, match=rf"{count} missing label\(s\).*rows \[3[89]"):
+        from_arrays(_xy(40), bad)
+
+
+def test_fractional_labels_and_mixed_types_raise():
+    with pytest.raises(ValueError, match=r"non-integer.*0.5 at row 1.*astype\(str\)"):
+        from_arrays(_xy(4), [0.0, 0.5, 1.0, 1.0])
+    with pytest.raises(TypeError, match="mixes label types"):
+        from_arrays(_xy(4), np.array([0, "a", 1, "b"], dtype=object))
+    with pytest.raises(ValueError, match="only one class"):
+        from_arrays(_xy(10), ["a"] * 10)
+
+
+def test_prepare_rejects_labels_that_are_not_class_indices():
+    x = _xy(10)
+    with pytest.raises(TypeError, match="from_arrays"):
+        prepare("p", x, np.array(["a", "b"] * 5), x, np.arange(10) % 2)
+    with pytest.raises(ValueError, match=r"y_train: 1 label\(s\) are not integers.*row 3"):
+        prepare("p", x, np.r_[0, 1, 0, np.nan, 0, 1, 0, 1, 0, 1], x, np.arange(10) % 2)
+    with pytest.raises(ValueError, match="class indices 0..K-1, found -1"):
+        prepare("p", x, np.r_[-1, 1, 0, 1, 0, 1, 0, 1, 0, 1], x, np.arange(10) % 2)
+
+
+# --- one-hot groups --------------------------------------------------------------------------------------
+
+def _one_hot_data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.c_[rng.normal(size=n), np.eye(3)[rng.integers(0, 3, n)]]
+    return x, np.arange(n) % 2, dict(feature_names=["a", "c=1", "c=2", "c=3"], categorical={"c": ["c=1", "c=2", "c=3"]})
+
+
+@pytest.mark.parametrize("row", [[0.5, 0.5, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+def test_one_hot_groups_need_exactly_one_1_per_row(row):
+    x, y, kw = _one_hot_data()
+    x[[7, 12], 1:] = row
+    with pytest.raises(ValueError, match=r"one-hot group 'c'.*2 row\(s\).*first is row 7"):
+        from_arrays(x, y, **kw)
+
+
+def test_one_hot_groups_are_checked_in_every_split_of_a_dataset():
+    x, y, kw = _one_hot_data()
+    d = from_arrays(x, y, **kw)
+    bad = d.x_test.copy()
+    bad[3, 1:] = [0.2, 0.8, 0.0]
+    with pytest.raises(ValueError, match=r"x_test: one-hot group 'c'.*1 row\(s\).*row 3"):
+        dataclasses.replace(d, x_test=bad)
+    with pytest.raises(ValueError, match=r"x_val: one-hot group 'c'"):
+        prepare("p", d.x_train, d.y_train, d.x_test, d.y_test, schema=d.schema, x_val=bad, y_val=d.y_test)
+
+
+def test_a_feature_in_two_groups_raises_naming_both():
+    with pytest.raises(ValueError, match=r"feature 'b' is listed in two one-hot groups, 'g' and 'h'"):
+        Schema.build(["a", "b", "c"], categorical={"g": ["a", "b"], "h": ["b", "c"]})
+    with pytest.raises(ValueError, match=r"feature 'a' is listed twice in one-hot group 'g'"):
+        Schema.build(["a", "b"], categorical={"g": ["a", "a", "b"]})
+
+
+def test_schema_keywords_need_lists_not_strings():
+    with pytest.raises(TypeError, match=r"immutable must be a list.*\['age'\]"):
+        Schema.build(["age", "b"], immutable="age")
+    with pytest.raises(TypeError, match=r"categorical\['g'\] must be a list"):
+        Schema.build(["a", "b"], categorical={"g": "ab"})
+    with pytest.raises(ValueError, match=r"bounds\['a'\] must be a \(lower, upper\) pair"):
+        Schema.build(["a", "b"], bounds={"a": 3.0})
+    with pytest.raises(TypeError, match="Schema takes Feature objects"):
+        Schema(("a", "b"))
+
+
+# --- splits ------------------------------------------------------------------------------------------------
+
+def test_zero_rows_or_columns_raise():
+    with pytest.raises(ValueError, match="x has 0 rows"):
+        from_arrays(np.zeros((0, 2)), np.zeros(0, int))
+    with pytest.raises(ValueError, match="0 feature columns"):
+        from_arrays(np.zeros((5, 0)), np.arange(5) % 2)
+
+
+def test_a_split_that_would_be_empty_raises_naming_it():
+    with pytest.raises(ValueError, match=r"the test split is empty.*per class.*test fraction"):
+        from_arrays(_xy(4), [0, 0, 1, 1], test_fraction=0.2)
+    with pytest.raises(ValueError, match=r"the validation split is empty"):
+        from_arrays(_xy(8), [0] * 4 + [1] * 4, test_fraction=0.5, val_fraction=0.1)
+
+
+def test_a_class_too_small_for_the_split():
+    y = [0] * 10 + [1] * 10 + [2]
+    # one member goes to train under stratification: the class is kept, absent from test only
+    d = from_arrays(_xy(21), y, test_fraction=0.2)
+    assert d.num_classes == 3 and 2 in d.y_train and 2 not in d.y_test
+    with pytest.raises(ValueError, match=r"classes \['2'\] \(with \[1\] rows in all\) get no training rows"):
+        from_arrays(_xy(21), y, test_fraction=0.6)
+
+
+def test_an_empty_test_split_is_allowed_only_when_built_on_purpose():
+    x = _xy(20)
+    d = prepare("all_train", x, np.arange(20) % 2, np.zeros((0, 2)), np.zeros(0, int))
+    chex.assert_shape(d.x_test, (0, 2))
+    assert len(d.x_train) == 20
+    with pytest.raises(ValueError, match="training split is empty"):
+        prepare("p", np.zeros((0, 2)), np.zeros(0, int), x, np.arange(20) % 2, num_classes=2)
+
+
+def test_dataset_checks_class_names_against_classes():
+    d = load_dataset("moons", n_train=20, n_val=0, n_test=10)
+    with pytest.raises(ValueError, match=r"3 class names \['a', 'b', 'c'\] for 2 classes"):
+        dataclasses.replace(d, class_names=("a", "b", "c"))
+
+
+def test_bad_array_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="equal-length rows"):
+        from_arrays([[1.0, 2.0], [3.0]], [0, 1])
+    with pytest.raises(ValueError, match="must be real numbers"):
+        from_arrays(np.ones((4, 2), complex), [0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"y\.ravel\(\)"):
+        from_arrays(_xy(10), np.zeros((10, 1)))
+    bools = np.random.default_rng(0).integers(0, 2, (20, 2)).astype(bool)  # flags are accepted as 0/1
+    d = from_arrays(bools, np.arange(20) % 2, standardize=False)
+    assert set(np.unique(np.r_[d.x_train, d.x_test])) == {0.0, 1.0} and len(d.x_train) + len(d.x_test) == 20
+
+
+# --- load_dataset keywords -----------------------------------------------------------------------------------
+
+def test_load_dataset_unknown_keyword_names_the_valid_ones():
+    with pytest.raises(TypeError, match=r"unknown keyword\(s\) \['nosie'\]; load_synthetic takes \['seed', 'n_train'"):
+        load_dataset("moons", nosie=0.3)
+    with pytest.raises(TypeError, match=r"\['balanced'\]; load_digits takes .*'balance'"):
+        load_dataset("digits", balanced=True)
+    with pytest.raises(TypeError, match="dataset name must be a string"):
+        load_dataset(3)

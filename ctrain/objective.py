@@ -12,6 +12,7 @@ from __future__ import annotations
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ctrain import constraints as cons
@@ -29,6 +30,22 @@ class LossWeights:
     div: float = 0.5
     reg: float = 0.1
     adv: float = 0.25
+
+
+def check_loss_weights(weights: LossWeights) -> LossWeights:
+    """Returns `weights` with float32 leaves after checking that every λ is finite and >= 0 (scalars or (K,) grids)."""
+    if not isinstance(weights, LossWeights):
+        raise TypeError(f"weights must be a ctrain.objective.LossWeights, got {type(weights).__name__}; "
+                        "e.g. LossWeights(reg=0.5)")
+    out = {}
+    for name in ("clf", "div", "reg", "adv"):
+        value = np.asarray(getattr(weights, name), dtype=np.float64)
+        if value.ndim > 1:
+            raise ValueError(f"λ_{name} must be a scalar or a 1-D grid (one value per run), got shape {value.shape}")
+        if not np.all(np.isfinite(value)) or np.any(value < 0):
+            raise ValueError(f"λ_{name} must be finite and >= 0, got {value.tolist()}")
+        out[name] = jnp.asarray(value, jnp.float32)
+    return LossWeights(**out)
 
 
 def objective_weights(objective: str, weights: LossWeights) -> LossWeights:
@@ -55,7 +72,6 @@ class PositivePool:
 
 def positive_pool(x, y, num_classes: int) -> PositivePool:
     """Returns the PositivePool of x (N, D) by label y (N,); raises if a class has no samples."""
-    import numpy as np
     x, y = np.asarray(x, np.float32), np.asarray(y)
     members = [np.flatnonzero(y == k) for k in range(num_classes)]
     empty = [k for k, m in enumerate(members) if len(m) == 0]

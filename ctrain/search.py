@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 import flax.struct
@@ -54,22 +55,36 @@ class SearchConfig:
     vae_hidden: int = 16
 
     def __post_init__(self):
-        if not 0.0 < self.threshold < 1.0:
+        def number(name):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+                    or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+            return value
+
+        if not 0.0 < number("threshold") < 1.0:
             raise ValueError(f"threshold τ must be in (0, 1), got {self.threshold}")
-        if int(self.max_steps) != self.max_steps or self.max_steps < 1:
+        if isinstance(self.max_steps, bool) or int(number("max_steps")) != self.max_steps or self.max_steps < 1:
             raise ValueError(f"max_steps T must be an integer >= 1, got {self.max_steps}")
-        if not self.step_size > 0:
+        if not number("step_size") > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
-        if self.epsilon < 0:
-            raise ValueError(f"epsilon must be >= 0, got {self.epsilon}")
-        for name in ("lambda_cost", "lambda_energy", "energy_reg", "lambda_conformal", "init_noise"):
-            if getattr(self, name) < 0:
+        for name in ("epsilon", "lambda_cost", "lambda_energy", "energy_reg", "lambda_conformal", "init_noise",
+                     "conformal_kappa"):
+            if number(name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not number("conformal_temperature") > 0:
+            raise ValueError(f"conformal_temperature must be > 0, got {self.conformal_temperature}")
+        for name in ("vae_latent", "vae_hidden"):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, np.integer)) \
+                    or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         choices = {"energy_schedule": ("decay", "constant"), "init": ("identity", "noise"),
                    "optimizer": ("sgd", "adam"), "loop": ("while", "scan"), "onehot": ("box", "simplex")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.generator, str) or not self.generator:
+            raise ValueError(f"generator must be the name of a registered generator, got {self.generator!r}")
 
     def replace(self, **changes) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
@@ -203,14 +218,35 @@ class SearchResult:
     p_target: jax.Array  # (N,) p(target | x_cf)
 
 
-def _check_inputs(x, target, constraints: cons.Constraints) -> None:
+def check_key(key) -> jax.Array:
+    """Returns `key` if it is a JAX PRNG key (typed, or a legacy uint32 (2,) array); raises a TypeError otherwise."""
+    if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0:
+        return key
+    if isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,):
+        return key
+    raise TypeError(f"key must be a JAX PRNG key such as jax.random.key(0), got {type(key).__name__}"
+                    + (f" {np.shape(key)} {getattr(key, 'dtype', '')}" if hasattr(key, "shape") else f" {key!r}"))
+
+
+def _check_inputs(apply_fn, params, x, target, constraints: cons.Constraints) -> None:
+    from ctrain.models import check_model
     if x.ndim != 2:
         raise ValueError(f"x must have shape (N, D), got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError("x has no rows: pass at least one factual")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"x must be floating point, got dtype {x.dtype}; cast it with x.astype(jnp.float32)")
     if target.shape != x.shape[:1]:
         raise ValueError(f"target must have shape ({x.shape[0]},), got {target.shape}")
     if not jnp.issubdtype(target.dtype, jnp.integer):
-        raise ValueError(f"target must hold integer class indices, got dtype {target.dtype}")
+        raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     cons.check_width(constraints, x.shape[1])
+    num_classes = check_model(apply_fn, params, x.shape[1])
+    if not isinstance(target, jax.core.Tracer):  # values can only be checked outside a trace
+        t = np.asarray(target)
+        if t.min() < 0 or t.max() >= num_classes:
+            raise ValueError(f"target classes must be in [0, {num_classes}) for a model with {num_classes} logits, "
+                             f"got values in [{t.min()}, {t.max()}]")
 
 
 def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, key: jax.Array,
@@ -222,10 +258,13 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     `return_path=True` (static) it returns (result, path) where path (T + 1, N, D) holds every
     iterate starting from the initial point (frozen rows repeat), for plots.
     """
+    if not isinstance(config, SearchConfig):
+        raise TypeError(f"config must be a SearchConfig, got {type(config).__name__}")
     x = jnp.asarray(x)
     target = jnp.asarray(target)
     constraints = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
-    _check_inputs(x, target, constraints)
+    _check_inputs(apply_fn, params, x, target, constraints)
+    key = check_key(key)
     gen = get_generator(config.generator)
     if gen.latent and (aux is None or "vae_params" not in aux):
         raise ValueError(f"generator {config.generator!r} searches a VAE latent space: pass aux={{'vae_params': ...}}")
@@ -308,7 +347,23 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
 # Post-hoc API
 
 # The jitted search shared by `explain`, plots and tests, so they reuse one compilation cache.
-search_counterfactuals_jit = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config", "return_path"))
+_search_jit = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config", "return_path"))
+
+
+def search_counterfactuals_jit(apply_fn, params, x, target, key, config: SearchConfig = SearchConfig(),
+                               constraints: cons.Constraints | None = None, aux: Any = None,
+                               return_path: bool = False):
+    """Returns `search_counterfactuals(...)` compiled once per (apply_fn, config, shapes), after checking the inputs.
+
+    Target values can only be checked outside the compiled program, so they are checked here first.
+    """
+    x, target = jnp.asarray(x), jnp.asarray(target)
+    _check_inputs(apply_fn, params, x, target, cons.unconstrained(x.shape[-1]) if constraints is None
+                  else constraints)
+    return _search_jit(apply_fn, params, x, target, check_key(key), config, constraints, aux, return_path)
+
+
+search_counterfactuals_jit._cache_size = _search_jit._cache_size
 
 
 def sample_targets(key: jax.Array, predicted: jax.Array, num_classes: int) -> jax.Array:
@@ -362,31 +417,47 @@ def _pad(a: np.ndarray, size: int) -> np.ndarray:
     return np.concatenate([a, np.repeat(a[:1], size - len(a), axis=0)])
 
 
+def _check_targets(target, n: int, num_classes: int) -> np.ndarray:
+    """Returns target as int32 (n,) from a scalar or (n,) integer array; raises on any other shape, dtype or range."""
+    t = np.asarray(target)
+    if t.dtype == bool or not np.issubdtype(t.dtype, np.integer):
+        raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}"
+                        + (" (values are not rounded or parsed)" if t.dtype.kind in "fUSO" else ""))
+    if t.ndim == 0:
+        t = np.full(n, t)
+    if t.shape != (n,):
+        raise ValueError(f"target must be one class for all rows or shape ({n},) (one per row of x), got {t.shape}")
+    if t.min() < 0 or t.max() >= num_classes:
+        raise ValueError(f"target classes must be in [0, {num_classes}), got values in [{t.min()}, {t.max()}]")
+    return t.astype(np.int32)
+
+
 def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchConfig = SearchConfig(),
             constraints: cons.Constraints | None = None, chunk_size: int = 256, allow_same_class: bool = False,
             aux: Any = None) -> Explanation:
     """Returns an Explanation for factuals x (N, D): targets random ≠ predicted class unless given (N,) or scalar."""
     from ctrain.data.schema import check_features
+    from ctrain.models import check_model
     x = check_features(x, what="x")
     n, width = x.shape
+    if n == 0:
+        raise ValueError("x has no rows: pass at least one factual")
+    key = check_key(key)
     constraints = cons.unconstrained(width) if constraints is None else constraints
     cons.check_width(constraints, width)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    num_classes = check_model(apply_fn, params, width)
     logits = np.concatenate([np.asarray(lg) for lg in _chunked_logits(apply_fn, params, x, chunk_size)])
-    num_classes, predicted = logits.shape[-1], logits.argmax(-1)
+    predicted = logits.argmax(-1)
     key, tkey = jax.random.split(key)
     if target is None:
         target = np.asarray(sample_targets(tkey, jnp.asarray(predicted), num_classes))
     else:
-        target = np.broadcast_to(np.asarray(target), (n,)).astype(np.int64)
-        if target.min() < 0 or target.max() >= num_classes:
-            raise ValueError(f"target classes must be in [0, {num_classes}), got values in "
-                             f"[{target.min()}, {target.max()}]")
+        target = _check_targets(target, n, num_classes)
         if not allow_same_class and np.any(target == predicted):
             raise ValueError(f"{int(np.sum(target == predicted))} targets equal the model's predicted class; "
                              "pass allow_same_class=True to search anyway")
-        target = target.astype(np.int32)
     size = min(chunk_size, n)
     parts = []
     for i, (lo, hi) in enumerate(_chunks(n, size)):

@@ -9,10 +9,12 @@ ready loop with progress bar, per-epoch logs, checkpoints and resume.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Callable
 
 import flax.struct
@@ -20,17 +22,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
 
 from ctrain import constraints as cons
-from ctrain.objective import (CounterfactualBatch, LossWeights, PositivePool, composite_loss,
+from ctrain.models import check_model
+from ctrain.objective import (CounterfactualBatch, LossWeights, PositivePool, check_loss_weights, composite_loss,
                               make_counterfactual_batch, objective_weights, positive_pool)
 from ctrain.search import SearchConfig
+from ctrain.sharding import batch_sharding as _batch_sharding, check_divisible, data_mesh, replicate, shard_batch
 
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything that changes during training; `apply_fn` and `tx` are static (not pytree leaves)."""
+    """Everything that changes during training; `apply_fn` and `tx` are static (not pytree leaves).
+
+    The state is the one home of the loss weights and the optimiser (with its learning rate): the step
+    reads them from here, so what a run trains with is what its state says.
+    """
 
     step: jax.Array  # () int32, number of steps taken (skipped ones included)
     params: Any
@@ -41,19 +49,76 @@ class TrainState:
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
 
-def create_train_state(apply_fn, params, *, tx: optax.GradientTransformation | None = None,
-                       learning_rate: float = 1e-3, weights: LossWeights | None = None) -> TrainState:
-    """Returns a fresh TrainState (Adam(learning_rate) unless `tx` is given)."""
-    tx = optax.adam(learning_rate) if tx is None else tx
-    weights = LossWeights() if weights is None else weights
-    weights = jax.tree.map(lambda w: jnp.asarray(w, jnp.float32), weights)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), weights=weights,
+DEFAULT_LEARNING_RATE = 1e-3  # the reference's Adam()
+# One shared Adam whose learning rate is injected into its state: the rate is a leaf (fit_many can vary it
+# per run), and every state built here shares one static `tx`, so jitted steps are reused across states.
+ADAM = optax.inject_hyperparams(optax.adam)(learning_rate=DEFAULT_LEARNING_RATE)
+
+
+def _optimizer(tx, learning_rate) -> tuple[optax.GradientTransformation, float | None]:
+    if tx is not None and learning_rate is not None:
+        raise ValueError("pass either tx (an optax optimiser, which holds its own learning rate) or learning_rate, "
+                         "not both")
+    if tx is not None:
+        if not isinstance(tx, optax.GradientTransformation):
+            raise TypeError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}")
+        return tx, None
+    lr = DEFAULT_LEARNING_RATE if learning_rate is None else learning_rate
+    return ADAM, lr
+
+
+def _check_learning_rate(lr, k: int | None = None) -> np.ndarray:
+    value = np.asarray(lr, np.float64)
+    if value.ndim > (0 if k is None else 1) or (k is not None and value.ndim == 1 and value.shape != (k,)):
+        want = "a scalar" if k is None else f"a scalar or one value per run ({k},)"
+        raise ValueError(f"learning_rate must be {want}, got shape {value.shape}")
+    if not np.all(np.isfinite(value)) or np.any(value <= 0):
+        raise ValueError(f"learning_rate must be finite and > 0, got {value.tolist()}")
+    return value
+
+
+def _set_learning_rate(opt_state, lr: jax.Array):
+    # The injected hyperparameter is replaced in place of the one tx.init wrote.
+    return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
+
+
+def create_train_state(apply_fn, params, *, weights: LossWeights | None = None, learning_rate: float | None = None,
+                       tx: optax.GradientTransformation | None = None) -> TrainState:
+    """Returns a fresh TrainState: Adam(learning_rate, default 1e-3) unless an optax `tx` is given, and λ's `weights`.
+
+    The loss weights default to `LossWeights()` (λ_clf 1, λ_div 0.5, λ_reg 0.1, λ_adv 0.25).
+    """
+    weights = check_loss_weights(LossWeights() if weights is None else weights)
+    if any(np.ndim(w) for w in jax.tree.leaves(weights)):
+        raise ValueError("create_train_state takes scalar λ's; for a grid of λ's use create_train_states")
+    tx, lr = _optimizer(tx, learning_rate)
+    opt_state = tx.init(params)
+    if lr is not None:
+        opt_state = _set_learning_rate(opt_state, jnp.asarray(_check_learning_rate(lr), jnp.float32))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, weights=weights,
                       skipped=jnp.zeros((), jnp.int32), apply_fn=apply_fn, tx=tx)
+
+
+def learning_rate_of(state: TrainState) -> jax.Array | None:
+    """Returns the learning rate held in the state's optimiser ((), or (K,) for stacked runs), or None if not injected."""
+    hyper = getattr(state.opt_state, "hyperparams", None)
+    return None if hyper is None else hyper.get("learning_rate")
+
+
+# Settings that belong to the TrainState, with where to set them instead.
+_STATE_OWNED = {"lambda_clf": "weights=LossWeights(clf=...)", "lambda_div": "weights=LossWeights(div=...)",
+                "lambda_reg": "weights=LossWeights(reg=...)", "lambda_adv": "weights=LossWeights(adv=...)",
+                "learning_rate": "learning_rate=... (or tx=...)", "weights": "weights=LossWeights(...)",
+                "tx": "tx=..."}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Static settings of a training run (hashable). Defaults: the paper's CT with the reference's choices.
+
+    The loss weights (λ's) and the optimiser are not here: they live on the TrainState
+    (`create_train_state(apply_fn, params, weights=LossWeights(reg=0.5), learning_rate=1e-3)`), so a
+    run cannot be configured one way and trained another.
 
     n_ce is the number of counterfactuals per epoch; each step uses ceil(n_ce / batches) of them.
     schedule "per_epoch" (reference) searches them all at the start of the epoch with frozen
@@ -62,17 +127,12 @@ class TrainConfig:
 
     objective: str = "full"
     search: SearchConfig = SearchConfig()
-    lambda_clf: float = 1.0
-    lambda_div: float = 0.5
-    lambda_reg: float = 0.1
-    lambda_adv: float = 0.25
     n_ce: int = 1000
     ce_per_batch: int | None = None  # set by `fit`; None inside a bare step means "the whole batch"
     schedule: str = "per_epoch"
     burnin: float = 0.0
     epochs: int = 100
     batch_size: int = 30
-    learning_rate: float = 1e-3
     shuffle: bool = False  # the reference iterates batches in a fixed order
     seed: int = 0
     checkpoint_every: int = 0  # epochs; 0 = only at the end (when a workdir is given)
@@ -81,25 +141,49 @@ class TrainConfig:
         from ctrain.objective import OBJECTIVES
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose from {OBJECTIVES}")
+        if not isinstance(self.search, SearchConfig):
+            raise TypeError(f"search must be a SearchConfig, got {type(self.search).__name__}")
         if self.schedule not in ("per_epoch", "per_batch"):
             raise ValueError(f"schedule must be 'per_epoch' or 'per_batch', got {self.schedule!r}")
-        if not 0.0 <= self.burnin < 1.0:
-            raise ValueError(f"burnin must be in [0, 1), got {self.burnin}")
-        for name in ("epochs", "batch_size", "n_ce"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.ce_per_batch is not None and self.ce_per_batch < 1:
-            raise ValueError(f"ce_per_batch must be >= 1, got {self.ce_per_batch}")
+        if isinstance(self.burnin, bool) or not isinstance(self.burnin, (int, float)) or not 0.0 <= self.burnin < 1.0:
+            raise ValueError(f"burnin must be a fraction of the epochs in [0, 1), got {self.burnin!r}")
+        for name, least in (("epochs", 1), ("batch_size", 1), ("n_ce", 1), ("seed", 0), ("checkpoint_every", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if self.ce_per_batch is not None and (not isinstance(self.ce_per_batch, (int, np.integer))
+                                              or self.ce_per_batch < 1):
+            raise ValueError(f"ce_per_batch must be an integer >= 1 or None, got {self.ce_per_batch!r}")
+        if not isinstance(self.shuffle, bool):
+            raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}")
 
     @property
     def needs_counterfactuals(self) -> bool:
         return self.objective != "vanilla"
 
-    def loss_weights(self) -> LossWeights:
-        return LossWeights(clf=self.lambda_clf, div=self.lambda_div, reg=self.lambda_reg, adv=self.lambda_adv)
+    @property
+    def burnin_epochs(self) -> int:
+        """Returns the number of leading epochs trained without counterfactuals."""
+        return round(self.burnin * self.epochs)
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+_dataclass_init = TrainConfig.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _train_config_init(self, *args, **kwargs):
+    moved = [k for k in kwargs if k in _STATE_OWNED]
+    if moved:
+        where = ", ".join(f"{k} → create_train_state(..., {_STATE_OWNED[k]})" for k in moved)
+        raise TypeError(f"TrainConfig does not take {moved}: the loss weights and the optimiser live on the "
+                        f"TrainState so that they cannot disagree with it ({where})")
+    _dataclass_init(self, *args, **kwargs)
+
+
+TrainConfig.__init__ = _train_config_init
 
 
 def _all_finite(tree) -> jax.Array:
@@ -128,15 +212,39 @@ def apply_loss(state: TrainState, x, y, cf: CounterfactualBatch | None, objectiv
 def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Constraints | None = None, aux=None):
     """Returns the pure `step(state, batch, key) -> (state, metrics)` for `config.objective`.
 
-    batch: {"x": (B, D), "y": (B,)} plus, for the CT objectives, either "cf" (a precomputed
-    CounterfactualBatch, per-epoch schedule) or "pool" (a PositivePool to draw x⁺ from, per-batch
-    schedule: factuals are drawn from the batch and searched inside the step).
+    The step trains with the λ's and the optimiser of the state it is given (`create_train_state`).
+
+    Args:
+      config: the objective, the search and, for the per-batch schedule, `ce_per_batch` (counterfactuals
+        searched per step; None means the whole batch).
+      constraints: the actionability constraints the search respects (None: unconstrained).
+      aux: extra inputs of the generator (e.g. {"vae_params": ...} for REVISE).
+
+    The returned step takes batch {"x": (B, D) float, "y": (B,) int} plus, for the CT objectives, either
+    "cf" (a precomputed CounterfactualBatch, per-epoch schedule) or "pool" (a PositivePool to draw x⁺
+    from; factuals are then drawn from the batch and searched inside the step, with `key`).
+
+    Example, a hand-written loop::
+
+      state = create_train_state(apply_fn, params, weights=LossWeights(reg=0.5), learning_rate=1e-3)
+      step = jax.jit(make_train_step(TrainConfig(ce_per_batch=16), data.constraints()), donate_argnums=0)
+      pool = positive_pool(data.x_train, data.y_train, data.num_classes)
+      for i, batch in enumerate(data.batches(32)):
+          state, metrics = step(state, {**batch, "pool": pool}, jax.random.fold_in(key, i))
     """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
 
     def step(state: TrainState, batch: dict, key: jax.Array | None = None):
+        if not isinstance(batch, dict) or "x" not in batch or "y" not in batch:
+            raise ValueError("batch must be a dict with 'x' (B, D) and 'y' (B,)")
         x, y = batch["x"], batch["y"]
         if x.ndim != 2 or y.shape != x.shape[:1]:
             raise ValueError(f"batch x must be (B, D) and y (B,), got {x.shape} and {y.shape}")
+        if not jnp.issubdtype(y.dtype, jnp.integer):
+            raise TypeError(f"batch['y'] must hold integer class labels, got dtype {y.dtype}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"batch['x'] must be floating point, got dtype {x.dtype}")
         cf = None
         if config.needs_counterfactuals:
             cf = batch.get("cf")
@@ -215,36 +323,6 @@ def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None =
 
 
 # --------------------------------------------------------------------------------------------------
-# Data parallelism
-
-
-def data_mesh(devices=None) -> Mesh:
-    """Returns a 1-D Mesh named "data" over the given (default: all local) devices, with Auto axis semantics."""
-    # Mesh(...) defaults to Auto axes; jax.make_mesh defaults to Explicit ones, which break a
-    # data-parallel step whose params are not sharded ("Contracting dimensions are sharded").
-    return Mesh(np.array(jax.devices() if devices is None else devices), ("data",))
-
-
-def replicate(tree, mesh: Mesh):
-    """Returns `tree` with every array placed on every device of `mesh`."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
-def shard_batch(batch, mesh: Mesh, axis: int = 0):
-    """Returns `batch` with every array split along `axis` across the mesh's "data" devices."""
-    n = mesh.devices.size
-
-    def put(a):
-        if a.shape[axis] % n:
-            raise ValueError(f"a batch dimension of {a.shape[axis]} does not split evenly over {n} devices; "
-                             f"choose batch_size and ce_per_batch as multiples of {n}")
-        spec = P(*([None] * axis + ["data"]))
-        return jax.device_put(a, NamedSharding(mesh, spec))
-
-    return jax.tree.map(put, batch)
-
-
-# --------------------------------------------------------------------------------------------------
 # The ready loop
 
 
@@ -256,28 +334,50 @@ def _epoch_log(metrics: dict) -> dict:
     return out
 
 
-def _prepare_run(dataset, config: TrainConfig, constraints):
-    """Returns (config with ce_per_batch set, constraints, PositivePool) after checking the training data."""
+def _prepare_run(state: TrainState, dataset, config: TrainConfig, constraints):
+    """Returns (config with ce_per_batch set, constraints, PositivePool) after checking model, data and config agree."""
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     if not np.all(np.isfinite(dataset.x_train)):
         raise ValueError(f"{dataset.name}: training inputs contain NaN/inf; clean them before training")
+    # Abstract shapes only: a model that does not fit the data fails here, before anything compiles.
+    check_model(state.apply_fn, jax.tree.map(lambda a: a[0], state.params) if np.ndim(state.step) else state.params,
+                dataset.num_features, dataset.num_classes)
     n_batches = len(dataset.x_train) // config.batch_size
     if n_batches < 1:
         raise ValueError(f"batch_size {config.batch_size} exceeds the {len(dataset.x_train)} training samples")
     if config.needs_counterfactuals:
         constraints = dataset.constraints() if constraints is None else constraints
+        cons.check_width(constraints, dataset.num_features)
         if config.ce_per_batch is None:
             config = config.replace(ce_per_batch=math.ceil(config.n_ce / n_batches))
     return config, constraints, positive_pool(dataset.x_train, dataset.y_train, dataset.num_classes)
 
 
-def _accuracies(accuracy_fn, params, dataset) -> dict[str, jax.Array]:
-    """Returns {"<split>_accuracy": accuracy_fn(params, x, y)} for the non-empty splits."""
-    return {f"{split}_accuracy": accuracy_fn(params, getattr(dataset, f"x_{split}"), getattr(dataset, f"y_{split}"))
+def _device_splits(dataset) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Returns {split: (x, y)} on device for the non-empty splits, copied once per run rather than every epoch."""
+    return {split: (jnp.asarray(getattr(dataset, f"x_{split}")), jnp.asarray(getattr(dataset, f"y_{split}")))
             for split in ("train", "val", "test") if len(getattr(dataset, f"x_{split}"))}
+
+
+def _accuracies(accuracy_fn, params, splits) -> dict[str, jax.Array]:
+    """Returns {"<split>_accuracy": accuracy_fn(params, x, y)} for the given device splits."""
+    return {f"{split}_accuracy": accuracy_fn(params, x, y) for split, (x, y) in splits.items()}
 
 
 def _accuracy_fn(apply_fn):
     return lambda p, x, y: jnp.mean(jnp.argmax(apply_fn(p, x), -1) == y)
+
+
+def _postfix(log: dict) -> dict:
+    shown = {"loss": f"{log['loss']:.3f}"}
+    for name in ("test_accuracy", "val_accuracy", "train_accuracy"):
+        if name in log:
+            shown[name.replace("_accuracy", "_acc")] = f"{log[name]:.3f}"
+            break
+    if "converged" in log:
+        shown["mature"] = f"{log['converged']:.2f}"
+    return shown
 
 
 def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Constraints | None = None,
@@ -285,32 +385,59 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
         log_fn: Callable[[dict], None] | None = None) -> tuple[TrainState, list[dict]]:
     """Returns (trained state, per-epoch logs) after `config.epochs` epochs on `dataset`.
 
-    Each epoch is one compiled `lax.scan`. With a `workdir`, logs go to workdir/history.jsonl and an
-    orbax checkpoint is written every `config.checkpoint_every` epochs and at the end; a later call with
-    the same workdir resumes from the last checkpoint and continues bit-identically. With a `mesh`,
-    batches are split across its devices and the state is replicated (data parallel).
+    The λ's and the optimiser are the state's (`create_train_state`). Each epoch is one compiled
+    `lax.scan`. With a `workdir`, the run's identity goes to workdir/run.json, logs to
+    workdir/history.jsonl and an orbax checkpoint is written every `config.checkpoint_every` epochs
+    and at the end; a later call with the same workdir resumes from the newest intact checkpoint and
+    continues bit-identically, and a call for a different run (other config, λ's, optimiser, model,
+    data or seed) is refused with the fields that differ. With a `mesh`, batches are split across its
+    devices and the state is replicated (data parallel).
     """
     from ctrain import checkpoint
 
-    config, constraints, pool = _prepare_run(dataset, config, constraints)
-    burnin_epochs = round(config.burnin * config.epochs)
+    config, constraints, pool = _prepare_run(state, dataset, config, constraints)
     key = jax.random.key(config.seed)
 
     start_epoch, history = 0, []
-    manager = checkpoint.Manager(workdir) if workdir else None
-    if manager is not None and manager.latest_epoch() is not None:
-        state, start_epoch, history = manager.restore(state)
+    manager = None
+    if workdir:
+        manager = checkpoint.Manager(workdir)
+        identity = checkpoint.run_identity(state, dataset, config, constraints, aux)
+        latest = manager.latest_epoch()
+        if latest is not None:
+            recorded = manager.recorded_identity()
+            if recorded is None:
+                manager.close()
+                raise checkpoint.RunMismatchError(
+                    f"{workdir} holds checkpoints but no {checkpoint.RUN_FILE}, so it cannot tell which run wrote "
+                    f"them; use another workdir, or delete {workdir} to start over")
+            try:
+                checkpoint.check_same_run(recorded, identity, workdir)
+                state, start_epoch, history = manager.restore(state)
+                checkpoint.check_continuation(recorded, identity, start_epoch, workdir)
+            except Exception:
+                manager.close()
+                raise
+        manager.write_identity(identity)
+    try:
+        return _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, history, manager, mesh,
+                         progress, aux, log_fn)
+    finally:
+        if manager is not None:
+            manager.close()
+
+
+def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, history, manager, mesh, progress, aux,
+              log_fn):
     state = jax.tree.map(jnp.copy, state)  # the epoch donates its input: never consume the caller's arrays
-    x_dev, y_dev = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
-    batch_sharding = None
+    splits = _device_splits(dataset)
+    x_dev, y_dev = splits["train"]
+    sharding = None
     if mesh is not None:
-        for name, size in (("batch_size", config.batch_size), ("ce_per_batch", config.ce_per_batch or 0)):
-            if size % mesh.devices.size:
-                raise ValueError(f"{name}={size} does not split evenly over {mesh.devices.size} devices")
+        check_divisible({"batch_size": config.batch_size, "ce_per_batch": config.ce_per_batch or 0}, mesh)
         state, pool, x_dev, y_dev = replicate((state, pool, x_dev, y_dev), mesh)
-        batch_sharding = NamedSharding(mesh, P(None, "data"))
-    epoch_fn = jax.jit(make_train_epoch(config, constraints, aux, batch_sharding), static_argnums=(6,),
-                       donate_argnums=(0,))
+        sharding = _batch_sharding(mesh, axis=1)
+    epoch_fn = jax.jit(make_train_epoch(config, constraints, aux, sharding), static_argnums=(6,), donate_argnums=(0,))
     accuracy = jax.jit(_accuracy_fn(state.apply_fn))
 
     bar = None
@@ -319,31 +446,28 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
         bar = tqdm(total=config.epochs, initial=start_epoch, desc=f"{dataset.name}/{config.objective}", unit="epoch")
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
-        use_ct = config.needs_counterfactuals and epoch >= burnin_epochs
+        use_ct = config.needs_counterfactuals and epoch >= config.burnin_epochs
         state, metrics = epoch_fn(state, x_dev, y_dev, pool, key, epoch, use_ct)
         log = {"epoch": epoch + 1, **_epoch_log(metrics)}
-        log.update({k: float(v) for k, v in _accuracies(accuracy, state.params, dataset).items()})
+        log.update({k: float(v) for k, v in _accuracies(accuracy, state.params, splits).items()})
         log["time_s"] = time.perf_counter() - t0
         history.append(log)
         if log["nonfinite"]:
-            import warnings
             warnings.warn(f"epoch {epoch + 1}: {log['nonfinite']} updates skipped because the loss was not finite")
         if log_fn is not None:
             log_fn(log)
         if manager is not None:
             if jax.process_index() == 0:  # multi-host: one writer; orbax coordinates the checkpoint itself
-                with open(os.path.join(workdir, "history.jsonl"), "w") as f:  # rewritten whole: resume-safe
+                with open(os.path.join(manager.workdir, "history.jsonl"), "w") as f:  # rewritten whole: resume-safe
                     f.writelines(json.dumps(h) + "\n" for h in history)
             last = epoch + 1 == config.epochs
             if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
                 manager.save(state, epoch + 1, history)
         if bar is not None:
-            bar.set_postfix(loss=f"{log['loss']:.3f}", test_acc=f"{log['test_accuracy']:.3f}")
+            bar.set_postfix(_postfix(log))
             bar.update(1)
     if bar is not None:
         bar.close()
-    if manager is not None:
-        manager.close()
     return state, history
 
 
@@ -351,17 +475,25 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
 # Many runs in one program
 
 
-def create_train_states(apply_fn, params, *, tx: optax.GradientTransformation | None = None,
-                        learning_rate: float = 1e-3, weights: LossWeights | None = None) -> TrainState:
+def create_train_states(apply_fn, params, *, weights: LossWeights | None = None, learning_rate=None,
+                        tx: optax.GradientTransformation | None = None) -> TrainState:
     """Returns K TrainStates stacked on a leading axis, for params whose leaves have a leading axis K.
 
-    `weights` may hold per-run λ's as (K,) arrays (e.g. a λ_reg grid); scalars apply to every run.
+    `weights` may hold per-run λ's as (K,) arrays (e.g. a λ_reg grid) and `learning_rate` may be a (K,)
+    array (Adam only); scalars apply to every run.
     """
     k = jax.tree.leaves(params)[0].shape[0]
-    tx = optax.adam(learning_rate) if tx is None else tx
-    weights = LossWeights() if weights is None else weights
-    weights = jax.tree.map(lambda w: jnp.broadcast_to(jnp.asarray(w, jnp.float32), (k,)), weights)
-    return TrainState(step=jnp.zeros((k,), jnp.int32), params=params, opt_state=jax.vmap(tx.init)(params),
+    weights = check_loss_weights(LossWeights() if weights is None else weights)
+    for name, w in dataclasses.asdict(weights).items():
+        if np.ndim(w) == 1 and np.shape(w)[0] != k:
+            raise ValueError(f"λ_{name} has {np.shape(w)[0]} values for {k} stacked runs")
+    weights = jax.tree.map(lambda w: jnp.broadcast_to(w, (k,)), weights)
+    tx, lr = _optimizer(tx, learning_rate)
+    opt_state = jax.vmap(tx.init)(params)
+    if lr is not None:
+        lr = jnp.broadcast_to(jnp.asarray(_check_learning_rate(lr, k), jnp.float32), (k,))
+        opt_state = _set_learning_rate(opt_state, lr)
+    return TrainState(step=jnp.zeros((k,), jnp.int32), params=params, opt_state=opt_state,
                       weights=weights, skipped=jnp.zeros((k,), jnp.int32), apply_fn=apply_fn, tx=tx)
 
 
@@ -369,22 +501,24 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
              progress: bool = True, aux=None) -> tuple[TrainState, list[list[dict]]]:
     """Returns (K trained states, K per-epoch log lists): K runs trained as one vmapped, compiled program.
 
-    Run k uses data/search seed `seeds[k]` and the k-th slice of `states`; its result equals
-    `fit(state_k, dataset, config.replace(seed=seeds[k]))` up to float rounding.
+    Run k uses data/search seed `seeds[k]` and the k-th slice of `states` (its params, λ's and learning
+    rate); its result equals `fit(state_k, dataset, config.replace(seed=seeds[k]))` up to float rounding.
     """
     seeds = [int(s) for s in seeds]
     k = len(seeds)
+    if np.ndim(states.step) != 1:
+        raise ValueError("fit_many needs stacked states with a leading run axis: build them with create_train_states")
     if jax.tree.leaves(states.params)[0].shape[0] != k:
         raise ValueError(f"{k} seeds given for {jax.tree.leaves(states.params)[0].shape[0]} stacked states")
-    config, constraints, pool = _prepare_run(dataset, config, constraints)
+    config, constraints, pool = _prepare_run(states, dataset, config, constraints)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     states = jax.tree.map(jnp.copy, states)  # the epoch donates its input: never consume the caller's arrays
-    x_dev, y_dev = jnp.asarray(dataset.x_train), jnp.asarray(dataset.y_train)
+    splits = _device_splits(dataset)
+    x_dev, y_dev = splits["train"]
     epoch = make_train_epoch(config, constraints, aux)
     epoch_fns = {use_ct: jax.jit(jax.vmap(lambda s, kk, e, u=use_ct: epoch(s, x_dev, y_dev, pool, kk, e, u),
                                           in_axes=(0, 0, None)), donate_argnums=(0,)) for use_ct in (False, True)}
     accuracy = jax.jit(jax.vmap(_accuracy_fn(states.apply_fn), in_axes=(0, None, None)))
-    burnin_epochs = round(config.burnin * config.epochs)
     histories: list[list[dict]] = [[] for _ in range(k)]
     bar = None
     if progress:
@@ -392,9 +526,9 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
         bar = tqdm(total=config.epochs, desc=f"{dataset.name}/{config.objective} x{k}", unit="epoch")
     for e in range(config.epochs):
         t0 = time.perf_counter()
-        use_ct = config.needs_counterfactuals and e >= burnin_epochs
+        use_ct = config.needs_counterfactuals and e >= config.burnin_epochs
         states, metrics = epoch_fns[use_ct](states, keys, e)
-        accs = {name: np.asarray(v) for name, v in _accuracies(accuracy, states.params, dataset).items()}
+        accs = {name: np.asarray(v) for name, v in _accuracies(accuracy, states.params, splits).items()}
         elapsed = time.perf_counter() - t0
         for i in range(k):
             log = {"epoch": e + 1, **_epoch_log({m: v[i] for m, v in metrics.items()})}

@@ -1,7 +1,10 @@
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ctrain import constraints as cons
@@ -9,19 +12,27 @@ from ctrain.models import make_model
 from ctrain.objective import (CounterfactualBatch, LossWeights, composite_loss, make_counterfactual_batch,
                               positive_pool, sample_positives)
 from ctrain.search import SearchConfig
-from ctrain.train import (TrainConfig, create_train_state, data_mesh, fit, make_train_step, replicate,
-                          shard_batch)
+from ctrain.sharding import data_mesh, replicate, shard_batch
+from ctrain.train import TrainConfig, create_train_state, fit, make_train_step
 
 SEARCH = SearchConfig(threshold=0.5, max_steps=20, step_size=0.5)
+
+SMALL_CFG = TrainConfig(search=SEARCH, epochs=3, batch_size=30, n_ce=60, shuffle=True)
+
+
+@pytest.fixture(scope="module")
+def small_moons():
+    from ctrain.data import load_dataset
+    return load_dataset("moons").subsample(240, seed=0)
 
 
 def linear(p, x):
     return x @ p["w"] + p["b"]
 
 
-def _state(seed=0, width=2, classes=2, weights=None):
+def _state(seed=0, width=2, classes=2, **kwargs):
     apply_fn, params = make_model("mlp", width, classes, jax.random.key(seed))
-    return create_train_state(apply_fn, params, weights=weights)
+    return create_train_state(apply_fn, params, **kwargs)
 
 
 def _batch(data, n=32, start=0):
@@ -178,6 +189,113 @@ def test_resume_from_checkpoint_is_bit_identical(moons, tmp_path):
     chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
     assert [h["epoch"] for h in hist2] == [1, 2, 3, 4]
     assert (tmp_path / "history.jsonl").read_text().count("\n") == 4
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["dataset"] == small.name and run["config"]["seed"] == 0 and run["weights"]["reg"] == pytest.approx(0.1)
+    assert run["optimizer"]["hyperparams"]["learning_rate"] == pytest.approx(1e-3) and "ctrain_version" in run
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(epoch):
+    def log_fn(log):
+        if log["epoch"] == epoch:
+            raise _Interrupt
+    return log_fn
+
+
+def test_interrupted_run_with_burnin_resumes_bit_identically(small_moons, tmp_path):
+    cfg = SMALL_CFG.replace(epochs=4, burnin=0.5, checkpoint_every=1)
+    straight, _ = fit(_state(), small_moons, cfg, progress=False)
+    with pytest.raises(_Interrupt):
+        fit(_state(), small_moons, cfg, workdir=str(tmp_path), progress=False, log_fn=_interrupt_after(3))
+    resumed, history = fit(_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
+    chex.assert_trees_all_equal(resumed.params, straight.params)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and "converged" not in history[0]
+    # A shorter run would have ended its burn-in after 1 epoch, but the checkpoint trained 2 without CT.
+    with pytest.raises(ValueError, match="burn-in"):
+        fit(_state(), small_moons, cfg.replace(epochs=4, burnin=0.25), workdir=str(tmp_path), progress=False)
+
+
+@pytest.mark.parametrize("change,field", [
+    (dict(config=SMALL_CFG.replace(seed=1)), "config.seed"),
+    (dict(config=SMALL_CFG.replace(objective="energy")), "config.objective"),
+    (dict(config=SMALL_CFG.replace(search=SEARCH.replace(threshold=0.9))), "config.search.threshold"),
+    (dict(weights=LossWeights(reg=0.5)), "weights.reg"),
+    (dict(learning_rate=1e-2), "optimizer.hyperparams.learning_rate"),
+    (dict(data="other"), "data_fingerprint"),
+    (dict(model_seed=1), None),  # other initial parameters of the same model: the same run may continue
+])
+def test_a_workdir_refuses_to_resume_a_different_run(change, field, small_moons, tmp_path):
+    from ctrain.checkpoint import RunMismatchError
+    fit(_state(), small_moons, SMALL_CFG.replace(epochs=2), workdir=str(tmp_path), progress=False)
+    change = dict(change)
+    config = change.pop("config", SMALL_CFG)
+    data = small_moons.subsample(240, seed=1) if change.pop("data", None) else small_moons
+    state = _state(seed=change.pop("model_seed", 0), **change)
+    if field is None:
+        fit(state, data, config, workdir=str(tmp_path), progress=False)
+        return
+    with pytest.raises(RunMismatchError, match=rf"different run .*{field}: checkpoint has"):
+        fit(state, data, config, workdir=str(tmp_path), progress=False)
+
+
+def test_asking_for_fewer_epochs_than_checkpointed_is_refused(small_moons, tmp_path):
+    fit(_state(), small_moons, SMALL_CFG, workdir=str(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="checkpoint at epoch 3 but this run asks for epochs=2"):
+        fit(_state(), small_moons, SMALL_CFG.replace(epochs=2), workdir=str(tmp_path), progress=False)
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(ValueError, match="no run.json"):
+        fit(_state(), small_moons, SMALL_CFG, workdir=str(tmp_path), progress=False)
+
+
+def _damage(folder):
+    files = [p for p in folder.rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for p in files:
+        p.write_bytes(b"\0" * 7)
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_older_intact_one(small_moons, tmp_path):
+    cfg = SMALL_CFG.replace(epochs=4, checkpoint_every=1)
+    straight, _ = fit(_state(), small_moons, cfg, progress=False)
+    fit(_state(), small_moons, cfg.replace(epochs=3), workdir=str(tmp_path), progress=False)
+    _damage(tmp_path / "checkpoints" / "3")
+    with pytest.warns(UserWarning, match=r"skipped unreadable checkpoint.*checkpoints/3.*resuming from epoch 2"):
+        resumed, history = fit(_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
+    chex.assert_trees_all_equal(resumed.params, straight.params)  # epochs 3 and 4 retrained from epoch 2
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    _damage(tmp_path / "checkpoints" / "4")
+    _damage(tmp_path / "checkpoints" / "3")
+    with pytest.raises(ValueError, match=rf"no intact checkpoint in {tmp_path}.*checkpoints/4"):
+        fit(_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
+
+
+def test_resuming_a_damaged_workdir_prints_no_stray_tracebacks(tmp_path):
+    import subprocess
+    import sys
+    script = f"""
+import jax, warnings
+from ctrain.data import load_dataset
+from ctrain.models import make_model
+from ctrain.search import SearchConfig
+from ctrain.train import TrainConfig, create_train_state, fit
+data = load_dataset("moons").subsample(120, seed=0)
+cfg = TrainConfig(search=SearchConfig(threshold=0.5), epochs=2, n_ce=30, checkpoint_every=1)
+new = lambda: create_train_state(*make_model("mlp", 2, 2, jax.random.key(0)))
+fit(new(), data, cfg, workdir={str(tmp_path)!r}, progress=False)
+import pathlib
+for p in pathlib.Path({str(tmp_path)!r}, "checkpoints", "2").rglob("*"):
+    if p.is_file() and p.parent.name == "d":
+        p.write_bytes(b"0")
+warnings.simplefilter("ignore")
+fit(new(), data, cfg.replace(epochs=3), workdir={str(tmp_path)!r}, progress=False)
+print("finished")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "finished" in out.stdout, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
 def test_nan_input_is_reported_and_not_trained_on(moons):
@@ -221,9 +339,9 @@ def test_ablation_objectives_drop_their_terms(moons):
 def test_ct_on_circles_keeps_accuracy_within_two_points(schedule):
     from ctrain.data import load_dataset
     data = load_dataset("circles")
-    base = TrainConfig(epochs=40, shuffle=True, search=SearchConfig(threshold=0.5), lambda_reg=0.5)
+    base = TrainConfig(epochs=40, shuffle=True, search=SearchConfig(threshold=0.5))
     _, bl = fit(_state(), data, base.replace(objective="vanilla"), progress=False)
-    _, ct = fit(_state(), data, base.replace(schedule=schedule), progress=False)
+    _, ct = fit(_state(weights=LossWeights(reg=0.5)), data, base.replace(schedule=schedule), progress=False)
     assert ct[-1]["converged"] > 0.2 and ct[-1]["nonfinite"] == 0
     assert ct[-1]["test_accuracy"] >= bl[-1]["test_accuracy"] - 0.02
 
@@ -247,3 +365,134 @@ def test_many_runs_in_one_vmapped_program_match_single_runs(moons):
     assert not np.allclose(jax.tree.leaves(many.params)[0][0], jax.tree.leaves(many.params)[0][1])
     with pytest.raises(ValueError, match="3 seeds given for 2 stacked states"):
         fit_many(states, small, cfg, seeds=[1, 2, 3], progress=False)
+
+
+# --- every setting changes what runs ----------------------------------------------------------------------
+
+def _fit_params(data, config=SMALL_CFG, **state_kwargs):
+    state, history = fit(_state(**state_kwargs), data, config, progress=False)
+    return state.params, history
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_moons):
+    return _fit_params(small_moons)
+
+
+SETTINGS = {
+    "lambda_clf": dict(weights=LossWeights(clf=2.0)),
+    "lambda_div": dict(weights=LossWeights(div=2.0)),
+    "lambda_reg": dict(weights=LossWeights(reg=2.0)),
+    "lambda_adv": dict(weights=LossWeights(adv=2.0)),
+    "learning_rate": dict(learning_rate=1e-2),
+    "objective": dict(config=SMALL_CFG.replace(objective="energy")),
+    "schedule": dict(config=SMALL_CFG.replace(schedule="per_batch")),
+    "burnin": dict(config=SMALL_CFG.replace(burnin=0.5)),
+    "n_ce": dict(config=SMALL_CFG.replace(n_ce=120)),
+    "batch_size": dict(config=SMALL_CFG.replace(batch_size=40)),
+    "shuffle": dict(config=SMALL_CFG.replace(shuffle=False)),
+    "seed": dict(config=SMALL_CFG.replace(seed=1)),
+    "search.threshold": dict(config=SMALL_CFG.replace(search=SEARCH.replace(threshold=0.9))),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_every_setting_changes_the_trained_parameters(setting, small_moons, reference_run):
+    params, history = _fit_params(small_moons, **SETTINGS[setting])
+    ref_params, ref_history = reference_run
+    assert ref_history[-1]["converged"] > 0.2  # the reference run's counterfactuals mature: λ_div has work to do
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
+    assert diff > 1e-4, f"{setting} did not change the trained parameters"
+
+
+def test_train_config_refuses_the_settings_the_state_owns():
+    with pytest.raises(TypeError, match=r"lambda_reg.*create_train_state\(\.\.\., weights=LossWeights\(reg="):
+        TrainConfig(objective="full", lambda_reg=0.5)
+    with pytest.raises(TypeError, match="learning_rate"):
+        TrainConfig(learning_rate=1e-2)
+    with pytest.raises(ValueError, match="λ_reg must be finite and >= 0"):
+        _state(weights=LossWeights(reg=float("nan")))
+    with pytest.raises(ValueError, match="λ_div must be finite and >= 0"):
+        _state(weights=LossWeights(div=-1.0))
+    with pytest.raises(ValueError, match="learning_rate must be finite and > 0"):
+        _state(learning_rate=float("inf"))
+    with pytest.raises(ValueError, match="either tx .* or learning_rate"):
+        _state(learning_rate=0.1, tx=optax.sgd(0.1))
+    for bad in (dict(epochs=0), dict(epochs=2.5), dict(batch_size=True), dict(burnin=1.0), dict(seed=-1),
+                dict(n_ce=0), dict(schedule="per_step"), dict(shuffle="false")):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+def test_a_hand_written_loop_trains_with_exactly_the_states_weights_and_optimiser(moons):
+    """One SGD step of make_train_step equals params − lr·∇(composite loss with the state's λ's), for two λ settings."""
+    batch = _batch(moons)
+    pool = positive_pool(moons.x_train, moons.y_train, 2)
+    c = moons.constraints()
+    apply_fn, params = make_model("mlp", 2, 2, jax.random.key(0))
+    cf = make_counterfactual_batch(apply_fn, params, batch["x"], batch["y"], pool, jax.random.key(1), SEARCH, c)
+    assert float(cf.converged.mean()) > 0.2
+    step = jax.jit(make_train_step(TrainConfig(search=SEARCH), c))
+    results = []
+    for weights, lr in ((LossWeights(reg=0.1), 0.05), (LossWeights(div=2.0, reg=5.0, adv=1.0), 0.2)):
+        state = create_train_state(apply_fn, params, weights=weights, tx=optax.sgd(lr))
+        new, _ = step(state, {**batch, "cf": cf})
+        grads = jax.grad(lambda p: composite_loss(p, apply_fn, batch["x"], batch["y"], cf, weights)[0])(params)
+        chex.assert_trees_all_close(new.params, jax.tree.map(lambda p, g: p - lr * g, params, grads),
+                                    rtol=1e-5, atol=1e-6)
+        results.append(new.params)
+    assert not np.allclose(jax.tree.leaves(results[0])[0], jax.tree.leaves(results[1])[0])
+
+
+def test_fit_many_varies_learning_rates_and_lambdas_per_run(small_moons):
+    from ctrain.train import create_train_states, fit_many, learning_rate_of
+    apply_fn, params = make_model("mlp", 2, 2, jax.random.key(0))
+    stacked = jax.tree.map(lambda a: jnp.stack([a, a, a]), params)
+    lrs = jnp.array([1e-3, 1e-2, 1e-3])
+    weights = LossWeights(reg=jnp.array([0.1, 0.1, 2.0]))
+    states = create_train_states(apply_fn, stacked, weights=weights, learning_rate=lrs)
+    np.testing.assert_allclose(learning_rate_of(states), lrs)
+    many, _ = fit_many(states, small_moons, SMALL_CFG, seeds=[0, 0, 0], progress=False)
+    for i, (lr, reg) in enumerate(((1e-3, 0.1), (1e-2, 0.1), (1e-3, 2.0))):
+        one, _ = fit(create_train_state(apply_fn, params, weights=LossWeights(reg=reg), learning_rate=lr),
+                     small_moons, SMALL_CFG, progress=False)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], many.params), one.params, atol=1e-5)
+    first = jax.tree.leaves(many.params)[0]
+    assert not np.allclose(first[0], first[1]) and not np.allclose(first[0], first[2])
+    with pytest.raises(ValueError, match="λ_reg has 2 values for 3 stacked runs"):
+        create_train_states(apply_fn, stacked, weights=LossWeights(reg=jnp.array([0.1, 0.2])))
+
+
+# --- model, data and targets agree -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("outputs,classes", [(1, 2), (3, 2)])
+def test_a_model_whose_outputs_differ_from_the_classes_is_refused_before_training(outputs, classes, small_moons):
+    from ctrain.train import create_train_states, fit_many
+    if outputs == 1:
+        apply_fn, params = (lambda p, x: x @ p["w"]), {"w": jnp.ones((2, 1))}
+        state = create_train_state(apply_fn, params)
+        with pytest.raises(ValueError, match="1 logit per row; ctrain needs one logit per class"):
+            fit(state, small_moons, SMALL_CFG, progress=False)
+        return
+    state = _state(classes=outputs)
+    with pytest.raises(ValueError, match="3 logits per row but the data has 2 classes"):
+        fit(state, small_moons, SMALL_CFG, progress=False)
+    apply_fn, params = make_model("mlp", 2, 3, jax.random.key(0))
+    states = create_train_states(apply_fn, jax.tree.map(lambda a: a[None], params))
+    with pytest.raises(ValueError, match="3 logits per row but the data has 2 classes"):
+        fit_many(states, small_moons, SMALL_CFG, seeds=[0], progress=False)
+
+
+def test_three_class_data_on_a_two_class_model_is_refused():
+    from ctrain.data import from_arrays
+    rng = np.random.default_rng(0)
+    data = from_arrays(rng.normal(size=(150, 2)), np.arange(150) % 3, seed=0)
+    with pytest.raises(ValueError, match="2 logits per row but the data has 3 classes"):
+        fit(_state(), data, SMALL_CFG.replace(epochs=1), progress=False)
+
+
+def test_fit_handles_an_empty_test_split(small_moons):
+    import dataclasses
+    no_test = dataclasses.replace(small_moons, x_test=small_moons.x_test[:0], y_test=small_moons.y_test[:0])
+    _, history = fit(_state(), no_test, SMALL_CFG.replace(epochs=2), progress=True)
+    assert "test_accuracy" not in history[-1] and "train_accuracy" in history[-1]

@@ -18,7 +18,7 @@ from ctrain.objective import positive_pool
 from ctrain.train import create_train_state, create_train_states, fit, fit_many, make_train_epoch
 from experiments.benchmarks.common import block, fmt, measure, write_json
 from experiments.configs import SYNTHETIC_NAMES, get_config
-from experiments.pipeline import free_schema, train_config
+from experiments.pipeline import free_schema, loss_weights, train_config
 
 
 def _setup(name: str, objective: str):
@@ -39,7 +39,8 @@ def epoch_times(name: str, repeats: int) -> dict:
     for objective in ("vanilla", "full"):
         config, data, tc, apply_fn, params, pool, x, y = _setup(name, objective)
         epoch = jax.jit(make_train_epoch(tc, data.constraints()), static_argnums=(6,))
-        state = create_train_state(apply_fn, params, weights=tc.loss_weights())
+        state = create_train_state(apply_fn, params, weights=loss_weights(config),
+                                learning_rate=config.learning_rate)
         key = jax.random.key(0)
         use_ct = objective != "vanilla"
         t0 = time.perf_counter()
@@ -67,8 +68,10 @@ def many_vs_sequential(name: str, k: int, epochs: int, repeats: int) -> dict:
     one = jax.jit(epoch, static_argnums=(6,))
     many = jax.jit(jax.vmap(lambda s, kk, e: epoch(s, x, y, pool, kk, e, True), in_axes=(0, 0, None)))
     inits = [make_model("mlp", data.num_features, data.num_classes, jax.random.key(s))[1] for s in range(k)]
-    states = create_train_states(apply_fn, jax.tree.map(lambda *a: jnp.stack(a), *inits), weights=tc.loss_weights())
-    singles = [create_train_state(apply_fn, p, weights=tc.loss_weights()) for p in inits]
+    states = create_train_states(apply_fn, jax.tree.map(lambda *a: jnp.stack(a), *inits), weights=loss_weights(config),
+                                learning_rate=config.learning_rate)
+    singles = [create_train_state(apply_fn, p, weights=loss_weights(config),
+                                learning_rate=config.learning_rate) for p in inits]
     keys = jnp.stack([jax.random.key(s) for s in range(k)])
 
     def vmapped():

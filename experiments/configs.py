@@ -1,18 +1,41 @@
 """Typed experiment configs for every dataset of the paper, with the paper's final hyperparameters.
 
     python -m experiments.reproduce --datasets circles --set epochs=50 --set seeds=0,1
+    python -m experiments.reproduce --datasets circles --set dataset_kwargs.standardize=true
 
 `get_config(name)` returns an `ExperimentConfig`; `override(config, ["key=value", ...])` applies
-command-line overrides with type checking. Values follow paper-details.md §2 (Table 6) and
-reference-implementation.md §3.3: ECCo training generator (λ_cost 0.001, λ_energy 5, T 30, SGD
-step 0.1), λ_div 0.5, λ_adv 0.25, ε 0.3, 100 epochs, and per dataset τ, n_ce and λ_reg. German
-credit and 8×8 digits are not in the paper; they take the defaults of their closest relatives
-(tabular and MNIST respectively).
+command-line overrides with type checking: tuples are comma lists, booleans true/false (or 1/0),
+optional values "none", and `dataset_kwargs.NAME=VALUE` sets a keyword of the dataset's loader,
+parsed by that keyword's type in the loader's signature (unknown keywords fail, listing the valid ones).
+
+An `ExperimentConfig` checks every field when it is built (and so after every override), including
+the library configs it maps to (`SearchConfig`, `TrainConfig`, the two `ProtocolConfig`s), so a bad
+setting fails at once with the field's name, never after training. What needs the data (protected
+feature names, the model against the data's shape, the loss weights) is checked by
+`experiments.pipeline.check_run` right after loading, still before any training.
+
+Values follow paper-details.md §2 (Table 6) and reference-implementation.md §3.3: ECCo training
+generator (λ_cost 0.001, λ_energy 5, T 30, SGD step 0.1), λ_div 0.5, λ_adv 0.25, ε 0.3, 100 epochs,
+and per dataset τ, n_ce and λ_reg. German credit and 8×8 digits are not in the paper; they take the
+defaults of their closest relatives (tabular and MNIST respectively).
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
+import math
+import os
+import types
 import typing
+
+import numpy as np
+
+MODELS = ("mlp", "linear", "lenet5")  # what ctrain.models.make_model builds
+SCHEDULES = ("per_epoch", "per_batch")
+# The pipeline trains without `aux`, so generators whose search needs extra inputs cannot run there.
+NEEDS_AUX = {"eccco": "a conformal quantile (ctrain.search.calibrate_conformal)",
+             "revise": "a trained VAE (ctrain.models.train_vae)"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,21 +84,203 @@ class ExperimentConfig:
     expected_minutes: float = 1.0  # on a 2-core CPU, for the whole dataset (all seeds, BL + CT)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "n_ce", "eval_rounds", "eval_individuals", "max_steps",
-                     "eval_max_steps", "ip_samples", "mmd_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.seeds:
-            raise ValueError("seeds must not be empty")
-        for name in ("tau", "eval_tau", "eval_cost_tau"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        # Lists and dicts from Python callers become tuples so the config stays hashable and comparable.
+        for name in ("protected", "seeds", "eval_lambda_energy"):
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if isinstance(self.dataset_kwargs, dict):
+            object.__setattr__(self, "dataset_kwargs", tuple(sorted(self.dataset_kwargs.items())))
+        _check_fields(self)
+        _check_library_configs(self)
 
     def to_dict(self) -> dict:
         """Returns the config as JSON-ready plain data."""
         out = dataclasses.asdict(self)
         out["dataset_kwargs"] = dict(self.dataset_kwargs)
         return out
+
+
+# Integer fields and their least value.
+_INTEGERS = {"epochs": 1, "batch_size": 1, "n_ce": 1, "max_steps": 1, "eval_rounds": 1, "eval_individuals": 1,
+             "eval_max_steps": 1, "ip_samples": 1, "mmd_samples": 2, "robust_samples": 1}
+# Number fields: (low, low included, high, high included); None = unbounded.
+_NUMBERS = {"learning_rate": (0, False, None, False), "burnin": (0, True, 1, False),
+            "tau": (0, False, 1, False), "eval_tau": (0, False, 1, False), "eval_cost_tau": (0, False, 1, False),
+            "lambda_clf": (0, True, None, False), "lambda_div": (0, True, None, False),
+            "lambda_reg": (0, True, None, False), "lambda_adv": (0, True, None, False),
+            "epsilon": (0, True, None, False), "step_size": (0, False, None, False),
+            "lambda_cost": (0, True, None, False), "lambda_energy": (0, True, None, False),
+            "mmd_length_scale": (0, False, None, False), "expected_minutes": (0, True, None, False)}
+_OPTIONAL_NUMBERS = {"mutability_lambda_adv": (0, True, None, False), "mutability_lambda_reg": (0, True, None, False)}
+_BOOLEANS = ("shuffle", "robustness")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and math.isfinite(value)
+
+
+def _in_range(value, low, low_in, high, high_in) -> bool:
+    return (value >= low if low_in else value > low) and (high is None or (value <= high if high_in else value < high))
+
+
+def _range_text(low, low_in, high, high_in) -> str:
+    if high is None:
+        return f"a finite number {'>=' if low_in else '>'} {low}"
+    return f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+
+
+def _fail(name: str, requirement: str, value) -> typing.NoReturn:
+    raise ValueError(f"ExperimentConfig.{name} must be {requirement}, got {value!r}")
+
+
+def _check_fields(c: ExperimentConfig) -> None:
+    """Raises ValueError naming the first field whose value is out of range or of the wrong type."""
+    if not isinstance(c.dataset, str) or not c.dataset:
+        _fail("dataset", "a dataset name", c.dataset)
+    keywords = loader_keywords(c.dataset)
+    _check_dataset_kwargs(c.dataset, c.dataset_kwargs, keywords)
+    if not isinstance(c.protected, tuple) or not all(isinstance(p, str) and p for p in c.protected) \
+            or len(set(c.protected)) != len(c.protected):
+        _fail("protected", "a tuple of distinct feature names (empty: the loader's immutable features)", c.protected)
+    if c.model not in MODELS:
+        _fail("model", f"one of {MODELS}", c.model)
+    if c.schedule not in SCHEDULES:
+        _fail("schedule", f"one of {SCHEDULES}", c.schedule)
+    _check_generator(c.generator)
+    for name, least in _INTEGERS.items():
+        if not _is_int(getattr(c, name)) or getattr(c, name) < least:
+            _fail(name, f"an integer >= {least}", getattr(c, name))
+    for name, bounds in _NUMBERS.items():
+        if not _is_number(getattr(c, name)) or not _in_range(getattr(c, name), *bounds):
+            _fail(name, _range_text(*bounds), getattr(c, name))
+    for name, bounds in _OPTIONAL_NUMBERS.items():
+        value = getattr(c, name)
+        if value is not None and (not _is_number(value) or not _in_range(value, *bounds)):
+            _fail(name, f"None (use the λ of the other runs) or {_range_text(*bounds)}", value)
+    for name in _BOOLEANS:
+        if not isinstance(getattr(c, name), bool):
+            _fail(name, "True or False", getattr(c, name))
+    if not isinstance(c.eval_lambda_energy, tuple) or not c.eval_lambda_energy \
+            or not all(_is_number(v) and v >= 0 for v in c.eval_lambda_energy):
+        _fail("eval_lambda_energy", "a non-empty tuple of finite numbers >= 0 (e.g. 0.1,0.5,1.0)",
+              c.eval_lambda_energy)
+    if not isinstance(c.seeds, tuple) or not c.seeds or not all(_is_int(s) and s >= 0 for s in c.seeds):
+        _fail("seeds", "a non-empty tuple of integers >= 0 (e.g. 0,1,2)", c.seeds)
+    if len(set(c.seeds)) != len(c.seeds):
+        _fail("seeds", "free of duplicates (a repeated seed trains the same models twice)", c.seeds)
+
+
+def _check_generator(name) -> None:
+    from ctrain.search import GENERATORS
+    usable = sorted(set(GENERATORS) - set(NEEDS_AUX))
+    if name in NEEDS_AUX:
+        raise ValueError(f"ExperimentConfig.generator {name!r} needs {NEEDS_AUX[name]}, which the experiment "
+                         f"pipeline does not build; choose from {usable}")
+    if name not in GENERATORS:
+        _fail("generator", f"a registered generator, one of {usable}", name)
+
+
+def _check_library_configs(c: ExperimentConfig) -> None:
+    """Builds the library configs the experiment maps to, so their own checks run now rather than mid-run."""
+    from ctrain.objective import OBJECTIVES
+    from experiments import pipeline
+    builds = [("training search (SearchConfig)", lambda: pipeline.search_config(c))]
+    builds += [(f"{o!r} training run (TrainConfig)", lambda o=o: pipeline.train_config(c, o)) for o in OBJECTIVES]
+    builds += [(f"evaluation protocol with threshold {name} (ProtocolConfig)",
+                lambda name=name: pipeline.protocol_config(c, threshold=getattr(c, name), seed=c.seeds[0]))
+               for name in ("eval_tau", "eval_cost_tau")]
+    for what, build in builds:
+        try:
+            build()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"the ExperimentConfig of {c.dataset!r} does not make a valid {what}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------------
+# Dataset loaders and their keywords
+
+
+def dataset_loader(dataset: str):
+    """Returns the loader function that `ctrain.data.load_dataset(dataset)` dispatches to."""
+    from ctrain.data import ALIASES, SYNTHETIC, load_synthetic
+    key = ALIASES.get(dataset.lower(), dataset.lower())
+    if key in SYNTHETIC:
+        return load_synthetic
+    loaders = {}
+    for module in ("ctrain.data.tabular", "ctrain.data.images"):
+        try:
+            loaders.update(importlib.import_module(module).LOADERS)
+        except ImportError:  # an optional loader module whose own dependencies are missing
+            pass
+    if key not in loaders:
+        raise ValueError(f"ExperimentConfig.dataset {dataset!r} has no loader; choose from "
+                         f"{sorted(SYNTHETIC + tuple(loaders))}")
+    return loaders[key]
+
+
+def loader_keywords(dataset: str) -> dict[str, tuple[object, object]]:
+    """Returns {keyword: (type, default)} of what `dataset_kwargs` may set for the dataset's loader."""
+    loader = dataset_loader(dataset)
+    try:
+        hints = typing.get_type_hints(loader)
+    except (NameError, TypeError):  # an annotation that does not resolve: fall back to the default's type
+        hints = {}
+    out = {}
+    for p in inspect.signature(loader).parameters.values():
+        # Parameters without a default (the synthetic loader's name) are the pipeline's to pass, not the user's.
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is p.empty:
+            continue
+        fallback = typing.Any if p.default is None else type(p.default)
+        out[p.name] = (hints.get(p.name, fallback), p.default)
+    return out
+
+
+def _type_text(annotation) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(_type_text(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _matches(value, annotation) -> bool:
+    if annotation is typing.Any:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, (bool, np.bool_))
+    if annotation is int:
+        return _is_int(value)
+    if annotation is float:
+        return _is_number(value)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True  # an annotation this check does not understand: the loader checks the value itself
+
+
+def _check_dataset_kwargs(dataset: str, items, keywords: dict) -> None:
+    if not isinstance(items, tuple) or not all(isinstance(i, tuple) and len(i) == 2 and isinstance(i[0], str)
+                                               for i in items):
+        _fail("dataset_kwargs", "a tuple of (keyword, value) pairs or a dict", items)
+    names = [name for name, _ in items]
+    if len(set(names)) != len(names):
+        _fail("dataset_kwargs", "free of repeated keywords", items)
+    for name, value in items:
+        if name not in keywords:
+            raise ValueError(f"ExperimentConfig.dataset_kwargs: the {dataset} loader has no keyword {name!r}; "
+                             f"valid keywords: {sorted(keywords)}")
+        annotation = keywords[name][0]
+        if not _matches(value, annotation):
+            raise ValueError(f"ExperimentConfig.dataset_kwargs: the {dataset} loader's keyword {name!r} takes "
+                             f"{_type_text(annotation)}, got {value!r}")
 
 
 SYNTHETIC = dict(batch_size=30, n_ce=1000, eval_individuals=250, protected=("x0",),
@@ -115,56 +320,94 @@ def get_config(name: str) -> ExperimentConfig:
     return CONFIGS[name]
 
 
+def _parse_loose(value: str):
+    # For a keyword whose type the loader does not declare.
+    low = value.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _parse(value: str, annotation):
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if annotation is typing.Any:
+        return _parse_loose(value)
     if annotation in (int, "int"):
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"expected an integer, got {value!r}") from None
     if annotation in (float, "float"):
-        return float(value)
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
     if annotation in (bool, "bool"):
         if value.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"expected true/false, got {value!r}")
+            raise ValueError(f"expected true or false (or 1/0), got {value!r}")
         return value.lower() in ("true", "1")
     if annotation in (str, "str"):
         return value
     if origin is tuple:
         if args and args[-1] is Ellipsis:
-            return tuple(_parse(v, args[0]) for v in value.split(",") if v != "")
-        raise ValueError("dataset_kwargs is set with --set dataset_kwargs.NAME=VALUE")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value.lower() == "none":
+            return tuple(_parse(v.strip(), args[0]) for v in value.split(",") if v.strip() != "")
+        raise ValueError("dataset_kwargs is set one keyword at a time: --set dataset_kwargs.NAME=VALUE")
+    if origin in (typing.Union, types.UnionType):
+        if value.lower() == "none" and type(None) in args:
             return None
-        return _parse(value, next(a for a in args if a is not type(None)))
-    raise ValueError(f"cannot parse {value!r} as {annotation}")
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _parse(value, a)
+            except ValueError:
+                pass  # try the union's next type
+        raise ValueError(f"expected {_type_text(annotation)}, got {value!r}")
+    if isinstance(annotation, type) and issubclass(annotation, os.PathLike):
+        return value
+    raise ValueError(f"cannot parse {value!r} as {_type_text(annotation)}")
 
 
 def override(config: ExperimentConfig, assignments) -> ExperimentConfig:
-    """Returns `config` with "key=value" assignments applied (tuples as comma lists; unknown keys raise)."""
+    """Returns `config` with "key=value" assignments applied (typed; unknown keys and bad values raise)."""
     hints = typing.get_type_hints(ExperimentConfig)
     changes: dict[str, object] = {}
-    kwargs = dict(config.dataset_kwargs)
+    loader_items: list[tuple[str, str]] = []
     for item in assignments:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
-        key, value = item.split("=", 1)
-        key = key.strip()
+        if not isinstance(item, str) or "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value, e.g. epochs=50")
+        key, value = (part.strip() for part in item.split("=", 1))
         if key.startswith("dataset_kwargs."):
-            sub = key.split(".", 1)[1]
-            try:
-                kwargs[sub] = int(value)
-            except ValueError:
-                try:
-                    kwargs[sub] = float(value)
-                except ValueError:
-                    kwargs[sub] = value
+            loader_items.append((key.split(".", 1)[1], value))
             continue
+        if key == "dataset_kwargs":
+            raise ValueError("dataset_kwargs is set one keyword at a time: --set dataset_kwargs.NAME=VALUE")
         if key not in hints:
-            raise ValueError(f"unknown config key {key!r}; known keys: {sorted(hints)}")
+            raise ValueError(f"unknown config key {key!r}; known keys: {sorted(hints)} "
+                             "(loader keywords: dataset_kwargs.NAME)")
         try:
             changes[key] = _parse(value, hints[key])
         except ValueError as err:
             raise ValueError(f"bad value for {key}: {err}") from None
-    if kwargs != dict(config.dataset_kwargs):
+    if loader_items:
+        dataset = changes.get("dataset", config.dataset)
+        keywords = loader_keywords(dataset)
+        kwargs = dict(config.dataset_kwargs)
+        for name, value in loader_items:
+            if name not in keywords:
+                raise ValueError(f"unknown key dataset_kwargs.{name}: the {dataset} loader's keywords are "
+                                 f"{sorted(keywords)}")
+            try:
+                kwargs[name] = _parse(value, keywords[name][0])
+            except ValueError as err:
+                raise ValueError(f"bad value for dataset_kwargs.{name}: {err}") from None
         changes["dataset_kwargs"] = tuple(sorted(kwargs.items()))
     return dataclasses.replace(config, **changes)

@@ -1,15 +1,21 @@
 """One dataset's reproduction: train BL and CT (and optionally CD, AR) for every seed, evaluate, write files.
 
 `train_and_evaluate(config, workdir)` is the library behind `python -m experiments.reproduce` and
-the grid driver. It writes, under `workdir`: config.json, histories.json, per-seed protocol records
-(rounds.csv, summary.csv), robustness.json, plots, and returns a `results` dict with the comparison
-rows the tables are made of.
+the grid driver. It checks the config against the loaded data (`check_run`) before any training,
+then writes, under `workdir`: config.json, histories.json, per-seed protocol records (rounds.csv,
+summary.csv), robustness.json, plots, and returns a `results` dict with the comparison rows the tables
+are made of.
+
+Every JSON file is strict JSON: a figure that cannot be computed (a comparison with no usable round, a
+non-finite value) is null, and a comparison's "note" (or the results' "notes") says why.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
+import typing
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +24,12 @@ import numpy as np
 from ctrain.data import Dataset, load_dataset
 from ctrain.evaluate import ProtocolConfig, compare, evaluate_explainability, evaluate_model, write_records
 from ctrain.models import make_model
+from ctrain.objective import LossWeights, check_loss_weights
 from ctrain.search import SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
-from experiments.configs import ExperimentConfig
+
+if typing.TYPE_CHECKING:  # configs imports this module to validate itself: no import cycle at run time
+    from experiments.configs import ExperimentConfig
 
 LABELS = {"vanilla": "BL", "full": "CT", "energy": "CD", "adversarial": "AR"}
 
@@ -37,31 +46,39 @@ def protected_names(config: ExperimentConfig, data: Dataset) -> tuple[str, ...]:
     return tuple(f.name for f in data.schema.features if f.mutability == "immutable")
 
 
-def train_config(config: ExperimentConfig, objective: str, *, mutability: bool = False) -> TrainConfig:
-    """Returns the TrainConfig of one objective (the mutability runs may drop λ_adv / λ_reg, reference §3.3)."""
+def loss_weights(config: ExperimentConfig, *, mutability: bool = False) -> LossWeights:
+    """Returns the λ's of a run (the mutability runs may drop λ_adv / λ_reg, reference §3.3)."""
     lambda_adv = config.mutability_lambda_adv if mutability and config.mutability_lambda_adv is not None \
         else config.lambda_adv
     lambda_reg = config.mutability_lambda_reg if mutability and config.mutability_lambda_reg is not None \
         else config.lambda_reg
-    search = SearchConfig(generator=config.generator, max_steps=config.max_steps, step_size=config.step_size,
-                          threshold=config.tau, epsilon=config.epsilon, lambda_cost=config.lambda_cost,
-                          lambda_energy=config.lambda_energy)
-    return TrainConfig(objective=objective, search=search, lambda_clf=config.lambda_clf, lambda_div=config.lambda_div,
-                       lambda_reg=lambda_reg, lambda_adv=lambda_adv, n_ce=config.n_ce, schedule=config.schedule,
-                       burnin=config.burnin, epochs=config.epochs, batch_size=config.batch_size,
-                       learning_rate=config.learning_rate, shuffle=config.shuffle)
+    return LossWeights(clf=config.lambda_clf, div=config.lambda_div, reg=lambda_reg, adv=lambda_adv)
+
+
+def search_config(config: ExperimentConfig) -> SearchConfig:
+    """Returns the training-time search settings of the config."""
+    return SearchConfig(generator=config.generator, max_steps=config.max_steps, step_size=config.step_size,
+                        threshold=config.tau, epsilon=config.epsilon, lambda_cost=config.lambda_cost,
+                        lambda_energy=config.lambda_energy)
+
+
+def train_config(config: ExperimentConfig, objective: str) -> TrainConfig:
+    """Returns the TrainConfig of one objective (the λ's and learning rate go on the state: `loss_weights`)."""
+    return TrainConfig(objective=objective, search=search_config(config), n_ce=config.n_ce, schedule=config.schedule,
+                       burnin=config.burnin, epochs=config.epochs, batch_size=config.batch_size, shuffle=config.shuffle)
 
 
 def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, mutability: bool = False,
                 progress: bool = True) -> tuple[list[tuple], list[list[dict]], float]:
     """Returns ([(apply_fn, params)] per seed, histories, wall seconds): all seeds trained as one vmapped program."""
-    tc = train_config(config, objective, mutability=mutability)
+    tc = train_config(config, objective)
     extra = {"image_shape": data.image_shape} if config.model == "lenet5" and data.image_shape else {}
     apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = [make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1]
              for s in config.seeds]
     states = create_train_states(apply_fn, jax.tree.map(lambda *a: jnp.stack(a), *inits),
-                                 learning_rate=config.learning_rate, weights=tc.loss_weights())
+                                 learning_rate=config.learning_rate,
+                                 weights=loss_weights(config, mutability=mutability))
     t0 = time.perf_counter()
     states, histories = fit_many(states, data, tc, seeds=config.seeds, constraints=data.constraints(),
                                  progress=progress)
@@ -84,14 +101,139 @@ def _pool(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
     return [{**row, "round": i * n_rounds + row["round"]} for i, rows in enumerate(summaries) for row in rows]
 
 
-def train_and_evaluate(config: ExperimentConfig, workdir: str, *, ablation: bool = False, progress: bool = True,
-                       plots: bool = True) -> dict:
-    """Returns the results dict of one dataset (comparisons, accuracies, timings) and writes its files."""
-    os.makedirs(workdir, exist_ok=True)
+def load_data(config: ExperimentConfig) -> Dataset:
+    """Returns the config's dataset, loaded with its dataset_kwargs and checked against the config (`check_run`)."""
+    data = load_dataset(config.dataset, **dict(config.dataset_kwargs))
+    check_run(config, data)
+    return data
+
+
+def check_run(config: ExperimentConfig, data: Dataset) -> None:
+    """Raises ValueError naming the config field that does not fit the loaded data; trains nothing."""
+    names = list(data.schema.names)
+    missing = [p for p in config.protected if p not in names]
+    if missing:
+        shown = names if len(names) <= 30 else names[:30] + [f"... ({len(names)} in all)"]
+        raise ValueError(f"ExperimentConfig.protected names {missing}, which {data.name} does not have; "
+                         f"its features: {shown} (or set protected= to use the loader's immutable features)")
+    extra = {"image_shape": data.image_shape} if config.model == "lenet5" and data.image_shape else {}
+    try:
+        make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
+    except ValueError as err:
+        raise ValueError(f"ExperimentConfig.model {config.model!r} does not fit {data.name}: {err}") from err
+    for mutability in (False, True):
+        try:
+            check_loss_weights(loss_weights(config, mutability=mutability))
+        except (TypeError, ValueError) as err:
+            fields = "mutability_lambda_adv/reg" if mutability else "lambda_clf/div/reg/adv"
+            raise ValueError(f"ExperimentConfig.{fields}: {err}") from err
+    if config.batch_size > len(data.x_train):
+        raise ValueError(f"ExperimentConfig.batch_size {config.batch_size} exceeds the {len(data.x_train)} "
+                         f"training samples of {data.name}; lower it or load more data (dataset_kwargs)")
+    for split in ("train", "test"):
+        y = np.asarray(getattr(data, f"y_{split}"))
+        absent = [k for k in range(data.num_classes) if not (y == k).any()]
+        if absent:
+            raise ValueError(f"the {split} split of {data.name} has no samples of class(es) {absent}: training "
+                             "and the evaluation's IP / IP* need every class; load more data (dataset_kwargs)")
+
+
+def json_safe(obj, notes: list[str] | None = None, path: str = ""):
+    """Returns obj as strict-JSON data: numpy scalars as Python numbers, NaN/inf as None (each path added to notes)."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v, notes, f"{path}/{k}" if path else str(k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v, notes, f"{path}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer, int)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        if not math.isfinite(obj):
+            if notes is not None:
+                notes.append(f"{path}: {float(obj)} cannot be computed; written as null")
+            return None
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist(), notes, path)
+    return obj
+
+
+def write_json(path: str, obj) -> list[str]:
+    """Writes obj to path as strict JSON (NaN/inf as null); returns the notes on the values nulled."""
+    notes: list[str] = []
+    with open(path, "w") as f:
+        json.dump(json_safe(obj, notes), f, indent=1, allow_nan=False)
+    return notes
+
+
+# Why a comparison has no reduction when no round pairs a value of both models ({t}: treatment, {b}: baseline).
+UNDEFINED = {
+    "ip_star": "undefined: in every round {t} or {b} had fewer than 2 valid counterfactuals (IP* needs 2)",
+    "ip": "undefined: no round in which both {t} and {b} found a valid counterfactual",
+    "cost": "undefined: no round in which both {t} and {b} found a valid counterfactual",
+    "validity": "undefined: no round in which both {t} and {b} predicted a test point as the factual class",
+}
+
+
+def comparison(summary: list[dict], metric: str, *, treatment: str, baseline: str = "BL") -> dict:
+    """Returns `ctrain.evaluate.compare` over the rounds with finite values; its "note" says why a figure is null."""
+    rows, dropped = [], 0
+    for row in summary:
+        value = row.get(metric)
+        if value is not None and not math.isfinite(value):
+            row, dropped = {**row, metric: None}, dropped + 1
+        rows.append(row)
+    out = compare(rows, metric, treatment=treatment, baseline=baseline, seed=0)
+    reasons = [f"{dropped} model-round value(s) of {metric} were not finite and were left out"] if dropped else []
+    if out["n_rounds"] == 0:
+        reasons.append(UNDEFINED[metric].format(t=treatment, b=baseline) if metric in UNDEFINED else out["note"])
+    elif out["note"]:
+        reasons.append(out["note"])
+    nulled: list[str] = []
+    out = json_safe(out, nulled)
+    reasons += [f"{n.split(':')[0]} is not finite" for n in nulled]
+    out["note"] = "; ".join(reasons)
+    return out
+
+
+def not_run(metric: str, treatment: str, reason: str) -> dict:
+    """Returns an all-null comparison whose note says why it was not run."""
+    return {**compare([], metric, treatment=treatment, seed=0), "note": reason}
+
+
+MECHANISM = ("converged", "search_steps", "ae_moved", "cf_in_ball")
+
+
+def mechanism_health(histories: dict[str, list[list[dict]]]) -> dict:
+    """Returns, per CF-trained model and seed, the last epoch's mechanism means and the run's skipped updates.
+
+    "converged" is the share of training counterfactuals that reached τ, "search_steps" their mean
+    number of search steps, "ae_moved" / "cf_in_ball" the adversarial-example diagnostics of the epoch
+    log, and "nonfinite" the total of updates skipped over the run for non-finite loss or gradients.
+    """
+    out = {}
+    for label, runs in histories.items():
+        if label == "BL":  # the vanilla objective searches no counterfactuals
+            continue
+        out[label] = {key: [run[-1].get(key) for run in runs] for key in MECHANISM}
+        out[label]["nonfinite"] = [int(sum(epoch.get("nonfinite", 0) for epoch in run)) for run in runs]
+    return out
+
+
+def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset | None = None, ablation: bool = False,
+                       progress: bool = True, plots: bool = True) -> dict:
+    """Returns the results dict of one dataset (comparisons, accuracies, timings) and writes its files.
+
+    `data` is the config's dataset already loaded (e.g. by `load_data` while validating many configs);
+    it is loaded here otherwise. The config is checked against the data before anything is trained or written.
+    """
     t_start = time.perf_counter()
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump(config.to_dict(), f, indent=1)
-    loaded = load_dataset(config.dataset, **dict(config.dataset_kwargs))
+    loaded = load_data(config) if data is None else data
+    if data is not None:
+        check_run(config, loaded)
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, "config.json"), config.to_dict())
     data = free_schema(loaded)
     protected = protected_names(config, loaded)
     data_protected = data.with_mutability(**{p: "immutable" for p in protected})
@@ -105,8 +247,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, ablation: bool
     if protected:
         trained["CT_mut"], histories["CT_mut"], timings["train_CT_mut_s"] = train_seeds(
             config, data_protected, "full", mutability=True, progress=progress)
-    with open(os.path.join(workdir, "histories.json"), "w") as f:
-        json.dump(histories, f)
+    history_notes = write_json(os.path.join(workdir, "histories.json"), histories)
 
     t0 = time.perf_counter()
     plaus, cost = [], []
@@ -133,10 +274,10 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, ablation: bool
     pooled = _pool(plaus, config.eval_rounds)
     comparisons = {}
     for label in labels[1:]:
-        comparisons[label] = {m: compare(pooled, m, treatment=label, baseline="BL", seed=0)
-                              for m in ("ip", "ip_star", "cost", "validity")}
-    if cost:
-        comparisons["CT"]["cost_protected"] = compare(_pool(cost, config.eval_rounds), "cost", seed=0)
+        comparisons[label] = {m: comparison(pooled, m, treatment=label) for m in ("ip", "ip_star", "cost", "validity")}
+    comparisons["CT"]["cost_protected"] = (
+        comparison(_pool(cost, config.eval_rounds), "cost", treatment="CT") if cost
+        else not_run("cost", "CT", "not run: the dataset has no protected features (set protected=NAME,...)"))
     accuracy = {label: [h[-1]["test_accuracy"] for h in histories[label]] for label in histories}
     validity = {label: _mean_metric(pooled, label, "validity") for label in labels}
 
@@ -148,22 +289,24 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, ablation: bool
             robustness[label] = evaluate_model(*trained[label][0], x_r, y_r, key=jax.random.key(0),
                                                max_samples=config.robust_samples)
         timings["robustness_s"] = time.perf_counter() - t0
-        with open(os.path.join(workdir, "robustness.json"), "w") as f:
-            json.dump(robustness, f, indent=1)
+        write_json(os.path.join(workdir, "robustness.json"), robustness)
     if plots:
         _plots(config, data, trained, labels, robustness, histories, workdir)
     timings["total_s"] = time.perf_counter() - t_start
+    mechanism = mechanism_health(histories)
     results = {"dataset": config.dataset, "seeds": list(config.seeds), "protected": list(protected),
-               "comparisons": comparisons, "accuracy": accuracy, "validity": validity,
+               "ablation": ablation, "comparisons": comparisons, "accuracy": accuracy, "validity": validity,
                "mmd_length_scale": config.mmd_length_scale, "robustness": robustness, "timings": timings,
-               "convergence": {label: [h[-1].get("converged") for h in histories[label]] for label in histories}}
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
+               "convergence": {label: mechanism[label]["converged"] for label in mechanism}, "mechanism": mechanism}
+    notes = [f"histories.json: {n}" for n in history_notes]
+    results = json_safe(results, notes)
+    results["notes"] = notes
+    write_json(os.path.join(workdir, "results.json"), results)
     return results
 
 
 def _mean_metric(summary: list[dict], model: str, metric: str) -> float | None:
-    vals = [r[metric] for r in summary if r["model"] == model and r[metric] is not None]
+    vals = [r[metric] for r in summary if r["model"] == model and r[metric] is not None and math.isfinite(r[metric])]
     return float(np.mean(vals)) if vals else None
 
 

@@ -5,14 +5,17 @@
     python -m experiments.reproduce --datasets adult --set seeds=0 --set epochs=50 --ablation
     python -m experiments.reproduce --full --results-md RESULTS.md   # refresh RESULTS.md
 
-Writes to --out (default results/reproduce): metadata.json (versions, commit, device, wall times,
-command), one folder per dataset (config, histories, per-seed protocol records, plots, results.json),
-table.md and results.json, and prints the table beside the paper's published numbers.
+Every dataset's config is checked, and its data loaded and checked against it, before the first model
+is trained, so a bad --set fails at once. Writes to --out (default results/reproduce): metadata.json
+(versions, commit, device, wall times, command), one folder per dataset (config, histories, per-seed
+protocol records, plots, results.json), table.md and results.json (strict JSON: a figure that cannot be
+computed is null with a note saying why; the table shows it as "n/a [k]" with the reason in note k),
+and prints the table beside the paper's published numbers.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import shlex
 import sys
@@ -20,7 +23,7 @@ import time
 
 from experiments import paper_results
 from experiments.configs import CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, get_config, override
-from experiments.pipeline import run_metadata, train_and_evaluate
+from experiments.pipeline import load_data, run_metadata, train_and_evaluate, write_json
 
 NOTES = """\
 - Seeds: the paper trains one model per configuration (global seed 2025); here every row pools the
@@ -42,53 +45,86 @@ NOTES = """\
 """
 
 
-def _cell(cmp: dict | None) -> str:
-    if not cmp or cmp.get("reduction_pct") is None:
-        return "n/a"
-    se = f"±{cmp['se_pct']:.2f}" if cmp.get("se_pct") is not None else ""
-    return f"{cmp['reduction_pct']:.2f}{se}{'*' if cmp['significant'] else ''}"
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _cell(cmp: dict | None, notes: list[str], where: str) -> str:
+    if cmp and _finite(cmp.get("reduction_pct")):
+        se = f"±{cmp['se_pct']:.2f}" if _finite(cmp.get("se_pct")) else ""
+        return f"{cmp['reduction_pct']:.2f}{se}{'*' if cmp.get('significant') else ''}"
+    notes.append(f"{where}: {(cmp or {}).get('note') or 'not computed'}")
+    return f"n/a [{len(notes)}]"
+
+
+def _mean(value):
+    if isinstance(value, list):
+        value = [v for v in value if _finite(v)]
+        return sum(value) / len(value) if value else None
+    return value if _finite(value) else None
 
 
 def _pair(values: dict, key_a: str = "CT", key_b: str = "BL", fmt: str = "{:.3f}") -> str:
-    a, b = values.get(key_a), values.get(key_b)
-    if isinstance(a, list):
-        a = sum(a) / len(a) if a else None
-    if isinstance(b, list):
-        b = sum(b) / len(b) if b else None
     show = lambda v: "n/a" if v is None else fmt.format(v)
-    return f"{show(a)} / {show(b)}"
+    return f"{show(_mean(values.get(key_a)))} / {show(_mean(values.get(key_b)))}"
+
+
+def _mechanism_cell(res: dict, notes: list[str]) -> str:
+    health = res.get("mechanism", {})
+    ct = health.get("CT", {})
+    converged, steps = _mean(ct.get("converged", [])), _mean(ct.get("search_steps", []))
+    cell = f"{'n/a' if converged is None else f'{converged:.2f}'} / {'n/a' if steps is None else f'{steps:.1f}'}"
+    skipped = {label: sum(h.get("nonfinite", [])) for label, h in health.items() if sum(h.get("nonfinite", []))}
+    if skipped:
+        notes.append(f"{res['dataset']}: updates skipped for non-finite loss or gradients over the run: "
+                     + ", ".join(f"{label} {n}" for label, n in skipped.items()))
+        cell += f" [{len(notes)}]"
+    return cell
+
+
+def _with_notes(lines: list[str], notes: list[str]) -> str:
+    if notes:
+        lines += ["", "Notes:", *(f"[{i}] {note}" for i, note in enumerate(notes, 1))]
+    return "\n".join(lines)
 
 
 def make_table(all_results: list[dict]) -> str:
-    """Returns the markdown table in the layout of the paper's Table 1, ours beside the paper's."""
+    """Returns the markdown table in the layout of the paper's Table 1, ours beside the paper's, with its notes."""
     head = ("| Data | IP −% (ours) | IP −% (paper) | IP* −% (ours) | IP* −% (paper) | Cost, protected −% (ours) "
             "| Cost −% (paper) | Validity CT / BL (ours) | Validity (paper) | Accuracy CT / BL (ours) "
-            "| Accuracy (paper) |")
-    lines = [head, "|" + "---|" * 11]
+            "| Accuracy (paper) | Mature CFs / steps, CT (last epoch) |")
+    lines, notes = [head, "|" + "---|" * 12], []
     for res in all_results:
         d = res["dataset"]
         ct = res["comparisons"].get("CT", {})
         paper_val = paper_results.VALIDITY.get(d)
         paper_acc = paper_results.ACCURACY.get(d)
+        columns = (("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost with protected features"))
+        cells = [_cell(ct.get(m), notes, f"{d}, {label}") for m, label in columns]
         lines.append(
-            f"| {d} | {_cell(ct.get('ip'))} | {paper_results.reduction(d, 0)} | {_cell(ct.get('ip_star'))} "
-            f"| {paper_results.reduction(d, 1)} | {_cell(ct.get('cost_protected'))} | {paper_results.reduction(d, 2)} "
+            f"| {d} | {cells[0]} | {paper_results.reduction(d, 0)} | {cells[1]} "
+            f"| {paper_results.reduction(d, 1)} | {cells[2]} | {paper_results.reduction(d, 2)} "
             f"| {_pair(res['validity'], fmt='{:.2f}')} | {'%.2f / %.2f' % paper_val if paper_val else '–'} "
-            f"| {_pair(res['accuracy'])} | {'%.2f / %.2f' % paper_acc if paper_acc else '–'} |")
+            f"| {_pair(res['accuracy'])} | {'%.2f / %.2f' % paper_acc if paper_acc else '–'} "
+            f"| {_mechanism_cell(res, notes)} |")
     lines.append("")
     lines.append("Reductions are CT vs BL in % (positive = CT better) ± the s.e. over bootstrap rounds; "
-                 "* = the 99% bootstrap CI of the difference excludes 0.")
-    return "\n".join(lines)
+                 "* = the 99% bootstrap CI of the difference excludes 0. Mature CFs / steps: the share of CT's "
+                 "training counterfactuals that reached τ in the last epoch and their mean search steps (mean "
+                 "over seeds).")
+    return _with_notes(lines, notes)
 
 
 def make_ablation_table(all_results: list[dict]) -> str:
-    """Returns a markdown table of IP / IP* reductions of CD, AR and CT vs BL (the paper's Fig. 5)."""
-    lines = ["| Data | IP −% CD | IP −% AR | IP −% CT | IP* −% CD | IP* −% AR | IP* −% CT |", "|" + "---|" * 7]
+    """Returns a markdown table of IP / IP* reductions of CD, AR and CT vs BL (the paper's Fig. 5), with its notes."""
+    lines, notes = ["| Data | IP −% CD | IP −% AR | IP −% CT | IP* −% CD | IP* −% AR | IP* −% CT |",
+                    "|" + "---|" * 7], []
     for res in all_results:
         c = res["comparisons"]
-        cells = [_cell(c.get(m, {}).get(metric)) for metric in ("ip", "ip_star") for m in ("CD", "AR", "CT")]
+        cells = [_cell(c.get(m, {}).get(metric), notes, f"{res['dataset']}, {label} {m}")
+                 for metric, label in (("ip", "IP"), ("ip_star", "IP*")) for m in ("CD", "AR", "CT")]
         lines.append(f"| {res['dataset']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _with_notes(lines, notes)
 
 
 def main(argv=None) -> list[dict]:
@@ -106,24 +142,27 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
 
     names = args.datasets or (list(CONFIGS) if args.full else list(SYNTHETIC_NAMES))
-    configs = [override(get_config(n), args.overrides) for n in names]
-    os.makedirs(args.out, exist_ok=True)
-    command = "python -m experiments.reproduce " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    meta = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **run_metadata()}
-    results, skipped = [], {}
     t0 = time.perf_counter()
+    # Every config is checked, and its data loaded and checked, before the first training: a typo fails at once.
+    configs = [override(get_config(n), args.overrides) for n in names]
+    runs, skipped = [], {}
     for config in configs:
-        print(f"== {config.dataset}: seeds {list(config.seeds)}, {config.epochs} epochs "
-              f"(expected ~{config.expected_minutes:g} min on a 2-core CPU)", flush=True)
         try:
-            results.append(train_and_evaluate(config, os.path.join(args.out, config.dataset),
-                                              ablation=args.ablation, progress=not args.quiet,
-                                              plots=not args.no_plots))
+            runs.append((config, load_data(config)))
         except FileNotFoundError as err:
             if not (args.full and config.dataset not in OFFLINE_NAMES):
                 raise
             skipped[config.dataset] = str(err).splitlines()[0]
-            print(f"   skipped: {skipped[config.dataset]}", flush=True)
+            print(f"== {config.dataset}: skipped: {skipped[config.dataset]}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    command = "python -m experiments.reproduce " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    meta = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **run_metadata()}
+    results = []
+    for config, data in runs:
+        print(f"== {config.dataset}: seeds {list(config.seeds)}, {config.epochs} epochs "
+              f"(expected ~{config.expected_minutes:g} min on a 2-core CPU)", flush=True)
+        results.append(train_and_evaluate(config, os.path.join(args.out, config.dataset), data=data,
+                                          ablation=args.ablation, progress=not args.quiet, plots=not args.no_plots))
     meta.update(wall_time_s=time.perf_counter() - t0, skipped=skipped,
                 per_dataset_wall_s={r["dataset"]: r["timings"]["total_s"] for r in results})
     table = make_table(results)
@@ -131,10 +170,8 @@ def main(argv=None) -> list[dict]:
         table += "\n\nAblation (paper Fig. 5):\n\n" + make_ablation_table(results)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out, "metadata.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    write_json(os.path.join(args.out, "results.json"), results)
+    write_json(os.path.join(args.out, "metadata.json"), meta)
     print(table)
     if skipped:
         print("\nSkipped (data not available): " + ", ".join(sorted(skipped)))
@@ -155,16 +192,19 @@ def agreement_lines(results: list[dict]) -> list[str]:
         for column, (metric, label) in enumerate((("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost"))):
             ours = res["comparisons"].get("CT", {}).get(metric) or {}
             paper_value, paper_sig = paper_results.TABLE1[d][column]
-            if ours.get("reduction_pct") is None:
-                parts.append(f"{label} n/a")
+            if not _finite(ours.get("reduction_pct")):
+                parts.append(f"{label} n/a — {ours.get('note') or 'not computed'}")
                 continue
             same = (ours["reduction_pct"] > 0) == (paper_value > 0)
             verdict = "same direction" if same else "opposite direction"
             sig = "significant" if ours["significant"] else "not significant"
             parts.append(f"{label} {verdict} ({ours['reduction_pct']:.1f}% vs {paper_value:.1f}%, ours {sig}"
                          f"{', paper significant' if paper_sig else ', paper not significant'})")
-        conv = {k: v for k, v in res.get("convergence", {}).items() if k != "BL" and all(c is not None for c in v)}
-        conv_text = ", ".join(f"{k} {sum(v) / len(v):.2f}" for k, v in conv.items())
+        health = {k: h for k, h in res.get("mechanism", {}).items() if _mean(h.get("converged", [])) is not None}
+        conv_text = ", ".join(f"{k} {_mean(h['converged']):.2f}"
+                              + (f" ({_mean(h['search_steps']):.1f} search steps)"
+                                 if _mean(h.get("search_steps", [])) is not None else "")
+                              for k, h in health.items())
         lines.append(f"- {d}: " + "; ".join(parts) + "." + (f" Share of training counterfactuals that matured in "
                                                              f"the last epoch: {conv_text}." if conv_text else ""))
     return lines

@@ -3,7 +3,9 @@
 `evaluate_explainability` runs J rounds; each draws a factual class a and a target t ≠ a, then for
 every model samples (with replacement) test points that *this model* predicts as a, generates their
 counterfactuals with the test-time ECCo generator for each λ_energy, keeps the valid ones
-(argmax = t), and averages cost, IP and IP* per round (first per λ_energy, then over λ_energy).
+(argmax = t), and averages cost, IP and IP* per round (first per λ_energy, then over λ_energy). IP*
+compares at most `mmd_samples` valid counterfactuals, drawn without replacement, with `mmd_samples`
+target-class test points, as the reference subsamples both sides to 100.
 `compare` turns two models' per-round means into the paper's "% reduction ± s.e." with a 99%
 percentile-bootstrap CI of the difference. Everything returns plain dicts; `write_records` stores them.
 """
@@ -14,18 +16,30 @@ import dataclasses
 import json
 import math
 import os
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import jax
 import numpy as np
 
 from ctrain import attacks, constraints as cons, metrics
-from ctrain.search import SearchConfig, explain, predict
+from ctrain.search import SearchConfig, explain, get_generator, predict
+
+MEDIAN = "median"  # ProtocolConfig.mmd_length_scale: the median heuristic, per target class
+# Pairs grow quadratically; 1000 rows (~500k pairs) pin the median of a class down to well under 1%.
+MEDIAN_HEURISTIC_MAX_SAMPLES = 1000
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 @dataclasses.dataclass(frozen=True)
 class ProtocolConfig:
-    """Settings of `evaluate_explainability` (defaults: reference §4.1, synthetic data)."""
+    """Settings of `evaluate_explainability` (defaults: reference §4.1, synthetic data); checked on construction."""
 
     n_rounds: int = 100
     n_individuals: int = 250  # per round and per λ_energy
@@ -36,26 +50,66 @@ class ProtocolConfig:
     step_size: float = 0.1
     threshold: float = 0.95
     ip_samples: int = 1000  # target-class test points (drawn with replacement) for IP
-    mmd_samples: int = 100  # per side for IP*
-    mmd_length_scale: float = 5.0  # the reference code's value (the paper's text says 0.5)
+    mmd_samples: int = 100  # per side for IP*: target-class test points, and at most this many valid CFs
+    # ℓ > 0 of IP*'s Gaussian kernel, or "median": per target class t, the median pairwise distance of (up to
+    # MEDIAN_HEURISTIC_MAX_SAMPLES of) the class-t test points, computed once per evaluation.
+    mmd_length_scale: float | str = metrics.DEFAULT_LENGTH_SCALE
     chunk_size: int = 1024
     seed: int = 0
 
     def __post_init__(self):
+        def bad(name, requirement):
+            return ValueError(f"ProtocolConfig.{name} must be {requirement}, got {getattr(self, name)!r}")
+
         for name in ("n_rounds", "n_individuals", "max_steps", "ip_samples", "chunk_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.mmd_samples < 2:
-            raise ValueError(f"mmd_samples must be >= 2, got {self.mmd_samples}")
-        if not self.lambda_energy:
-            raise ValueError("lambda_energy must list at least one value")
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
+                raise bad(name, "an integer >= 1")
+        if not _is_int(self.mmd_samples) or self.mmd_samples < 2:
+            raise bad("mmd_samples", "an integer >= 2 (the unbiased MMD² needs two rows a side)")
+        if not _is_int(self.seed) or self.seed < 0:
+            raise bad("seed", "an integer >= 0")
+        if isinstance(self.lambda_energy, (str, bytes)) or not isinstance(self.lambda_energy, Iterable):
+            raise bad("lambda_energy", "a non-empty sequence of finite numbers >= 0")
+        lambdas = tuple(self.lambda_energy)
+        if not lambdas:
+            raise bad("lambda_energy", "a non-empty sequence of finite numbers >= 0 (it lists no value)")
+        for value in lambdas:
+            if not (_is_real(value) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"ProtocolConfig.lambda_energy must hold finite numbers >= 0, got {value!r} "
+                                 f"in {self.lambda_energy!r}")
+        # Plain floats keep the config hashable and its JSON form independent of how the values were given.
+        object.__setattr__(self, "lambda_energy", tuple(float(v) for v in lambdas))
+        if not isinstance(self.generator, str):
+            raise bad("generator", "the name of a registered generator")
+        try:
+            get_generator(self.generator)
+        except ValueError as err:
+            raise ValueError(f"ProtocolConfig.generator: {err}") from None
+        for name, requirement, ok in (
+                ("lambda_cost", "a finite number >= 0", lambda v: v >= 0),
+                ("step_size", "a finite number > 0", lambda v: v > 0),
+                ("threshold", "a finite number in (0, 1)", lambda v: 0 < v < 1)):
+            value = getattr(self, name)
+            if not (_is_real(value) and math.isfinite(value) and ok(value)):
+                raise bad(name, requirement)
+        scale = self.mmd_length_scale
+        if isinstance(scale, str):
+            if scale != MEDIAN:
+                raise bad("mmd_length_scale", f"a finite number > 0 or {MEDIAN!r}")
+        elif not (_is_real(scale) and math.isfinite(scale) and scale > 0):
+            raise bad("mmd_length_scale", f"a finite number > 0 or {MEDIAN!r}")
+        else:
+            object.__setattr__(self, "mmd_length_scale", float(scale))
 
     def search_config(self, lambda_energy: float) -> SearchConfig:
+        """Returns the SearchConfig of the test-time generator at one λ_energy."""
         return SearchConfig(generator=self.generator, max_steps=self.max_steps, step_size=self.step_size,
                             threshold=self.threshold, lambda_cost=self.lambda_cost, lambda_energy=lambda_energy)
 
 
-ROUND_METRICS = ("validity", "validity_strict", "cost", "ip", "ip_star", "energy_differential")
+# "violations" is the mean count of broken constraints per counterfactual over all of a round's counterfactuals
+# (valid or not: a returned counterfactual must be actionable either way); the others average valid ones only.
+ROUND_METRICS = ("validity", "validity_strict", "cost", "ip", "ip_star", "energy_differential", "violations")
 
 
 def _draw_rounds(rng: np.random.Generator, n_rounds: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,14 +118,73 @@ def _draw_rounds(rng: np.random.Generator, n_rounds: int, num_classes: int) -> t
     return factual, target
 
 
+def subsample_mask(rng: np.random.Generator, mask, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (J, k) row indices and their (J, k) bool mask: per row of mask (J, n), min(k, #True) True positions.
+
+    The positions are drawn uniformly without replacement when a row has more than k of them and all
+    taken otherwise; unused slots hold index 0 with mask False, so every round has the same shape.
+    """
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2 or k < 1:
+        raise ValueError(f"mask must be (J, n) and k >= 1, got shape {mask.shape} and k={k}")
+    index = np.zeros((mask.shape[0], k), np.int64)
+    keep = np.zeros((mask.shape[0], k), bool)
+    for r, row in enumerate(mask):
+        chosen = rng.permutation(np.flatnonzero(row))[:k]
+        index[r, :len(chosen)] = chosen
+        keep[r, :len(chosen)] = True
+    return index, keep
+
+
+# Module level, so repeated evaluations (models, seeds, datasets of the same shapes) share one compilation.
+_round_mmd2 = jax.jit(jax.vmap(lambda xs, mask, ys, length_scale: metrics.mmd2_unbiased_masked(
+    xs, mask, ys, length_scale=length_scale)))
+
+
+def _length_scales(protocol: ProtocolConfig, x_test: np.ndarray, by_class: Mapping[int, np.ndarray],
+                   classes: Iterable[int]) -> dict[int, float]:
+    if protocol.mmd_length_scale != MEDIAN:
+        return {int(t): float(protocol.mmd_length_scale) for t in classes}
+    # Its own stream, so choosing "median" leaves every other draw of the protocol as it was.
+    rng = np.random.default_rng([protocol.seed, 1])
+    scales = {}
+    for t in sorted(int(c) for c in classes):
+        rows = by_class[t]
+        if len(rows) > MEDIAN_HEURISTIC_MAX_SAMPLES:
+            rows = rng.choice(rows, MEDIAN_HEURISTIC_MAX_SAMPLES, replace=False)
+        if len(rows) < 2:
+            raise ValueError(f"mmd_length_scale='median' needs at least 2 test samples of class {t}, got {len(rows)}")
+        scale = float(metrics.median_heuristic_length_scale(x_test[rows]))
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"mmd_length_scale='median': the median distance between test samples of class {t} "
+                             f"is {scale}, which is no kernel length scale; pass a number instead")
+        scales[t] = scale
+    return scales
+
+
+def _unpack_model(name: str, model) -> tuple[Any, Any, Any]:
+    if not isinstance(model, (tuple, list)) or len(model) not in (2, 3):
+        raise ValueError(f"model {name!r} must be a tuple (apply_fn, params) or (apply_fn, params, aux), "
+                         f"got {type(model).__name__} {model!r:.80}")
+    return (*model, None) if len(model) == 2 else tuple(model)
+
+
+def _no_nan(record: Mapping, context: str) -> None:
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{context}: metric {key!r} came out {value}; report this as a bug")
+
+
 def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_classes: int,
                             protocol: ProtocolConfig = ProtocolConfig(),
                             constraints: cons.Constraints | None = None, progress: bool = False) -> dict:
-    """Returns {"rounds": per-(model, round, λ) records, "summary": per-(model, round) means, "protocol": ...}.
+    """Returns {"rounds": per-(model, round, λ) records, "summary": per-(model, round) means, "protocol", ...}.
 
-    models: name -> (apply_fn, params). x_test (N, D), y_test (N,). A round in which a model predicts
-    no test point as the factual class, or finds no valid counterfactual, gets None ("n/a") for that
-    model's metrics instead of NaN.
+    models: name -> (apply_fn, params), or (apply_fn, params, aux) for generators that need `aux` (eccco,
+    revise). x_test (N, D), y_test (N,). Every metric is a finite float or None, never NaN: a round in which a
+    model predicts no test point as the factual class, or finds no valid counterfactual (fewer than 2 for
+    IP*), gets None ("n/a"). A counterfactual with a non-finite entry or output is invalid. "mmd_length_scales"
+    maps each target class to the ℓ its IP* used.
     """
     x_test = np.asarray(x_test, np.float32)
     y_test = np.asarray(y_test)
@@ -79,6 +192,7 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
         raise ValueError(f"x_test must be (N, D) and y_test (N,), got {x_test.shape} and {y_test.shape}")
     if not models:
         raise ValueError("pass at least one model")
+    unpacked = {name: _unpack_model(name, model) for name, model in models.items()}
     width = x_test.shape[1]
     constraints = cons.unconstrained(width) if constraints is None else constraints
     cons.check_width(constraints, width)
@@ -89,19 +203,22 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
         if len(by_class[t]) == 0:
             raise ValueError(f"the test set has no samples of target class {t}: IP and IP* are undefined")
     # Fixed reference samples per target class, shared by all models so their scores are comparable.
-    ip_ref = {t: x_test[rng.choice(by_class[t], protocol.ip_samples, replace=True)] for t in by_class if len(by_class[t])}
-    mmd_ref = np.stack([x_test[rng.choice(by_class[t], protocol.mmd_samples, replace=len(by_class[t]) < protocol.mmd_samples)]
+    ip_ref = {t: x_test[rng.choice(by_class[t], protocol.ip_samples, replace=True)]
+              for t in by_class if len(by_class[t])}
+    mmd_ref = np.stack([x_test[rng.choice(by_class[t], protocol.mmd_samples,
+                                          replace=len(by_class[t]) < protocol.mmd_samples)]
                         for t in target_class])  # (J, m, D)
+    scales = _length_scales(protocol, x_test, by_class, np.unique(target_class))
+    round_scale = np.array([scales[int(t)] for t in target_class], np.float32)
     n, j = protocol.n_individuals, protocol.n_rounds
-    mmd_fn = jax.jit(jax.vmap(lambda xs, mask, ys: metrics.mmd2_unbiased_masked(
-        xs, mask, ys, length_scale=protocol.mmd_length_scale)))
+    k_mmd = min(n, protocol.mmd_samples)
 
     records, summary = [], []
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(models) * len(protocol.lambda_energy), desc="evaluate", unit="search")
-    for name, (apply_fn, params) in models.items():
+    for name, (apply_fn, params, aux) in unpacked.items():
         predicted = predict(apply_fn, params, x_test, chunk_size=protocol.chunk_size)
         pools = [np.flatnonzero(predicted == a) for a in factual_class]
         has_pool = np.array([len(p) > 0 for p in pools])
@@ -113,18 +230,27 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
         for lam in protocol.lambda_energy:
             e = explain(apply_fn, params, x, targets, key=jax.random.key(int(rng.integers(2 ** 31))),
                         config=protocol.search_config(lam), constraints=constraints, chunk_size=protocol.chunk_size,
-                        allow_same_class=True)
-            valid = e.valid.reshape(j, n) & has_pool[:, None]
-            cost = np.abs(e.x_cf - e.x).sum(-1).reshape(j, n)
+                        allow_same_class=True, aux=aux)
+            # A diverged search (non-finite x' or model output) is no counterfactual, whatever argmax says of NaN
+            # logits: invalid, and replaced by its factual inside every metric, since one inf would make IP and
+            # the masked MMD² (0·inf) NaN for the whole round.
+            finite = np.all(np.isfinite(e.x_cf), axis=-1) & np.isfinite(e.p_target)
+            x_cf = np.where(finite[:, None], e.x_cf, e.x)
+            valid = (e.valid & finite).reshape(j, n) & has_pool[:, None]
+            cost = np.abs(x_cf - e.x).sum(-1).reshape(j, n)
             ip = np.zeros(j * n, np.float32)
             energy_diff = np.zeros(j * n, np.float32)
             for t in np.unique(target_class):
                 rows = targets == t
-                ip[rows] = np.asarray(metrics.implausibility(e.x_cf[rows], ip_ref[t]))
+                ip[rows] = np.asarray(metrics.implausibility(x_cf[rows], ip_ref[t]))
                 energy_diff[rows] = np.asarray(metrics.energy_differential(
-                    apply_fn, params, e.x_cf[rows], targets[rows], ip_ref[t][:50]))
-            ip_star = np.asarray(mmd_fn(e.x_cf.reshape(j, n, width), valid, mmd_ref))
-            strict = (e.p_target >= protocol.threshold).reshape(j, n)
+                    apply_fn, params, x_cf[rows], targets[rows], ip_ref[t][:50]))
+            # Both sides of IP* hold at most mmd_samples rows, as in the reference.
+            pick, picked = subsample_mask(rng, valid, k_mmd)
+            x_mmd = np.take_along_axis(x_cf.reshape(j, n, width), pick[:, :, None], axis=1)
+            ip_star = np.asarray(_round_mmd2(x_mmd, picked, mmd_ref, round_scale))
+            broken = np.asarray(cons.violations(e.x_cf, e.x, constraints)["total"]).reshape(j, n)
+            strict = ((e.p_target >= protocol.threshold) & finite).reshape(j, n)
             for r in range(j):
                 v = valid[r]
                 rec = {"model": name, "round": r, "lambda_energy": lam, "factual_class": int(factual_class[r]),
@@ -133,8 +259,11 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
                        "validity_strict": float(strict[r].mean()) if has_pool[r] else None,
                        "cost": metrics.mean_or_none(cost[r], v),
                        "ip": metrics.mean_or_none(ip.reshape(j, n)[r], v),
-                       "ip_star": float(max(ip_star[r], 0.0)) if v.sum() >= 2 else None,  # clamped as the reference
-                       "energy_differential": metrics.mean_or_none(energy_diff.reshape(j, n)[r], v)}
+                       # Clamped at 0 as the reference does.
+                       "ip_star": float(max(ip_star[r], 0.0)) if picked[r].sum() >= 2 else None,
+                       "energy_differential": metrics.mean_or_none(energy_diff.reshape(j, n)[r], v),
+                       "violations": float(broken[r].mean()) if has_pool[r] else None}
+                _no_nan(rec, f"model {name!r}, round {r}, lambda_energy {lam}")
                 per_lambda.append(rec)
             if bar is not None:
                 bar.update(1)
@@ -148,7 +277,8 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
             summary.append(row)
     if bar is not None:
         bar.close()
-    return {"rounds": records, "summary": summary, "protocol": dataclasses.asdict(protocol)}
+    return {"rounds": records, "summary": summary, "protocol": dataclasses.asdict(protocol),
+            "mmd_length_scales": {str(t): v for t, v in scales.items()}}
 
 
 def compare(summary: Sequence[Mapping], metric: str, *, treatment: str = "CT", baseline: str = "BL",

@@ -145,3 +145,33 @@ def test_robust_accuracy_default_grid_and_bad_input(problem):
         attacks.robust_accuracy(linear_apply, params, x, y, jax.random.PRNGKey(4), epsilons=(0.1, -0.1))
     with pytest.raises(ValueError, match="non-negative"):
         attacks.fgsm(linear_apply, params, x, y, epsilon=-0.1)
+
+
+# Binary logits (0, z) with z = w·x and w = (1, −2), ‖w‖₁ = 3. The worst L∞ perturbation of radius ε moves z by
+# exactly 3ε towards the other class (every coordinate at ∓ε, the sign of w), so a correctly classified
+# point flips iff |z| < 3ε. With |z| ∈ {0.03, 0.09, 0.3, 0.6} (one per class each) and 3ε ∈ {0.15, 0.45, 0.75},
+# 4, 6 and 8 of the 8 points flip: robust accuracy 1, 1/2, 1/4, 0. No point lies within 0.06 of a flip.
+MARGIN_Z = np.array([0.03, -0.03, 0.09, -0.09, 0.3, -0.3, 0.6, -0.6], np.float32)
+MARGIN_X = np.stack([MARGIN_Z, np.zeros_like(MARGIN_Z)], axis=1)  # w·x = z
+MARGIN_Y = (MARGIN_Z > 0).astype(np.int32)
+MARGIN_PARAMS = {"w": jnp.array([[0.0, 1.0], [0.0, -2.0]]), "b": jnp.zeros(2)}
+MARGIN_EPSILONS = (0.0, 0.05, 0.15, 0.25)
+MARGIN_ACCURACY = [1.0, 4 / 8, 2 / 8, 0 / 8]
+
+
+@pytest.mark.parametrize("attack, random_start", [("fgsm", False), ("pgd", False), ("pgd", True)])
+def test_attacks_flip_exactly_the_points_within_reach_of_a_linear_boundary(attack, random_start):
+    # PGD needs n·α ≥ 2ε to reach the corner of the ball from any random start: 40·0.02 = 0.8 ≥ 0.5.
+    result = attacks.robust_accuracy(linear_apply, MARGIN_PARAMS, MARGIN_X, MARGIN_Y, jax.random.PRNGKey(0),
+                                     epsilons=MARGIN_EPSILONS, attack=attack, step_size=0.02, n_steps=40,
+                                     random_start=random_start, batch_size=3)
+    assert result["clean_accuracy"] == 1.0
+    assert result["accuracy"] == MARGIN_ACCURACY
+    # The attacked points themselves: the corner x − ε·sign(w)·(2y − 1) of the ball, on the wrong side.
+    x_adv = (attacks.fgsm(linear_apply, MARGIN_PARAMS, MARGIN_X, MARGIN_Y, epsilon=0.15) if attack == "fgsm" else
+             attacks.pgd(linear_apply, MARGIN_PARAMS, MARGIN_X, MARGIN_Y, jax.random.PRNGKey(1), epsilon=0.15,
+                         step_size=0.02, n_steps=40, random_start=random_start))
+    corner = MARGIN_X - 0.15 * np.sign([1.0, -2.0])[None, :] * (2 * MARGIN_Y - 1)[:, None]
+    np.testing.assert_allclose(np.asarray(x_adv), corner, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(x_adv) @ np.array([1.0, -2.0]), MARGIN_Z - 0.45 * np.sign(MARGIN_Z),
+                               atol=1e-6)

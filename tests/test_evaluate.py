@@ -1,9 +1,15 @@
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ctrain.evaluate import ProtocolConfig, compare, evaluate_explainability, evaluate_model, write_records
+from ctrain import constraints as cons
+from ctrain import evaluate
+from ctrain.evaluate import (ProtocolConfig, compare, evaluate_explainability, evaluate_model, subsample_mask,
+                             write_records)
+from ctrain.search import calibrate_conformal
 
 SMALL = ProtocolConfig(n_rounds=6, n_individuals=8, lambda_energy=(0.1, 1.0), max_steps=30, threshold=0.6,
                        ip_samples=50, mmd_samples=10)
@@ -73,15 +79,222 @@ def test_bad_protocol_input_raises():
         evaluate_explainability(MODELS, x[y == 0], y[y == 0], num_classes=2, protocol=SMALL)
     with pytest.raises(ValueError, match=r"x_test must be \(N, D\) and y_test \(N,\)"):
         evaluate_explainability(MODELS, x, y[:-1], num_classes=2, protocol=SMALL)
-    with pytest.raises(ValueError, match="n_rounds must be >= 1"):
+    with pytest.raises(ValueError, match="n_rounds must be an integer >= 1, got 0"):
         ProtocolConfig(n_rounds=0)
+    with pytest.raises(ValueError, match="model 'BL' must be a tuple"):
+        evaluate_explainability({"BL": linear}, x, y, num_classes=2, protocol=SMALL)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("mmd_length_scale", 0.0, r"mmd_length_scale must be a finite number > 0 or 'median', got 0\.0"),
+    ("mmd_length_scale", -5.0, r"mmd_length_scale must be a finite number > 0 .*got -5\.0"),
+    ("mmd_length_scale", math.nan, r"mmd_length_scale must be .*got nan"),
+    ("mmd_length_scale", math.inf, r"mmd_length_scale must be .*got inf"),
+    ("mmd_length_scale", "mean", r"mmd_length_scale must be .*got 'mean'"),
+    ("threshold", 0.0, r"threshold must be a finite number in \(0, 1\), got 0\.0"),
+    ("threshold", 1.0, r"threshold must be .*got 1\.0"),
+    ("threshold", math.nan, r"threshold must be .*got nan"),
+    ("step_size", 0.0, r"step_size must be a finite number > 0, got 0\.0"),
+    ("step_size", math.inf, r"step_size must be .*got inf"),
+    ("lambda_cost", -0.1, r"lambda_cost must be a finite number >= 0, got -0\.1"),
+    ("lambda_cost", math.nan, r"lambda_cost must be .*got nan"),
+    ("lambda_energy", (0.1, math.nan), r"lambda_energy must hold finite numbers >= 0, got nan"),
+    ("lambda_energy", (1.0, -1.0), r"lambda_energy must hold finite numbers >= 0, got -1\.0"),
+    ("lambda_energy", (math.inf,), r"lambda_energy must hold .*got inf"),
+    ("lambda_energy", (), r"lambda_energy must be a non-empty sequence.*got \(\)"),
+    ("generator", "wachter", r"generator: unknown generator 'wachter'"),
+    ("n_individuals", 2.5, r"n_individuals must be an integer >= 1, got 2\.5"),
+    ("mmd_samples", 1, r"mmd_samples must be an integer >= 2.*got 1"),
+    ("seed", -1, r"seed must be an integer >= 0, got -1"),
+])
+def test_protocol_config_rejects_bad_values_naming_the_field_and_the_value(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ProtocolConfig(**{field: value})
+
+
+def test_protocol_config_accepts_and_normalises_good_values():
+    config = ProtocolConfig(lambda_energy=[1, 2.5], mmd_length_scale=2, threshold=0.5, lambda_cost=0)
+    assert config.lambda_energy == (1.0, 2.5) and type(config.mmd_length_scale) is float
+    assert ProtocolConfig(mmd_length_scale="median").mmd_length_scale == "median"
+    hash(config)  # hashable: it can key caches
+
+
+def test_subsample_mask_takes_all_or_a_uniform_subset_without_replacement():
+    mask = np.zeros((4, 12), bool)
+    mask[0] = True                        # 12 candidates, k = 5: a subset of 5
+    mask[1, [2, 7, 9]] = True             # 3 candidates: all of them
+    mask[3, [0, 1, 4, 5, 11]] = True      # exactly k: all of them
+    rng = np.random.default_rng(0)
+    index, keep = subsample_mask(rng, mask, 5)
+    assert index.shape == keep.shape == (4, 5)
+    assert keep.sum(1).tolist() == [5, 3, 0, 5]
+    for r in range(4):
+        chosen = index[r][keep[r]]
+        assert len(set(chosen.tolist())) == len(chosen)  # without replacement
+        assert mask[r, chosen].all()
+    assert set(index[1][keep[1]].tolist()) == {2, 7, 9}
+    assert set(index[3][keep[3]].tolist()) == {0, 1, 4, 5, 11}
+    # Uniform: each of 10 candidates enters a 5-subset with probability 1/2 (s.e. 0.008 over 4000 draws); taking
+    # the first 5 would give frequencies 1 and 0.
+    wide = np.zeros((4000, 10), bool)
+    wide[:] = True
+    index, keep = subsample_mask(rng, wide, 5)
+    frequency = np.bincount(index[keep], minlength=10) / 4000
+    np.testing.assert_allclose(frequency, 0.5, atol=0.04)
+
+
+def _spy(monkeypatch):
+    """Records the inputs of every round-batched IP* computation and every search of the protocol."""
+    seen = {"mmd": [], "explain": []}
+    original_mmd, original_explain = evaluate._round_mmd2, evaluate.explain
+
+    def mmd_spy(xs, mask, ys, length_scale):
+        seen["mmd"].append(tuple(np.asarray(a) for a in (xs, mask, ys, length_scale)))
+        return original_mmd(xs, mask, ys, length_scale)
+
+    def explain_spy(*args, **kwargs):
+        e = original_explain(*args, **kwargs)
+        seen["explain"].append(e)
+        return e
+
+    monkeypatch.setattr(evaluate, "_round_mmd2", mmd_spy)
+    monkeypatch.setattr(evaluate, "explain", explain_spy)
+    return seen
+
+
+def naive_mmd2(x, y, length_scale):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    gram = lambda a, b: np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * length_scale ** 2))
+    m, n = len(x), len(y)
+    return ((gram(x, x).sum() - m) / (m * (m - 1)) + (gram(y, y).sum() - n) / (n * (n - 1))
+            - 2 * gram(x, y).mean())
+
+
+def test_ip_star_subsamples_the_valid_counterfactuals_to_mmd_samples(monkeypatch):
+    x, y = _data()
+    protocol = ProtocolConfig(n_rounds=4, n_individuals=12, lambda_energy=(1.0,), max_steps=30, threshold=0.6,
+                              ip_samples=20, mmd_samples=5, mmd_length_scale=2.0)
+    seen = _spy(monkeypatch)
+    res = evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2, protocol=protocol)
+    (xs, mask, ys, scale), = seen["mmd"]
+    (e,), j, n = seen["explain"], protocol.n_rounds, protocol.n_individuals
+    assert xs.shape == (j, 5, 2) and ys.shape == (j, 5, 2) and mask.shape == (j, 5)
+    np.testing.assert_array_equal(scale, 2.0)
+    assert sum(rec["n_valid"] > 5 for rec in res["rounds"]) >= 2  # rounds with more valid CFs than mmd_samples
+    for r, rec in enumerate(res["rounds"]):
+        kept = xs[r][mask[r]]
+        assert len(kept) == min(rec["n_valid"], 5)
+        # Every kept row is one of this round's valid counterfactuals (factuals repeat, so values may too).
+        valid_here = e.x_cf.reshape(j, n, 2)[r][e.valid.reshape(j, n)[r]]
+        assert all(any((row == v).all() for v in valid_here) for row in kept)
+        expected = max(naive_mmd2(kept, ys[r], 2.0), 0.0) if len(kept) >= 2 else None
+        assert rec["ip_star"] == (None if expected is None else pytest.approx(expected, rel=1e-4, abs=1e-6))
+
+
+def test_median_length_scale_is_the_median_distance_of_each_target_class(monkeypatch):
+    # Class 0: the corners of a square of side 2 (4 sides of 2, 2 diagonals of 2√2): median 2.
+    # Class 1: a unit square: median 1.
+    x = np.array([[-4, -4], [-2, -4], [-4, -2], [-2, -2], [3, 3], [4, 3], [3, 4], [4, 4]], np.float32)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    base = dict(n_rounds=6, n_individuals=4, lambda_energy=(1.0,), max_steps=50, threshold=0.6, ip_samples=4,
+                mmd_samples=3)
+    seen = _spy(monkeypatch)
+    res = evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2,
+                                  protocol=ProtocolConfig(**base, mmd_length_scale="median"))
+    assert res["mmd_length_scales"] == {"0": pytest.approx(2.0), "1": pytest.approx(1.0)}
+    (xs, mask, ys, scale), = seen["mmd"]
+    targets = np.array([rec["target_class"] for rec in res["rounds"]])
+    assert set(targets.tolist()) == {0, 1}
+    np.testing.assert_allclose(scale, np.where(targets == 0, 2.0, 1.0), rtol=1e-6)
+    for r, rec in enumerate(res["rounds"]):
+        if mask[r].sum() >= 2:
+            assert rec["ip_star"] == pytest.approx(max(naive_mmd2(xs[r][mask[r]], ys[r], scale[r]), 0.0),
+                                                   rel=1e-4, abs=1e-6)
+    # The median's own random stream leaves every other draw of the protocol as it was.
+    fixed = evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2,
+                                    protocol=ProtocolConfig(**base, mmd_length_scale=1.0))
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "ip_star"} for row in rows]
+    assert strip(fixed["rounds"]) == strip(res["rounds"])
+    assert fixed["mmd_length_scales"] == {"0": 1.0, "1": 1.0}
+    # A class whose points coincide has median distance 0: no kernel length scale, a clear error.
+    x_same = x.copy()
+    x_same[4:] = x_same[4]
+    with pytest.raises(ValueError, match="class 1 is 0.0"):
+        evaluate_explainability({"CT": MODELS["CT"]}, x_same, y, num_classes=2,
+                                protocol=ProtocolConfig(**base, mmd_length_scale="median"))
+
+
+def test_protocol_with_constraints_never_changes_an_immutable_feature(monkeypatch):
+    # Both features push the score, so an unconstrained search moves feature 0 too (checked below).
+    x, y = _data()
+    c = cons.make_constraints(2, immutable=[0], lower=np.array([-np.inf, -8.0]), upper=np.array([np.inf, 8.0]))
+    seen = _spy(monkeypatch)
+    res = evaluate_explainability(MODELS, x, y, num_classes=2, protocol=SMALL, constraints=c)
+    assert len(seen["explain"]) == len(MODELS) * len(SMALL.lambda_energy)
+    for e in seen["explain"]:
+        np.testing.assert_array_equal(e.x_cf[:, 0], e.x[:, 0])  # bit for bit, in every counterfactual
+        assert int(np.asarray(cons.violations(e.x_cf, e.x, c)["total"]).sum()) == 0
+    assert all(rec["violations"] == 0.0 for rec in res["rounds"])
+    assert all(row["violations"] == 0.0 for row in res["summary"])
+    assert any(row["validity"] > 0.5 for row in res["summary"])  # feature 1 alone still reaches the target
+    seen["explain"].clear()
+    evaluate_explainability(MODELS, x, y, num_classes=2, protocol=SMALL)
+    assert any(np.any(e.x_cf[:, 0] != e.x[:, 0]) for e in seen["explain"])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the 1e39 step, on purpose
+def test_records_never_hold_nan_even_when_the_search_diverges(monkeypatch):
+    # Logits are NaN beyond |x| = 6 and huge steps overshoot there: such counterfactuals are invalid (argmax of
+    # NaN logits would call some of them valid), and every metric is a finite float or None.
+    def cliff(p, x):
+        return jnp.where(jnp.max(jnp.abs(x), -1, keepdims=True) > 6, jnp.nan, x @ p["w"])
+
+    x, y = _data()
+    keep = np.abs(x).max(1) < 5
+    x, y = x[keep], y[keep]
+    models = {"cliff": (cliff, MODELS["BL"][1]), "CT": MODELS["CT"]}
+    protocols = [ProtocolConfig(**{**SMALL.__dict__, "step_size": 5.0, "max_steps": 3}),
+                 ProtocolConfig(**{**SMALL.__dict__, "step_size": 1e39})]  # inf in float32: x' = ±inf or NaN
+    for protocol in protocols:
+        seen = _spy(monkeypatch)
+        res = evaluate_explainability(models, x, y, num_classes=2, protocol=protocol)
+        for row in res["rounds"] + res["summary"]:
+            for key, value in row.items():
+                assert value is None or not isinstance(value, float) or math.isfinite(value), (key, value)
+        j, n = protocol.n_rounds, protocol.n_individuals
+        explained = iter(seen["explain"])
+        for rec in res["rounds"]:
+            if rec["round"] == 0:
+                e = next(explained)
+                usable = (e.valid & np.isfinite(e.p_target) & np.isfinite(e.x_cf).all(1)).reshape(j, n)
+            if rec["n"]:
+                assert rec["n_valid"] == int(usable[rec["round"]].sum())
+    assert sum(rec["n_valid"] for rec in res["rounds"]) == 0  # every search diverged under the inf step
+
+
+def test_protocol_passes_each_models_aux_to_its_generator():
+    x, y = _data()
+    quantile = calibrate_conformal(linear, MODELS["CT"][1], jnp.asarray(x[:100]), jnp.asarray(y[:100]), alpha=0.1)
+    protocol = ProtocolConfig(**{**SMALL.__dict__, "generator": "eccco", "lambda_energy": (1.0,)})
+    res = evaluate_explainability({"CT": (*MODELS["CT"], {"conformal_quantile": quantile})}, x, y, num_classes=2,
+                                  protocol=protocol)
+    assert any(row["validity"] for row in res["summary"])
+    with pytest.raises(ValueError, match="needs aux"):
+        evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2, protocol=protocol)
 
 
 def test_evaluate_model_and_record_files(tmp_path):
-    x, y = _data()
-    out = evaluate_model(*MODELS["CT"], x, y, key=jax.random.key(0), epsilons=(0.0, 0.5))
-    assert out["fgsm"]["accuracy"][0] == pytest.approx(out["accuracy"])  # ε = 0 is clean accuracy
-    assert out["pgd"]["accuracy"][1] <= out["accuracy"]
+    # logits (0, x·w) with w = (1, −2): the worst L∞ step of ε moves x·w by ‖w‖₁·ε = 3ε towards the boundary,
+    # so a point flips iff |x·w| < 3ε. |x·w| ∈ {0.03, 0.09, 0.3, 0.6} per class, 3ε ∈ {0.15, 0.45}: 4 then 6 of 8
+    # flip. PGD's 40 steps of 0.01 reach the corner of any ball with 2ε ≤ 0.4 from its random start.
+    z = np.array([0.03, -0.03, 0.09, -0.09, 0.3, -0.3, 0.6, -0.6], np.float32)
+    x, y = np.stack([z, np.zeros_like(z)], 1), (z > 0).astype(np.int32)
+    params = {"w": jnp.array([[0.0, 1.0], [0.0, -2.0]])}
+    out = evaluate_model(linear, params, x, y, key=jax.random.key(0), epsilons=(0.0, 0.05, 0.15))
+    assert out["accuracy"] == 1.0 and out["f1"] == 1.0 and out["n"] == 8
+    for attack in ("fgsm", "pgd"):
+        assert out[attack]["epsilon"] == pytest.approx([0.0, 0.05, 0.15])
+        assert out[attack]["accuracy"] == [1.0, 4 / 8, 2 / 8], attack
     csv_path = write_records(str(tmp_path / "r.csv"), [{"a": 1, "b": None}, {"a": 2, "c": 3.5}])
     text = open(csv_path).read().splitlines()
     assert text[0] == "a,b,c" and text[1] == "1,n/a," and text[2] == "2,,3.5"

@@ -1,4 +1,6 @@
 """Known-answer tests for ctrain.metrics."""
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -92,12 +94,96 @@ def test_mmd2_rejects_bad_input():
         metrics.mmd2_unbiased(x, x, length_scale=0.0)
 
 
-def test_default_length_scale_is_the_papers_value():
-    assert metrics.DEFAULT_LENGTH_SCALE == 0.5
-    assert metrics.REFERENCE_CODE_LENGTH_SCALE == 5.0
+# Hand case for IP*: x = {(0,0), (3,4), (0,4)}, y = {(0,0), (3,0)}. Squared distances: within x 25, 16, 9;
+# within y 9; across 0, 9, 25, 16, 16, 25. With k(d²) = exp(−d²/(2ℓ²)):
+#   MMD² = (k25 + k16 + k9)/3 + k9 − 2·(1 + k9 + 2·k25 + 2·k16)/6 = k9 − (1 + k16 + k25)/3.
+MMD_X = np.array([[0.0, 0.0], [3.0, 4.0], [0.0, 4.0]], np.float32)
+MMD_Y = np.array([[0.0, 0.0], [3.0, 0.0]], np.float32)
+
+
+def hand_mmd2(length_scale):
+    k = lambda d2: math.exp(-d2 / (2 * length_scale ** 2))
+    return k(9) - (1 + k(16) + k(25)) / 3
+
+
+def test_mmd2_known_answer_in_one_dimension():
+    # x = {0, 1}, y = {0, 2}: K_xx = e1, K_yy = e4, cross mean = (1 + e4 + 2·e1)/4, so MMD² = (e4 − 1)/2,
+    # where e1 = exp(−1/(2ℓ²)) and e4 = exp(−4/(2ℓ²)).
+    x, y = np.array([[0.0], [1.0]], np.float32), np.array([[0.0], [2.0]], np.float32)
+    for length_scale in (1.0, 0.5, 5.0):
+        expected = (math.exp(-4 / (2 * length_scale ** 2)) - 1) / 2
+        np.testing.assert_allclose(float(metrics.mmd2_unbiased(x, y, length_scale=length_scale)), expected,
+                                   rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(float(metrics.mmd2_unbiased(x, y, length_scale=length_scale, clamp=True)),
+                                   max(expected, 0.0), atol=1e-7)
+
+
+@pytest.mark.parametrize("length_scale", [5.0, 0.5, 2.0])
+def test_mmd2_known_answer_in_two_dimensions(length_scale):
+    value = metrics.mmd2_unbiased(MMD_X, MMD_Y, length_scale=length_scale, chunk_size=2)
+    np.testing.assert_allclose(float(value), hand_mmd2(length_scale), rtol=1e-5, atol=1e-7)
+    # Symmetric in its two samples.
+    np.testing.assert_allclose(float(metrics.mmd2_unbiased(MMD_Y, MMD_X, length_scale=length_scale)),
+                               hand_mmd2(length_scale), rtol=1e-5, atol=1e-7)
+
+
+def test_masked_mmd2_known_answer_ignores_the_masked_rows():
+    # The hand case with two decoy rows (one far away) interleaved: masked out, they must change nothing.
+    x = np.array([[50.0, -50.0], [0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [0.0, 4.0]], np.float32)
+    mask = np.array([False, True, True, False, True])
+    for length_scale in (5.0, 2.0):
+        value = metrics.mmd2_unbiased_masked(x, mask, MMD_Y, length_scale=length_scale)
+        chex.assert_shape(value, ())
+        np.testing.assert_allclose(float(value), hand_mmd2(length_scale), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="length_scale"):
+        metrics.mmd2_unbiased_masked(x, mask, MMD_Y, length_scale=0.0)
+
+
+def test_one_default_length_scale_the_reference_codes_across_the_api():
+    from ctrain.evaluate import ProtocolConfig
+    assert metrics.DEFAULT_LENGTH_SCALE == metrics.REFERENCE_CODE_LENGTH_SCALE == 5.0
+    assert metrics.PAPER_TEXT_LENGTH_SCALE == 0.5
+    assert ProtocolConfig().mmd_length_scale == metrics.DEFAULT_LENGTH_SCALE
+    # The defaults in use, not only the constants: both estimators give the ℓ = 5 hand value when ℓ is omitted.
+    np.testing.assert_allclose(float(metrics.mmd2_unbiased(MMD_X, MMD_Y)), hand_mmd2(5.0), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics.mmd2_unbiased_masked(MMD_X, np.ones(3, bool), MMD_Y)), hand_mmd2(5.0),
+                               rtol=1e-5)
+
+
+def test_median_heuristic_length_scale_on_hand_cases():
+    # 1-D {0, 1, 3, 7}: distances 1, 3, 7, 2, 6, 4; six of them, so the median is (3 + 4) / 2.
+    value = metrics.median_heuristic_length_scale(np.array([[0.0], [1.0], [3.0], [7.0]]))
+    chex.assert_shape(value, ())
+    assert float(value) == pytest.approx(3.5)
+    # x and y are pooled: (0,0), (3,4) and (0,4) are 5, 4 and 3 apart, median 4.
+    pooled = metrics.median_heuristic_length_scale(np.array([[0.0, 0.0], [3.0, 4.0]]), np.array([[0.0, 4.0]]))
+    assert float(pooled) == pytest.approx(4.0)
+    # A point is never paired with itself, but duplicates are distinct rows: 4 copies of a point and one other
+    # give 6 zero distances out of 10, a median of 0 (no usable ℓ); 3 copies give 3 zeros and 3 of √2.
+    assert float(metrics.median_heuristic_length_scale(np.array([[1.0, 1.0]] * 4 + [[2.0, 2.0]]))) == 0.0
+    assert float(metrics.median_heuristic_length_scale(np.array([[1.0, 1.0]] * 3 + [[2.0, 2.0]]))) == pytest.approx(
+        math.sqrt(2) / 2)
+    # Far from the origin the distances stay exact (differences, no norm expansion).
+    far = metrics.median_heuristic_length_scale(np.array([[1e4], [1e4 + 1.0], [1e4 + 3.0]], np.float32))
+    assert float(far) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        metrics.median_heuristic_length_scale(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="features"):
+        metrics.median_heuristic_length_scale(np.zeros((2, 3)), np.zeros((2, 4)))
 
 
 # --- IP ---------------------------------------------------------------------------------------------
+
+def test_ip_known_answer_on_hand_cases():
+    # ℓ1 distances from (0,0) to (1,0), (0,2), (−1,−1): 1, 2, 2; from (1,1): 0+1, 1+1, 2+2.
+    samples = np.array([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]], np.float32)
+    value = metrics.implausibility(np.array([[0.0, 0.0], [1.0, 1.0]], np.float32), samples, chunk_size=1)
+    chex.assert_shape(value, (2,))
+    np.testing.assert_allclose(np.asarray(value), [(1 + 2 + 2) / 3, (1 + 2 + 4) / 3], rtol=1e-6)
+    # 1-D, the query between samples: |0.5 − 0| + |0.5 − 1| + |0.5 − 3| over 3.
+    one_d = metrics.implausibility(np.array([[0.5]], np.float32), np.array([[0.0], [1.0], [3.0]], np.float32))
+    np.testing.assert_allclose(np.asarray(one_d), [(0.5 + 0.5 + 2.5) / 3], rtol=1e-6)
+
 
 def test_ip_of_a_point_equal_to_every_target_sample_is_zero(rng):
     point = rng.normal(size=(1, 6)).astype(np.float32)

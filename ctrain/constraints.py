@@ -25,6 +25,7 @@ class Constraints:
     lower: jax.Array  # (D,) float32, may be -inf
     upper: jax.Array  # (D,) float32, may be +inf
     group_index: jax.Array  # (G, S) int32 column indices of one-hot groups, padded with -1
+    scale: jax.Array  # (D,) float32 > 0, each feature's unit of change (training std) for units-aware searches
 
     @property
     def width(self) -> int:
@@ -41,8 +42,8 @@ class Constraints:
 
 
 def make_constraints(width: int, *, immutable=(), increase=(), decrease=(), lower=None, upper=None,
-                     groups=()) -> Constraints:
-    """Returns Constraints for `width` features from column-index lists, optional bound arrays and one-hot groups."""
+                     groups=(), scale=None) -> Constraints:
+    """Returns Constraints for `width` features from column-index lists, optional bounds, one-hot groups and scales."""
     mut = np.full(width, FREE, np.int32)
     for code, cols in ((IMMUTABLE, immutable), (INCREASE, increase), (DECREASE, decrease)):
         cols = np.asarray(list(cols), dtype=np.int64)
@@ -71,11 +72,14 @@ def make_constraints(width: int, *, immutable=(), increase=(), decrease=(), lowe
             raise ValueError(f"one-hot group {g} must be all 'free' or all 'immutable'")
         if np.any(lo[g] > 0) or np.any(hi[g] < 1):
             raise ValueError(f"one-hot group {g} has bounds that exclude 0 or 1, so no category is feasible")
+    sc = np.ones(width, np.float32) if scale is None else np.asarray(scale, np.float32)
+    if sc.shape != (width,) or not np.all(np.isfinite(sc)) or np.any(sc <= 0):
+        raise ValueError(f"scale must be ({width},) finite values > 0, got shape {sc.shape}")
     size = max((len(g) for g in groups), default=1)
     gidx = np.full((len(groups), size), -1, np.int32)
     for i, g in enumerate(groups):
         gidx[i, : len(g)] = g
-    return Constraints(jnp.asarray(mut), jnp.asarray(lo), jnp.asarray(hi), jnp.asarray(gidx))
+    return Constraints(jnp.asarray(mut), jnp.asarray(lo), jnp.asarray(hi), jnp.asarray(gidx), jnp.asarray(sc))
 
 
 def from_schema(schema) -> Constraints:
@@ -84,7 +88,8 @@ def from_schema(schema) -> Constraints:
     muts = [f.mutability for f in schema.features]
     cols = {m: [i for i, v in enumerate(muts) if v == m] for m in CODES}
     return make_constraints(schema.width, immutable=cols["immutable"], increase=cols["increase"],
-                            decrease=cols["decrease"], lower=lo, upper=hi, groups=list(schema.groups.values()))
+                            decrease=cols["decrease"], lower=lo, upper=hi, groups=list(schema.groups.values()),
+                            scale=schema.scale_array())
 
 
 def unconstrained(width: int) -> Constraints:
@@ -176,10 +181,11 @@ def snap(x_cf: jax.Array, x: jax.Array, c: Constraints) -> jax.Array:
     return jnp.where(c.mutability == IMMUTABLE, x, snap_groups(x_cf, c.group_index))
 
 
-def finalize(x_cf: jax.Array, x: jax.Array, c: Constraints) -> jax.Array:
-    """Returns the strictly feasible counterfactual (..., D): `project` followed by snapping groups to categories."""
+def finalize(x_cf: jax.Array, x: jax.Array, c: Constraints, *, snap_groups: bool = True) -> jax.Array:
+    """Returns the feasible counterfactual (..., D): `project`, then groups snapped to categories if `snap_groups`."""
     # The simplex projection keeps the order of a group's entries, so it cannot change the snapped category.
-    return snap(project(x_cf, x, c, simplex=False), x, c)
+    projected = project(x_cf, x, c, simplex=False)
+    return snap(projected, x, c) if snap_groups else projected
 
 
 def protect(x_pos: jax.Array, x_cf: jax.Array, c: Constraints) -> jax.Array:
@@ -213,7 +219,9 @@ def violations(x_cf: jax.Array, x: jax.Array, c: Constraints, *, tol: float = 0.
         is_one = jnp.abs(v - 1.0) <= tol
         all_binary = jnp.all(is_one | (jnp.abs(v) <= tol) | ~valid, -1)
         one_hot = all_binary & (jnp.sum(is_one & valid, -1) == 1)
-        out["invalid_onehot"] = count(~one_hot)
+        # As with bounds, the factual's own value is always allowed (e.g. an immutable group that is not one-hot).
+        as_factual = jnp.all((jnp.abs(v - _gather_groups(x, c.group_index)[0]) <= tol) | ~valid, -1)
+        out["invalid_onehot"] = count(~(one_hot | as_factual))
     else:
         out["invalid_onehot"] = jnp.zeros(x_cf.shape[:-1], jnp.int32)
     out["total"] = sum(out.values())

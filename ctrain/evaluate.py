@@ -56,6 +56,8 @@ class ProtocolConfig:
     mmd_length_scale: float | str = metrics.DEFAULT_LENGTH_SCALE
     chunk_size: int = 1024
     seed: int = 0
+    categorical: str = "relaxed"  # the test-time search's one-hot mode (SearchConfig.categorical); reference: relaxed
+    units: str = "absolute"  # the test-time search's units (SearchConfig.units); "std" makes it scale-free
 
     def __post_init__(self):
         def bad(name, requirement):
@@ -92,6 +94,7 @@ class ProtocolConfig:
             value = getattr(self, name)
             if not (_is_real(value) and math.isfinite(value) and ok(value)):
                 raise bad(name, requirement)
+        self.search_config(lambdas[0])  # the test-time search's own checks (one-hot mode, units)
         scale = self.mmd_length_scale
         if isinstance(scale, str):
             if scale != MEDIAN:
@@ -104,7 +107,8 @@ class ProtocolConfig:
     def search_config(self, lambda_energy: float) -> SearchConfig:
         """Returns the SearchConfig of the test-time generator at one λ_energy."""
         return SearchConfig(generator=self.generator, max_steps=self.max_steps, step_size=self.step_size,
-                            threshold=self.threshold, lambda_cost=self.lambda_cost, lambda_energy=lambda_energy)
+                            threshold=self.threshold, lambda_cost=self.lambda_cost, lambda_energy=lambda_energy,
+                            categorical=self.categorical, units=self.units)
 
 
 # "violations" is the mean count of broken constraints per counterfactual over all of a round's counterfactuals

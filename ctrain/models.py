@@ -12,18 +12,32 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
+def _standardise(x, mean, scale):
+    # Constants of the module, not parameters: the model sees (x − μ)/σ of its training data whatever the units.
+    if mean is None:
+        return x
+    return (x - jnp.asarray(mean, x.dtype)) / jnp.asarray(scale, x.dtype)
+
+
 class MLP(nn.Module):
-    """Dense ReLU layers of the given widths, then a linear layer to `num_classes` logits."""
+    """Dense ReLU layers of the given widths, then a linear layer to `num_classes` logits.
+
+    With `input_mean`/`input_scale` the inputs are standardised first, so training does not depend on units.
+    """
 
     num_classes: int
     hidden: Sequence[int] = (32,)
+    input_mean: tuple[float, ...] | None = None
+    input_scale: tuple[float, ...] | None = None
 
     @nn.compact
     def __call__(self, x):
+        x = _standardise(x, self.input_mean, self.input_scale)
         for width in self.hidden:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.num_classes)(x)
@@ -33,10 +47,12 @@ class Linear(nn.Module):
     """A single affine map to `num_classes` logits (multinomial logistic regression)."""
 
     num_classes: int
+    input_mean: tuple[float, ...] | None = None
+    input_scale: tuple[float, ...] | None = None
 
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(self.num_classes)(x)
+        return nn.Dense(self.num_classes)(_standardise(x, self.input_mean, self.input_scale))
 
 
 class LeNet5(nn.Module):
@@ -56,11 +72,28 @@ class LeNet5(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-def make_model(name: str, num_features: int, num_classes: int, key: jax.Array, **kwargs) -> tuple[ApplyFn, Any]:
-    """Returns (apply_fn, params) for "mlp", "linear" or "lenet5"; apply_fn maps (N, D) inputs to (N, K) logits."""
+MODELS = ("mlp", "linear", "lenet5")
+
+
+def make_model(name: str, num_features: int, num_classes: int, key: jax.Array, *, input_stats=None,
+               **kwargs) -> tuple[ApplyFn, Any]:
+    """Returns (apply_fn, params) for "mlp", "linear" or "lenet5"; apply_fn maps (N, D) inputs to (N, K) logits.
+
+    `input_stats=(mean, std)`, each (D,), makes an MLP or linear model standardise its inputs with them
+    (e.g. the training split's), so that what it learns does not depend on the units of the features.
+    """
     modules = {"mlp": MLP, "linear": Linear, "lenet5": LeNet5}
     if name not in modules:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(modules)}")
+    if input_stats is not None:
+        if name == "lenet5":
+            raise ValueError("input_stats applies to 'mlp' and 'linear'; LeNet-5 takes pixels as they are")
+        mean, std = (np.asarray(v, np.float64).reshape(-1) for v in input_stats)
+        if mean.shape != (num_features,) or std.shape != (num_features,) or not np.all(np.isfinite(mean)) \
+                or not np.all(np.isfinite(std)) or np.any(std < 0):
+            raise ValueError(f"input_stats must be two finite ({num_features},) arrays (mean, std >= 0)")
+        std = np.where(std > 0, std, 1.0)  # a constant column is centred, not divided by zero
+        kwargs.update(input_mean=tuple(float(v) for v in mean), input_scale=tuple(float(v) for v in std))
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     if name == "lenet5":

@@ -17,7 +17,7 @@ import optax
 
 from ctrain import constraints as cons
 from ctrain.energy import energy_from_logits
-from ctrain.search import SearchConfig, sample_targets, search_counterfactuals
+from ctrain.search import SearchConfig, sample_targets, search_counterfactuals, search_units
 
 OBJECTIVES = ("vanilla", "full", "energy", "adversarial")  # BL, CT, CD (no adversarial term), AR (no div/reg)
 
@@ -109,17 +109,17 @@ def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: j
     """Returns the CounterfactualBatch for factuals x (n, D) with labels y (n,): targets ≠ predicted class."""
     t_key, s_key, p_key = jax.random.split(key, 3)
     params = jax.lax.stop_gradient(params)
+    constraints = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
     predicted = jnp.argmax(apply_fn(params, x), -1)
     target = sample_targets(t_key, predicted, pool.count.shape[0])
     res = search_counterfactuals(apply_fn, params, x, target, s_key, config, constraints, aux)
     x_pos = sample_positives(p_key, pool, target)
     x_cf = jnp.where(res.converged[:, None], res.x_cf, x_pos)  # an immature x' adds no divergence
-    if constraints is not None:
-        x_pos = cons.protect(x_pos, x_cf, constraints)
+    x_pos = cons.protect(x_pos, x_cf, constraints)
     return CounterfactualBatch(
         x_cf=x_cf, x_pos=x_pos, target=target, x_ae=res.x_ae, y=y.astype(jnp.int32), converged=res.converged,
         steps=res.steps, ae_moved=jnp.any(res.x_ae != x, -1),
-        cf_in_ball=jnp.max(jnp.abs(res.x_cf - x), -1) <= config.epsilon)
+        cf_in_ball=jnp.max(jnp.abs(res.x_cf - x) / search_units(config, constraints), -1) <= config.epsilon)
 
 
 def composite_loss(params, apply_fn, x, y, cf: CounterfactualBatch | None, weights: LossWeights):
@@ -136,6 +136,7 @@ def composite_loss(params, apply_fn, x, y, cf: CounterfactualBatch | None, weigh
     e_pos = energy_from_logits(out[n:2 * n], cf.target)
     terms["div"] = jnp.mean(e_pos - e_cf)
     terms["reg"] = jnp.mean(e_pos ** 2 + e_cf ** 2)
+    terms["energy_cf"], terms["energy_pos"] = jnp.mean(e_cf), jnp.mean(e_pos)
     terms["adv"] = optax.softmax_cross_entropy_with_integer_labels(out[2 * n:], cf.y).mean()
     loss = weights.clf * clf + weights.div * terms["div"] + weights.reg * terms["reg"] + weights.adv * terms["adv"]
     return loss, terms

@@ -26,6 +26,16 @@ from ctrain import constraints as cons
 from ctrain.energy import energy_from_logits
 
 
+# How a search treats one-hot groups:
+#  "relaxed"           the reference's parity: group columns are continuous features kept in their box, never
+#                      snapped, so a counterfactual may hold a fractional category;
+#  "straight_through"  the model is evaluated, and τ checked, at the snapped point (real categories) while its
+#                      gradient moves the relaxed state: returns real categories and keeps converging;
+#  "snap"              the gradient is taken at the relaxed state and τ at its snap (the first design; the
+#                      snapped category rarely flips, so searches stall).
+CATEGORICAL_MODES = ("relaxed", "straight_through", "snap")
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """Hyperparameters of the search (hashable, so it can be a static jit argument).
@@ -50,7 +60,12 @@ class SearchConfig:
     init_noise: float = 0.01
     optimizer: str = "sgd"  # "sgd" or "adam" (optax), applied per sample
     loop: str = "while"  # "while" stops once all samples converge; "scan" always runs T steps
-    onehot: str = "box"  # relaxation of one-hot groups during the search: "box" [0, 1] or "simplex"; both snap
+    onehot: str = "box"  # relaxation of one-hot groups during the search: "box" [0, 1] or "simplex"
+    # How one-hot groups are searched (see CATEGORICAL_MODES): "relaxed" (reference parity: no snapping),
+    # "straight_through" (snapped forward pass and τ, gradient into the relaxation), "snap" (snap every step).
+    categorical: str = "straight_through"
+    units: str = "absolute"  # "absolute" (reference) or "std": step, ε and cost in units of each feature's scale
+    step_rule: str = "gradient"  # "gradient" (reference: Δ = −η∇) or "normalized" (every step has length η)
     vae_latent: int = 2  # REVISE only: the VAE architecture whose params come in `aux["vae_params"]`
     vae_hidden: int = 16
 
@@ -79,7 +94,9 @@ class SearchConfig:
                     or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         choices = {"energy_schedule": ("decay", "constant"), "init": ("identity", "noise"),
-                   "optimizer": ("sgd", "adam"), "loop": ("while", "scan"), "onehot": ("box", "simplex")}
+                   "optimizer": ("sgd", "adam"), "loop": ("while", "scan"), "onehot": ("box", "simplex"),
+                   "categorical": CATEGORICAL_MODES, "units": ("absolute", "std"),
+                   "step_rule": ("gradient", "normalized")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -218,6 +235,15 @@ class SearchResult:
     p_target: jax.Array  # (N,) p(target | x_cf)
 
 
+def search_units(config: SearchConfig, constraints: cons.Constraints) -> jax.Array:
+    """Returns the (D,) unit of each feature in which the search measures steps, the ε-ball and the cost.
+
+    `units="absolute"` (reference): 1 for every feature, the data's own units. `units="std"`: the feature's
+    training standard deviation (`Constraints.scale`), so the search does not depend on the units of the data.
+    """
+    return constraints.scale if config.units == "std" else jnp.ones_like(constraints.scale)
+
+
 def check_key(key) -> jax.Array:
     """Returns `key` if it is a JAX PRNG key (typed, or a legacy uint32 (2,) array); raises a TypeError otherwise."""
     if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0:
@@ -271,21 +297,25 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     params = jax.lax.stop_gradient(params)
     c = constraints
 
+    snap_groups = config.categorical != "relaxed"
     if gen.latent:
         encode = jax.vmap(functools.partial(gen.encode, config, aux))
         decode_one = functools.partial(gen.decode, config, aux)
-        view_of = lambda s: cons.finalize(jax.vmap(decode_one)(s), x, c)
+        view_of = lambda s: cons.finalize(jax.vmap(decode_one)(s), x, c, snap_groups=snap_groups)
     else:
         encode = lambda v: v
         decode_one = lambda s: s
         # Identity-space states are kept projected, so only the one-hot snap separates state and view.
-        view_of = lambda s: cons.snap(s, x, c)
+        view_of = (lambda s: cons.snap(s, x, c)) if snap_groups else (lambda s: s)
 
+    unit = search_units(config, c)
+    movable = (c.mutability != cons.IMMUTABLE).astype(x.dtype)
     box = cons.feasible_box(x, c)
     simplex = config.onehot == "simplex"
     s0 = encode(x)
     if config.init == "noise":
-        s0 = s0 + config.init_noise * jax.random.normal(key, s0.shape, s0.dtype)
+        noise = config.init_noise * jax.random.normal(key, s0.shape, s0.dtype)
+        s0 = s0 + (noise if gen.latent else noise * unit)
     if not gen.latent:
         s0 = cons.project(s0, x, c, box, simplex=simplex)
     tx = optax.sgd(config.step_size) if config.optimizer == "sgd" else optax.adam(config.step_size)
@@ -293,27 +323,38 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
 
     def sample_objective(s, x_i, t_i, step):
         x_cf = decode_one(s)
+        if gen.latent:
+            # The objective belongs to the counterfactual that is returned, the decoded point made feasible,
+            # not to the raw decoding (whose immutable copy may drift and saturate the loss).
+            x_cf = cons.project(x_cf, x_i, c, simplex=False)
         logits = apply_fn(params, x_cf[None])[0]
-        return gen.loss(logits, x_cf, x_i, t_i, step, config, aux), logits
+        # Generators see x' and x in search units, so their distance terms are measured in them too.
+        return gen.loss(logits, x_cf / unit, x_i / unit, t_i, step, config, aux), logits
 
     grad_fn = jax.vmap(jax.value_and_grad(sample_objective, has_aux=True), in_axes=(0, 0, 0, None))
-    view_needs_forward = gen.latent or c.has_groups
+    # Straight-through: the objective is evaluated at the snapped point, its gradient moves the relaxed state.
+    grad_at_view = config.categorical == "straight_through" and c.has_groups and not gen.latent
+    view_needs_forward = gen.latent or (c.has_groups and config.categorical == "snap")
 
     def check(view, logits, done, x_ae):
         p = jnp.take_along_axis(jax.nn.softmax(logits, -1), target[:, None], -1)[:, 0]
         done = done | (p >= config.threshold)
-        in_ball = jnp.max(jnp.abs(view - x), axis=-1) <= config.epsilon
+        in_ball = jnp.max(jnp.abs(view - x) / unit, axis=-1) <= config.epsilon
         return done, jnp.where(in_ball[:, None], view, x_ae), p
 
     def step_fn(carry):
         k, s, view, done, steps, x_ae, opt, _ = carry
-        (_, logits), g = grad_fn(s, x, target, k)
+        (_, logits), g = grad_fn(view if grad_at_view else s, x, target, k)
         if view_needs_forward:
             logits = apply_fn(params, view)
         done, x_ae, p = check(view, logits, done, x_ae)
         g = jnp.where(jnp.isfinite(g), g, 0.0)
+        if not gen.latent:
+            g = g * unit * movable  # the gradient in search units (chain rule); fixed features add no length
+        if config.step_rule == "normalized":
+            g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
         updates, new_opt = jax.vmap(tx.update)(g, opt, s)
-        s_new = s + updates
+        s_new = s + (updates if gen.latent else updates * unit)
         if not gen.latent:
             s_new = cons.project(s_new, x, c, box, simplex=simplex)
         keep = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)

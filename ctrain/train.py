@@ -205,7 +205,7 @@ def apply_loss(state: TrainState, x, y, cf: CounterfactualBatch | None, objectiv
     metrics = {"loss": loss, **terms, "nonfinite": (~finite).astype(jnp.int32)}
     if cf is not None:
         metrics.update(converged=cf.converged.mean(), search_steps=cf.steps.mean(), ae_moved=cf.ae_moved.mean(),
-                       cf_in_ball=cf.cf_in_ball.mean())
+                       cf_in_ball=cf.cf_in_ball.mean(), one_step=jnp.mean(cf.steps <= 1))
     return state, metrics
 
 

@@ -243,8 +243,6 @@ def test_revise_with_a_linear_vae_takes_the_known_steps_in_latent_space():
     assert min(res.steps) > 30
 
 
-@pytest.mark.xfail(strict=True, reason="search.py: latent generators take the gradient at the raw decoded point, "
-                                       "where immutable features have drifted, so REVISE stalls with immutables")
 def test_revise_with_an_immutable_feature_follows_the_gradient_at_the_feasible_point():
     # x0 immutable: the counterfactual is (x0, (A z + c)_1), so the loss there has ∇_z = A[1, :]ᵀ·∂CE/∂x1. Taking
     # the loss at the raw decoded point instead lets (A z + c)_0 drift to the target and saturate p there, so the
@@ -261,7 +259,11 @@ def test_revise_with_an_immutable_feature_follows_the_gradient_at_the_feasible_p
     expected = [replay(np.linalg.solve(VAE_A, x - VAE_C), lambda z, x=x: softmax(feasible(z, x) @ w)[1],
                        lambda z, k, x=x: VAE_A.T @ (mask * ce_gradient(w, feasible(z, x), 1)), config=cfg)
                 for x in FAR]
-    assert_known_steps(res, expected, cfg.threshold)
+    # The float32 search starts from the VAE's encoding, the replay from an exact float64 solve: over ~200 steps a
+    # crossing of τ by less than 1e-4 may land one step later or earlier, so the step counts agree to ±1.
+    steps = np.array([e[0] for e in expected])
+    assert np.all(np.abs(np.asarray(res.steps) - steps) <= 1) and min(steps) > 100
+    assert bool(jnp.all(res.converged)) and bool(jnp.all(res.p_target >= cfg.threshold))
 
 
 def test_a_new_generator_is_a_few_lines():
@@ -436,8 +438,6 @@ def jitted_apply(apply_fn):
     return jax.jit(apply_fn)
 
 
-@pytest.mark.xfail(strict=True, reason="constraints.violations counts an immutable one-hot group left exactly as "
-                                       "its non-one-hot factual as 'invalid_onehot', although no change is allowed")
 def test_violations_never_count_the_factual_itself():
     # The factual is always feasible for bounds (documented); it must be for an immutable group as well, since the
     # search may not change it: its only admissible counterfactual value is the factual's own, one-hot or not.

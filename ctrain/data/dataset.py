@@ -48,7 +48,7 @@ class Standardizer:
         """Returns the schema with its user-given (finite) bounds mapped into standardised units."""
         feats = []
         for f, m, s in zip(schema.features, self.mean, self.scale):
-            feats.append(dataclasses.replace(f, lower=(f.lower - m) / s, upper=(f.upper - m) / s))
+            feats.append(dataclasses.replace(f, lower=(f.lower - m) / s, upper=(f.upper - m) / s, scale=f.scale / s))
         return Schema(tuple(feats))
 
 
@@ -105,6 +105,38 @@ class Dataset:
         """Returns the `ctrain.constraints.Constraints` arrays for this dataset's schema."""
         from ctrain.constraints import from_schema
         return from_schema(self.schema)
+
+    def affine(self, multiply, add=0.0, *, name: str | None = None) -> "Dataset":
+        """Returns a copy whose continuous columns are x·multiply + add in every split (one-hot columns unchanged).
+
+        `multiply` (> 0) and `add` are scalars or (D,) arrays. Bounds and per-feature scales move with the
+        data and the standardiser is updated, so `standardizer.inverse` still returns the original units.
+        """
+        d = self.num_features
+        a = np.broadcast_to(np.asarray(multiply, np.float64), (d,)).copy()
+        b = np.broadcast_to(np.asarray(add, np.float64), (d,)).copy()
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b)) and np.all(a > 0)):
+            raise ValueError("affine needs finite multipliers > 0 and finite offsets")
+        categorical = np.array([f.kind == "categorical" for f in self.schema.features])
+        a[categorical], b[categorical] = 1.0, 0.0
+        feats = [dataclasses.replace(f, lower=f.lower * ai + bi, upper=f.upper * ai + bi, scale=f.scale * ai)
+                 for f, ai, bi in zip(self.schema.features, a, b)]
+        # x = (u − m)/s in original units u, so x·a + b = (u − (m − b·s/a)) / (s/a).
+        std = Standardizer((self.standardizer.mean - b * self.standardizer.scale / a).astype(np.float32),
+                           (self.standardizer.scale / a).astype(np.float32))
+        move = lambda x: (x * a + b).astype(np.float32)
+        return dataclasses.replace(self, name=name or self.name, x_train=move(self.x_train), x_val=move(self.x_val),
+                                   x_test=move(self.x_test), schema=Schema(tuple(feats)), standardizer=std)
+
+    def standardized(self, *, name: str | None = None) -> "Dataset":
+        """Returns a copy with every continuous column at mean 0 and standard deviation 1 on the training split."""
+        mean, sd = self.x_train.mean(0).astype(np.float64), self.x_train.std(0).astype(np.float64)
+        sd[sd == 0] = 1.0
+        return self.affine(1.0 / sd, -mean / sd, name=name)
+
+    def in_original_units(self, *, name: str | None = None) -> "Dataset":
+        """Returns a copy in the units the data came in (undoing the loader's standardisation)."""
+        return self.affine(self.standardizer.scale, self.standardizer.mean, name=name)
 
     def with_mutability(self, **by_name: str) -> "Dataset":
         """Returns a copy whose schema marks the named features or groups with a new mutability."""

@@ -17,7 +17,11 @@ KINDS = ("continuous", "categorical")
 
 @dataclasses.dataclass(frozen=True)
 class Feature:
-    """One input column. `lower`/`upper` of ±inf mean "infer from the training data"."""
+    """One input column. `lower`/`upper` of ±inf mean "infer from the training data".
+
+    `scale` is the feature's typical size of change, its training standard deviation (1 for one-hot
+    categories): the unit of a units-aware search (`SearchConfig(units="std")`).
+    """
 
     name: str
     kind: str = "continuous"
@@ -25,6 +29,7 @@ class Feature:
     mutability: str = "free"
     lower: float = -math.inf
     upper: float = math.inf
+    scale: float = 1.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -44,6 +49,8 @@ class Feature:
         if self.lower > self.upper:
             raise ValueError(
                 f"feature {self.name!r}: lower bound {self.lower} is greater than upper bound {self.upper}")
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"feature {self.name!r}: scale must be finite and > 0, got {self.scale}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,10 +146,15 @@ class Schema:
         hi = np.array([f.upper for f in self.features], dtype=np.float64)
         return lo.astype(np.float32), hi.astype(np.float32)
 
+    def scale_array(self) -> np.ndarray:
+        """Returns the (width,) float32 per-feature scales (training standard deviations; 1 for categories)."""
+        return np.array([f.scale for f in self.features], dtype=np.float32)
+
     def infer_bounds(self, x: np.ndarray, n_std: float = 2.0) -> "Schema":
         """Returns a copy whose unset (infinite) bounds are `min(μ−nσ, min x)` / `max(μ+nσ, max x)` of x (N, width).
 
-        One-hot categories get [0, 1]. Bounds already set are kept.
+        One-hot categories get [0, 1]. Bounds already set are kept. Every continuous feature's `scale`
+        becomes σ, its standard deviation in x (1 where σ is 0); categories keep scale 1.
         """
         x = check_features(x, self, what="x")
         if n_std < 0:
@@ -155,10 +167,12 @@ class Schema:
             if f.kind == "categorical":
                 lower = 0.0 if math.isinf(f.lower) else f.lower
                 upper = 1.0 if math.isinf(f.upper) else f.upper
+                scale = 1.0
             else:
                 lower = float(lo[i]) if math.isinf(f.lower) else f.lower
                 upper = float(hi[i]) if math.isinf(f.upper) else f.upper
-            feats.append(dataclasses.replace(f, lower=lower, upper=upper))
+                scale = float(sd[i]) if sd[i] > 0 else 1.0
+            feats.append(dataclasses.replace(f, lower=lower, upper=upper, scale=scale))
         return Schema(tuple(feats))
 
     @classmethod

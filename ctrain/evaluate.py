@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from ctrain import attacks, constraints as cons, metrics
-from ctrain.search import SearchConfig, explain, get_generator, predict
+from ctrain.search import SearchConfig, explain, get_generator, predict, search_units
 
 MEDIAN = "median"  # ProtocolConfig.mmd_length_scale: the median heuristic, per target class
 # Pairs grow quadratically; 1000 rows (~500k pairs) pin the median of a class down to well under 1%.
@@ -57,7 +57,9 @@ class ProtocolConfig:
     chunk_size: int = 1024
     seed: int = 0
     categorical: str = "relaxed"  # the test-time search's one-hot mode (SearchConfig.categorical); reference: relaxed
-    units: str = "absolute"  # the test-time search's units (SearchConfig.units); "std" makes it scale-free
+    # The test-time search's units (SearchConfig.units) and those of cost, IP and IP*: "std" measures every
+    # distance in each feature's standard deviation (Constraints.scale), which makes the protocol scale-free.
+    units: str = "absolute"
 
     def __post_init__(self):
         def bad(name, requirement):
@@ -200,6 +202,8 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
     width = x_test.shape[1]
     constraints = cons.unconstrained(width) if constraints is None else constraints
     cons.check_width(constraints, width)
+    # Distances (cost, IP, IP*) are measured in the protocol's units: x / unit.
+    unit = np.asarray(search_units(protocol.search_config(protocol.lambda_energy[0]), constraints), np.float32)
     rng = np.random.default_rng(protocol.seed)
     factual_class, target_class = _draw_rounds(rng, protocol.n_rounds, num_classes)
     by_class = {k: np.flatnonzero(y_test == k) for k in range(num_classes)}
@@ -211,8 +215,8 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
               for t in by_class if len(by_class[t])}
     mmd_ref = np.stack([x_test[rng.choice(by_class[t], protocol.mmd_samples,
                                           replace=len(by_class[t]) < protocol.mmd_samples)]
-                        for t in target_class])  # (J, m, D)
-    scales = _length_scales(protocol, x_test, by_class, np.unique(target_class))
+                        for t in target_class]) / unit  # (J, m, D)
+    scales = _length_scales(protocol, x_test / unit, by_class, np.unique(target_class))
     round_scale = np.array([scales[int(t)] for t in target_class], np.float32)
     n, j = protocol.n_individuals, protocol.n_rounds
     k_mmd = min(n, protocol.mmd_samples)
@@ -241,17 +245,17 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
             finite = np.all(np.isfinite(e.x_cf), axis=-1) & np.isfinite(e.p_target)
             x_cf = np.where(finite[:, None], e.x_cf, e.x)
             valid = (e.valid & finite).reshape(j, n) & has_pool[:, None]
-            cost = np.abs(x_cf - e.x).sum(-1).reshape(j, n)
+            cost = (np.abs(x_cf - e.x) / unit).sum(-1).reshape(j, n)
             ip = np.zeros(j * n, np.float32)
             energy_diff = np.zeros(j * n, np.float32)
             for t in np.unique(target_class):
                 rows = targets == t
-                ip[rows] = np.asarray(metrics.implausibility(x_cf[rows], ip_ref[t]))
+                ip[rows] = np.asarray(metrics.implausibility(x_cf[rows] / unit, ip_ref[t] / unit))
                 energy_diff[rows] = np.asarray(metrics.energy_differential(
                     apply_fn, params, x_cf[rows], targets[rows], ip_ref[t][:50]))
             # Both sides of IP* hold at most mmd_samples rows, as in the reference.
             pick, picked = subsample_mask(rng, valid, k_mmd)
-            x_mmd = np.take_along_axis(x_cf.reshape(j, n, width), pick[:, :, None], axis=1)
+            x_mmd = np.take_along_axis(x_cf.reshape(j, n, width) / unit, pick[:, :, None], axis=1)
             ip_star = np.asarray(_round_mmd2(x_mmd, picked, mmd_ref, round_scale))
             broken = np.asarray(cons.violations(e.x_cf, e.x, constraints)["total"]).reshape(j, n)
             strict = ((e.p_target >= protocol.threshold) & finite).reshape(j, n)

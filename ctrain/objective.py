@@ -6,6 +6,11 @@ r"""The counterfactual-training objective.
 
 with E(x, t) = −f(x)[t]. The counterfactual quantities (x', x⁺, t, x_AE) come from
 `make_counterfactual_batch` and are constants for the parameter update.
+
+Two baselines beyond the paper reuse the same loss with other batches (`make_training_batch`):
+"pgd_at" (Madry et al.'s PGD adversarial training: x_AE is a PGD attack in the same ε-ball, with T steps,
+and only the classification and adversarial terms count) and "jem" (JEM-style contrastive energy training:
+x' is a sample of p_θ(x | t) drawn by conditional SGLD instead of a counterfactual, without the adversarial term).
 """
 from __future__ import annotations
 
@@ -19,7 +24,10 @@ from ctrain import constraints as cons
 from ctrain.energy import energy_from_logits
 from ctrain.search import SearchConfig, sample_targets, search_counterfactuals, search_units
 
-OBJECTIVES = ("vanilla", "full", "energy", "adversarial")  # BL, CT, CD (no adversarial term), AR (no div/reg)
+# BL, CT, CD (no adversarial term), AR (no div/reg); then the baselines PGD adversarial training and JEM-style.
+OBJECTIVES = ("vanilla", "full", "energy", "adversarial", "pgd_at", "jem")
+# SGLD of the "jem" objective: JEM's step size and noise (Grathwohl et al. 2020), T = SearchConfig.max_steps steps.
+SGLD_STEP_SIZE, SGLD_NOISE = 1.0, 0.01
 
 
 @flax.struct.dataclass
@@ -55,9 +63,9 @@ def objective_weights(objective: str, weights: LossWeights) -> LossWeights:
     zero = jnp.zeros_like(jnp.asarray(weights.div))
     if objective == "vanilla":
         return weights.replace(div=zero, reg=zero, adv=zero)
-    if objective == "energy":
+    if objective in ("energy", "jem"):
         return weights.replace(adv=zero)
-    if objective == "adversarial":
+    if objective in ("adversarial", "pgd_at"):
         return weights.replace(div=zero, reg=zero)
     return weights
 
@@ -120,6 +128,61 @@ def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: j
         x_cf=x_cf, x_pos=x_pos, target=target, x_ae=res.x_ae, y=y.astype(jnp.int32), converged=res.converged,
         steps=res.steps, ae_moved=jnp.any(res.x_ae != x, -1),
         cf_in_ball=jnp.max(jnp.abs(res.x_cf - x) / search_units(config, constraints), -1) <= config.epsilon)
+
+
+def make_adversarial_batch(apply_fn, params, x, y, key: jax.Array, config: SearchConfig,
+                           constraints: cons.Constraints | None = None) -> CounterfactualBatch:
+    """Returns the "pgd_at" batch for x (n, D), y (n,): x_AE = PGD in CT's ε-ball with T steps, no counterfactuals.
+
+    PGD (random start, step 2.5·ε/T as Madry et al.) ascends the cross-entropy of the true label inside the
+    L∞ ball of radius `config.epsilon` (in search units), then the point is made feasible (immutables, bounds).
+    """
+    from ctrain import attacks
+    constraints = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
+    params = jax.lax.stop_gradient(params)
+    radius = config.epsilon * search_units(config, constraints)
+    x_adv = attacks.pgd(apply_fn, params, x, y, key, epsilon=radius, step_size=2.5 * radius / config.max_steps,
+                        n_steps=config.max_steps, random_start=True)
+    # Clipping into the feasible box keeps the point in the ball, since the box contains x.
+    x_adv = cons.project(x_adv, x, constraints, simplex=False)
+    n = x.shape[0]
+    return CounterfactualBatch(
+        x_cf=x, x_pos=x, target=y.astype(jnp.int32), x_ae=x_adv, y=y.astype(jnp.int32), converged=jnp.zeros(n, bool),
+        steps=jnp.full(n, config.max_steps, jnp.int32), ae_moved=jnp.any(x_adv != x, -1), cf_in_ball=jnp.ones(n, bool))
+
+
+def make_sgld_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, config: SearchConfig,
+                    constraints: cons.Constraints | None = None) -> CounterfactualBatch:
+    """Returns the "jem" batch for n factuals: x' = conditional-SGLD samples of p_θ(x | t), x⁺ real samples of t.
+
+    t is uniform over all classes; chains start uniformly in the range of the training data and take
+    T = config.max_steps steps x ← x − (φ/2)·∇E(x, t) + σ·ξ with JEM's φ = 1, σ = 0.01 (no replay buffer).
+    """
+    from ctrain import metrics
+    t_key, init_key, sgld_key, p_key = jax.random.split(key, 4)
+    params = jax.lax.stop_gradient(params)
+    n, width = x.shape
+    target = jax.random.randint(t_key, (n,), 0, pool.count.shape[0]).astype(jnp.int32)
+    lower, upper = jnp.min(pool.x, axis=(0, 1)), jnp.max(pool.x, axis=(0, 1))
+    x0 = jax.random.uniform(init_key, (n, width), x.dtype, minval=lower, maxval=upper)
+    x_neg = metrics._sgld_chains(apply_fn, params, target, sgld_key, x0, config.max_steps, SGLD_STEP_SIZE,
+                                 SGLD_NOISE)
+    x_neg = jnp.where(jnp.isfinite(x_neg), x_neg, x0)  # a diverged chain adds no term rather than a NaN
+    x_pos = sample_positives(p_key, pool, target)
+    return CounterfactualBatch(
+        x_cf=x_neg, x_pos=x_pos, target=target, x_ae=x, y=y.astype(jnp.int32), converged=jnp.ones(n, bool),
+        steps=jnp.full(n, config.max_steps, jnp.int32), ae_moved=jnp.zeros(n, bool), cf_in_ball=jnp.zeros(n, bool))
+
+
+def make_training_batch(objective: str, apply_fn, params, x, y, pool: PositivePool, key: jax.Array,
+                        config: SearchConfig, constraints: cons.Constraints | None = None, aux=None
+                        ) -> CounterfactualBatch:
+    """Returns the batch of constants that `objective`'s loss needs for factuals x (n, D) with labels y (n,)."""
+    if objective == "pgd_at":
+        return make_adversarial_batch(apply_fn, params, x, y, key, config, constraints)
+    if objective == "jem":
+        return make_sgld_batch(apply_fn, params, x, y, pool, key, config, constraints)
+    return make_counterfactual_batch(apply_fn, params, x, y, pool, key, config, constraints, aux)
 
 
 def composite_loss(params, apply_fn, x, y, cf: CounterfactualBatch | None, weights: LossWeights):

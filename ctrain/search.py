@@ -106,6 +106,18 @@ class SearchConfig:
     def replace(self, **changes) -> "SearchConfig":
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def reference(cls, **changes) -> "SearchConfig":
+        """Returns the reference implementation's training search (paper parity), with `changes` applied.
+
+        ECCo, T = 30 SGD steps of 0.1 on the raw input gradient, λ_cost 0.001, λ_energy 5, ε = 0.3, all in
+        the data's own units, and one-hot groups searched as continuous columns (no snapping).
+        """
+        return cls(**{**PAPER_PARITY, **changes})
+
+
+# The settings in which the reference implementation differs from ctrain's defaults.
+PAPER_PARITY = dict(categorical="relaxed", units="absolute", step_rule="gradient")
 
 # --------------------------------------------------------------------------------------------------
 # Generators
@@ -328,8 +340,13 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
             # not to the raw decoding (whose immutable copy may drift and saturate the loss).
             x_cf = cons.project(x_cf, x_i, c, simplex=False)
         logits = apply_fn(params, x_cf[None])[0]
-        # Generators see x' and x in search units, so their distance terms are measured in them too.
-        return gen.loss(logits, x_cf / unit, x_i / unit, t_i, step, config, aux), logits
+        if config.units != "absolute":
+            # Generators see x' and x in search units, so their distance terms are measured in them too. x' is
+            # written as x plus its scaled change, so an unchanged feature has exactly zero distance in any units.
+            change = (x_cf - x_i) / unit
+            x_i = x_i / unit
+            x_cf = x_i + change
+        return gen.loss(logits, x_cf, x_i, t_i, step, config, aux), logits
 
     grad_fn = jax.vmap(jax.value_and_grad(sample_objective, has_aux=True), in_axes=(0, 0, 0, None))
     # Straight-through: the objective is evaluated at the snapped point, its gradient moves the relaxed state.

@@ -77,9 +77,10 @@ def train_pair(name: str, data, arm: str, seeds, epochs: int | None, progress: b
     apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = jax.tree.map(lambda *a: jnp.stack(a), *[
         make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1] for s in seeds])
-    search = SearchConfig(generator=config.generator, max_steps=config.max_steps, step_size=config.step_size,
-                          threshold=config.tau, epsilon=config.epsilon, lambda_cost=config.lambda_cost,
-                          lambda_energy=config.lambda_energy, **spec["search"])
+    search = SearchConfig(**{**dict(generator=config.generator, max_steps=config.max_steps,
+                                    step_size=config.step_size, threshold=config.tau, epsilon=config.epsilon,
+                                    lambda_cost=config.lambda_cost, lambda_energy=config.lambda_energy),
+                             **spec["search"]})
     weights = LossWeights(clf=config.lambda_clf, div=config.lambda_div, reg=config.lambda_reg, adv=config.lambda_adv)
     models, histories = {}, {}
     for label, objective in (("BL", "vanilla"), ("CT", "full")):

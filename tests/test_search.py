@@ -511,3 +511,41 @@ def test_search_path_starts_at_the_factual_and_ends_at_the_counterfactual():
     plain = search_counterfactuals(linear, PARAMS, x, jnp.array([1, 1]), jax.random.key(0),
                                    GENERIC.replace(max_steps=25))
     chex.assert_trees_all_close(res, plain, atol=1e-6)
+
+
+# --- one-hot search modes --------------------------------------------------------------------------------
+
+def _categorical_problem():
+    # Columns: x0 (continuous), then one-hot group {A, B, C}. Class-1 logit minus class-0 logit is
+    # 0.1·x0 − 1.5·A + 2·B + 2·C: from category A with x0 = 0 (p₁ ≈ 0.18), any real category reaches τ = 0.9
+    # only once x0 ≥ 1.97, while the relaxed point with B = C = 1 is already at p₁ ≈ 0.98, where the
+    # gradient is small: SGD steps of 10 move x0 by about 0.8, then 0.1 (at a real category) or 0.017 (relaxed).
+    w = jnp.array([[0.0, 0.1], [0.0, -1.5], [0.0, 2.0], [0.0, 2.0]])
+    c = cons.make_constraints(4, groups=[[1, 2, 3]], lower=np.array([-50.0, 0, 0, 0]),
+                              upper=np.array([50.0, 1, 1, 1]))
+    x = jnp.array([[0.0, 1.0, 0.0, 0.0]] * 4)
+    return w, c, x
+
+
+@pytest.mark.parametrize("onehot", ["box", "simplex"])
+def test_straight_through_reaches_tau_with_real_categories_where_snapping_every_step_stalls(onehot):
+    w, c, x = _categorical_problem()
+    base = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.9, max_steps=20, step_size=10.0,
+                        onehot=onehot)
+    results = {mode: search_counterfactuals(linear, {"w": w}, x, jnp.ones(4, jnp.int32), jax.random.key(0),
+                                            base.replace(categorical=mode), c)
+               for mode in ("straight_through", "snap", "relaxed")}
+    st, snap, relaxed = results["straight_through"], results["snap"], results["relaxed"]
+    assert bool(jnp.all(st.converged)) and bool(jnp.all(st.p_target >= 0.9))
+    assert int(jnp.sum(cons.violations(st.x_cf, x, c)["invalid_onehot"])) == 0  # exact one-hot rows
+    np.testing.assert_array_equal(np.sort(np.asarray(st.x_cf[:, 1:]), -1), np.tile([0.0, 0.0, 1.0], (4, 1)))
+    assert float(st.x_cf[0, 0]) >= 1.97 - 1e-4  # the continuous feature did the rest of the work
+    assert 1 < int(st.steps[0]) < 20
+    assert int(jnp.sum(cons.violations(snap.x_cf, x, c)["invalid_onehot"])) == 0
+    assert bool(jnp.all(relaxed.converged))
+    if onehot == "box":
+        # Snapping every step: the gradient at the saturated relaxed point (B = C = 1, p ≈ 0.98) is too small
+        # for x0 to get the real category to τ within T steps.
+        assert not bool(jnp.any(snap.converged)) and int(snap.steps[0]) == 20
+        # Reference parity converges on the relaxed point, which is no real category.
+        assert int(jnp.sum(cons.violations(relaxed.x_cf, x, c)["invalid_onehot"])) == 4

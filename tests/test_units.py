@@ -1,0 +1,109 @@
+"""Units-aware CT: the search, the training and the protocol do not depend on the units of the features."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctrain.data import load_dataset
+from ctrain.evaluate import ProtocolConfig, evaluate_explainability
+from ctrain.models import make_model
+from ctrain.search import SearchConfig, search_counterfactuals
+from ctrain.train import TrainConfig, create_train_state, fit
+
+UNITS = SearchConfig(threshold=0.75, units="std", step_rule="normalized", step_size=0.1, max_steps=40)
+
+
+@pytest.fixture(scope="module")
+def circles():
+    return load_dataset("circles").subsample(300, seed=0)
+
+
+def _model(data, seed=0):
+    return make_model("mlp", data.num_features, data.num_classes, jax.random.key(seed),
+                      input_stats=(data.x_train.mean(0), data.x_train.std(0)))
+
+
+def test_a_rescaled_copy_is_the_same_data_in_other_units(circles):
+    big = circles.affine(10.0, 3.0)
+    np.testing.assert_allclose(big.x_train, circles.x_train * 10 + 3, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(big.schema.scale_array(), circles.schema.scale_array() * 10, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(big.constraints().lower), np.asarray(circles.constraints().lower) * 10 + 3,
+                               rtol=1e-5)
+    np.testing.assert_allclose(big.standardizer.inverse(big.x_test), circles.standardizer.inverse(circles.x_test),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("factor", [0.1, 10.0])
+@pytest.mark.parametrize("rule", ["gradient", "normalized"])
+def test_units_aware_search_gives_the_same_counterfactuals_in_any_units(circles, factor, rule):
+    apply_fn, params = _model(circles)
+    big = circles.affine(factor)
+    big_fn, _ = _model(big)  # the same weights, with the input statistics of the rescaled copy
+    cfg = UNITS.replace(step_rule=rule, epsilon=0.3, lambda_cost=0.01)
+    x = jnp.asarray(circles.x_test[:40])
+    target = 1 - jnp.argmax(apply_fn(params, x), -1)
+    small_res = search_counterfactuals(apply_fn, params, x, target, jax.random.key(0), cfg, circles.constraints())
+    big_res = search_counterfactuals(big_fn, params, x * factor, target, jax.random.key(0), cfg, big.constraints())
+    chex.assert_trees_all_close(big_res.x_cf / factor, small_res.x_cf, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(big_res.x_ae / factor, small_res.x_ae, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(big_res.steps, small_res.steps)
+    assert float(jnp.mean(small_res.steps)) > 1
+    # The reference's absolute search is not invariant: the same rescaling changes its path.
+    paper = cfg.replace(units="absolute", step_rule="gradient")
+    a = search_counterfactuals(apply_fn, params, x, target, jax.random.key(0), paper, circles.constraints())
+    b = search_counterfactuals(big_fn, params, x * factor, target, jax.random.key(0), paper, big.constraints())
+    assert not np.allclose(np.asarray(b.x_cf) / factor, np.asarray(a.x_cf), atol=1e-3)
+
+
+def test_training_on_rescaled_data_gives_the_same_predictions(circles):
+    cfg = TrainConfig(search=UNITS, epochs=3, n_ce=60, batch_size=30, shuffle=True)
+    runs = []
+    for data in (circles, circles.affine(10.0, -4.0)):
+        apply_fn, params = _model(data)
+        state, history = fit(create_train_state(apply_fn, params), data, cfg, progress=False)
+        runs.append((apply_fn(state.params, jnp.asarray(data.x_test)), history))
+    (small_logits, small_hist), (big_logits, big_hist) = runs
+    np.testing.assert_allclose(big_logits, small_logits, rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(np.argmax(big_logits, -1), np.argmax(small_logits, -1))
+    assert small_hist[-1]["converged"] > 0.2  # the counterfactual terms are active, not idle
+    for key in ("converged", "search_steps", "loss"):
+        assert big_hist[-1][key] == pytest.approx(small_hist[-1][key], rel=1e-3, abs=1e-3)
+
+
+def test_normalised_steps_walk_where_the_reference_step_jumps():
+    # A confident linear model: logit₁ − logit₀ = 20·x0. From x0 = −0.5 (p₁ ≈ 5e-5), one reference SGD step of 0.1
+    # moves x0 by 0.1·(1 − p)·20 ≈ 2: a jump far past the boundary. Normalised steps of 0.1 (σ = 2 here, so
+    # 0.2 in x0) reach p₁ ≥ 0.6, i.e. x0 ≥ ln(1.5)/20 ≈ 0.0203, after exactly 3 steps (x0 = −0.5 + 3·0.2 = 0.1).
+    from ctrain import constraints as cons
+    linear = lambda p, x: x @ p
+    w = jnp.array([[0.0, 20.0], [0.0, 0.0]])
+    c = cons.make_constraints(2, scale=np.array([2.0, 2.0]))
+    x = jnp.array([[-0.5, 0.3], [-0.5, -0.7]])
+    base = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.6, step_size=0.1, max_steps=30)
+    jump = search_counterfactuals(linear, w, x, jnp.ones(2, jnp.int32), jax.random.key(0), base, c)
+    walk = search_counterfactuals(linear, w, x, jnp.ones(2, jnp.int32), jax.random.key(0),
+                                  base.replace(units="std", step_rule="normalized"), c)
+    np.testing.assert_array_equal(jump.steps, [1, 1])
+    assert float(jump.x_cf[0, 0]) > 1.4
+    np.testing.assert_array_equal(walk.steps, [3, 3])
+    np.testing.assert_allclose(walk.x_cf, x + jnp.array([0.6, 0.0]), atol=1e-5)  # along x0 only, 3 × 0.2
+    assert bool(jnp.all(walk.converged))
+
+
+def test_the_units_aware_protocol_scores_a_rescaled_copy_identically(circles):
+    models = {"BL": _model(circles, 0), "CT": _model(circles, 1)}
+    big = circles.affine(10.0)
+    big_models = {k: (_model(big, s)[0], p) for (k, (_, p)), s in zip(models.items(), (0, 1))}
+    protocol = ProtocolConfig(n_rounds=4, n_individuals=10, lambda_energy=(1.0,), max_steps=20, threshold=0.6,
+                              ip_samples=50, mmd_samples=8, mmd_length_scale="median", units="std")
+    a = evaluate_explainability(models, circles.x_test, circles.y_test, num_classes=2, protocol=protocol,
+                                constraints=circles.constraints())
+    b = evaluate_explainability(big_models, big.x_test, big.y_test, num_classes=2, protocol=protocol,
+                                constraints=big.constraints())
+    for ra, rb in zip(a["summary"], b["summary"]):
+        for metric in ("validity", "cost", "ip", "ip_star"):
+            if ra[metric] is None:
+                assert rb[metric] is None
+            else:
+                assert rb[metric] == pytest.approx(ra[metric], rel=2e-3, abs=2e-4), metric

@@ -113,14 +113,18 @@ class CounterfactualBatch:
 
 
 def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, config: SearchConfig,
-                              constraints: cons.Constraints | None = None, aux=None) -> CounterfactualBatch:
-    """Returns the CounterfactualBatch for factuals x (n, D) with labels y (n,): targets ≠ predicted class."""
+                              constraints: cons.Constraints | None = None, aux=None, *,
+                              search=search_counterfactuals) -> CounterfactualBatch:
+    """Returns the CounterfactualBatch for factuals x (n, D) with labels y (n,): targets ≠ predicted class.
+
+    `search` has the signature of `search_counterfactuals` (e.g. `ctrain.sharding.per_device_search(mesh)`).
+    """
     t_key, s_key, p_key = jax.random.split(key, 3)
     params = jax.lax.stop_gradient(params)
     constraints = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
     predicted = jnp.argmax(apply_fn(params, x), -1)
     target = sample_targets(t_key, predicted, pool.count.shape[0])
-    res = search_counterfactuals(apply_fn, params, x, target, s_key, config, constraints, aux)
+    res = search(apply_fn, params, x, target, s_key, config, constraints, aux)
     x_pos = sample_positives(p_key, pool, target)
     x_cf = jnp.where(res.converged[:, None], res.x_cf, x_pos)  # an immature x' adds no divergence
     x_pos = cons.protect(x_pos, x_cf, constraints)

@@ -1,11 +1,34 @@
-"""Data parallelism: a 1-D device mesh, replicated state and batches split across its devices."""
+"""Data parallelism: device meshes, replicated state, split batches, axis-name plumbing and a per-device search.
+
+Two ways to run the train step on several devices, both tested against one device:
+
+- `jit` on a sharded batch (what `fit(..., mesh=data_mesh())` does): `replicate` the state, `shard_batch` the
+  batch and build the step with `make_train_step(..., mesh=mesh)`. The search and the loss run per device
+  under `jax.shard_map` (`per_device_search`, `data_parallel`), so the search's early exit does not
+  synchronise the devices at every iteration and each step has one all-reduce (gradient and metrics).
+- `jax.pmap` (or `jax.shard_map`) around `make_train_step(..., axis_name=AXIS)`: the step averages gradients
+  and metrics over the named axis itself (`mean_over`), skips a non-finite update on every device together
+  and folds the device index into its key (`device_key`). `replicate_for_pmap`, `split_for_pmap` and
+  `unreplicate` lay the arrays out for it.
+
+`collective_counts` reads the collectives out of a compiled program's HLO text.
+"""
 from __future__ import annotations
 
+import functools
+
+import re
+from typing import Callable
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+# HLO collective ops, as they appear in compiled HLO text (async ones as "<op>-start").
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
+               "collective-broadcast")
 
 
 def data_mesh(devices=None) -> Mesh:
@@ -20,9 +43,17 @@ def replicate(tree, mesh: Mesh):
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def check_divisible(sizes: dict[str, int], mesh: Mesh) -> None:
-    """Raises a ValueError naming every batch dimension in `sizes` that does not split evenly over the mesh."""
-    n = mesh.devices.size
+def _device_count(devices: Mesh | int) -> int:
+    if isinstance(devices, Mesh):
+        return devices.devices.size
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
+        raise TypeError(f"expected a Mesh or a device count >= 1, got {devices!r}")
+    return int(devices)
+
+
+def check_divisible(sizes: dict[str, int], mesh: Mesh | int) -> None:
+    """Raises a ValueError naming each size in `sizes` that does not split evenly over the mesh (or n devices)."""
+    n = _device_count(mesh)
     bad = {name: size for name, size in sizes.items() if size % n}
     if bad:
         raise ValueError(f"{', '.join(f'{k}={v}' for k, v in bad.items())} does not split evenly over {n} devices; "
@@ -41,3 +72,194 @@ def shard_batch(batch, mesh: Mesh, axis: int = 0):
         return jax.device_put(a, batch_sharding(mesh, axis))
 
     return jax.tree.map(put, batch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Axis-name plumbing: inside `jax.pmap(..., axis_name=...)` or `jax.shard_map`, with None meaning one device.
+
+
+def mean_over(tree, axis_name: str | None):
+    """Returns `tree` averaged over the devices of `axis_name` (`lax.pmean`), or unchanged when axis_name is None."""
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def _varying_axes(a) -> frozenset:
+    aval = jax.typeof(a)
+    manual = getattr(aval, "manual_axis_type", None)  # JAX 0.10; earlier releases call it `vma`
+    return frozenset(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def as_device_local(tree, like: jax.Array, axis_name: str | None):
+    """Returns `tree` cast to vary over `axis_name` where `like` does under shard_map's type checks, else unchanged.
+
+    The cast applies inside `jax.shard_map(..., check_vma=True)` (the default) when `like` varies over the axis
+    and `tree` does not; under pmap, check_vma=False or without an axis `tree` is returned as it is.
+    shard_map's autodiff sums the gradient of a replicated input over the devices on its own. Differentiating
+    with respect to a device-local copy keeps each device's own gradient, so the step's explicit mean is the
+    one reduction whichever way it is mapped.
+    """
+    if axis_name is None or axis_name not in _varying_axes(like):
+        return tree
+
+    def cast(a):
+        return a if axis_name in _varying_axes(a) else jax.lax.pcast(a, axis_name, to="varying")
+
+    return jax.tree.map(cast, tree)
+
+
+def device_key(key: jax.Array, axis_name: str | None) -> jax.Array:
+    """Returns `key` with this device's index along `axis_name` folded in (unchanged when axis_name is None).
+
+    A key handed to every device unchanged would draw the same factual positions, targets and positives on
+    each device's shard; folding in the index makes the devices' draws independent.
+    """
+    return key if axis_name is None else jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+
+
+def replicate_for_pmap(tree, n: int | None = None):
+    """Returns `tree` with every array repeated along a new leading axis of n (default: local devices) for pmap."""
+    n = jax.local_device_count() if n is None else _device_count(n)
+    return jax.tree.map(lambda a: jnp.broadcast_to(a, (n,) + jnp.shape(a)), tree)
+
+
+def split_for_pmap(batch, n: int | None = None):
+    """Returns `batch` with every (B, ...) array reshaped to (n, B / n, ...) for pmap (n default: local devices)."""
+    n = jax.local_device_count() if n is None else _device_count(n)
+
+    def split(a):
+        check_divisible({"a batch dimension": a.shape[0]}, n)
+        return a.reshape((n, a.shape[0] // n) + a.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def unreplicate(tree):
+    """Returns the first device's copy of a pmapped tree (leading device axis dropped)."""
+    return jax.tree.map(lambda a: a[0], tree)
+
+
+def data_parallel(fn: Callable, mesh: Mesh, *, replicated_args: int, axis_name: str = DATA_AXIS) -> Callable:
+    """Returns `fn` run per device under `jax.shard_map`, its first `replicated_args` arguments whole, the rest split.
+
+    The other arguments are split along their first axis (a multiple of the device count). `fn` must return
+    the same values on every device (e.g. after `mean_over(..., axis_name)`); they come back replicated.
+    """
+    def run(*args):
+        for a in jax.tree.leaves(args[replicated_args:]):
+            check_divisible({"a batch dimension": a.shape[0]}, mesh)
+        specs = (P(),) * replicated_args + (P(axis_name),) * (len(args) - replicated_args)
+        return jax.shard_map(fn, mesh=mesh, in_specs=specs, out_specs=P())(*args)
+
+    return run
+
+
+# --------------------------------------------------------------------------------------------------
+# The search, per device
+
+
+def per_device_search(mesh: Mesh, search_fn: Callable | None = None, axis_name: str = DATA_AXIS) -> Callable:
+    """Returns a search with `search_counterfactuals`'s signature that runs on each device's rows of x (N, D).
+
+    `search(apply_fn, params, x, target, key, config, constraints=None, aux=None) -> SearchResult` runs
+    `search_fn` (default `search_counterfactuals`) under `jax.shard_map`. On a sharded batch the search's `lax.while_loop` stops when *every* sample has converged; under plain
+    `jit` that test is an all-reduce across the devices at every iteration. Here each device loops over its own
+    rows and stops on its own: converged rows are frozen, so the results equal one search over all N rows
+    (up to float rounding). N must be a multiple of the device count. `init="noise"` draws its noise per device
+    (the key has the device index folded in), so it differs from the one-device draw while keeping its law.
+    """
+    if search_fn is None:
+        from ctrain.search import search_counterfactuals as search_fn
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh such as ctrain.sharding.data_mesh(), got {type(mesh).__name__}")
+
+    def search(apply_fn, params, x, target, key, config, constraints=None, aux=None):
+        check_divisible({"factuals searched per step (rows of x)": x.shape[0]}, mesh)
+
+        def local(params, x, target, key, constraints, aux):
+            return search_fn(apply_fn, params, x, target, device_key(key, axis_name), config, constraints, aux)
+
+        rows = P(axis_name)
+        # check_vma=False: the search starts its loop carry from fresh zeros, which the varying-axis type check
+        # would reject as "not varying over the axis"; every output row is computed on its own device anyway.
+        return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows, P(), P(), P()), out_specs=rows,
+                             check_vma=False)(params, x, target, key, constraints, aux)
+
+    return search
+
+
+def per_device_counterfactual_batch(mesh: Mesh, axis_name: str = DATA_AXIS) -> Callable:
+    """Returns `objective.make_counterfactual_batch` with its search run per device (`per_device_search`).
+
+    Targets and positives are drawn from the same keys over the whole batch, so the result equals
+    `make_counterfactual_batch` on one device (tests/test_sharding.py checks that the two agree).
+    """
+    from ctrain.objective import make_counterfactual_batch
+    return functools.partial(make_counterfactual_batch, search=per_device_search(mesh, axis_name=axis_name))
+
+
+# --------------------------------------------------------------------------------------------------
+# What a compiled program synchronises
+
+
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$")
+_WHILE = re.compile(r"\bwhile\(.*?condition=%?([\w.\-]+),\s*body=%?([\w.\-]+)")
+_CALLS = re.compile(r"(?:to_apply|calls|condition|body|branch_computations|called_computations)=\{?([%\w.\-,\s]+)\}?")
+
+
+def _computations(hlo_text: str) -> dict[str, list[str]]:
+    """Returns {computation name: its instruction lines} of an HLO module's text."""
+    out, name = {}, None
+    for line in hlo_text.splitlines():
+        match = _COMPUTATION.match(line)
+        if match:
+            name = match.group(1)
+            out[name] = []
+        elif line.strip() == "}":
+            name = None
+        elif name is not None:
+            out[name].append(line)
+    return out
+
+
+def _reachable(roots, comps: dict[str, list[str]]) -> set[str]:
+    seen, todo = set(), list(roots)
+    while todo:
+        name = todo.pop()
+        if name in seen or name not in comps:
+            continue
+        seen.add(name)
+        for line in comps[name]:
+            for group in _CALLS.findall(line):
+                todo.extend(n.strip().lstrip("%") for n in group.split(",") if n.strip())
+    return seen
+
+
+def _count(lines) -> dict[str, int]:
+    counts = dict.fromkeys(COLLECTIVES, 0)
+    for line in lines:
+        for op in COLLECTIVES:
+            if re.search(rf"\s{op}(-start)?\(", line):
+                counts[op] += 1
+    return counts
+
+
+def collective_counts(hlo_text: str) -> dict[str, dict[str, int]]:
+    """Returns {"total", "in_loop_conditions", "in_loop_bodies": {collective op: count}} of compiled HLO text.
+
+    Counts are static (ops in the program, not executions): a collective in a while loop's condition runs at
+    every iteration, which is how an early-exit test over a sharded batch synchronises all devices. Pass
+    `jax.jit(f).lower(...).compile().as_text()`.
+    """
+    comps = _computations(hlo_text)
+    conditions, bodies = set(), set()
+    for lines in comps.values():
+        for line in lines:
+            match = _WHILE.search(line)
+            if match:
+                conditions.add(match.group(1))
+                bodies.add(match.group(2))
+    in_conditions = _reachable(conditions, comps)
+    in_bodies = _reachable(bodies, comps) - in_conditions
+    return {"total": _count(line for lines in comps.values() for line in lines),
+            "in_loop_conditions": _count(line for n in in_conditions for line in comps[n]),
+            "in_loop_bodies": _count(line for n in in_bodies for line in comps[n])}

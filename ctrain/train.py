@@ -3,8 +3,10 @@
 `make_train_step(config, constraints)` returns a pure `step(state, batch, key) -> (state, metrics)`:
 for objective "vanilla" it is plain cross-entropy training (the baseline, BL); otherwise the same
 step also draws factuals, searches their counterfactuals and applies the composite loss (CT and its
-ablations), all inside one `jax.jit`. Researchers can call the step in their own loops; `fit` is the
-ready loop with progress bar, per-epoch logs, checkpoints and resume.
+ablations), all inside one `jax.jit`. Researchers can call the step in their own loops, also data-parallel
+(`axis_name=` under `jax.pmap`/`jax.shard_map`, or `mesh=` under `jax.jit` on a sharded batch; helpers in
+`ctrain.sharding`); `fit` is the ready loop with progress, per-epoch logs, checkpoints and resume, and
+`fit_many` trains K runs as one vmapped program.
 """
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, TextIO
 
 import flax.struct
 import jax
@@ -27,9 +30,9 @@ from jax.sharding import Mesh, NamedSharding
 from ctrain import constraints as cons
 from ctrain.models import check_model
 from ctrain.objective import (CounterfactualBatch, LossWeights, PositivePool, check_loss_weights, composite_loss,
-                              make_counterfactual_batch, objective_weights, positive_pool)
+                              make_training_batch, objective_weights, positive_pool)
 from ctrain.search import SearchConfig
-from ctrain.sharding import batch_sharding as _batch_sharding, check_divisible, data_mesh, replicate, shard_batch
+from ctrain import sharding
 
 
 @flax.struct.dataclass
@@ -190,26 +193,54 @@ def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)]))
 
 
-def apply_loss(state: TrainState, x, y, cf: CounterfactualBatch | None, objective: str):
-    """Returns (new state, metrics) after one optax update on the composite loss; non-finite updates are skipped."""
+# Objectives whose training batch comes from no counterfactual search (PGD attacks, SGLD chains of fixed length).
+_NO_SEARCH = ("pgd_at", "jem")
+
+
+def _training_batch(objective: str, mesh: Mesh | None) -> Callable:
+    """Returns make(apply_fn, params, x, y, pool, key, search, constraints, aux) -> `objective`'s batch of constants.
+
+    With a mesh, a counterfactual search runs per device (`ctrain.sharding.per_device_counterfactual_batch`).
+    """
+    if mesh is not None and objective not in _NO_SEARCH:
+        return sharding.per_device_counterfactual_batch(mesh)
+    return functools.partial(make_training_batch, objective)
+
+
+def apply_loss(state: TrainState, x, y, cf: CounterfactualBatch | None, objective: str,
+               axis_name: str | None = None):
+    """Returns (new state, metrics) after one optax update on the composite loss; non-finite updates are skipped.
+
+    With `axis_name` (inside `jax.pmap`/`jax.shard_map`), the gradients and metrics are averaged over that axis
+    first, so every replica applies the same update, and an update is skipped on all replicas when any of them
+    saw a non-finite loss or gradient.
+    """
     weights = objective_weights(objective, state.weights)
     grad_fn = jax.value_and_grad(composite_loss, has_aux=True)
-    (loss, terms), grads = grad_fn(state.params, state.apply_fn, x, y, cf, weights)
+    (loss, terms), grads = grad_fn(sharding.as_device_local(state.params, x, axis_name), state.apply_fn, x, y, cf,
+                                   weights)
     finite = jnp.isfinite(loss) & _all_finite(grads)
+    searched = {} if cf is None else dict(
+        converged=cf.converged.mean(), search_steps=cf.steps.mean(), ae_moved=cf.ae_moved.mean(),
+        cf_in_ball=cf.cf_in_ball.mean(), one_step=jnp.mean(cf.steps <= 1))
+    # One all-reduce for everything. Each term is a mean over equally sized shards, so the mean of the shard
+    # means is the whole batch's; the finite flags' mean is exactly 1 only if every device's update is finite,
+    # so every replica takes the same skip decision.
+    loss, terms, grads, searched, finite_share = sharding.mean_over(
+        (loss, terms, grads, searched, finite.astype(jnp.float32)), axis_name)
+    finite = finite_share == 1.0
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jnp.where(finite, new, old)
     state = state.replace(step=state.step + 1, params=jax.tree.map(keep, params, state.params),
                           opt_state=jax.tree.map(keep, opt_state, state.opt_state),
                           skipped=state.skipped + (~finite).astype(jnp.int32))
-    metrics = {"loss": loss, **terms, "nonfinite": (~finite).astype(jnp.int32)}
-    if cf is not None:
-        metrics.update(converged=cf.converged.mean(), search_steps=cf.steps.mean(), ae_moved=cf.ae_moved.mean(),
-                       cf_in_ball=cf.cf_in_ball.mean(), one_step=jnp.mean(cf.steps <= 1))
+    metrics = {"loss": loss, **terms, "nonfinite": (~finite).astype(jnp.int32), **searched}
     return state, metrics
 
 
-def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Constraints | None = None, aux=None):
+def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Constraints | None = None, aux=None,
+                    axis_name: str | None = None, *, mesh: Mesh | None = None):
     """Returns the pure `step(state, batch, key) -> (state, metrics)` for `config.objective`.
 
     The step trains with the λ's and the optimiser of the state it is given (`create_train_state`).
@@ -219,6 +250,14 @@ def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Const
         searched per step; None means the whole batch).
       constraints: the actionability constraints the search respects (None: unconstrained).
       aux: extra inputs of the generator (e.g. {"vae_params": ...} for REVISE).
+      axis_name: for `jax.pmap(step, axis_name=...)` or `jax.shard_map`: gradients and metrics are averaged
+        over this axis (every replica applies the same update), and the key gets the device index folded in,
+        so that with the per-batch schedule each device draws its own factuals, targets and positives.
+      mesh: for `jax.jit` with the batch split across `mesh` (`ctrain.sharding.shard_batch`): the search and
+        the loss run per device under `jax.shard_map` (the search's early exit then does not synchronise the
+        devices at every iteration) and the gradient and metrics are averaged over the mesh; the draws stay
+        those of one device, so results equal the one-device step. B and ce_per_batch must be multiples of
+        the device count.
 
     The returned step takes batch {"x": (B, D) float, "y": (B,) int} plus, for the CT objectives, either
     "cf" (a precomputed CounterfactualBatch, per-epoch schedule) or "pool" (a PositivePool to draw x⁺
@@ -234,6 +273,22 @@ def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Const
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if axis_name is not None and mesh is not None:
+        raise ValueError("pass axis_name (for jax.pmap / jax.shard_map around the step) or mesh (for jax.jit on a "
+                         "sharded batch), not both")
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh such as ctrain.sharding.data_mesh(), got "
+                        f"{type(mesh).__name__}")
+    counterfactual_batch = _training_batch(config.objective, mesh)
+    update = lambda state, x, y, cf: apply_loss(state, x, y, cf, config.objective, axis_name)
+    if mesh is not None:
+        # Everything after the factual draw runs per device: the search (each device stops on its own) and the
+        # loss, whose gradient and metrics are then averaged over the mesh. Left to XLA's partitioner, the
+        # search would run whole on every device, and the loss's concatenation of the sharded counterfactual
+        # batch would gather and permute rows at every step.
+        update = sharding.data_parallel(
+            lambda state, x, y, cf: apply_loss(state, x, y, cf, config.objective, sharding.DATA_AXIS), mesh,
+            replicated_args=1)
 
     def step(state: TrainState, batch: dict, key: jax.Array | None = None):
         if not isinstance(batch, dict) or "x" not in batch or "y" not in batch:
@@ -252,11 +307,11 @@ def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Const
                 if "pool" not in batch or key is None:
                     raise ValueError(f"objective {config.objective!r} needs batch['cf'], or batch['pool'] and a key")
                 m = min(config.ce_per_batch or x.shape[0], x.shape[0])
-                f_key, s_key = jax.random.split(key)
+                f_key, s_key = jax.random.split(sharding.device_key(key, axis_name))
                 idx = jax.random.choice(f_key, x.shape[0], (m,), replace=False)
-                cf = make_counterfactual_batch(state.apply_fn, state.params, x[idx], y[idx], batch["pool"], s_key,
-                                               config.search, constraints, aux)
-        return apply_loss(state, x, y, cf, config.objective)
+                cf = counterfactual_batch(state.apply_fn, state.params, x[idx], y[idx], batch["pool"], s_key,
+                                          config.search, constraints, aux)
+        return update(state, x, y, cf)
 
     return step
 
@@ -277,28 +332,37 @@ def epoch_order(key: jax.Array, n: int, batch_size: int, shuffle: bool) -> jax.A
 
 
 def epoch_counterfactuals(state: TrainState, x_train, y_train, pool: PositivePool, key: jax.Array,
-                          config: TrainConfig, n_batches: int, constraints=None, aux=None) -> CounterfactualBatch:
-    """Returns a CounterfactualBatch with leading axes (n_batches, m): the epoch's searches, with frozen params."""
+                          config: TrainConfig, n_batches: int, constraints=None, aux=None, *,
+                          mesh: Mesh | None = None) -> CounterfactualBatch:
+    """Returns a CounterfactualBatch with leading axes (n_batches, m): the epoch's searches, with frozen params.
+
+    With a `mesh`, the n_batches·m searches are split across its devices, each looping on its own
+    (`ctrain.sharding.per_device_search`); the draws are the same as on one device.
+    """
     m = config.ce_per_batch
     f_key, s_key = jax.random.split(key)
     n = x_train.shape[0]
     idx = jax.random.choice(f_key, n, (n_batches * m,), replace=n_batches * m > n)
-    cf = make_counterfactual_batch(state.apply_fn, state.params, x_train[idx], y_train[idx], pool, s_key,
-                                   config.search, constraints, aux)
+    cf = _training_batch(config.objective, mesh)(state.apply_fn, state.params, x_train[idx], y_train[idx], pool, s_key, config.search, constraints, aux)
     return jax.tree.map(lambda a: a.reshape((n_batches, m) + a.shape[1:]), cf)
 
 
 def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None = None, aux=None,
-                     batch_sharding: NamedSharding | None = None):
+                     batch_sharding: NamedSharding | None = None, *, mesh: Mesh | None = None):
     """Returns pure `epoch(state, x_train, y_train, pool, key, epoch, use_ct) -> (state, stacked metrics)`.
 
     One epoch is one `lax.scan` over its steps, with the batches gathered on device from the full
     training arrays (no host round-trip). The batch order depends only on (key, epoch). `use_ct` is
-    static: False runs the vanilla step (burn-in epochs), True the configured objective. With
-    `batch_sharding` (e.g. NamedSharding(mesh, P(None, "data"))) every step's batch is split across devices.
+    static: False runs the vanilla step (burn-in epochs), True the configured objective. With a `mesh`
+    (`ctrain.sharding.data_mesh()`), every step's batch and counterfactual batch is split across its
+    devices and every search runs per device (no cross-device synchronisation inside the search loop).
+    `batch_sharding` alone (e.g. NamedSharding(mesh, P(None, "data"))) only splits the batches and
+    leaves the search to XLA's partitioner, whose early-exit test then all-reduces at every iteration.
     """
-    ct_step = make_train_step(config, constraints, aux)
-    vanilla_step = make_train_step(config.replace(objective="vanilla"))
+    if mesh is not None and batch_sharding is None:
+        batch_sharding = sharding.batch_sharding(mesh, axis=1)
+    ct_step = make_train_step(config, constraints, aux, mesh=mesh)
+    vanilla_step = make_train_step(config.replace(objective="vanilla"), mesh=mesh)
     constrain = (lambda a: jax.lax.with_sharding_constraint(a, batch_sharding)) if batch_sharding else (lambda a: a)
 
     def epoch(state: TrainState, x_train, y_train, pool: PositivePool, key: jax.Array, epoch_index, use_ct: bool):
@@ -315,7 +379,7 @@ def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None =
             return jax.lax.scan(body, state, (xs, ys, keys))
         # One search for the whole epoch on the parameters as they stand at its start (reference schedule).
         cfs = jax.tree.map(constrain, epoch_counterfactuals(state, x_train, y_train, pool, cf_key, config, nb,
-                                                            constraints, aux))
+                                                            constraints, aux, mesh=mesh))
         body = lambda s, b: ct_step(s, {"x": b[0], "y": b[1], "cf": b[2]})
         return jax.lax.scan(body, state, (xs, ys, cfs))
 
@@ -332,6 +396,68 @@ def _epoch_log(metrics: dict) -> dict:
         v = np.asarray(v)
         out[k] = int(v.sum()) if k == "nonfinite" else float(v.mean())
     return out
+
+
+def _epoch_logs(metrics: dict, k: int) -> dict[str, np.ndarray]:
+    """Returns {metric: (k,) per-run epoch value} from metrics (k, steps): skipped updates summed, the rest averaged."""
+    out = {}
+    for name, v in metrics.items():
+        v = np.asarray(v).reshape(k, -1)
+        out[name] = v.sum(1) if name == "nonfinite" else v.mean(1)
+    return out
+
+
+# Without a terminal, progress is a plain line every ceil(epochs / PLAIN_LINES) epochs and at the last one.
+PLAIN_LINES = 10
+
+
+def _interactive(stream) -> bool:
+    # A notebook's stderr is no TTY, but tqdm.auto draws a widget there rather than carriage-return frames.
+    if stream in (sys.stderr, sys.stdout) and "ipykernel" in sys.modules:
+        return True
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+class _Progress:
+    """Per-epoch progress of one run: a tqdm bar on a terminal or in a notebook, else plain lines.
+
+    In a file or a pipe it writes one line every `every` epochs and at the last, so a redirected log holds
+    lines rather than a carriage-return frame per update.
+    """
+
+    def __init__(self, stream, total: int, initial: int, desc: str):
+        self.stream, self.total, self.desc = stream, total, desc
+        self.every = max(1, math.ceil(total / PLAIN_LINES))
+        self.bar = None
+        if _interactive(stream):
+            from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="epoch", file=stream)
+
+    def update(self, epoch: int, log: dict) -> None:
+        """Shows the log of `epoch` (1-based): advances the bar, or writes a line when the epoch is due."""
+        shown = _postfix(log)
+        if self.bar is not None:
+            self.bar.set_postfix(shown)
+            self.bar.update(1)
+        elif epoch % self.every == 0 or epoch == self.total:
+            fields = "  ".join(f"{k} {v}" for k, v in shown.items())
+            self.stream.write(f"{self.desc} epoch {epoch}/{self.total}  {fields}  {log['time_s']:.2f} s/epoch\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(progress, total: int, initial: int, desc: str) -> _Progress | None:
+    """Returns the progress display `progress` asks for (True: stderr, a text stream, or False/None: none)."""
+    if progress is None or progress is False or jax.process_index() != 0:  # multi-host: process 0 reports
+        return None
+    stream = sys.stderr if progress is True else progress
+    if not callable(getattr(stream, "write", None)):
+        raise TypeError(f"progress must be True, False or a text stream with .write(), got {type(progress).__name__}")
+    return _Progress(stream, total, initial, desc)
 
 
 def _prepare_run(state: TrainState, dataset, config: TrainConfig, constraints):
@@ -381,7 +507,7 @@ def _postfix(log: dict) -> dict:
 
 
 def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Constraints | None = None,
-        workdir: str | None = None, mesh: Mesh | None = None, progress: bool = True, aux=None,
+        workdir: str | None = None, mesh: Mesh | None = None, progress: bool | TextIO = True, aux=None,
         log_fn: Callable[[dict], None] | None = None) -> tuple[TrainState, list[dict]]:
     """Returns (trained state, per-epoch logs) after `config.epochs` epochs on `dataset`.
 
@@ -391,7 +517,9 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     and at the end; a later call with the same workdir resumes from the newest intact checkpoint and
     continues bit-identically, and a call for a different run (other config, λ's, optimiser, model,
     data or seed) is refused with the fields that differ. With a `mesh`, batches are split across its
-    devices and the state is replicated (data parallel).
+    devices and the state is replicated (data parallel); each device runs its own searches.
+    `progress`: True shows it on stderr, a text stream shows it there, False hides it; on a terminal it is a
+    tqdm bar, elsewhere (a log file, a pipe) about PLAIN_LINES plain lines per run.
     """
     from ctrain import checkpoint
 
@@ -432,18 +560,14 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
     state = jax.tree.map(jnp.copy, state)  # the epoch donates its input: never consume the caller's arrays
     splits = _device_splits(dataset)
     x_dev, y_dev = splits["train"]
-    sharding = None
     if mesh is not None:
-        check_divisible({"batch_size": config.batch_size, "ce_per_batch": config.ce_per_batch or 0}, mesh)
-        state, pool, x_dev, y_dev = replicate((state, pool, x_dev, y_dev), mesh)
-        sharding = _batch_sharding(mesh, axis=1)
-    epoch_fn = jax.jit(make_train_epoch(config, constraints, aux, sharding), static_argnums=(6,), donate_argnums=(0,))
+        sharding.check_divisible({"batch_size": config.batch_size, "ce_per_batch": config.ce_per_batch or 0}, mesh)
+        state, pool, x_dev, y_dev = sharding.replicate((state, pool, x_dev, y_dev), mesh)
+    epoch_fn = jax.jit(make_train_epoch(config, constraints, aux, mesh=mesh), static_argnums=(6,),
+                       donate_argnums=(0,))
     accuracy = jax.jit(_accuracy_fn(state.apply_fn))
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=config.epochs, initial=start_epoch, desc=f"{dataset.name}/{config.objective}", unit="epoch")
+    shown = _progress(progress, config.epochs, start_epoch, f"{dataset.name}/{config.objective}")
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         use_ct = config.needs_counterfactuals and epoch >= config.burnin_epochs
@@ -463,11 +587,10 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
             last = epoch + 1 == config.epochs
             if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
                 manager.save(state, epoch + 1, history)
-        if bar is not None:
-            bar.set_postfix(_postfix(log))
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        if shown is not None:
+            shown.update(epoch + 1, log)
+    if shown is not None:
+        shown.close()
     return state, history
 
 
@@ -497,12 +620,70 @@ def create_train_states(apply_fn, params, *, weights: LossWeights | None = None,
                       weights=weights, skipped=jnp.zeros((k,), jnp.int32), apply_fn=apply_fn, tx=tx)
 
 
+def _split_runs(tree, size: int) -> list:
+    """Returns `tree` (leading run axis K) as fresh chunks of `size` runs, the last padded by repeating run K − 1."""
+    k = jax.tree.leaves(tree)[0].shape[0]
+    n = -(-k // size)
+    pad = n * size - k
+
+    def chunk(a, i):
+        part = a[i * size: min((i + 1) * size, k)]
+        if i == n - 1 and pad:  # every chunk has one shape, so the program compiles once
+            part = jnp.concatenate([part, jnp.repeat(a[-1:], pad, axis=0)])
+        return jnp.copy(part)  # fresh buffers: the epoch donates its chunk, never the caller's arrays
+
+    return [jax.tree.map(lambda a, i=i: chunk(a, i), tree) for i in range(n)]
+
+
+def _join_runs(chunks: list, k: int):
+    """Returns the chunks of `_split_runs` joined back along the run axis, padding dropped: leading axis k."""
+    return jax.tree.map(lambda *parts: jnp.concatenate(parts)[:k], *chunks)
+
+
+def _free_device_bytes() -> int | None:
+    """Returns the bytes still free on the first local device, or None where the backend does not say (CPU)."""
+    stats = jax.local_devices()[0].memory_stats()
+    if not stats or "bytes_limit" not in stats:
+        return None
+    return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+
+
+def _program_bytes(compiled) -> int:
+    """Returns the device bytes a compiled program needs: arguments, outputs (less donated ones) and scratch."""
+    m = compiled.memory_analysis()
+    if m is None:
+        return 0
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
+
+
+def runs_per_program(k: int, program_bytes: Callable[[int], int], free_bytes: int | None,
+                     margin: float = 0.9) -> int:
+    """Returns how many of k runs one program takes: k, halved (rounded up) until program_bytes(c) fits.
+
+    A program fits in margin·free_bytes; with free_bytes None (the backend reports no memory limit, e.g. CPU)
+    all k runs go in one program.
+    """
+    c = k
+    if free_bytes is None:
+        return c
+    while c > 1 and program_bytes(c) > margin * free_bytes:
+        c = -(-c // 2)
+    return c
+
+
 def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constraints: cons.Constraints | None = None,
-             progress: bool = True, aux=None) -> tuple[TrainState, list[list[dict]]]:
+             progress: bool | TextIO = True, aux=None,
+             max_runs_per_program: int | None = None) -> tuple[TrainState, list[list[dict]]]:
     """Returns (K trained states, K per-epoch log lists): K runs trained as one vmapped, compiled program.
 
     Run k uses data/search seed `seeds[k]` and the k-th slice of `states` (its params, λ's and learning
     rate); its result equals `fit(state_k, dataset, config.replace(seed=seeds[k]))` up to float rounding.
+
+    `max_runs_per_program` caps the runs one compiled program trains at once: the K runs are split into chunks
+    of that many (the last padded), and every epoch runs each chunk in turn, so progress and logs stay per
+    epoch. None (default) puts all K in one program unless the device reports a memory limit (GPU, TPU) and the
+    compiled program would not fit in 90% of its free memory (read from XLA's memory analysis of the program);
+    then K is halved until it fits. `progress` is as in `fit`.
     """
     seeds = [int(s) for s in seeds]
     k = len(seeds)
@@ -510,32 +691,56 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
         raise ValueError("fit_many needs stacked states with a leading run axis: build them with create_train_states")
     if jax.tree.leaves(states.params)[0].shape[0] != k:
         raise ValueError(f"{k} seeds given for {jax.tree.leaves(states.params)[0].shape[0]} stacked states")
+    if max_runs_per_program is not None and (isinstance(max_runs_per_program, bool) or not isinstance(
+            max_runs_per_program, (int, np.integer)) or max_runs_per_program < 1):
+        raise ValueError(f"max_runs_per_program must be an integer >= 1 or None, got {max_runs_per_program!r}")
     config, constraints, pool = _prepare_run(states, dataset, config, constraints)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
-    states = jax.tree.map(jnp.copy, states)  # the epoch donates its input: never consume the caller's arrays
     splits = _device_splits(dataset)
     x_dev, y_dev = splits["train"]
     epoch = make_train_epoch(config, constraints, aux)
-    epoch_fns = {use_ct: jax.jit(jax.vmap(lambda s, kk, e, u=use_ct: epoch(s, x_dev, y_dev, pool, kk, e, u),
-                                          in_axes=(0, 0, None)), donate_argnums=(0,)) for use_ct in (False, True)}
+    jitted = {use_ct: jax.jit(jax.vmap(lambda s, kk, e, u=use_ct: epoch(s, x_dev, y_dev, pool, kk, e, u),
+                                       in_axes=(0, 0, None)), donate_argnums=(0,)) for use_ct in (False, True)}
+    compiled: dict[tuple[bool, int], Any] = {}
+
+    def program(use_ct: bool, c: int):
+        # Compiled ahead of time, so the memory estimate and the training share one compilation.
+        if (use_ct, c) not in compiled:
+            shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct((c,) + a.shape[1:], a.dtype,
+                                                                 weak_type=getattr(a, "weak_type", False)),
+                                  (states, keys))
+            compiled[use_ct, c] = jitted[use_ct].lower(*shapes, 0).compile()
+        return compiled[use_ct, c]
+
+    # The CT program is the larger one: if any epoch trains CT, it is the one that must fit.
+    largest = config.needs_counterfactuals and config.burnin_epochs < config.epochs
+    size = max_runs_per_program or runs_per_program(k, lambda c: _program_bytes(program(largest, c)),
+                                                    _free_device_bytes())
+    size = min(size, k)
+    chunks, chunk_keys = _split_runs(states, size), _split_runs(keys, size)
     accuracy = jax.jit(jax.vmap(_accuracy_fn(states.apply_fn), in_axes=(0, None, None)))
     histories: list[list[dict]] = [[] for _ in range(k)]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=config.epochs, desc=f"{dataset.name}/{config.objective} x{k}", unit="epoch")
+    desc = f"{dataset.name}/{config.objective} x{k}" + (f" ({len(chunks)} programs of {size})" if len(chunks) > 1
+                                                        else "")
+    shown = _progress(progress, config.epochs, 0, desc)
     for e in range(config.epochs):
         t0 = time.perf_counter()
         use_ct = config.needs_counterfactuals and e >= config.burnin_epochs
-        states, metrics = epoch_fns[use_ct](states, keys, e)
-        accs = {name: np.asarray(v) for name, v in _accuracies(accuracy, states.params, splits).items()}
+        parts, accs = [], []
+        for i, chunk in enumerate(chunks):
+            chunks[i], metrics = program(use_ct, size)(chunk, chunk_keys[i], e)
+            parts.append(metrics)
+            accs.append(_accuracies(accuracy, chunks[i].params, splits))
+        join = lambda *a: np.concatenate([np.asarray(x) for x in a])[:k]
+        logs = _epoch_logs(jax.tree.map(join, *parts), k)
+        logs.update(jax.tree.map(join, *accs))
         elapsed = time.perf_counter() - t0
         for i in range(k):
-            log = {"epoch": e + 1, **_epoch_log({m: v[i] for m, v in metrics.items()})}
-            log.update({name: float(v[i]) for name, v in accs.items()}, time_s=elapsed / k)
+            log = {"epoch": e + 1, **{name: (int(v[i]) if name == "nonfinite" else float(v[i]))
+                                      for name, v in logs.items()}, "time_s": elapsed / k}
             histories[i].append(log)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return states, histories
+        if shown is not None:
+            shown.update(e + 1, {**{name: float(np.mean(v)) for name, v in logs.items()}, "time_s": elapsed})
+    if shown is not None:
+        shown.close()
+    return _join_runs(chunks, k), histories

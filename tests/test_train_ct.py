@@ -1,3 +1,4 @@
+import io
 import json
 
 import chex
@@ -12,7 +13,6 @@ from ctrain.models import make_model
 from ctrain.objective import (CounterfactualBatch, LossWeights, composite_loss, make_counterfactual_batch,
                               positive_pool, sample_positives)
 from ctrain.search import SearchConfig
-from ctrain.sharding import data_mesh, replicate, shard_batch
 from ctrain.train import TrainConfig, create_train_state, fit, make_train_step
 
 SEARCH = SearchConfig(threshold=0.5, max_steps=20, step_size=0.5)
@@ -149,34 +149,6 @@ def test_same_seed_gives_identical_parameters_and_the_step_compiles_once(moons):
     for i in range(5):
         other, _ = jitted(other, {**_batch(moons, start=32 * i), "pool": pool}, jax.random.fold_in(jax.random.key(8), i))
     assert not np.allclose(jax.tree.leaves(other.params)[0], jax.tree.leaves(runs[0])[0])
-
-
-def test_sharded_step_on_four_devices_matches_one_device(moons):
-    assert jax.device_count() == 4, "conftest forces 4 CPU devices"
-    pool = positive_pool(moons.x_train, moons.y_train, 2)
-    step = jax.jit(make_train_step(TrainConfig(search=SEARCH, ce_per_batch=16), moons.constraints()),
-                   donate_argnums=(0,))
-    mesh = data_mesh()
-    single, sharded = _state(), replicate(_state(), mesh)
-    pool_r = replicate(pool, mesh)
-    for i in range(3):
-        batch = _batch(moons, start=32 * i)
-        key = jax.random.key(i)
-        single, m1 = step(single, {**batch, "pool": pool}, key)
-        sharded, m4 = step(sharded, {**shard_batch(batch, mesh), "pool": pool_r}, key)
-    assert len(jax.tree.leaves(sharded.params)[0].sharding.device_set) == 4
-    chex.assert_trees_all_close(jax.device_get(sharded.params), jax.device_get(single.params), atol=1e-5)
-    np.testing.assert_allclose(m4["loss"], m1["loss"], atol=1e-5)
-    with pytest.raises(ValueError, match="does not split evenly over 4 devices"):
-        shard_batch(_batch(moons, n=30), mesh)
-
-
-def test_fit_sharded_matches_single_device(moons):
-    small = moons.subsample(256, seed=0)
-    cfg = TrainConfig(search=SEARCH, epochs=2, batch_size=32, n_ce=64)
-    single, _ = fit(_state(), small, cfg, progress=False)
-    sharded, _ = fit(_state(), small, cfg, progress=False, mesh=data_mesh())
-    chex.assert_trees_all_close(jax.device_get(sharded.params), jax.device_get(single.params), atol=1e-5)
 
 
 def test_resume_from_checkpoint_is_bit_identical(moons, tmp_path):
@@ -332,7 +304,7 @@ def test_ablation_objectives_drop_their_terms(moons):
     assert float(objective_weights("adversarial", w).div) == 0.0 and float(objective_weights("adversarial", w).reg) == 0
     assert float(objective_weights("adversarial", w).adv) == 0.25
     with pytest.raises(ValueError, match="unknown objective"):
-        TrainConfig(objective="jem")
+        TrainConfig(objective="contrastive")
 
 
 @pytest.mark.parametrize("schedule", ["per_epoch", "per_batch"])
@@ -496,3 +468,69 @@ def test_fit_handles_an_empty_test_split(small_moons):
     no_test = dataclasses.replace(small_moons, x_test=small_moons.x_test[:0], y_test=small_moons.y_test[:0])
     _, history = fit(_state(), no_test, SMALL_CFG.replace(epochs=2), progress=True)
     assert "test_accuracy" not in history[-1] and "train_accuracy" in history[-1]
+
+
+# --- many runs in chunks, progress without a terminal --------------------------------------------------------
+
+def test_fit_many_in_chunks_equals_one_program(small_moons):
+    from ctrain.train import create_train_states, fit_many
+    apply_fn, _ = make_model("mlp", 2, 2, jax.random.key(0))
+    inits = [make_model("mlp", 2, 2, jax.random.key(s))[1] for s in range(3)]
+    states = create_train_states(apply_fn, jax.tree.map(lambda *a: jnp.stack(a), *inits),
+                                 weights=LossWeights(reg=jnp.array([0.1, 0.5, 1.0])))
+    cfg = SMALL_CFG.replace(epochs=2)
+    whole, h_whole = fit_many(states, small_moons, cfg, seeds=[0, 1, 2], progress=False)
+    chunked, h_chunked = fit_many(states, small_moons, cfg, seeds=[0, 1, 2], progress=False, max_runs_per_program=2)
+    chex.assert_trees_all_close(chunked.params, whole.params, atol=1e-6)
+    chex.assert_trees_all_equal(chunked.step, whole.step)
+    assert jax.tree.leaves(chunked.params)[0].shape[0] == 3  # the padding run is dropped
+    for a, b in zip(h_whole, h_chunked):
+        assert [h["epoch"] for h in b] == [1, 2]
+        assert b[-1]["loss"] == pytest.approx(a[-1]["loss"], abs=1e-6)
+        assert b[-1]["converged"] == pytest.approx(a[-1]["converged"], abs=1e-6)
+    with pytest.raises(ValueError, match="max_runs_per_program must be an integer >= 1"):
+        fit_many(states, small_moons, cfg, seeds=[0, 1, 2], progress=False, max_runs_per_program=0)
+
+
+def test_runs_per_program_halves_k_until_the_program_fits():
+    from ctrain.train import runs_per_program
+    per_run, fixed = 1_000, 500
+    need = lambda c: fixed + per_run * c
+    assert runs_per_program(1000, need, None) == 1000  # no memory limit reported (CPU): one program
+    assert runs_per_program(1000, need, 10_000_000) == 1000
+    c = runs_per_program(1000, need, 100_000)
+    assert need(c) <= 0.9 * 100_000 and need(2 * c) > 0.9 * 100_000 and c == 63
+    assert runs_per_program(1000, need, 10) == 1  # never below one run
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self._tty = tty
+
+    def isatty(self):
+        return self._tty
+
+
+def test_progress_to_a_file_is_one_plain_line_per_due_epoch(small_moons):
+    from ctrain.train import PLAIN_LINES, create_train_states, fit_many
+    vanilla = SMALL_CFG.replace(objective="vanilla")
+    log = _Stream(tty=False)
+    fit(_state(), small_moons, vanilla.replace(epochs=3), progress=log)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and len(lines) == 3
+    assert lines[0].startswith(f"{small_moons.name}/vanilla epoch 1/3  loss ") and "s/epoch" in lines[0]
+    long = _Stream(tty=False)
+    fit(_state(), small_moons, vanilla.replace(epochs=25), progress=long)
+    epochs = [int(line.split(" epoch ")[1].split("/")[0]) for line in long.getvalue().splitlines()]
+    assert epochs == [3, 6, 9, 12, 15, 18, 21, 24, 25] and len(epochs) <= PLAIN_LINES + 1
+    apply_fn, params = make_model("mlp", 2, 2, jax.random.key(0))
+    many = _Stream(tty=False)
+    fit_many(create_train_states(apply_fn, jax.tree.map(lambda a: jnp.stack([a, a]), params)), small_moons,
+             vanilla.replace(epochs=2), seeds=[0, 1], progress=many)
+    assert "\r" not in many.getvalue() and len(many.getvalue().splitlines()) == 2 and " x2 epoch 2/2" in many.getvalue()
+    terminal = _Stream(tty=True)  # a terminal keeps the live bar
+    fit(_state(), small_moons, vanilla.replace(epochs=3), progress=terminal)
+    assert "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()
+    with pytest.raises(TypeError, match="progress must be True, False or a text stream"):
+        fit(_state(), small_moons, vanilla, progress="log.txt")

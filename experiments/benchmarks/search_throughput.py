@@ -1,9 +1,11 @@
 """Counterfactuals per second: the vmapped batch search vs a per-sample Python loop (the reference's design).
 
-    python -m experiments.benchmarks.search_throughput [--batch 1000 --steps 30 --json out.json]
+    python -m experiments.benchmarks.search_throughput [--batch 1000 --steps 30 --widths 2 784 --json out.json]
 
 Both sides run the same jitted `search_counterfactuals` with exactly T steps (loop="scan", so early
-stopping cannot favour either): once on the whole batch, once per sample on batches of one.
+stopping cannot favour either): once on the whole batch, once per sample on batches of one. The
+vmapped search's rate is also given in counted FLOP/s (`search_flops`), to hold against the device's
+matmul throughput (`matmul_flops_per_s`).
 """
 from __future__ import annotations
 
@@ -20,8 +22,25 @@ from experiments.benchmarks.common import fmt, measure, write_json
 search = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config"))
 
 
+HIDDEN = 32  # make_model("mlp")'s hidden width
+
+
+def search_flops(width: int, classes: int, batch: int, steps: int, hidden: int = HIDDEN) -> float:
+    """Returns the counted FLOP of a T-step search: per sample and step, a forward pass and the input gradient,
+    each 2·(D·H + H·K) multiply-adds' worth (the parameters get no gradient)."""
+    return 2 * 2 * (width * hidden + hidden * classes) * batch * steps
+
+
+def matmul_flops_per_s(n: int, repeats: int) -> dict[str, float]:
+    """Returns {"flops_per_s", "seconds"}: the best float32 (n, n) @ (n, n) rate on the default device."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    t = measure(lambda: matmul(a), repeats=repeats)
+    return {"n": n, "flops_per_s": 2 * n ** 3 / t["min"], "seconds": t}
+
+
 def run_case(width: int, classes: int, batch: int, steps: int, repeats: int, loop_samples: int) -> dict:
-    """Returns timings (seconds) and counterfactuals/second for both designs on one MLP width."""
+    """Returns timings (seconds), counterfactuals/second and counted FLOP/s for both designs on one MLP width."""
     apply_fn, params = make_model("mlp", width, classes, jax.random.key(0))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, width)), jnp.float32)
     target = (jnp.argmax(apply_fn(params, x), -1) + 1) % classes
@@ -38,7 +57,13 @@ def run_case(width: int, classes: int, batch: int, steps: int, repeats: int, loo
     looped = {k: v * scale for k, v in looped.items()}
     return {"width": f"{width}->32->{classes}", "batch": batch, "steps": steps, "vmapped_s": vmapped,
             "per_sample_loop_s": looped, "vmapped_cf_per_s": batch / vmapped["median"],
+            "vmapped_flops_per_s": search_flops(width, classes, batch, steps) / vmapped["median"],
             "loop_cf_per_s": batch / looped["median"], "speedup": looped["median"] / vmapped["median"]}
+
+
+def classes_for(width: int) -> int:
+    """Returns the classes of the benchmark's MLP for an input width: 10 for MNIST-sized inputs, else 2."""
+    return 10 if width >= 784 else 2
 
 
 def main(argv=None) -> list[dict]:
@@ -47,10 +72,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop-samples", type=int, default=200, help="factuals timed in the per-sample loop")
+    parser.add_argument("--widths", type=int, nargs="+", default=[2, 784],
+                        help="input widths (2 classes below 784 features, 10 at 784 and above)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    rows = [run_case(w, k, args.batch, args.steps, args.repeats, min(args.loop_samples, args.batch))
-            for w, k in ((2, 2), (784, 10))]
+    rows = [run_case(w, classes_for(w), args.batch, args.steps, args.repeats, min(args.loop_samples, args.batch))
+            for w in args.widths]
     print("| MLP | batch | T | vmapped ms (median [min–max]) | per-sample loop ms | CF/s vmapped | CF/s loop | speed-up |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

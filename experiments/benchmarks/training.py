@@ -3,10 +3,13 @@
     python -m experiments.benchmarks.training [--datasets circles adult --seeds 10 --json out.json]
 
 Every figure is post-compile unless it says "compile"; each is min/median/max over repeats.
+`fit_many_scaling` (K = 1 … 1000 seeds through `fit_many`) and `long_run` (one `fit`) time whole calls,
+compilation included, for the device check.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import jax
@@ -106,6 +109,75 @@ def many_vs_sequential(name: str, k: int, epochs: int, repeats: int) -> dict:
             "vmapped_compile_s": compile_many, "speedup": t_seq["median"] / t_many["median"],
             "fit_epochs": config.epochs, "fit_sequential_s": fit_seq, "fit_many_s": fit_vmap,
             "fit_speedup": fit_seq["median"] / fit_vmap["median"]}
+
+
+def _stacked_params(apply_init, k: int):
+    # One jitted, vmapped initialisation: K = 1000 separate inits would cost seconds of dispatch.
+    return jax.jit(jax.vmap(apply_init))(jax.random.split(jax.random.key(0), k))
+
+
+def _epoch_seconds(history: list[dict], k: int) -> list[float]:
+    """Returns each epoch's wall time of a fit_many call (its logs give every run an equal share, time_s)."""
+    return [h["time_s"] * k for h in history]
+
+
+def fit_many_scaling(name: str, ks, epochs: int, subsample: int | None = None,
+                     deadline: float | None = None) -> list[dict]:
+    """Returns one row per K: wall times of `fit_many` on K seeds of a CT run of `name` (the paper's settings).
+
+    Each row holds the first epoch (compilation included), the median later epoch, the whole call and the
+    projected 100-epoch call.
+
+    With a `deadline` (time.perf_counter() value), a K whose projected call would pass it runs fewer epochs
+    (at least 2), and is skipped when even that would not fit.
+    """
+    config, data, tc, apply_fn, params, pool, x, y = _setup(name, "full")
+    if subsample:
+        data = data.subsample(subsample, seed=0)
+    init = lambda key: make_model("mlp", data.num_features, data.num_classes, key)[1]
+    rows, last = [], None
+    for k in ks:
+        run_epochs = epochs
+        if deadline is not None and last is not None:
+            left = deadline - time.perf_counter()
+            # Linear in K from the last K: pessimistic where the device has room to spare.
+            per_epoch = (last["epoch_s"] or last["first_epoch_s"]) * k / last["k"]
+            run_epochs = min(epochs, int((left - 2 * last["first_epoch_s"]) / max(per_epoch, 1e-9)))
+            if run_epochs < min(2, epochs):
+                rows.append({"k": k, "skipped": f"would not finish before the deadline ({left:.0f} s left)"})
+                continue
+        states = create_train_states(apply_fn, _stacked_params(init, k), weights=loss_weights(config),
+                                     learning_rate=config.learning_rate)
+        t0 = time.perf_counter()
+        _, histories = fit_many(states, data, tc.replace(epochs=run_epochs, ce_per_batch=None), seeds=range(k),
+                                progress=False)
+        total = time.perf_counter() - t0
+        times = _epoch_seconds(histories[0], k)
+        steady = statistics.median(times[1:]) if len(times) > 1 else None  # the first epoch holds the compile
+        last = {"k": k, "epochs": run_epochs, "first_epoch_s": times[0], "epoch_s": steady, "total_s": total,
+                "projected_100_epochs_s": None if steady is None else times[0] + 99 * steady,
+                "epoch_ms_per_run": None if steady is None else 1e3 * steady / k,
+                "train_size": len(data.x_train), "batch_size": tc.batch_size, "n_ce": tc.n_ce}
+        rows.append(last)
+    return rows
+
+
+def long_run(name: str, epochs: int, subsample: int | None = None) -> dict:
+    """Returns the wall time of one `fit` CT run of `name` (the paper's settings), compilation included.
+
+    Also its first and median later epoch, final test accuracy and share of converged counterfactuals.
+    """
+    config, data, tc, apply_fn, params, pool, x, y = _setup(name, "full")
+    if subsample:
+        data = data.subsample(subsample, seed=0)
+    state = create_train_state(apply_fn, params, weights=loss_weights(config), learning_rate=config.learning_rate)
+    t0 = time.perf_counter()
+    _, history = fit(state, data, tc.replace(epochs=epochs, ce_per_batch=None), progress=False)
+    total = time.perf_counter() - t0
+    times = [h["time_s"] for h in history]
+    return {"dataset": name, "epochs": epochs, "total_s": total, "first_epoch_s": times[0],
+            "epoch_s": statistics.median(times[1:]) if len(times) > 1 else None,
+            "test_accuracy": history[-1].get("test_accuracy"), "converged": history[-1].get("converged")}
 
 
 def main(argv=None) -> dict:

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from ctrain import attacks, constraints as cons, metrics
+from ctrain.progress import progress as progress_display
 from ctrain.search import SearchConfig, explain, get_generator, predict, search_units
 
 MEDIAN = "median"  # ProtocolConfig.mmd_length_scale: the median heuristic, per target class
@@ -221,11 +222,8 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
     n, j = protocol.n_individuals, protocol.n_rounds
     k_mmd = min(n, protocol.mmd_samples)
 
-    records, summary = [], []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(models) * len(protocol.lambda_energy), desc="evaluate", unit="search")
+    records, summary, done = [], [], 0
+    bar = progress_display(progress, len(models) * len(protocol.lambda_energy), "evaluate", unit="search")
     for name, (apply_fn, params, aux) in unpacked.items():
         predicted = predict(apply_fn, params, x_test, chunk_size=protocol.chunk_size)
         pools = [np.flatnonzero(predicted == a) for a in factual_class]
@@ -274,7 +272,8 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
                 _no_nan(rec, f"model {name!r}, round {r}, lambda_energy {lam}")
                 per_lambda.append(rec)
             if bar is not None:
-                bar.update(1)
+                done += 1
+                bar.update(done, {"model": name, "λ_energy": f"{lam:g}"})
         records.extend(per_lambda)
         for r in range(j):
             rows = [rec for rec in per_lambda if rec["round"] == r]

@@ -15,7 +15,6 @@ import functools
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from typing import Any, Callable, TextIO
@@ -33,6 +32,7 @@ from ctrain.objective import (CounterfactualBatch, LossWeights, PositivePool, ch
                               make_training_batch, objective_weights, positive_pool)
 from ctrain.search import SearchConfig
 from ctrain import sharding
+from ctrain.progress import PLAIN_LINES, progress as progress_display
 
 
 @flax.struct.dataclass
@@ -407,59 +407,6 @@ def _epoch_logs(metrics: dict, k: int) -> dict[str, np.ndarray]:
     return out
 
 
-# Without a terminal, progress is a plain line every ceil(epochs / PLAIN_LINES) epochs and at the last one.
-PLAIN_LINES = 10
-
-
-def _interactive(stream) -> bool:
-    # A notebook's stderr is no TTY, but tqdm.auto draws a widget there rather than carriage-return frames.
-    if stream in (sys.stderr, sys.stdout) and "ipykernel" in sys.modules:
-        return True
-    isatty = getattr(stream, "isatty", None)
-    return bool(isatty and isatty())
-
-
-class _Progress:
-    """Per-epoch progress of one run: a tqdm bar on a terminal or in a notebook, else plain lines.
-
-    In a file or a pipe it writes one line every `every` epochs and at the last, so a redirected log holds
-    lines rather than a carriage-return frame per update.
-    """
-
-    def __init__(self, stream, total: int, initial: int, desc: str):
-        self.stream, self.total, self.desc = stream, total, desc
-        self.every = max(1, math.ceil(total / PLAIN_LINES))
-        self.bar = None
-        if _interactive(stream):
-            from tqdm.auto import tqdm
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="epoch", file=stream)
-
-    def update(self, epoch: int, log: dict) -> None:
-        """Shows the log of `epoch` (1-based): advances the bar, or writes a line when the epoch is due."""
-        shown = _postfix(log)
-        if self.bar is not None:
-            self.bar.set_postfix(shown)
-            self.bar.update(1)
-        elif epoch % self.every == 0 or epoch == self.total:
-            fields = "  ".join(f"{k} {v}" for k, v in shown.items())
-            self.stream.write(f"{self.desc} epoch {epoch}/{self.total}  {fields}  {log['time_s']:.2f} s/epoch\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _progress(progress, total: int, initial: int, desc: str) -> _Progress | None:
-    """Returns the progress display `progress` asks for (True: stderr, a text stream, or False/None: none)."""
-    if progress is None or progress is False or jax.process_index() != 0:  # multi-host: process 0 reports
-        return None
-    stream = sys.stderr if progress is True else progress
-    if not callable(getattr(stream, "write", None)):
-        raise TypeError(f"progress must be True, False or a text stream with .write(), got {type(progress).__name__}")
-    return _Progress(stream, total, initial, desc)
-
-
 def _prepare_run(state: TrainState, dataset, config: TrainConfig, constraints):
     """Returns (config with ce_per_batch set, constraints, PositivePool) after checking model, data and config agree."""
     if not isinstance(config, TrainConfig):
@@ -567,7 +514,7 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
                        donate_argnums=(0,))
     accuracy = jax.jit(_accuracy_fn(state.apply_fn))
 
-    shown = _progress(progress, config.epochs, start_epoch, f"{dataset.name}/{config.objective}")
+    shown = progress_display(progress, config.epochs, f"{dataset.name}/{config.objective}", initial=start_epoch)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         use_ct = config.needs_counterfactuals and epoch >= config.burnin_epochs
@@ -588,7 +535,7 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
             if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
                 manager.save(state, epoch + 1, history)
         if shown is not None:
-            shown.update(epoch + 1, log)
+            shown.update(epoch + 1, _postfix(log), f"{log['time_s']:.2f} s/epoch")
     if shown is not None:
         shown.close()
     return state, history
@@ -722,7 +669,7 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
     histories: list[list[dict]] = [[] for _ in range(k)]
     desc = f"{dataset.name}/{config.objective} x{k}" + (f" ({len(chunks)} programs of {size})" if len(chunks) > 1
                                                         else "")
-    shown = _progress(progress, config.epochs, 0, desc)
+    shown = progress_display(progress, config.epochs, desc)
     for e in range(config.epochs):
         t0 = time.perf_counter()
         use_ct = config.needs_counterfactuals and e >= config.burnin_epochs
@@ -740,7 +687,8 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
                                       for name, v in logs.items()}, "time_s": elapsed / k}
             histories[i].append(log)
         if shown is not None:
-            shown.update(e + 1, {**{name: float(np.mean(v)) for name, v in logs.items()}, "time_s": elapsed})
+            shown.update(e + 1, _postfix({name: float(np.mean(v)) for name, v in logs.items()}),
+                         f"{elapsed:.2f} s/epoch")
     if shown is not None:
         shown.close()
     return _join_runs(chunks, k), histories

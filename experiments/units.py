@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import jax
@@ -149,6 +150,19 @@ def tables(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_section(path: str, name: str, text: str) -> None:
+    """Writes `text` into the file at `path` between <!-- name:start --> / <!-- name:end --> markers (appended if absent)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    body = open(path).read() if os.path.exists(path) else ""
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in body and end in body:
+        body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
+    else:
+        body = body.rstrip() + "\n\n" + block + "\n"
+    with open(path, "w") as f:
+        f.write(body)
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -163,6 +177,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="circles, raw and standardized, 20 epochs, 10 rounds")
     parser.add_argument("--out", default=os.path.join("results", "units"))
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--results-md", default=None, help="also write the tables into this file (e.g. RESULTS.md)")
+    parser.add_argument("--section", default="units", help="the marked section of --results-md to (re)write")
     args = parser.parse_args(argv)
     if args.quick:
         args.datasets, args.copies, args.epochs, args.rounds, args.seeds = ["circles"], ["raw", "standardized"], 20, \
@@ -182,8 +198,13 @@ def main(argv=None) -> list[dict]:
                                 "wall_s": time.perf_counter() - t1})
                 print(tables(results[-1:]).splitlines()[2], flush=True)
     text = tables(results)
+    command = "python -m experiments.units " + " ".join(argv if argv is not None else sys.argv[1:])
     with open(os.path.join(args.out, "units.md"), "w") as f:
-        f.write(f"Command: `python -m experiments.units {' '.join(argv or [])}`\n\n{text}\n")
+        f.write(f"Command: `{command}`\n\n{text}\n")
+    if args.results_md:
+        machine = f"{os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}"
+        write_section(args.results_md, args.section, f"Made by `{command}` in {(time.perf_counter() - t0) / 60:.0f} "
+                                                     f"min ({machine}).\n\n{text}")
     with open(os.path.join(args.out, "units.json"), "w") as f:
         json.dump({"args": vars(args), "results": results, "wall_s": time.perf_counter() - t0}, f, indent=1,
                   allow_nan=False)

@@ -300,3 +300,18 @@ def test_evaluate_model_and_record_files(tmp_path):
     assert text[0] == "a,b,c" and text[1] == "1,n/a," and text[2] == "2,,3.5"
     json_path = write_records(str(tmp_path / "r.json"), [{"a": np.float32(1.5)}])
     assert open(json_path).read().replace(" ", "").replace("\n", "") == '[{"a":1.5}]'
+
+
+def test_progress_into_a_log_file_is_plain_lines_not_carriage_return_frames():
+    import io
+    from ctrain.progress import PLAIN_LINES
+    x, y = _data()
+    log = io.StringIO()
+    many = ProtocolConfig(n_rounds=2, n_individuals=4, lambda_energy=tuple(0.1 * i for i in range(1, 13)),
+                          max_steps=5, ip_samples=10, mmd_samples=4)
+    evaluate_explainability(MODELS, x, y, num_classes=2, protocol=many, progress=log)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and 1 <= len(lines) <= PLAIN_LINES + 1
+    assert lines[-1].startswith("evaluate search 24/24")
+    with pytest.raises(TypeError, match="progress must be True, False or a text stream"):
+        evaluate_explainability(MODELS, x, y, num_classes=2, protocol=many, progress="yes")

@@ -40,8 +40,11 @@ CATEGORICAL_MODES = ("relaxed", "straight_through", "snap")
 class SearchConfig:
     """Hyperparameters of the search (hashable, so it can be a static jit argument).
 
-    Defaults are the reference's training-time ECCo search: T = 30 SGD steps of size 0.1,
-    λ_cost = 0.001, λ_energy = 5 with the decaying schedule, AE ball ε = 0.3 (L∞).
+    Defaults are the reference's training-time ECCo search (T = 30 SGD steps of size 0.1, λ_cost = 0.001,
+    λ_energy = 5 with the decaying schedule, AE ball ε = 0.3 L∞) made units-aware: the step, the ball and the
+    cost are measured in feature standard deviations and each step has length 0.1 there; one-hot groups are
+    searched straight-through, so counterfactuals hold real categories. `SearchConfig.reference()` gives the
+    reference implementation's search exactly (paper parity).
     """
 
     generator: str = "ecco"
@@ -64,8 +67,11 @@ class SearchConfig:
     # How one-hot groups are searched (see CATEGORICAL_MODES): "relaxed" (reference parity: no snapping),
     # "straight_through" (snapped forward pass and τ, gradient into the relaxation), "snap" (snap every step).
     categorical: str = "straight_through"
-    units: str = "absolute"  # "absolute" (reference) or "std": step, ε and cost in units of each feature's scale
-    step_rule: str = "gradient"  # "gradient" (reference: Δ = −η∇) or "normalized" (every step has length η)
+    # Units-aware by default (the reference: "absolute", "gradient"): step, ε-ball and cost are measured in each
+    # feature's training standard deviation (Constraints.scale), and every step has length η there, so the
+    # search walks to τ in the same number of steps whatever the units of the data (README: "Defaults").
+    units: str = "std"
+    step_rule: str = "normalized"  # "gradient" (reference: Δ = −η∇) or "normalized" (every step has length η)
     vae_latent: int = 2  # REVISE only: the VAE architecture whose params come in `aux["vae_params"]`
     vae_hidden: int = 16
 

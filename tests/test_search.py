@@ -23,7 +23,9 @@ def linear(p, x):
 
 
 PARAMS = {"w": W}
-GENERIC = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.9, max_steps=200, step_size=0.1)
+# The reference's absolute gradient steps, whose recursion the known answers below replay.
+GENERIC = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.9, max_steps=200, step_size=0.1,
+                       units="absolute", step_rule="gradient")
 
 
 def test_energy_is_negative_target_logit():
@@ -531,7 +533,7 @@ def _categorical_problem():
 def test_straight_through_reaches_tau_with_real_categories_where_snapping_every_step_stalls(onehot):
     w, c, x = _categorical_problem()
     base = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.9, max_steps=20, step_size=10.0,
-                        onehot=onehot)
+                        onehot=onehot, units="absolute", step_rule="gradient")
     results = {mode: search_counterfactuals(linear, {"w": w}, x, jnp.ones(4, jnp.int32), jax.random.key(0),
                                             base.replace(categorical=mode), c)
                for mode in ("straight_through", "snap", "relaxed")}

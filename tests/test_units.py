@@ -80,7 +80,8 @@ def test_normalised_steps_walk_where_the_reference_step_jumps():
     w = jnp.array([[0.0, 20.0], [0.0, 0.0]])
     c = cons.make_constraints(2, scale=np.array([2.0, 2.0]))
     x = jnp.array([[-0.5, 0.3], [-0.5, -0.7]])
-    base = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.6, step_size=0.1, max_steps=30)
+    base = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.6, step_size=0.1, max_steps=30,
+                        units="absolute", step_rule="gradient")
     jump = search_counterfactuals(linear, w, x, jnp.ones(2, jnp.int32), jax.random.key(0), base, c)
     walk = search_counterfactuals(linear, w, x, jnp.ones(2, jnp.int32), jax.random.key(0),
                                   base.replace(units="std", step_rule="normalized"), c)

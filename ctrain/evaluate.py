@@ -61,6 +61,9 @@ class ProtocolConfig:
     # The test-time search's units (SearchConfig.units) and those of cost, IP and IP*: "std" measures every
     # distance in each feature's standard deviation (Constraints.scale), which makes the protocol scale-free.
     units: str = "absolute"
+    # The test-time search's step (SearchConfig.step_rule). Pinned to the reference's rather than inherited from
+    # SearchConfig, so a change of the library's training-time defaults never changes what the protocol measures.
+    step_rule: str = "gradient"
 
     def __post_init__(self):
         def bad(name, requirement):
@@ -111,7 +114,7 @@ class ProtocolConfig:
         """Returns the SearchConfig of the test-time generator at one λ_energy."""
         return SearchConfig(generator=self.generator, max_steps=self.max_steps, step_size=self.step_size,
                             threshold=self.threshold, lambda_cost=self.lambda_cost, lambda_energy=lambda_energy,
-                            categorical=self.categorical, units=self.units)
+                            categorical=self.categorical, units=self.units, step_rule=self.step_rule)
 
 
 # "violations" is the mean count of broken constraints per counterfactual over all of a round's counterfactuals

@@ -106,6 +106,7 @@ def test_bad_protocol_input_raises():
     ("n_individuals", 2.5, r"n_individuals must be an integer >= 1, got 2\.5"),
     ("mmd_samples", 1, r"mmd_samples must be an integer >= 2.*got 1"),
     ("seed", -1, r"seed must be an integer >= 0, got -1"),
+    ("step_rule", "adam", r"step_rule"),
 ])
 def test_protocol_config_rejects_bad_values_naming_the_field_and_the_value(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -117,6 +118,18 @@ def test_protocol_config_accepts_and_normalises_good_values():
     assert config.lambda_energy == (1.0, 2.5) and type(config.mmd_length_scale) is float
     assert ProtocolConfig(mmd_length_scale="median").mmd_length_scale == "median"
     hash(config)  # hashable: it can key caches
+
+
+def test_protocol_search_is_the_references_whatever_the_library_defaults():
+    # The training-time SearchConfig defaults (units-aware, normalised steps) must not leak into the protocol.
+    search = ProtocolConfig().search_config(1.0)
+    assert (search.step_rule, search.units, search.categorical) == ("gradient", "absolute", "relaxed")
+    x, y = _data()
+    base = {**SMALL.__dict__, "lambda_energy": (1.0,), "n_rounds": 2}
+    runs = {rule: evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2,
+                                          protocol=ProtocolConfig(**{**base, "step_rule": rule}))
+            for rule in ("gradient", "normalized")}
+    assert runs["gradient"]["summary"] != runs["normalized"]["summary"]  # the field reaches the search
 
 
 def test_subsample_mask_takes_all_or_a_uniform_subset_without_replacement():

@@ -3,8 +3,13 @@
 `train_and_evaluate(config, workdir)` is the library behind `python -m experiments.reproduce` and
 the grid driver. It checks the config against the loaded data (`check_run`) before any training,
 then writes, under `workdir`: config.json, histories.json, per-seed protocol records (rounds.csv,
-summary.csv), robustness.json, plots, and returns a `results` dict with the comparison rows the tables
-are made of.
+summary.csv), robustness.json (every seed), ig_rounds.json (the IG sensitivity rounds of Table 2),
+plots (training curves, decision surfaces, robust accuracy over seeds, image counterfactuals and IG maps),
+and returns a `results` dict with the comparison rows the tables are made of.
+
+With `generator=revise` a VAE of the reference's architecture is trained on the training inputs first
+(`train_vae_aux`) and passed to every counterfactual-training run as `aux={"vae_params": ...}`; the
+test-time protocol searches with ECCo (the reference's), which needs no VAE.
 
 Every JSON file is strict JSON: a figure that cannot be computed (a comparison with no usable round, a
 non-finite value) is null, and a comparison's "note" (or the results' "notes") says why.
@@ -22,8 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctrain.data import Dataset, load_dataset
+from ctrain import metrics
 from ctrain.evaluate import ProtocolConfig, compare, evaluate_explainability, evaluate_model, write_records
-from ctrain.models import make_model
+from ctrain.models import make_model, train_vae
 from ctrain.objective import LossWeights, check_loss_weights
 from ctrain.search import SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
@@ -55,23 +61,53 @@ def loss_weights(config: ExperimentConfig, *, mutability: bool = False) -> LossW
     return LossWeights(clf=config.lambda_clf, div=config.lambda_div, reg=lambda_reg, adv=lambda_adv)
 
 
-def search_config(config: ExperimentConfig) -> SearchConfig:
-    """Returns the training-time search settings of the config."""
-    return SearchConfig(generator=config.generator, max_steps=config.max_steps, step_size=config.step_size,
-                        threshold=config.tau, epsilon=config.epsilon, lambda_cost=config.lambda_cost,
-                        lambda_energy=config.lambda_energy)
+def vae_architecture(num_features: int) -> tuple[int, int]:
+    """Returns the reference's REVISE VAE (latent, hidden) for data of num_features: (2, 16) if 2-D, else (4, 32)."""
+    return (2, 16) if num_features == 2 else (4, 32)  # paper/experiments/dev/train_vae.jl
 
 
-def train_config(config: ExperimentConfig, objective: str) -> TrainConfig:
+def search_config(config: ExperimentConfig, num_features: int | None = None) -> SearchConfig:
+    """Returns the training-time search settings of the config (REVISE: the VAE of data with num_features).
+
+    The reproduction searches as the reference does (`SearchConfig.reference`: raw input gradient, steps, ε and
+    cost in the data's own units), except for the one-hot mode, which is the config's `categorical`.
+    """
+    vae = {}
+    if config.generator == "revise" and num_features is not None:
+        vae = dict(zip(("vae_latent", "vae_hidden"), vae_architecture(num_features)))
+    return SearchConfig.reference(generator=config.generator, max_steps=config.max_steps, step_size=config.step_size,
+                                  threshold=config.tau, epsilon=config.epsilon, lambda_cost=config.lambda_cost,
+                                  lambda_energy=config.lambda_energy, categorical=config.categorical, **vae)
+
+
+def train_config(config: ExperimentConfig, objective: str, num_features: int | None = None) -> TrainConfig:
     """Returns the TrainConfig of one objective (the λ's and learning rate go on the state: `loss_weights`)."""
-    return TrainConfig(objective=objective, search=search_config(config), n_ce=config.n_ce, schedule=config.schedule,
-                       burnin=config.burnin, epochs=config.epochs, batch_size=config.batch_size, shuffle=config.shuffle)
+    return TrainConfig(objective=objective, search=search_config(config, num_features), n_ce=config.n_ce,
+                       schedule=config.schedule, burnin=config.burnin, epochs=config.epochs,
+                       batch_size=config.batch_size, shuffle=config.shuffle)
+
+
+def train_vae_aux(config: ExperimentConfig, data: Dataset) -> dict | None:
+    """Returns {"vae_params": VAE params} for `generator=revise` (else None): one VAE per dataset, as the reference.
+
+    The VAE has the reference's architecture (`vae_architecture`), is fitted to the training inputs with
+    `ctrain.models.train_vae`'s defaults (50 epochs, batch 64, Adam 1e-3) and seeded by the config's first seed.
+    """
+    if config.generator != "revise":
+        return None
+    latent, hidden = vae_architecture(data.num_features)
+    params = train_vae(data.x_train, jax.random.key(config.seeds[0]), latent=latent, hidden=hidden,
+                       batch_size=min(64, len(data.x_train)))
+    return {"vae_params": params}
 
 
 def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, mutability: bool = False,
-                progress: bool = True) -> tuple[list[tuple], list[list[dict]], float]:
-    """Returns ([(apply_fn, params)] per seed, histories, wall seconds): all seeds trained as one vmapped program."""
-    tc = train_config(config, objective)
+                progress: bool = True, aux: dict | None = None) -> tuple[list[tuple], list[list[dict]], float]:
+    """Returns ([(apply_fn, params)] per seed, histories, wall seconds): all seeds trained as one vmapped program.
+
+    `aux` reaches the training search (REVISE's {"vae_params": ...}); the vanilla objective searches nothing.
+    """
+    tc = train_config(config, objective, data.num_features)
     extra = {"image_shape": data.image_shape} if config.model == "lenet5" and data.image_shape else {}
     apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = [make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1]
@@ -81,7 +117,7 @@ def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, muta
                                  weights=loss_weights(config, mutability=mutability))
     t0 = time.perf_counter()
     states, histories = fit_many(states, data, tc, seeds=config.seeds, constraints=data.constraints(),
-                                 progress=progress)
+                                 progress=progress, aux=aux if tc.needs_counterfactuals else None)
     jax.block_until_ready(states.params)
     wall = time.perf_counter() - t0
     models = [(apply_fn, jax.tree.map(lambda a, i=i: a[i], states.params)) for i in range(len(config.seeds))]
@@ -93,7 +129,7 @@ def protocol_config(config: ExperimentConfig, *, threshold: float, seed: int) ->
     return ProtocolConfig(n_rounds=config.eval_rounds, n_individuals=config.eval_individuals,
                           lambda_energy=config.eval_lambda_energy, max_steps=config.eval_max_steps,
                           threshold=threshold, ip_samples=config.ip_samples, mmd_samples=config.mmd_samples,
-                          mmd_length_scale=config.mmd_length_scale, seed=seed)
+                          mmd_length_scale=config.mmd_length_scale, categorical=config.categorical, seed=seed)
 
 
 def _pool(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
@@ -221,9 +257,90 @@ def mechanism_health(histories: dict[str, list[list[dict]]]) -> dict:
     return out
 
 
+CATEGORICAL_LABELS = {"relaxed": "relaxed", "straight_through": "straight-through", "snap": "snap"}
+
+
+def run_label(config: ExperimentConfig, data: Dataset) -> str:
+    """Returns the row label of a run: the dataset, with the one-hot search mode when the data has one-hot groups."""
+    if data.schema.groups:
+        return f"{config.dataset} ({CATEGORICAL_LABELS.get(config.categorical, config.categorical)})"
+    return config.dataset
+
+
+def robust_spread(per_seed: list[dict]) -> dict:
+    """Returns the seeds' robustness curves summarised: accuracy and, per attack, mean/std/min/max over seeds per ε."""
+    out = {"n_seeds": len(per_seed), "accuracy": _spread([r["accuracy"] for r in per_seed])}
+    for attack in ("fgsm", "pgd"):
+        curves = [r[attack] for r in per_seed if attack in r]
+        if curves:
+            values = np.array([c["accuracy"] for c in curves], np.float64)  # (seeds, ε)
+            out[attack] = {"epsilon": curves[0]["epsilon"], "mean": values.mean(0).tolist(),
+                           "std": values.std(0).tolist(), "min": values.min(0).tolist(), "max": values.max(0).tolist()}
+    return out
+
+
+def _spread(values) -> dict:
+    values = np.asarray(values, np.float64)
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+            "max": float(values.max())}
+
+
+def robustness_over_seeds(config: ExperimentConfig, data: Dataset, trained: dict, labels) -> dict:
+    """Returns {label: robust_spread(...) with "per_seed"}: every seed's FGSM/PGD curves on the same test rows."""
+    x_r, y_r = data.x_test[: config.robust_samples], data.y_test[: config.robust_samples]
+    out = {}
+    for label in labels:
+        per_seed = [evaluate_model(apply_fn, params, x_r, y_r, key=jax.random.key(seed),
+                                   max_samples=config.robust_samples)
+                    for (apply_fn, params), seed in zip(trained[label], config.seeds)]
+        out[label] = {**robust_spread(per_seed), "per_seed": per_seed}
+    return out
+
+
+def ig_sensitivity(config: ExperimentConfig, data: Dataset, models: dict[str, list[tuple]],
+                   protected_mask) -> tuple[dict, dict]:
+    """Returns ({label: {"median", "ci_low", "ci_high", "n_rounds"}}, {label: per-round values}): the paper's Table 2.
+
+    Per seed, every model is scored on the same bootstrap rounds and baselines (the reference draws the
+    rounds' rows once per dataset): `ctrain.metrics.ig_sensitivity_rounds` on the test set, with the
+    seed's key; the rounds of all seeds are pooled and summarised by their median and 2.5%/97.5% quantiles.
+    """
+    rounds: dict[str, list[float]] = {label: [] for label in models}
+    for i, seed in enumerate(config.seeds):
+        key = jax.random.fold_in(jax.random.key(seed), 2)  # its own stream: the protocol's draws stay as they were
+        for label, per_seed in models.items():
+            apply_fn, params = per_seed[i]
+            _, values = metrics.ig_sensitivity_rounds(apply_fn, params, data.x_test, data.y_test, protected_mask, key,
+                                                      n_rounds=config.ig_rounds, n_samples=config.ig_samples,
+                                                      n_steps=config.ig_steps)
+            rounds[label] += np.asarray(values, np.float64).tolist()
+    return {label: median_ci(values) for label, values in rounds.items()}, rounds
+
+
+def median_ci(values) -> dict:
+    """Returns {"median", "ci_low", "ci_high", "n_rounds", "n_infinite"} of per-round values: median and 95% quantiles.
+
+    Quantiles interpolate linearly, as Julia's `quantile` (the reference); a round whose standardised
+    sensitivity is infinite (zero spread of its mean attributions) counts, and then the quantiles take the
+    nearest round instead, since interpolating between two infinite rounds is undefined.
+    """
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return {"median": None, "ci_low": None, "ci_high": None, "n_rounds": 0, "n_infinite": 0,
+                "note": "no rounds"}
+    n_inf = int(np.isinf(v).sum())
+    method = "linear" if n_inf == 0 else "nearest"
+    low, median, high = (float(q) for q in np.quantile(v, [0.025, 0.5, 0.975], method=method))
+    out = {"median": median, "ci_low": low, "ci_high": high, "n_rounds": int(v.size), "n_infinite": n_inf}
+    if n_inf:
+        out["note"] = (f"{n_inf} of {v.size} rounds had the same mean attribution on every feature (zero spread), "
+                       "so their standardised sensitivity is infinite")
+    return out
+
+
 def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset | None = None, ablation: bool = False,
                        progress: bool = True, plots: bool = True) -> dict:
-    """Returns the results dict of one dataset (comparisons, accuracies, timings) and writes its files.
+    """Returns the results dict of one dataset (comparisons, accuracies, IG, robustness, timings) and writes its files.
 
     `data` is the config's dataset already loaded (e.g. by `load_data` while validating many configs);
     it is loaded here otherwise. The config is checked against the data before anything is trained or written.
@@ -238,15 +355,20 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
     protected = protected_names(config, loaded)
     data_protected = data.with_mutability(**{p: "immutable" for p in protected})
 
+    timings = {}
+    t0 = time.perf_counter()
+    aux = train_vae_aux(config, data)  # None unless generator=revise; one VAE serves every run of the dataset
+    if aux is not None:
+        timings["train_vae_s"] = time.perf_counter() - t0
     objectives = ["vanilla", "full"] + (["energy", "adversarial"] if ablation else [])
-    trained, histories, timings = {}, {}, {}
+    trained, histories = {}, {}
     for objective in objectives:
         label = LABELS[objective]
         trained[label], histories[label], timings[f"train_{label}_s"] = train_seeds(config, data, objective,
-                                                                                    progress=progress)
+                                                                                    progress=progress, aux=aux)
     if protected:
         trained["CT_mut"], histories["CT_mut"], timings["train_CT_mut_s"] = train_seeds(
-            config, data_protected, "full", mutability=True, progress=progress)
+            config, data_protected, "full", mutability=True, progress=progress, aux=aux)
     history_notes = write_json(os.path.join(workdir, "histories.json"), histories)
 
     t0 = time.perf_counter()
@@ -271,32 +393,46 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
             cost.append(res_mut["summary"])
     timings["evaluate_s"] = time.perf_counter() - t0
 
-    pooled = _pool(plaus, config.eval_rounds)
+    pooled, pooled_cost = _pool(plaus, config.eval_rounds), _pool(cost, config.eval_rounds)
     comparisons = {}
     for label in labels[1:]:
         comparisons[label] = {m: comparison(pooled, m, treatment=label) for m in ("ip", "ip_star", "cost", "validity")}
     comparisons["CT"]["cost_protected"] = (
-        comparison(_pool(cost, config.eval_rounds), "cost", treatment="CT") if cost
+        comparison(pooled_cost, "cost", treatment="CT") if cost
         else not_run("cost", "CT", "not run: the dataset has no protected features (set protected=NAME,...)"))
     accuracy = {label: [h[-1]["test_accuracy"] for h in histories[label]] for label in histories}
     validity = {label: _mean_metric(pooled, label, "validity") for label in labels}
+    validity_protected = {label: _mean_metric(pooled_cost, label, "validity") for label in ("CT", "BL")} if cost else {}
+
+    ig = {}
+    if protected:
+        # The reference scores the models of its mutability runs: BL and CT trained with the features protected.
+        t0 = time.perf_counter()
+        ig, ig_rounds = ig_sensitivity(config, data, {"CT": trained["CT_mut"], "BL": trained["BL"]},
+                                       data_protected.schema.protected())
+        write_json(os.path.join(workdir, "ig_rounds.json"), ig_rounds)
+        timings["ig_s"] = time.perf_counter() - t0
 
     robustness = {}
     if config.robustness:
         t0 = time.perf_counter()
-        x_r, y_r = data.x_test[: config.robust_samples], data.y_test[: config.robust_samples]
-        for label in labels:
-            robustness[label] = evaluate_model(*trained[label][0], x_r, y_r, key=jax.random.key(0),
-                                               max_samples=config.robust_samples)
+        robustness = robustness_over_seeds(config, data, trained, labels)
         timings["robustness_s"] = time.perf_counter() - t0
         write_json(os.path.join(workdir, "robustness.json"), robustness)
+    figures = {}
     if plots:
-        _plots(config, data, trained, labels, robustness, histories, workdir)
+        t0 = time.perf_counter()
+        figures = _plots(config, data, data_protected, trained, labels, robustness, histories, workdir)
+        timings["plots_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     mechanism = mechanism_health(histories)
-    results = {"dataset": config.dataset, "seeds": list(config.seeds), "protected": list(protected),
+    robust_summary = {label: {k: v for k, v in r.items() if k != "per_seed"} for label, r in robustness.items()}
+    results = {"dataset": config.dataset, "label": run_label(config, data), "categorical": config.categorical,
+               "one_hot_groups": len(data.schema.groups), "generator": config.generator,
+               "paper_row": _paper_row(config.dataset), "seeds": list(config.seeds), "protected": list(protected),
                "ablation": ablation, "comparisons": comparisons, "accuracy": accuracy, "validity": validity,
-               "mmd_length_scale": config.mmd_length_scale, "robustness": robustness, "timings": timings,
+               "validity_protected": validity_protected, "ig": ig, "mmd_length_scale": config.mmd_length_scale,
+               "robustness": robust_summary, "figures": figures, "timings": timings,
                "convergence": {label: mechanism[label]["converged"] for label in mechanism}, "mechanism": mechanism}
     notes = [f"histories.json: {n}" for n in history_notes]
     results = json_safe(results, notes)
@@ -305,32 +441,49 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
     return results
 
 
+def _paper_row(dataset: str) -> str:
+    from experiments.configs import PAPER_ROW
+    return PAPER_ROW.get(dataset, dataset)
+
+
 def _mean_metric(summary: list[dict], model: str, metric: str) -> float | None:
     vals = [r[metric] for r in summary if r["model"] == model and r[metric] is not None and math.isfinite(r[metric])]
     return float(np.mean(vals)) if vals else None
 
 
-def _plots(config, data, trained, labels, robustness, histories, workdir) -> None:
-    from experiments import plots
+def _plots(config, data, data_protected, trained, labels, robustness, histories, workdir) -> dict[str, str]:
+    """Writes the dataset's figures; returns {figure: path}."""
+    from experiments import figures, plots
+    out = {}
     first = {label: trained[label][0] for label in labels}
-    plots.plot_training_curves(os.path.join(workdir, "training_curves.png"),
-                               {label: histories[label][0] for label in labels})
-    search = SearchConfig(generator=config.generator, max_steps=config.eval_max_steps, threshold=config.eval_tau,
-                          lambda_cost=0.0, lambda_energy=1.0)
+    out["training_curves"] = plots.plot_training_curves(os.path.join(workdir, "training_curves.png"),
+                                                        {label: histories[label][0] for label in labels})
+    # The test-time search of the protocol (ECCo, λ_energy 1, the protocol's τ and one-hot mode): what is evaluated.
+    search = protocol_config(config, threshold=config.eval_tau, seed=config.seeds[0]).search_config(1.0)
     if data.num_features == 2:
-        plots.plot_decision_surfaces(os.path.join(workdir, "decision_surfaces.png"), data, first,
-                                     key=jax.random.key(0), search_config=search, constraints=data.constraints())
+        out["decision_surfaces"] = plots.plot_decision_surfaces(
+            os.path.join(workdir, "decision_surfaces.png"), data, first, key=jax.random.key(0), search_config=search,
+            constraints=data.constraints())
     if robustness:
-        plots.plot_robust_accuracy(os.path.join(workdir, "robust_accuracy.png"), robustness,
-                                   title=f"{config.dataset}: robust accuracy (seed {config.seeds[0]})")
+        out["robust_accuracy"] = plots.plot_robust_accuracy(
+            os.path.join(workdir, "robust_accuracy.png"), robustness,
+            title=f"{config.dataset}: robust accuracy, mean and range over seeds {list(config.seeds)}")
     if data.image_shape:
         from ctrain.search import explain, predict
         x = data.x_test[:10]
         targets = (predict(*first["BL"], x) + 1) % data.num_classes
         cfs = {label: explain(*first[label], x, targets, key=jax.random.key(1), config=search,
                               constraints=data.constraints(), allow_same_class=True).x_cf for label in labels}
-        plots.plot_counterfactual_grid(os.path.join(workdir, "counterfactual_grid.png"), x, cfs,
-                                       image_shape=data.image_shape, targets=targets, factual_labels=data.y_test[:10])
+        out["counterfactual_grid"] = plots.plot_counterfactual_grid(
+            os.path.join(workdir, "counterfactual_grid.png"), x, cfs, image_shape=data.image_shape, targets=targets,
+            factual_labels=data.y_test[:10])
+        if "CT_mut" in trained:
+            out["ig_maps"] = figures.ig_maps_figure(
+                os.path.join(workdir, "ig_maps.png"), data, {"BL": trained["BL"][0], "CT": trained["CT_mut"][0]},
+                protected_mask=data_protected.schema.protected(), key=jax.random.key(config.seeds[0]),
+                n_steps=config.ig_steps, title=f"{config.dataset}: mean integrated gradients per class "
+                                               f"(seed {config.seeds[0]}; CT trained with the protected rows)")
+    return out
 
 
 def run_metadata() -> dict:

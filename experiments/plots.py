@@ -1,5 +1,5 @@
-"""Figures for the experiments: decision surfaces with counterfactual paths, robust-accuracy curves,
-image counterfactual grids and training curves.
+"""Figures for the experiments: decision surfaces with counterfactual paths, robust-accuracy curves (with
+their spread over seeds), image counterfactual grids, integrated-gradient maps and training curves.
 
 Every function writes one PNG to `path` (creating parent folders), closes its figure and returns `path`.
 """
@@ -29,29 +29,58 @@ def _save(fig, path):
     return path
 
 
+def _panel_constraints(constraints, models, dataset):
+    # One Constraints for every panel, or a mapping name -> Constraints (e.g. a feature immutable in some panels).
+    if constraints is None:
+        return {name: dataset.constraints() for name in models}
+    if isinstance(constraints, dict):
+        missing = [name for name in models if name not in constraints]
+        if missing:
+            raise ValueError(f"constraints is a mapping but has no entry for the panel(s) {missing}")
+        return constraints
+    return {name: constraints for name in models}
+
+
+def _factuals(key, x_test, y_test, n_factuals, target_class):
+    pool = np.arange(len(x_test)) if target_class is None else np.flatnonzero(y_test != target_class)
+    if len(pool) == 0:
+        raise ValueError(f"no test point has a label other than target_class={target_class}")
+    idx = jax.random.choice(key, len(pool), (min(n_factuals, len(pool)),), replace=False)
+    return jnp.asarray(x_test[pool[np.asarray(idx)]])
+
+
 def plot_decision_surfaces(path, dataset, models, *, key, search_config, constraints=None, n_factuals=12,
-                           grid_size=200):
+                           grid_size=200, ncols=None, boundary=False, target_class=None, show="test"):
     """Returns `path` after saving one decision-surface panel per model with the same factuals' counterfactual paths.
 
-    `models` is an ordered dict name -> (apply_fn, params); `constraints` defaults to `dataset.constraints()`.
+    `models` is an ordered dict panel name -> (apply_fn, params) (a model may appear in several panels);
+    `constraints` is one `Constraints` for all panels or a dict panel name -> Constraints, and defaults to
+    `dataset.constraints()`. `ncols` panels per row (default: all in one row); `boundary` draws the p = 0.5
+    decision boundary in green (binary data); `target_class` draws every factual from the other classes and
+    searches towards it (default: a random class ≠ the predicted one); `show` is the split drawn as points.
     """
     if dataset.num_features != 2:
         raise ValueError(f"plot_decision_surfaces needs a 2-D dataset, {dataset.name!r} has "
                          f"{dataset.num_features} features")
     if not models:
         raise ValueError("models is empty: pass at least one name -> (apply_fn, params)")
-    constraints = dataset.constraints() if constraints is None else constraints
+    if show not in ("train", "test"):
+        raise ValueError(f"show must be 'train' or 'test', got {show!r}")
+    panel_constraints = _panel_constraints(constraints, models, dataset)
     k = dataset.num_classes
     x_test, y_test = np.asarray(dataset.x_test, np.float32), np.asarray(dataset.y_test)
+    x_show, y_show = (x_test, y_test) if show == "test" else (np.asarray(dataset.x_train), np.asarray(dataset.y_train))
     f_key, t_key, s_key = jax.random.split(key, 3)
-    idx = jax.random.choice(f_key, len(x_test), (min(n_factuals, len(x_test)),), replace=False)
-    x_f = jnp.asarray(x_test[np.asarray(idx)])
+    x_f = _factuals(f_key, x_test, y_test, n_factuals, target_class)
 
     runs = {}
     for name, (apply_fn, params) in models.items():
-        target = sample_targets(t_key, apply_fn(params, x_f).argmax(-1), k)
-        res, path_cf = search_counterfactuals_jit(apply_fn, params, x_f, target, s_key, search_config, constraints,
-                                        return_path=True)
+        if target_class is None:
+            target = sample_targets(t_key, apply_fn(params, x_f).argmax(-1), k)
+        else:
+            target = jnp.full((x_f.shape[0],), target_class, jnp.int32)
+        res, path_cf = search_counterfactuals_jit(apply_fn, params, x_f, target, s_key, search_config,
+                                                  panel_constraints[name], return_path=True)
         runs[name] = (np.asarray(path_cf), np.asarray(res.converged))
 
     shown = np.concatenate([np.asarray(dataset.x_train), x_test] + [p.reshape(-1, 2) for p, _ in runs.values()])
@@ -61,16 +90,24 @@ def plot_decision_surfaces(path, dataset, models, *, key, search_config, constra
     grid = jnp.asarray(np.stack([g0.ravel(), g1.ravel()], -1), jnp.float32)
     cmap = plt.get_cmap("RdBu_r") if k == 2 else plt.get_cmap("tab10" if k <= 10 else "turbo").resampled(k)
     levels = np.linspace(0, 1, 11) if k == 2 else np.arange(k + 1) - 0.5
-    point_colors = cmap(y_test / (k - 1) if k == 2 else y_test)
+    point_colors = cmap(y_show / (k - 1) if k == 2 else y_show)
 
-    fig, axes = plt.subplots(1, len(models), figsize=(4.4 * len(models) + 0.8, 4.2), sharex=True, sharey=True,
+    ncols = len(models) if ncols is None else max(1, min(int(ncols), len(models)))
+    nrows = -(-len(models) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols + 0.8, 4.2 * nrows), sharex=True, sharey=True,
                              squeeze=False)
-    for ax, (name, (apply_fn, params)) in zip(axes[0], models.items()):
+    for ax in axes.ravel()[len(models):]:
+        ax.set_visible(False)
+    if nrows > 1:
+        fig.subplots_adjust(hspace=0.35)  # room for the two-line titles under the row above
+    for ax, (name, (apply_fn, params)) in zip(axes.ravel(), models.items()):
         probs = np.asarray(jax.nn.softmax(apply_fn(params, grid), -1))
         surface = probs[:, 1] if k == 2 else probs.argmax(-1)
         contour = ax.contourf(g0, g1, surface.reshape(g0.shape), levels=levels, cmap=cmap, alpha=0.55,
                               vmin=levels[0], vmax=levels[-1])
-        ax.scatter(x_test[:, 0], x_test[:, 1], s=12, c=point_colors, alpha=0.6, edgecolors="w", linewidths=0.4)
+        if boundary and k == 2:
+            ax.contour(g0, g1, surface.reshape(g0.shape), levels=[0.5], colors="green", linewidths=2.0)
+        ax.scatter(x_show[:, 0], x_show[:, 1], s=12, c=point_colors, alpha=0.6, edgecolors="w", linewidths=0.4)
         path_cf, converged = runs[name]
         for i in range(path_cf.shape[1]):
             ax.plot(path_cf[:, i, 0], path_cf[:, i, 1], "-", color="k", lw=1.1, alpha=0.8)
@@ -80,16 +117,20 @@ def plot_decision_surfaces(path, dataset, models, *, key, search_config, constra
                    linewidths=0.8, zorder=4)
         ax.scatter(end[~converged, 0], end[~converged, 1], s=70, marker="*", facecolors="none", edgecolors="k",
                    linewidths=0.8, zorder=4)
-        ax.set_title(f"{name}: {converged.mean():.0%} of {len(converged)} counterfactuals converged", fontsize=10)
+        ax.set_title(f"{name}\n{converged.mean():.0%} of {len(converged)} counterfactuals converged", fontsize=10)
         ax.set_xlabel(dataset.schema.names[0])
         ax.set_xlim(lo[0], hi[0])
         ax.set_ylim(lo[1], hi[1])
-    axes[0, 0].set_ylabel(dataset.schema.names[1])
+    for row in axes:
+        row[0].set_ylabel(dataset.schema.names[1])
     handles = [Line2D([], [], color="k", marker="o", ls="-", ms=4, label="factual → path"),
                Line2D([], [], color="gold", marker="*", mec="k", ls="", ms=10, label="counterfactual (converged)"),
                Line2D([], [], color="none", marker="*", mec="k", ls="", ms=10, label="counterfactual (not converged)")]
-    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False)
-    bar = fig.colorbar(contour, ax=axes[0].tolist(), fraction=0.03, pad=0.02)
+    if boundary and k == 2:
+        handles.append(Line2D([], [], color="green", lw=2, label="decision boundary (p = 0.5)"))
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles), fontsize=8,
+               frameon=False)
+    bar = fig.colorbar(contour, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
     bar.set_label("p(class 1 | x)" if k == 2 else "predicted class")
     if k > 2:
         bar.set_ticks(np.arange(k))
@@ -97,15 +138,27 @@ def plot_decision_surfaces(path, dataset, models, *, key, search_config, constra
 
 
 def plot_robust_accuracy(path, curves, *, title):
-    """Returns `path` after saving accuracy-vs-ε curves, one subplot per attack and one line per model."""
+    """Returns `path` after saving accuracy-vs-ε curves, one subplot per attack and one line per model.
+
+    `curves[model][attack]` is {"epsilon", "accuracy"} for one model, or {"epsilon", "mean", "min", "max"}
+    (`experiments.pipeline.robust_spread`) for several seeds: the mean is drawn with the min–max band shaded.
+    """
     attacks = [a for a in ("fgsm", "pgd") if any(a in c for c in curves.values())]
     if not attacks:
         raise ValueError("curves holds neither 'fgsm' nor 'pgd' results")
     fig, axes = plt.subplots(1, len(attacks), figsize=(4.6 * len(attacks), 3.8), sharey=True, squeeze=False)
     for ax, attack in zip(axes[0], attacks):
         for name, by_attack in curves.items():
-            if attack in by_attack:
-                ax.plot(by_attack[attack]["epsilon"], by_attack[attack]["accuracy"], "o-", ms=4, label=name)
+            if attack not in by_attack:
+                continue
+            c = by_attack[attack]
+            if "mean" in c:
+                line, = ax.plot(c["epsilon"], c["mean"], "o-", ms=4, label=name)
+                ax.fill_between(c["epsilon"], c["min"], c["max"], color=line.get_color(), alpha=0.2, lw=0)
+            elif "accuracy" in c:
+                ax.plot(c["epsilon"], c["accuracy"], "o-", ms=4, label=name)
+            else:
+                raise ValueError(f"curves[{name!r}][{attack!r}] holds neither 'accuracy' nor 'mean'/'min'/'max'")
         ax.set_title(attack.upper())
         ax.set_xlabel("ε")
         ax.set_ylim(0, 1.02)
@@ -113,6 +166,40 @@ def plot_robust_accuracy(path, curves, *, title):
         ax.legend(fontsize=8)
     axes[0, 0].set_ylabel("accuracy")
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_ig_maps(path, maps, *, image_shape, protected_mask=None, class_names=None, title=""):
+    """Returns `path` after saving integrated-gradient maps in [0, 1]: one row per model, one column per class.
+
+    `maps[model]` is a (K, H·W) array; `protected_mask` (H·W,) bool outlines the protected pixels.
+    """
+    rows = {name: np.asarray(m) for name, m in maps.items()}
+    if not rows:
+        raise ValueError("maps is empty: pass at least one model -> (K, H*W) map")
+    width = int(np.prod(image_shape))
+    k = next(iter(rows.values())).shape[0]
+    for name, m in rows.items():
+        if m.shape != (k, width):
+            raise ValueError(f"{name}: expected maps of shape ({k}, {width}) for images of shape "
+                             f"{tuple(image_shape)}, got {m.shape}")
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.3 * k + 0.8, 1.4 * len(rows) + 0.4), squeeze=False)
+    image = None
+    for r, (name, m) in enumerate(rows.items()):
+        for c in range(k):
+            ax = axes[r, c]
+            image = ax.imshow(m[c].reshape(image_shape), cmap="inferno", vmin=0, vmax=1)
+            if protected_mask is not None:
+                ax.contour(np.asarray(protected_mask, bool).reshape(image_shape).astype(float), levels=[0.5],
+                           colors="cyan", linewidths=0.6)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(str(class_names[c]) if class_names is not None else f"class {c}", fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=9)
+    fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01, label="min–max normalised IG")
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _save(fig, path)
 
 

@@ -1,26 +1,40 @@
-"""Reproduce the paper's Table 1: train BL and CT per dataset and seed, evaluate, print the comparison.
+"""Reproduce the paper's tables and figures: train BL and CT per dataset and seed, evaluate, print the comparison.
 
     python -m experiments.reproduce                      # four synthetic sets, 3 seeds (a few minutes, 2-core CPU)
     python -m experiments.reproduce --full               # every dataset whose data is available offline or locally
     python -m experiments.reproduce --datasets adult --set seeds=0 --set epochs=50 --ablation
-    python -m experiments.reproduce --full --results-md RESULTS.md   # refresh RESULTS.md
+    python -m experiments.reproduce --datasets adult german --categorical-modes relaxed straight_through
+    python -m experiments.reproduce --full --categorical-modes relaxed straight_through --results-md RESULTS.md
+
+Produces Table 1 (IP, IP*, cost with protected features, validity, accuracy, mechanism health), Table 2
+(IG sensitivity to the protected features), Tables 7 and 8a (raw means with CIs; cost without
+constraints), validity under constraints, robust accuracy over all seeds, Figure 1 (linear models, when
+linearly_separable runs) and Figure 3 (IG maps, for the image sets). `--full` runs every dataset whose
+data is available, the MNIST row on the offline 5,000-image subset (`mnist_5k`). `--categorical-modes`
+runs the datasets with one-hot groups (Adult, German) once per one-hot search mode; each such row is
+labelled with its mode ("adult (relaxed)"), and a dataset without one-hot groups runs once (the mode
+changes nothing there).
 
 Every dataset's config is checked, and its data loaded and checked against it, before the first model
 is trained, so a bad --set fails at once. Writes to --out (default results/reproduce): metadata.json
-(versions, commit, device, wall times, command), one folder per dataset (config, histories, per-seed
-protocol records, plots, results.json), table.md and results.json (strict JSON: a figure that cannot be
-computed is null with a note saying why; the table shows it as "n/a [k]" with the reason in note k),
-and prints the table beside the paper's published numbers.
+(versions, commit, device, wall times, command), one folder per run (config, histories, per-seed
+protocol records, IG rounds, robustness per seed, plots, results.json), figures/, table.md and
+results.json (strict JSON: a figure that cannot be computed is null with a note saying why; the table
+shows it as "n/a [k]" with the reason in note k), and prints the tables beside the paper's published
+numbers. With --results-md the paper's figures are also copied to figures/ next to that file.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import shlex
+import shutil
 import sys
 import time
 
+from ctrain.search import CATEGORICAL_MODES
 from experiments import paper_results
 from experiments.configs import CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, get_config, override
 from experiments.pipeline import load_data, run_metadata, train_and_evaluate, write_json
@@ -30,8 +44,17 @@ NOTES = """\
   bootstrap rounds of each seed's models (rounds pair CT with BL trained on the same seed).
 - IP* uses a Gaussian kernel with length scale {length_scale} (the reference code's default is 5.0, the
   paper's text says 0.5) and clamps negative estimates at 0, as the reference does.
-- Synthetic data are generated in-package: blob centres are fixed at ±(2, 2) instead of random, moons use
-  noise 0.1; the reference's exact samples (Julia MLJBase, seed 42) cannot be regenerated here.
+- Synthetic data are generated in-package with MLJBase's formulas (blob centres drawn in (−10, 10)², moons
+  (cos θ + 1, 0.3 − sin θ), noise 0.1) from NumPy seeds; the reference's exact samples (Julia, seed 42)
+  cannot be regenerated here.
+- One-hot groups (Adult, German) are searched in the mode each row's label names, in training and at test
+  time alike: "relaxed" is the reference's (group columns searched as continuous features in their box),
+  "straight-through" is ctrain's converging mode, whose counterfactuals hold real categories.
+- mnist_5k is the paper's MNIST configuration on the 5,000-image subset that ships offline (4,000 train /
+  1,000 test instead of 10,000 / 10,000), compared with the paper's MNIST row.
+- IG sensitivity (Table 2) scores the models of the actionability runs (BL, and CT trained with the
+  protected features), as the reference does, on {ig_rounds} bootstrap rounds of {ig_samples} test rows per
+  seed, pooled over seeds.
 - The ECCo energy schedule uses b = max(1, round(T/25)); identical to the reference for T = 30 and 50.
 - Tabular loaders drop rows with missing values and split by seed; the reference split Adult by row order.
 - Cost with protected feature: CT is retrained with the protected features immutable (synthetic sets:
@@ -69,17 +92,32 @@ def _pair(values: dict, key_a: str = "CT", key_b: str = "BL", fmt: str = "{:.3f}
     return f"{show(_mean(values.get(key_a)))} / {show(_mean(values.get(key_b)))}"
 
 
-def _mechanism_cell(res: dict, notes: list[str]) -> str:
-    health = res.get("mechanism", {})
-    ct = health.get("CT", {})
-    converged, steps = _mean(ct.get("converged", [])), _mean(ct.get("search_steps", []))
-    cell = f"{'n/a' if converged is None else f'{converged:.2f}'} / {'n/a' if steps is None else f'{steps:.1f}'}"
-    skipped = {label: sum(h.get("nonfinite", [])) for label, h in health.items() if sum(h.get("nonfinite", []))}
-    if skipped:
-        notes.append(f"{res['dataset']}: updates skipped for non-finite loss or gradients over the run: "
-                     + ", ".join(f"{label} {n}" for label, n in skipped.items()))
-        cell += f" [{len(notes)}]"
-    return cell
+def _health(res: dict, label: str) -> tuple[float | None, float | None, int | None]:
+    """Returns (share of matured training CFs in the last epoch, their mean search steps, updates skipped) of a model."""
+    h = res.get("mechanism", {}).get(label)
+    if not h:
+        return None, None, None
+    return _mean(h.get("converged", [])), _mean(h.get("search_steps", [])), int(sum(h.get("nonfinite", [])))
+
+
+def _mechanism_cell(res: dict, labels=("CT",)) -> str:
+    """Returns "mature / steps / skipped" per CF-trained model ("CT 0.98 / 3.1 / 0; CT_mut …" for several)."""
+    parts = []
+    for label in labels:
+        converged, steps, skipped = _health(res, label)
+        if converged is None and steps is None:
+            continue
+        text = (f"{'n/a' if converged is None else f'{converged:.2f}'} / "
+                f"{'n/a' if steps is None else f'{steps:.1f}'} / {skipped}")
+        parts.append(text if len(labels) == 1 else f"{label} {text}")
+    return "; ".join(parts) or "–"
+
+
+HEALTH_SHORT = "Mature / steps / skipped as in Table 1."
+HEALTH_TEXT = ("Mature / steps / skipped: the share of the CF-trained model's training counterfactuals that reached "
+               "τ in the last epoch, their mean search steps (means over seeds), and the updates skipped over the "
+               "whole run for a non-finite loss or gradient (sum over seeds); CT_mut is CT trained with the protected "
+               "features immutable.")
 
 
 def _with_notes(lines: list[str], notes: list[str]) -> str:
@@ -88,43 +126,207 @@ def _with_notes(lines: list[str], notes: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _paper_pair(table: dict, row: str) -> str:
+    value = table.get(paper_results.row(row))
+    return "%.2f / %.2f" % value if value else "–"
+
+
 def make_table(all_results: list[dict]) -> str:
     """Returns the markdown table in the layout of the paper's Table 1, ours beside the paper's, with its notes."""
     head = ("| Data | IP −% (ours) | IP −% (paper) | IP* −% (ours) | IP* −% (paper) | Cost, protected −% (ours) "
             "| Cost −% (paper) | Validity CT / BL (ours) | Validity (paper) | Accuracy CT / BL (ours) "
-            "| Accuracy (paper) | Mature CFs / steps, CT (last epoch) |")
-    lines, notes = [head, "|" + "---|" * 12], []
+            "| Accuracy (paper) | Mature / steps / skipped, CT | Mature / steps / skipped, CT_mut |")
+    lines, notes = [head, "|" + "---|" * 13], []
     for res in all_results:
-        d = res["dataset"]
+        d, label = res["dataset"], res.get("label", res["dataset"])
         ct = res["comparisons"].get("CT", {})
-        paper_val = paper_results.VALIDITY.get(d)
-        paper_acc = paper_results.ACCURACY.get(d)
         columns = (("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost with protected features"))
-        cells = [_cell(ct.get(m), notes, f"{d}, {label}") for m, label in columns]
+        cells = [_cell(ct.get(m), notes, f"{label}, {name}") for m, name in columns]
         lines.append(
-            f"| {d} | {cells[0]} | {paper_results.reduction(d, 0)} | {cells[1]} "
+            f"| {label} | {cells[0]} | {paper_results.reduction(d, 0)} | {cells[1]} "
             f"| {paper_results.reduction(d, 1)} | {cells[2]} | {paper_results.reduction(d, 2)} "
-            f"| {_pair(res['validity'], fmt='{:.2f}')} | {'%.2f / %.2f' % paper_val if paper_val else '–'} "
-            f"| {_pair(res['accuracy'])} | {'%.2f / %.2f' % paper_acc if paper_acc else '–'} "
-            f"| {_mechanism_cell(res, notes)} |")
+            f"| {_pair(res['validity'], fmt='{:.2f}')} | {_paper_pair(paper_results.VALIDITY, d)} "
+            f"| {_pair(res['accuracy'])} | {_paper_pair(paper_results.ACCURACY, d)} "
+            f"| {_mechanism_cell(res, ('CT',))} | {_mechanism_cell(res, ('CT_mut',))} |")
     lines.append("")
     lines.append("Reductions are CT vs BL in % (positive = CT better) ± the s.e. over bootstrap rounds; "
-                 "* = the 99% bootstrap CI of the difference excludes 0. Mature CFs / steps: the share of CT's "
-                 "training counterfactuals that reached τ in the last epoch and their mean search steps (mean "
-                 "over seeds).")
+                 "* = the 99% bootstrap CI of the difference excludes 0. " + HEALTH_TEXT)
     return _with_notes(lines, notes)
+
+
+def _ig_cell(entry: dict | None, notes: list[str], where: str) -> str:
+    if entry and _finite(entry.get("median")):
+        show = lambda v: f"{v:.2f}" if _finite(v) else "∞"
+        cell = f"{show(entry['median'])} [{show(entry.get('ci_low'))}, {show(entry.get('ci_high'))}]"
+        if entry.get("n_infinite"):
+            notes.append(f"{where}: {entry.get('note', '')}")
+            cell += f" [{len(notes)}]"
+        return cell
+    notes.append(f"{where}: {(entry or {}).get('note') or 'not computed'}")
+    return f"n/a [{len(notes)}]"
+
+
+def make_ig_table(all_results: list[dict]) -> str:
+    """Returns the paper's Table 2: median standardised IG sensitivity to the protected features [95% CI], CT vs BL."""
+    lines = ["| Data | Protected | CT (ours) | BL (ours) | CT (paper) | BL (paper) | Mature / steps / skipped, CT_mut |",
+             "|" + "---|" * 7]
+    notes: list[str] = []
+    for res in all_results:
+        if not res.get("ig"):
+            continue
+        label = res.get("label", res["dataset"])
+        paper = paper_results.TABLE2.get(paper_results.row(res["dataset"]))
+        fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
+        protected = ", ".join(res["protected"]) if len(res["protected"]) <= 3 else f"{len(res['protected'])} features"
+        lines.append(f"| {label} | {protected} | {_ig_cell(res['ig'].get('CT'), notes, f'{label}, CT')} "
+                     f"| {_ig_cell(res['ig'].get('BL'), notes, f'{label}, BL')} "
+                     f"| {fmt(paper[0]) if paper else '–'} | {fmt(paper[1]) if paper else '–'} "
+                     f"| {_mechanism_cell(res, ('CT_mut',))} |")
+    lines += ["", "Median over bootstrap rounds (each: test rows drawn with replacement, a U(−1, 1) baseline per row, "
+              "integrated gradients of the true class's logit averaged over the round, standardised across features "
+              "— |g| / (max g − min g) for 2-D data, (g − min g) / (max g − min g) otherwise — and averaged over the "
+              "protected features) with the 2.5% and 97.5% quantiles; lower = less sensitive. CT is the model "
+              "trained with the protected features immutable (CT_mut), as in the reference. " + HEALTH_SHORT]
+    return _with_notes(lines, notes)
+
+
+def _raw_cell(cmp: dict | None, notes: list[str], where: str) -> str:
+    if cmp and _finite(cmp.get("treatment_mean")) and _finite(cmp.get("baseline_mean")):
+        ci = (f" [{cmp['ci_low']:.2f}, {cmp['ci_high']:.2f}]"
+              if _finite(cmp.get("ci_low")) and _finite(cmp.get("ci_high")) else "")
+        return f"{cmp['treatment_mean']:.2f} / {cmp['baseline_mean']:.2f}{ci}"
+    notes.append(f"{where}: {(cmp or {}).get('note') or 'not computed'}")
+    return f"n/a [{len(notes)}]"
+
+
+def make_table7(all_results: list[dict]) -> str:
+    """Returns the paper's App. Table 7: raw means CT / BL with the 99% CI of CT − BL for cost (protected), IP*, IP."""
+    metrics = (("cost_protected", "Cost, protected"), ("ip_star", "IP*"), ("ip", "IP"))
+    head = "| Data | " + " | ".join(f"{name} (ours) | {name} (paper)" for _, name in metrics) \
+        + " | Mature / steps / skipped |"
+    lines, notes = [head, "|" + "---|" * 8], []
+    for res in all_results:
+        label = res.get("label", res["dataset"])
+        paper = paper_results.TABLE7.get(paper_results.row(res["dataset"]), {})
+        cells = []
+        for metric, name in metrics:
+            p = paper.get(metric)
+            cells += [_raw_cell(res["comparisons"].get("CT", {}).get(metric), notes, f"{label}, {name}"),
+                      f"{p[0]:.2f} / {p[1]:.2f} [{p[2]:.2f}, {p[3]:.2f}]" if p else "–"]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
+    lines += ["", "CT / BL means over the bootstrap rounds of valid counterfactuals [99% percentile-bootstrap CI of the "
+              "mean of CT − BL over rounds]. Cost, protected: the actionability runs (CT_mut vs BL, τ = 0.5, the "
+              "protected features immutable); IP* and IP: the plausibility runs (CT vs BL). " + HEALTH_SHORT]
+    return _with_notes(lines, notes)
+
+
+def make_table8a(all_results: list[dict]) -> str:
+    """Returns the paper's App. Table 8a (cost −% without mutability constraints) with the validity of Table 3."""
+    lines = ["| Data | Cost −% (ours) | Cost −% (paper) | Validity, protected CT / BL (ours) "
+             "| Validity, protected (paper) | Mature / steps / skipped |", "|" + "---|" * 6]
+    notes: list[str] = []
+    for res in all_results:
+        d, label = res["dataset"], res.get("label", res["dataset"])
+        paper = paper_results.TABLE8A.get(paper_results.row(d))
+        paper_cell = f"{paper[0]:.2f}±{paper[1]:.2f}{'*' if paper[2] else ''}" if paper else "–"
+        validity = res.get("validity_protected") or {}
+        lines.append(f"| {label} | {_cell(res['comparisons'].get('CT', {}).get('cost'), notes, f'{label}, cost')} "
+                     f"| {paper_cell} | {_pair(validity, fmt='{:.2f}') if validity else '–'} "
+                     f"| {_paper_pair(paper_results.VALIDITY_PROTECTED, d)} | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
+    lines += ["", "Cost: CT vs BL in the plausibility runs (no mutability constraints, τ = 0.95), % reduction ± s.e.; "
+              "* = 99% CI excludes 0. Validity, protected: the actionability runs (Table 3, columns 3–4). "
+              + HEALTH_SHORT]
+    return _with_notes(lines, notes)
+
+
+def _robust_cell(robustness: dict, label: str, attack: str, index: int) -> str:
+    curve = robustness.get(label, {}).get(attack)
+    if not curve:
+        return "n/a"
+    return f"{curve['mean'][index]:.2f}±{curve['std'][index]:.2f}"
+
+
+def make_robustness_table(all_results: list[dict]) -> str:
+    """Returns robust accuracy (FGSM, PGD) at the largest ε, mean ± sd over seeds, CT and BL beside the paper's Fig. 4."""
+    lines = ["| Data | ε | Clean CT / BL (ours) | FGSM CT / BL (ours) | PGD CT / BL (ours) | Clean / FGSM / PGD, CT "
+             "(paper) | Clean / FGSM / PGD, BL (paper) | Seeds | Mature / steps / skipped |", "|" + "---|" * 9]
+    for res in all_results:
+        rob = res.get("robustness") or {}
+        if not rob.get("CT") or "fgsm" not in rob["CT"]:
+            continue
+        label = res.get("label", res["dataset"])
+        epsilon = rob["CT"]["fgsm"]["epsilon"]
+        i = len(epsilon) - 1
+        clean = lambda m: f"{rob[m]['accuracy']['mean']:.2f}±{rob[m]['accuracy']['std']:.2f}" if m in rob else "n/a"
+        paper = paper_results.ROBUST.get(paper_results.row(res["dataset"]), {})
+        show = lambda t: " / ".join("–" if v is None else f"{v:.2f}" for v in t) if t else "–"
+        lines.append(f"| {label} | {epsilon[i]:.2f} | {clean('CT')} / {clean('BL')} "
+                     f"| {_robust_cell(rob, 'CT', 'fgsm', i)} / {_robust_cell(rob, 'BL', 'fgsm', i)} "
+                     f"| {_robust_cell(rob, 'CT', 'pgd', i)} / {_robust_cell(rob, 'BL', 'pgd', i)} "
+                     f"| {show(paper.get('CT'))} | {show(paper.get('BL'))} | {rob['CT'].get('n_seeds', 'n/a')} "
+                     f"| {_mechanism_cell(res, ('CT',))} |")
+    if len(lines) == 2:
+        return ""
+    lines += ["", "Accuracy on (up to robust_samples) test rows under white-box FGSM and PGD (40 steps, step 0.01) at the "
+              "largest ε of the curve, mean ± sd over the seeds' models; the curves (mean and min–max band over "
+              "seeds) are in each dataset's robust_accuracy.png. Paper values are read off its Fig. 4 (±0.03). "
+              + HEALTH_SHORT]
+    return "\n".join(lines)
 
 
 def make_ablation_table(all_results: list[dict]) -> str:
     """Returns a markdown table of IP / IP* reductions of CD, AR and CT vs BL (the paper's Fig. 5), with its notes."""
-    lines, notes = ["| Data | IP −% CD | IP −% AR | IP −% CT | IP* −% CD | IP* −% AR | IP* −% CT |",
-                    "|" + "---|" * 7], []
+    lines, notes = ["| Data | IP −% CD | IP −% AR | IP −% CT | IP* −% CD | IP* −% AR | IP* −% CT "
+                    "| Mature / steps / skipped |", "|" + "---|" * 8], []
     for res in all_results:
         c = res["comparisons"]
-        cells = [_cell(c.get(m, {}).get(metric), notes, f"{res['dataset']}, {label} {m}")
-                 for metric, label in (("ip", "IP"), ("ip_star", "IP*")) for m in ("CD", "AR", "CT")]
-        lines.append(f"| {res['dataset']} | " + " | ".join(cells) + " |")
+        label = res.get("label", res["dataset"])
+        cells = [_cell(c.get(m, {}).get(metric), notes, f"{label}, {name} {m}")
+                 for metric, name in (("ip", "IP"), ("ip_star", "IP*")) for m in ("CD", "AR", "CT")]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_mechanism_cell(res, ('CD', 'AR', 'CT'))} |")
     return _with_notes(lines, notes)
+
+
+def all_tables(results: list[dict], *, ablation: bool, figure1: dict | None = None) -> str:
+    """Returns every table of the run as one markdown text (Table 1, 2, 7, 8a, robustness, ablation, Figure 1's numbers)."""
+    parts = ["## Table 1: plausibility, actionability, validity, accuracy", "", make_table(results)]
+    if any(r.get("ig") for r in results):
+        parts += ["", "## Table 2: sensitivity to the protected features (integrated gradients)", "",
+                  make_ig_table(results)]
+    parts += ["", "## Table 7: raw means with confidence intervals", "", make_table7(results),
+              "", "## Table 8a: cost without mutability constraints; validity with them", "", make_table8a(results)]
+    robust = make_robustness_table(results)
+    if robust:
+        parts += ["", "## Robust accuracy over seeds (paper Fig. 4)", "", robust]
+    if ablation:
+        parts += ["", "## Ablation (paper Fig. 5)", "", make_ablation_table(results)]
+    if figure1:
+        parts += ["", "## Figure 1: linear models", "", figure1_text(figure1)]
+    return "\n".join(parts)
+
+
+def figure1_text(figure1: dict) -> str:
+    """Returns the sentence under Figure 1: each linear model's share of its decision gradient on the protected feature."""
+    name = figure1["protected"]
+    index = 0  # the protected feature is the data's first (x0), as in the reference's synthetic mutability runs
+    shares = ", ".join(f"{label} {values[index]:.2f}" for label, values in figure1["sensitivity"].items())
+    return (f"Linear classifiers on {figure1['dataset']}: (a) BL and (b) CT with every feature mutable; (c) BL and "
+            f"(d) CT trained with {name} protected, both searched with {name} immutable. Share of each model's "
+            f"decision gradient |∂(logit₁ − logit₀)/∂x| that falls on {name}: {shares} (Proposition 3.1 predicts a "
+            f"lower share for CT_mut than for BL).")
+
+
+def run_plan(configs, loaded: dict, modes) -> list[tuple]:
+    """Returns [(config, data, folder name)]: each config once, or once per one-hot mode if its data has one-hot groups."""
+    plan = []
+    for config in configs:
+        data = loaded[config.dataset]
+        if modes and data.schema.groups:
+            for mode in modes:
+                plan.append((dataclasses.replace(config, categorical=mode), data, f"{config.dataset}-{mode}"))
+        else:
+            plan.append((config, data, config.dataset))
+    return plan
 
 
 def main(argv=None) -> list[dict]:
@@ -134,10 +336,13 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--full", action="store_true", help="every dataset whose data can be loaded")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override applied to every dataset (repeatable), e.g. --set seeds=0,1")
+    parser.add_argument("--categorical-modes", nargs="+", default=None, choices=CATEGORICAL_MODES, metavar="MODE",
+                        help="run the datasets with one-hot groups once per mode (rows labelled by mode), e.g. "
+                             "relaxed straight_through; default: each config's own `categorical`")
     parser.add_argument("--ablation", action="store_true", help="also train CD (no adversarial) and AR (no div/reg)")
     parser.add_argument("--out", default=os.path.join("results", "reproduce"))
-    parser.add_argument("--results-md", default=None, help="also write this RESULTS.md")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--results-md", default=None, help="also write this RESULTS.md (and copy the figures beside it)")
+    parser.add_argument("--no-plots", action="store_true", help="no figures (Figure 1 and the per-dataset plots)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -145,29 +350,40 @@ def main(argv=None) -> list[dict]:
     t0 = time.perf_counter()
     # Every config is checked, and its data loaded and checked, before the first training: a typo fails at once.
     configs = [override(get_config(n), args.overrides) for n in names]
-    runs, skipped = [], {}
+    if args.categorical_modes:
+        for mode in args.categorical_modes:
+            dataclasses.replace(configs[0], categorical=mode)  # the configs' own check of the mode
+    loaded, skipped = {}, {}
     for config in configs:
         try:
-            runs.append((config, load_data(config)))
+            loaded[config.dataset] = load_data(config)
         except FileNotFoundError as err:
             if not (args.full and config.dataset not in OFFLINE_NAMES):
                 raise
             skipped[config.dataset] = str(err).splitlines()[0]
             print(f"== {config.dataset}: skipped: {skipped[config.dataset]}", flush=True)
+    plan = run_plan([c for c in configs if c.dataset in loaded], loaded, args.categorical_modes)
     os.makedirs(args.out, exist_ok=True)
     command = "python -m experiments.reproduce " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     meta = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **run_metadata()}
     results = []
-    for config, data in runs:
-        print(f"== {config.dataset}: seeds {list(config.seeds)}, {config.epochs} epochs "
+    for config, data, folder in plan:
+        mode = f", one-hot mode {config.categorical}" if data.schema.groups else ""
+        print(f"== {folder}: seeds {list(config.seeds)}, {config.epochs} epochs{mode} "
               f"(expected ~{config.expected_minutes:g} min on a 2-core CPU)", flush=True)
-        results.append(train_and_evaluate(config, os.path.join(args.out, config.dataset), data=data,
+        results.append(train_and_evaluate(config, os.path.join(args.out, folder), data=data,
                                           ablation=args.ablation, progress=not args.quiet, plots=not args.no_plots))
-    meta.update(wall_time_s=time.perf_counter() - t0, skipped=skipped,
-                per_dataset_wall_s={r["dataset"]: r["timings"]["total_s"] for r in results})
-    table = make_table(results)
-    if args.ablation:
-        table += "\n\nAblation (paper Fig. 5):\n\n" + make_ablation_table(results)
+    figure1 = None
+    ls = [(c, d) for c, d, _ in plan if c.dataset == "linearly_separable"]
+    if ls and not args.no_plots:
+        from experiments import figures
+        t1 = time.perf_counter()
+        figure1 = figures.figure1(os.path.join(args.out, "figures", "figure1_linear.png"), *ls[0],
+                                  progress=not args.quiet)
+        figure1["wall_s"] = time.perf_counter() - t1
+    meta.update(wall_time_s=time.perf_counter() - t0, skipped=skipped, figure1=figure1,
+                per_dataset_wall_s={r["label"]: r["timings"]["total_s"] for r in results})
+    table = all_tables(results, ablation=args.ablation, figure1=figure1)
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")
     write_json(os.path.join(args.out, "results.json"), results)
@@ -176,43 +392,71 @@ def main(argv=None) -> list[dict]:
     if skipped:
         print("\nSkipped (data not available): " + ", ".join(sorted(skipped)))
     if args.results_md:
-        write_results_md(args.results_md, table, meta, results)
+        write_results_md(args.results_md, table, meta, results, configs=[c for c, _, _ in plan])
     return results
 
 
 def agreement_lines(results: list[dict]) -> list[str]:
-    """Returns one line per dataset saying, for IP, IP* and cost, whether our reduction has the paper's sign."""
+    """Returns one line per run saying, for IP, IP* and cost, whether our reduction has the paper's sign."""
     lines = []
     for res in results:
-        d = res["dataset"]
-        if d not in paper_results.TABLE1:
-            lines.append(f"- {d}: not in the paper.")
+        d, label = res["dataset"], res.get("label", res["dataset"])
+        row = paper_results.row(d)
+        if row not in paper_results.TABLE1:
+            lines.append(f"- {label}: not in the paper.")
             continue
         parts = []
-        for column, (metric, label) in enumerate((("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost"))):
+        for column, (metric, name) in enumerate((("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost"))):
             ours = res["comparisons"].get("CT", {}).get(metric) or {}
-            paper_value, paper_sig = paper_results.TABLE1[d][column]
+            paper_value, paper_sig = paper_results.TABLE1[row][column]
             if not _finite(ours.get("reduction_pct")):
-                parts.append(f"{label} n/a — {ours.get('note') or 'not computed'}")
+                parts.append(f"{name} n/a — {ours.get('note') or 'not computed'}")
                 continue
             same = (ours["reduction_pct"] > 0) == (paper_value > 0)
             verdict = "same direction" if same else "opposite direction"
             sig = "significant" if ours["significant"] else "not significant"
-            parts.append(f"{label} {verdict} ({ours['reduction_pct']:.1f}% vs {paper_value:.1f}%, ours {sig}"
+            parts.append(f"{name} {verdict} ({ours['reduction_pct']:.1f}% vs {paper_value:.1f}%, ours {sig}"
                          f"{', paper significant' if paper_sig else ', paper not significant'})")
-        health = {k: h for k, h in res.get("mechanism", {}).items() if _mean(h.get("converged", [])) is not None}
-        conv_text = ", ".join(f"{k} {_mean(h['converged']):.2f}"
-                              + (f" ({_mean(h['search_steps']):.1f} search steps)"
-                                 if _mean(h.get("search_steps", [])) is not None else "")
-                              for k, h in health.items())
-        lines.append(f"- {d}: " + "; ".join(parts) + "." + (f" Share of training counterfactuals that matured in "
-                                                             f"the last epoch: {conv_text}." if conv_text else ""))
+        versus = f" (vs the paper's {row} row)" if row != d else ""
+        health = [k for k in res.get("mechanism", {}) if _health(res, k)[0] is not None]
+        conv_text = ", ".join(f"{k} {_health(res, k)[0]:.2f}" + (f" ({_health(res, k)[1]:.1f} search steps)"
+                                                                  if _health(res, k)[1] is not None else "")
+                              for k in health)
+        lines.append(f"- {label}{versus}: " + "; ".join(parts) + "." + (
+            f" Share of training counterfactuals that matured in the last epoch: {conv_text}." if conv_text else ""))
     return lines
 
 
-def write_results_md(path: str, table: str, meta: dict, results: list[dict]) -> None:
-    """Writes RESULTS.md: the table beside the paper's, the command, commit, machine and the known differences."""
-    scales = sorted({r["mmd_length_scale"] for r in results})
+def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
+    """Returns markdown lines linking the paper's figures, after copying them to out_dir (next to RESULTS.md)."""
+    os.makedirs(out_dir, exist_ok=True)
+    rel = lambda path: os.path.relpath(path, os.path.dirname(out_dir) or ".").replace(os.sep, "/")
+    lines = []
+
+    def copy(src, name):
+        dst = os.path.join(out_dir, name)
+        shutil.copyfile(src, dst)
+        return rel(dst)
+
+    if meta.get("figure1"):
+        lines.append(f"- Figure 1 (linear models, CT vs BL, paths and decision boundary): "
+                     f"![Figure 1]({copy(meta['figure1']['path'], 'figure1_linear.png')})")
+    for res in results:
+        figs = res.get("figures") or {}
+        slug = os.path.basename(os.path.dirname(figs.get("training_curves", ""))) or res["dataset"]
+        if "ig_maps" in figs:
+            lines.append(f"- Figure 3, {res['label']} (IG maps per class, CT vs BL): "
+                         f"![IG maps {res['label']}]({copy(figs['ig_maps'], f'figure3_ig_{slug}.png')})")
+        if "robust_accuracy" in figs:
+            lines.append(f"- Robust accuracy over seeds, {res['label']}: "
+                         f"![robustness {res['label']}]({copy(figs['robust_accuracy'], f'robust_{slug}.png')})")
+    return lines
+
+
+def write_results_md(path: str, table: str, meta: dict, results: list[dict], configs=()) -> None:
+    """Writes RESULTS.md: the tables beside the paper's, the figures, the command, commit, machine and the differences."""
+    scales = sorted({str(r["mmd_length_scale"]) for r in results})
+    ig = next(iter(configs), None)
     body = [
         "# Reproduced results", "",
         "Generated by `experiments/reproduce.py`; do not edit by hand. Refresh with the command below.", "",
@@ -221,11 +465,17 @@ def write_results_md(path: str, table: str, meta: dict, results: list[dict]) -> 
         f"- Date: {meta['started']}; wall time {meta['wall_time_s'] / 60:.1f} min",
         f"- Machine: {meta['platform']}, {meta['cpu_count']} CPUs, JAX {meta['versions']['jax']} on "
         f"{meta['backend']} ({meta['device']})",
-        f"- Seeds: {sorted({s for r in results for s in r['seeds']})}", "",
-        table, "",
-        "## Where this differs from the paper, and why", "",
-        NOTES.format(length_scale=", ".join(f"{s:g}" for s in scales)),
+        f"- Seeds: {sorted({s for r in results for s in r['seeds']})}",
+        "- One-hot search mode per row with one-hot groups: "
+        + (", ".join(sorted({r["label"] for r in results if r.get("one_hot_groups")})) or "no dataset has one-hot groups"),
+        "", table, "",
     ]
+    links = _figure_links(results, meta, os.path.join(os.path.dirname(path) or ".", "figures"))
+    if links:
+        body += ["## Figures", "", *links, ""]
+    body += ["## Where this differs from the paper, and why", "",
+             NOTES.format(length_scale=", ".join(scales), ig_rounds=getattr(ig, "ig_rounds", "n/a"),
+                          ig_samples=getattr(ig, "ig_samples", "n/a"))]
     body += ["## Agreement with the paper, column by column", "", *agreement_lines(results), ""]
     if meta.get("skipped"):
         body += ["Datasets not run (their data is not available offline): "

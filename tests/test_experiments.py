@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from ctrain.data import load_dataset
-from experiments import grid, pipeline, reproduce
+from ctrain import metrics
+from experiments import grid, paper_results, pipeline, reproduce
 from experiments.configs import CONFIGS, ExperimentConfig, get_config, override
 
 TINY = ["epochs=2", "seeds=0", "eval_rounds=3", "eval_individuals=6", "eval_lambda_energy=1.0", "n_ce=60",
-        "eval_max_steps=20", "ip_samples=50", "mmd_samples=8"]
+        "eval_max_steps=20", "ip_samples=50", "mmd_samples=8", "ig_rounds=6", "ig_samples=40", "ig_steps=4"]
 
 
 def _sets(items) -> list[str]:
@@ -26,9 +27,14 @@ def _strict_json(path):
     return json.loads(path.read_text(), parse_constant=refuse)
 
 
-def _table(path) -> tuple[list[dict], dict[int, str]]:
-    """Returns the table rows as {header: cell} and the notes {k: reason} printed under it."""
-    lines = path.read_text().splitlines()
+def _table(path, section: str | None = None) -> tuple[list[dict], dict[int, str]]:
+    """Returns the rows as {header: cell} and the notes {k: reason} of the first table (of the "## section" given)."""
+    text = path.read_text()
+    if section is not None:
+        assert f"## {section}" in text, f"no section {section!r} in {path}"
+        text = text.split(f"## {section}", 1)[1]
+    lines = text.split("\n## ", 1)[0].splitlines()  # this section only: notes are numbered per table
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("|")):]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = []
     for line in lines[2:]:
@@ -65,26 +71,49 @@ def test_cells_that_are_nan_or_unexplained_fail_the_table_check():
     assert _reduction_or_reason("-6.32±10.68*", {}) == -6.32
 
 
-def test_reproduce_end_to_end_on_a_tiny_config(tmp_path):
+def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
+    # Linearly separable, and German once per one-hot search mode; spies record the mode that reaches the training
+    # search (TrainConfig.search) and the test-time protocol (ProtocolConfig) of every run.
+    trained_with, evaluated_with = [], []
+    real_fit, real_evaluate = pipeline.fit_many, pipeline.evaluate_explainability
+
+    def fit_spy(states, data, config, **kwargs):
+        trained_with.append((data.name, config.objective, config.search.categorical))
+        return real_fit(states, data, config, **kwargs)
+
+    def evaluate_spy(models, x, y, **kwargs):
+        evaluated_with.append((x.shape[1], kwargs["protocol"].categorical))
+        return real_evaluate(models, x, y, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_many", fit_spy)
+    monkeypatch.setattr(pipeline, "evaluate_explainability", evaluate_spy)
     out = tmp_path / "run"
-    results = reproduce.main(["--datasets", "linearly_separable", "--quiet", "--out", str(out),
-                              "--results-md", str(tmp_path / "RESULTS.md"), *_sets(TINY)])
-    assert len(results) == 1
-    for name in ("table.md", "results.json", "metadata.json"):
-        assert (out / name).is_file()
+    results = reproduce.main(["--datasets", "linearly_separable", "german", "--quiet", "--out", str(out),
+                              "--categorical-modes", "relaxed", "straight_through",
+                              "--results-md", str(tmp_path / "RESULTS.md"),
+                              *_sets(TINY)])
+    assert [r["label"] for r in results] == ["linearly_separable", "german (relaxed)", "german (straight-through)"]
+    german_width = load_dataset("german").num_features
+    assert {m for name, _, m in trained_with if name == "german"} == {"relaxed", "straight_through"}
+    assert {m for width, m in evaluated_with if width == german_width} == {"relaxed", "straight_through"}
+    assert {m for name, _, m in trained_with if name != "german"} == {"relaxed"}  # the paper's default
+    for name in ("table.md", "results.json", "metadata.json", "figures/figure1_linear.png"):
+        assert (out / name).is_file(), name
     ds = out / "linearly_separable"
     for name in ("config.json", "histories.json", "results.json", "decision_surfaces.png", "training_curves.png",
-                 "seed_0/plausibility_rounds.csv", "seed_0/plausibility_summary.csv",
+                 "ig_rounds.json", "seed_0/plausibility_rounds.csv", "seed_0/plausibility_summary.csv",
                  "seed_0/actionability_summary.csv"):
         assert (ds / name).is_file(), name
+    assert (out / "german-straight_through" / "robust_accuracy.png").is_file()
     for path in (out / "results.json", out / "metadata.json", ds / "results.json", ds / "histories.json",
-                 ds / "config.json"):
+                 ds / "config.json", ds / "ig_rounds.json"):
         _strict_json(path)
-    rows, notes = _table(out / "table.md")
+    rows, notes = _table(out / "table.md", "Table 1")
     assert list(rows[0])[:4] == ["Data", "IP −% (ours)", "IP −% (paper)", "IP* −% (ours)"]
     assert "Accuracy CT / BL (ours)" in rows[0] and "Cost, protected −% (ours)" in rows[0]
+    assert [r["Data"] for r in rows] == ["linearly_separable", "german (relaxed)", "german (straight-through)"]
     ours = rows[0]
-    assert ours["Data"] == "linearly_separable" and ours["IP −% (paper)"] == "26.26*"  # the paper beside ours
+    assert ours["IP −% (paper)"] == "26.26*"  # the paper beside ours
     # IP, IP* and cost are finite reductions, or n/a with the reason under the table: never NaN.
     for column, metric in (("IP −% (ours)", "ip"), ("IP* −% (ours)", "ip_star"),
                            ("Cost, protected −% (ours)", "cost_protected")):
@@ -107,16 +136,50 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path):
         assert all(0 <= v <= 1 for key in ("converged", "ae_moved", "cf_in_ball") for v in health[key])
         assert all(0 <= s <= 30 for s in health["search_steps"])
         assert health["nonfinite"] == [sum(e["nonfinite"] for e in h) for h in history[label]]
-    converged, steps = (float(v) for v in ours["Mature CFs / steps, CT (last epoch)"].split(" / "))
-    assert converged == pytest.approx(mechanism["CT"]["converged"][0], abs=0.006)
-    assert steps == pytest.approx(mechanism["CT"]["search_steps"][0], abs=0.06)
+    for column, label in (("Mature / steps / skipped, CT", "CT"), ("Mature / steps / skipped, CT_mut", "CT_mut")):
+        converged, steps, skipped = ours[column].split(" / ")
+        assert float(converged) == pytest.approx(mechanism[label]["converged"][0], abs=0.006)
+        assert float(steps) == pytest.approx(mechanism[label]["search_steps"][0], abs=0.06)
+        assert int(skipped) == mechanism[label]["nonfinite"][0]
+    # Table 2: IG sensitivity of BL and the protected-feature CT, with the paper's beside it.
+    ig_rows, ig_notes = _table(out / "table.md", "Table 2")
+    assert [r["Data"] for r in ig_rows] == [r["Data"] for r in rows]
+    assert ig_rows[0]["Protected"] == "x0" and ig_rows[0]["CT (paper)"] == "0.21 [0.20, 0.22]"
+    ig = results[0]["ig"]
+    assert set(ig) == {"CT", "BL"} and ig["CT"]["n_rounds"] == 6
+    assert ig_rows[0]["CT (ours)"].startswith(f"{ig['CT']['median']:.2f} [")
+    stored_rounds = _strict_json(ds / "ig_rounds.json")
+    assert np.median(stored_rounds["BL"]) == pytest.approx(ig["BL"]["median"])
+    # Tables 7 and 8a: raw means with the CI of the difference, and cost without constraints.
+    t7, t7_notes = _table(out / "table.md", "Table 7")
+    for row, res in zip(t7, results):
+        for column, metric in (("Cost, protected (ours)", "cost_protected"), ("IP* (ours)", "ip_star")):
+            c = res["comparisons"]["CT"][metric]
+            if c["treatment_mean"] is None:  # no valid counterfactual in a tiny run: n/a with the reason
+                assert re.fullmatch(r"n/a \[\d+\]", row[column]) and c["note"] in t7_notes[int(row[column][5:-1])]
+            else:
+                assert row[column].startswith(f"{c['treatment_mean']:.2f} / {c['baseline_mean']:.2f}")
+    assert t7[0]["Cost, protected (paper)"] == "3.75 / 4.48 [-0.80, -0.67]"
+    t8, t8_notes = _table(out / "table.md", "Table 8a")
+    assert t8[0]["Cost −% (paper)"] == "-27.11±0.75*"
+    for row, res in zip(t8, results):
+        shown, stored = _reduction_or_reason(row["Cost −% (ours)"], t8_notes), res["comparisons"]["CT"]["cost"]
+        if isinstance(shown, float):
+            assert stored["reduction_pct"] == pytest.approx(shown, abs=0.006)
+        else:
+            assert stored["reduction_pct"] is None and stored["note"] in shown
+    assert "## Robust accuracy over seeds" in (out / "table.md").read_text()  # German's robustness curves
     meta = json.loads((out / "metadata.json").read_text())
     assert {"versions", "git_commit", "device", "wall_time_s", "command"} <= set(meta)
+    assert meta["figure1"]["protected"] == "x0" and set(meta["figure1"]["sensitivity"]) == {"BL", "CT", "CT_mut"}
     config = json.loads((ds / "config.json").read_text())
-    assert config["epochs"] == 2 and config["seeds"] == [0]
+    assert config["epochs"] == 2 and config["seeds"] == [0] and config["categorical"] == "relaxed"
     md = (tmp_path / "RESULTS.md").read_text()
     assert "python -m experiments.reproduce" in md and "differs from the paper" in md
-    assert "search steps" in md
+    assert "search steps" in md and "german (straight-through)" in md
+    for link in re.findall(r"\]\((figures/[^)]+\.png)\)", md):  # the figures are copied beside RESULTS.md
+        assert (tmp_path / link).is_file(), link
+    assert "figures/figure1_linear.png" in md
 
 
 def test_a_metric_that_cannot_be_computed_is_null_with_its_reason(tmp_path, monkeypatch):
@@ -164,12 +227,14 @@ BAD_VALUES = {
     "learning_rate": [0.0, float("nan"), float("inf"), -1e-3], "shuffle": ["false", 1], "schedule": ["weird"],
     "burnin": [1.0, -0.1, float("nan")], "tau": [1.0, 0.0, float("nan")], "n_ce": [0],
     "lambda_clf": [-1.0, float("nan")], "lambda_div": [float("inf")], "lambda_reg": [-0.1],
-    "lambda_adv": [float("nan")], "epsilon": [-1.0], "generator": ["nope", "revise", "eccco"], "max_steps": [0],
+    "lambda_adv": [float("nan")], "epsilon": [-1.0], "generator": ["nope", "eccco"], "max_steps": [0],
     "step_size": [0.0, float("inf")], "lambda_cost": [float("nan")], "lambda_energy": [-1.0],
     "mutability_lambda_adv": [float("nan"), -1.0], "mutability_lambda_reg": [-1.0, "0"], "eval_rounds": [0],
     "eval_individuals": [0], "eval_lambda_energy": [(), (float("nan"),), (-1.0,)], "eval_max_steps": [0],
     "eval_tau": [0.0], "eval_cost_tau": [1.0], "ip_samples": [0], "mmd_samples": [1],
-    "mmd_length_scale": [0.0, float("nan"), float("inf"), -5.0], "robustness": ["yes"], "robust_samples": [0],
+    "mmd_length_scale": [0.0, float("nan"), float("inf"), -5.0, "mean", True], "robustness": ["yes"],
+    "robust_samples": [0], "categorical": ["nope", 1, "box"], "ig_rounds": [0, 1.5], "ig_samples": [0],
+    "ig_steps": [0, True],
     "seeds": [(), (-1,), (0, 0), (1.5,)], "expected_minutes": [-1.0, float("nan")],
 }
 
@@ -316,3 +381,110 @@ def test_overrides_are_typed_and_errors_name_the_key_and_the_allowed_values():
         override(c, ["epochs"])
     with pytest.raises(ValueError, match=r"--set dataset_kwargs\.NAME=VALUE"):
         override(c, ["dataset_kwargs=n_train"])
+
+
+def test_categorical_mode_reaches_the_training_search_and_the_protocol():
+    c = get_config("adult")
+    assert c.categorical == "relaxed"  # the paper reproduction runs at the reference's parity
+    for mode in ("relaxed", "straight_through"):
+        changed = override(c, [f"categorical={mode}"])
+        search = pipeline.train_config(changed, "full").search
+        assert search.categorical == mode
+        assert (search.units, search.step_rule) == ("absolute", "gradient")  # else the reference's search
+        for threshold in (changed.eval_tau, changed.eval_cost_tau):
+            assert pipeline.protocol_config(changed, threshold=threshold, seed=0).categorical == mode
+    with pytest.raises(ValueError, match=r"ExperimentConfig\.categorical must be one of \('relaxed', "):
+        override(c, ["categorical=box"])
+    german = load_dataset("german")
+    plan = reproduce.run_plan([get_config("german"), get_config("circles")],
+                              {"german": german, "circles": load_dataset("circles", n_train=50, n_val=0, n_test=20)},
+                              ["relaxed", "straight_through"])
+    assert [(c.dataset, c.categorical, folder) for c, _, folder in plan] == [
+        ("german", "relaxed", "german-relaxed"), ("german", "straight_through", "german-straight_through"),
+        ("circles", "relaxed", "circles")]  # data without one-hot groups runs once: the mode changes nothing there
+    assert pipeline.run_label(plan[1][0], german) == "german (straight-through)"
+    assert pipeline.run_label(plan[2][0], plan[2][1]) == "circles"
+
+
+def test_mmd_length_scale_defaults_to_the_librarys_and_takes_the_median_heuristic():
+    assert get_config("circles").mmd_length_scale == metrics.DEFAULT_LENGTH_SCALE
+    c = override(get_config("circles"), ["mmd_length_scale=median"])
+    assert c.mmd_length_scale == "median"
+    assert pipeline.protocol_config(c, threshold=0.95, seed=0).mmd_length_scale == "median"
+    assert override(c, ["mmd_length_scale=0.5"]).mmd_length_scale == 0.5
+    with pytest.raises(ValueError, match=r"mmd_length_scale must be a finite number > 0 or 'median'"):
+        override(c, ["mmd_length_scale=mean"])
+
+
+def test_mnist_runs_offline_on_the_5k_subset_with_the_papers_settings_and_row():
+    from experiments.configs import OFFLINE_NAMES
+    c = get_config("mnist_5k")
+    assert "mnist_5k" in OFFLINE_NAMES  # so --full runs it without network
+    full = get_config("mnist")
+    scaled = ("dataset", "expected_minutes", "n_ce", "ig_samples")  # scaled to the subset's size (see its config)
+    same = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in scaled]
+    assert {k: getattr(c, k) for k in same} == {k: getattr(full, k) for k in same}
+    # The reference's 500 counterfactuals per batch of 1,000: 5,000 over MNIST's 10 batches, 2,000 over the subset's 4.
+    assert c.n_ce / (4000 // c.batch_size) == full.n_ce / (10000 // full.batch_size) == 500
+    assert c.ig_samples == 1000 and full.ig_samples == 2500
+    assert c.eval_rounds == full.eval_rounds == 100 and c.eval_individuals == 25  # the reference's MNIST protocol
+    data = pipeline.load_data(c)
+    assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
+    assert paper_results.reduction("mnist_5k", 0) == "6.36*"  # compared with the paper's MNIST row
+    result = {"dataset": "mnist_5k", "label": "mnist_5k", "comparisons": {"CT": {}}, "validity": {}, "accuracy": {}}
+    row = _table_text(reproduce.make_table([result]))[0]
+    assert row["IP* −% (paper)"] == "-70.31" and row["Validity (paper)"] == "1.00 / 1.00"
+
+
+def _table_text(text: str) -> list[dict]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[2:]]
+
+
+def test_revise_from_configs_trains_the_references_vae_and_searches_with_it(tmp_path, monkeypatch):
+    vae_calls, aux_seen = [], []
+    real_vae, real_fit = pipeline.train_vae, pipeline.fit_many
+
+    def vae_spy(x, key, **kwargs):
+        vae_calls.append({"rows": len(x), **kwargs})
+        return real_vae(x, key, **kwargs)
+
+    def fit_spy(states, data, config, **kwargs):
+        aux_seen.append((config.objective, config.search.generator, config.search.vae_latent,
+                         config.search.vae_hidden, kwargs.get("aux")))
+        return real_fit(states, data, config, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_vae", vae_spy)
+    monkeypatch.setattr(pipeline, "fit_many", fit_spy)
+    # No protected feature (`protected=` and the loader marks none), so only BL and CT train: a cheaper test.
+    config = override(get_config("linearly_separable"), TINY + ["generator=revise", "protected=",
+                                                                "dataset_kwargs.n_train=300", "dataset_kwargs.n_test=100"])
+    results = pipeline.train_and_evaluate(config, str(tmp_path / "revise"), progress=False, plots=False)
+    # One VAE per dataset, of the reference's architecture for 2-D data (latent 2, hidden 16), on the training rows.
+    assert vae_calls == [{"rows": 300, "latent": 2, "hidden": 16, "batch_size": 64}]
+    ct_runs = [a for a in aux_seen if a[0] == "full"]
+    assert len(ct_runs) == 1
+    for _, generator, latent, hidden, aux in ct_runs:
+        assert (generator, latent, hidden) == ("revise", 2, 16)
+        # The training search decodes through exactly these parameters (it raises without them).
+        assert aux["vae_params"]["params"]["decoder_out"]["kernel"].shape == (16, 2)
+    assert [a[4] for a in aux_seen if a[0] == "vanilla"] == [None]
+    assert results["generator"] == "revise" and results["timings"]["train_vae_s"] > 0
+    assert all(h["search_steps"] and h["search_steps"][0] > 0 for h in results["mechanism"].values())
+    assert pipeline.vae_architecture(2) == (2, 16) and pipeline.vae_architecture(104) == (4, 32)
+
+
+def test_robustness_curves_cover_every_seed_with_their_spread():
+    import jax
+    from ctrain.models import make_model
+    config = override(get_config("circles"), ["seeds=0,1", "robust_samples=40"])
+    data = load_dataset("circles", n_train=50, n_val=0, n_test=40)
+    trained = {"BL": [make_model("mlp", 2, 2, jax.random.key(s)) for s in (0, 1)]}
+    out = pipeline.robustness_over_seeds(config, data, trained, ["BL"])["BL"]
+    assert out["n_seeds"] == 2 and len(out["per_seed"]) == 2
+    per_seed = np.array([r["fgsm"]["accuracy"] for r in out["per_seed"]])
+    np.testing.assert_allclose(out["fgsm"]["mean"], per_seed.mean(0))
+    np.testing.assert_allclose(out["fgsm"]["min"], per_seed.min(0))
+    np.testing.assert_allclose(out["fgsm"]["max"], per_seed.max(0))
+    assert out["accuracy"]["mean"] == pytest.approx(np.mean([r["accuracy"] for r in out["per_seed"]]))

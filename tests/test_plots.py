@@ -1,5 +1,6 @@
 """Smoke tests for experiments/plots.py: every figure is written as a valid, non-trivial PNG."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -84,3 +85,68 @@ def test_training_curves(trained, tmp_path):
     other = [{**log, "loss": log["loss"] * 1.2} for log in history]
     path = plots.plot_training_curves(tmp_path / "curves.png", {"BL": history, "CT": other})
     assert_png(path)
+
+
+def test_decision_surfaces_with_panels_constraints_boundary_and_a_target(small_moons, trained, tmp_path):
+    model, _ = trained
+    held = small_moons.with_mutability(x0="immutable")
+    panels = {"free": model, "x0 held": model}
+    seen = []
+    real = plots.search_counterfactuals_jit
+
+    def spy(apply_fn, params, x, target, key, config, constraints, **kwargs):
+        seen.append((np.asarray(target), np.asarray(constraints.mutability)))
+        return real(apply_fn, params, x, target, key, config, constraints, **kwargs)
+
+    plots.search_counterfactuals_jit = spy
+    try:
+        path = plots.plot_decision_surfaces(tmp_path / "panels.png", small_moons, panels, key=jax.random.key(0),
+                                            search_config=SearchConfig(max_steps=5, threshold=0.6),
+                                            constraints={"free": small_moons.constraints(),
+                                                         "x0 held": held.constraints()},
+                                            ncols=1, boundary=True, target_class=1, show="train", n_factuals=4,
+                                            grid_size=40)
+    finally:
+        plots.search_counterfactuals_jit = real
+    assert_png(path)
+    assert all((t == 1).all() for t, _ in seen)  # every factual searched towards class 1
+    assert not np.array_equal(seen[0][1], seen[1][1])  # each panel searched under its own constraints
+    with pytest.raises(ValueError, match=r"no entry for the panel\(s\) \['x0 held'\]"):
+        plots.plot_decision_surfaces(tmp_path / "x.png", small_moons, panels, key=jax.random.key(0),
+                                     search_config=SearchConfig(max_steps=2), constraints={"free": held.constraints()})
+
+
+def test_robust_accuracy_with_spread_over_seeds(tmp_path):
+    eps = [0.0, 0.05, 0.1]
+    curves = {"BL": {"fgsm": {"epsilon": eps, "mean": [0.9, 0.5, 0.2], "min": [0.88, 0.4, 0.1],
+                              "max": [0.92, 0.6, 0.3]}},
+              "CT": {"fgsm": {"epsilon": eps, "accuracy": [0.9, 0.8, 0.7]}}}
+    assert_png(plots.plot_robust_accuracy(tmp_path / "spread.png", curves, title="spread"))
+    with pytest.raises(ValueError, match="holds neither 'accuracy' nor 'mean'"):
+        plots.plot_robust_accuracy(tmp_path / "bad.png", {"BL": {"fgsm": {"epsilon": eps}}}, title="bad")
+
+
+def test_ig_maps(tmp_path):
+    rng = np.random.default_rng(0)
+    maps = {"BL": rng.uniform(0, 1, (3, 64)), "CT": rng.uniform(0, 1, (3, 64))}
+    protected = np.zeros(64, bool)
+    protected[:8] = protected[-8:] = True
+    assert_png(plots.plot_ig_maps(tmp_path / "ig.png", maps, image_shape=(8, 8), protected_mask=protected,
+                                  class_names=["a", "b", "c"], title="IG"))
+    with pytest.raises(ValueError, match=r"expected maps of shape \(3, 64\)"):
+        plots.plot_ig_maps(tmp_path / "bad.png", {"BL": maps["BL"][:, :10]}, image_shape=(8, 8))
+
+
+def test_class_ig_maps_and_linear_sensitivities_known_answers():
+    from experiments import figures
+    apply_fn, params = make_model("linear", 2, 2, jax.random.key(0))
+    zero = jax.tree.map(jnp.zeros_like, params)
+    params = {"params": {"Dense_0": {"kernel": zero["params"]["Dense_0"]["kernel"].at[:, 1].set(jnp.array([1.0, 3.0])),
+                                     "bias": zero["params"]["Dense_0"]["bias"]}}}
+    # logit_1 − logit_0 = x0 + 3·x1: a quarter of the decision gradient falls on x0.
+    np.testing.assert_allclose(figures.linear_sensitivities(apply_fn, params, 2), [0.25, 0.75], rtol=1e-6)
+    x = np.array([[2.0, 2.0]] * 6, np.float32)
+    maps = figures.class_ig_maps(apply_fn, params, x, np.ones(6, np.int32), num_classes=2, key=jax.random.key(1),
+                                 n_steps=4)
+    assert maps.shape == (2, 2) and (maps[0] == 0).all()  # no rows of class 0: a map of zeros
+    np.testing.assert_allclose(maps[1], [0.0, 1.0])  # min–max of the class-1 mean IG (x0 attributed less than x1)

@@ -298,7 +298,8 @@ def compare(summary: Sequence[Mapping], metric: str, *, treatment: str = "CT", b
     reduction_pct = −(mean_j r_j − 1)·100 with r_j = treatment_j / baseline_j; se_pct = 100·sd_j(r_j);
     ci = the `level` percentile-bootstrap CI of mean_j(treatment_j − baseline_j); significant if it
     excludes 0. Rounds where either model has no value (or the baseline is 0) are left out; with no
-    rounds left every figure is None and "note" says why.
+    rounds left every figure is None and "note" says why. One paired round gives means and a reduction
+    but no CI (a bootstrap of one value is that value) and so no significance.
     """
     values = {}
     for row in summary:
@@ -308,17 +309,20 @@ def compare(summary: Sequence[Mapping], metric: str, *, treatment: str = "CT", b
               if v.get(treatment) is not None and v.get(baseline) is not None]
     out = {"metric": metric, "treatment": treatment, "baseline": baseline, "n_rounds": len(paired),
            "treatment_mean": None, "baseline_mean": None, "reduction_pct": None, "se_pct": None,
-           "ci_low": None, "ci_high": None, "significant": None, "note": ""}
+           "ci_low": None, "ci_high": None, "level": level, "significant": None, "note": ""}
     if not paired:
         out["note"] = "no round where both models have valid counterfactuals"
         return out
     a, b = np.array(paired, dtype=np.float64).T
     out.update(treatment_mean=float(a.mean()), baseline_mean=float(b.mean()))
     diff = a - b
-    rng = np.random.default_rng(seed)
-    boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
-    lo, hi = np.percentile(boot, [50 * (1 - level), 100 - 50 * (1 - level)])
-    out.update(ci_low=float(lo), ci_high=float(hi), significant=bool(lo > 0 or hi < 0))
+    if len(diff) > 1:
+        rng = np.random.default_rng(seed)
+        boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
+        lo, hi = np.percentile(boot, [50 * (1 - level), 100 - 50 * (1 - level)])
+        out.update(ci_low=float(lo), ci_high=float(hi), significant=bool(lo > 0 or hi < 0))
+    else:
+        out["note"] = "one paired round: no confidence interval, so no significance"
     nonzero = b != 0
     if nonzero.any():
         ratio = a[nonzero] / b[nonzero]

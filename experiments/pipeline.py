@@ -37,7 +37,14 @@ from ctrain.train import TrainConfig, create_train_states, fit_many
 if typing.TYPE_CHECKING:  # configs imports this module to validate itself: no import cycle at run time
     from experiments.configs import ExperimentConfig
 
-LABELS = {"vanilla": "BL", "full": "CT", "energy": "CD", "adversarial": "AR"}
+LABELS = {"vanilla": "BL", "full": "CT", "energy": "CD", "adversarial": "AR", "pgd_at": "PGD-AT", "jem": "JEM"}
+# Baselines beyond the paper (`train_and_evaluate(baselines=True)`, `reproduce --baselines`): Madry et al.'s PGD
+# adversarial training at CT's ε and T, and JEM-style training on conditional-SGLD samples (ctrain.objective).
+BASELINES = ("pgd_at", "jem")
+# Models whose training runs no counterfactual search, so the mechanism's health does not apply to them.
+NO_SEARCH_LABELS = ("BL", "PGD-AT", "JEM")
+# What CT is compared with each baseline on (rounds paired within a seed, as CT vs BL).
+VERSUS_METRICS = ("ip", "ip_star", "cost", "validity")
 
 
 def free_schema(data: Dataset) -> Dataset:
@@ -250,7 +257,7 @@ def mechanism_health(histories: dict[str, list[list[dict]]]) -> dict:
     """
     out = {}
     for label, runs in histories.items():
-        if label == "BL":  # the vanilla objective searches no counterfactuals
+        if label in NO_SEARCH_LABELS:  # BL, PGD-AT and JEM train on no counterfactuals
             continue
         out[label] = {key: [run[-1].get(key) for run in runs] for key in MECHANISM}
         out[label]["nonfinite"] = [int(sum(epoch.get("nonfinite", 0) for epoch in run)) for run in runs]
@@ -339,11 +346,14 @@ def median_ci(values) -> dict:
 
 
 def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset | None = None, ablation: bool = False,
-                       progress: bool = True, plots: bool = True) -> dict:
+                       baselines: bool = False, progress: bool = True, plots: bool = True) -> dict:
     """Returns the results dict of one dataset (comparisons, accuracies, IG, robustness, timings) and writes its files.
 
     `data` is the config's dataset already loaded (e.g. by `load_data` while validating many configs);
     it is loaded here otherwise. The config is checked against the data before anything is trained or written.
+    `ablation` adds CD and AR (paper Fig. 5); `baselines` adds PGD-AT and JEM (`BASELINES`), trained with the same
+    seeds and initial weights, scored by the same protocol rounds, with robustness curves for every model, and
+    compared with CT in `results["versus"]`.
     """
     t_start = time.perf_counter()
     loaded = load_data(config) if data is None else data
@@ -360,7 +370,8 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
     aux = train_vae_aux(config, data)  # None unless generator=revise; one VAE serves every run of the dataset
     if aux is not None:
         timings["train_vae_s"] = time.perf_counter() - t0
-    objectives = ["vanilla", "full"] + (["energy", "adversarial"] if ablation else [])
+    objectives = ["vanilla", "full"] + (["energy", "adversarial"] if ablation else []) + (
+        list(BASELINES) if baselines else [])
     trained, histories = {}, {}
     for objective in objectives:
         label = LABELS[objective]
@@ -402,6 +413,9 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
         else not_run("cost", "CT", "not run: the dataset has no protected features (set protected=NAME,...)"))
     accuracy = {label: [h[-1]["test_accuracy"] for h in histories[label]] for label in histories}
     validity = {label: _mean_metric(pooled, label, "validity") for label in labels}
+    means = {label: {m: _mean_metric(pooled, label, m) for m in VERSUS_METRICS} for label in labels}
+    versus = {LABELS[o]: {m: comparison(pooled, m, treatment="CT", baseline=LABELS[o]) for m in VERSUS_METRICS}
+              for o in objectives if o in BASELINES}
     validity_protected = {label: _mean_metric(pooled_cost, label, "validity") for label in ("CT", "BL")} if cost else {}
 
     ig = {}
@@ -414,7 +428,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
         timings["ig_s"] = time.perf_counter() - t0
 
     robustness = {}
-    if config.robustness:
+    if config.robustness or baselines:  # the baselines' claim is robustness: measure it on every dataset
         t0 = time.perf_counter()
         robustness = robustness_over_seeds(config, data, trained, labels)
         timings["robustness_s"] = time.perf_counter() - t0
@@ -431,7 +445,10 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
                "one_hot_groups": len(data.schema.groups), "generator": config.generator,
                "paper_row": _paper_row(config.dataset), "seeds": list(config.seeds), "protected": list(protected),
                "ablation": ablation, "comparisons": comparisons, "accuracy": accuracy, "validity": validity,
-               "validity_protected": validity_protected, "ig": ig, "mmd_length_scale": config.mmd_length_scale,
+               "validity_protected": validity_protected, "means": means, "versus": versus,
+               "skipped_updates": {label: [int(sum(e.get("nonfinite", 0) for e in run)) for run in runs]
+                                   for label, runs in histories.items()},
+               "ig": ig, "mmd_length_scale": config.mmd_length_scale,
                "robustness": robust_summary, "figures": figures, "timings": timings,
                "convergence": {label: mechanism[label]["converged"] for label in mechanism}, "mechanism": mechanism}
     notes = [f"histories.json: {n}" for n in history_notes]

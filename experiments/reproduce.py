@@ -5,6 +5,7 @@
     python -m experiments.reproduce --datasets adult --set seeds=0 --set epochs=50 --ablation
     python -m experiments.reproduce --datasets adult german --categorical-modes relaxed straight_through
     python -m experiments.reproduce --full --categorical-modes relaxed straight_through --results-md RESULTS.md
+    python -m experiments.reproduce --datasets moons digits --baselines   # + PGD-AT and JEM rows, CT vs each
 
 Produces Table 1 (IP, IP*, cost with protected features, validity, accuracy, mechanism health), Table 2
 (IG sensitivity to the protected features), Tables 7 and 8a (raw means with CIs; cost without
@@ -13,7 +14,9 @@ linearly_separable runs) and Figure 3 (IG maps, for the image sets). `--full` ru
 data is available, the MNIST row on the offline 5,000-image subset (`mnist_5k`). `--categorical-modes`
 runs the datasets with one-hot groups (Adult, German) once per one-hot search mode; each such row is
 labelled with its mode ("adult (relaxed)"), and a dataset without one-hot groups runs once (the mode
-changes nothing there).
+changes nothing there). `--baselines` adds two baselines the paper discusses but does not run, PGD
+adversarial training and JEM-style training, with the same seeds and protocol, robust accuracy for every
+model, and one sentence per dataset and baseline saying whether CT beats it, with the 95% CI.
 
 Every dataset's config is checked, and its data loaded and checked against it, before the first model
 is trained, so a bad --set fails at once. Writes to --out (default results/reproduce): metadata.json
@@ -38,6 +41,7 @@ from ctrain.search import CATEGORICAL_MODES
 from experiments import paper_results
 from experiments.configs import CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, get_config, override
 from experiments.pipeline import load_data, run_metadata, train_and_evaluate, write_json
+from experiments.results_md import marked_sections
 
 NOTES = """\
 - Seeds: the paper trains one model per configuration (global seed 2025); here every row pools the
@@ -287,6 +291,85 @@ def make_ablation_table(all_results: list[dict]) -> str:
     return _with_notes(lines, notes)
 
 
+BASELINE_MODELS = ("BL", "CT", "PGD-AT", "JEM")
+# What a lower (IP, IP*, cost) or higher (validity) value means for CT when it beats a baseline.
+_BETTER_IF_LOWER = {"ip": True, "ip_star": True, "cost": True, "validity": False}
+_METRIC_NAMES = {"ip": "IP", "ip_star": "IP*", "cost": "cost", "validity": "validity"}
+
+
+def _verdict(cmp: dict | None, metric: str) -> str:
+    """Returns CT's side of a paired comparison: better / worse (the CI of the difference excludes 0) / no difference."""
+    if not cmp or not _finite(cmp.get("ci_low")) or not _finite(cmp.get("ci_high")):
+        return "not computable" + (f" ({cmp['note']})" if cmp and cmp.get("note") else "")
+    low, high = cmp["ci_low"], cmp["ci_high"]
+    if low <= 0 <= high:
+        return "no significant difference"
+    lower = high < 0
+    return "CT better" if lower == _BETTER_IF_LOWER[metric] else "CT worse"
+
+
+def versus_sentences(res: dict) -> list[str]:
+    """Returns one sentence per baseline of a dataset: CT's paired differences with their 95% CIs, and the verdicts."""
+    out = []
+    label = res.get("label", res["dataset"])
+    for baseline, cmps in (res.get("versus") or {}).items():
+        parts, wins, losses = [], [], []
+        for metric in ("ip", "ip_star", "cost", "validity"):
+            c = cmps.get(metric) or {}
+            verdict = _verdict(c, metric)
+            name = _METRIC_NAMES[metric]
+            if _finite(c.get("treatment_mean")) and _finite(c.get("baseline_mean")) and _finite(c.get("ci_low")):
+                diff = c["treatment_mean"] - c["baseline_mean"]
+                parts.append(f"{name} {c['treatment_mean']:.3g} vs {c['baseline_mean']:.3g} (difference {diff:+.3g}, "
+                             f"{100 * c.get('level', 0.99):g}% CI [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}], {c['n_rounds']} paired "
+                             f"rounds: "
+                             f"{verdict})")
+            else:
+                parts.append(f"{name}: {verdict}")
+            (wins if verdict == "CT better" else losses if verdict == "CT worse" else []).append(name)
+        summary = (f"CT beats {baseline} on {', '.join(wins)}" if wins else f"CT does not beat {baseline} on any metric")
+        summary += f" and loses on {', '.join(losses)}" if losses else ""
+        out.append(f"- **{label}, CT vs {baseline}**: {summary}. " + "; ".join(parts) + ".")
+    return out
+
+
+def make_baselines_table(all_results: list[dict]) -> str:
+    """Returns BL, CT, PGD-AT and JEM side by side per dataset (accuracy, robust accuracy, validity, cost, IP, IP*)."""
+    lines = ["| Data | Model | Accuracy | FGSM | PGD | ε | Validity | Cost | IP | IP* | Skipped updates |",
+             "|" + "---|" * 11]
+    sentences = []
+    for res in all_results:
+        if not res.get("versus"):
+            continue
+        label = res.get("label", res["dataset"])
+        rob, means = res.get("robustness") or {}, res.get("means") or {}
+        for model in BASELINE_MODELS:
+            if model not in means:
+                continue
+            m = means[model]
+            show = lambda v, f="{:.2f}": "n/a" if not _finite(v) else f.format(v)
+            curve = rob.get(model, {})
+            eps = curve.get("fgsm", {}).get("epsilon", [])
+            lines.append(f"| {label} | {model} | {show(_mean(res['accuracy'].get(model)))} "
+                         f"| {_robust_cell(rob, model, 'fgsm', len(eps) - 1) if eps else 'n/a'} "
+                         f"| {_robust_cell(rob, model, 'pgd', len(eps) - 1) if eps else 'n/a'} "
+                         f"| {show(eps[-1] if eps else None)} | {show(m.get('validity'))} | {show(m.get('cost'))} "
+                         f"| {show(m.get('ip'))} | {show(m.get('ip_star'), '{:.4f}')} "
+                         f"| {sum((res.get('skipped_updates') or {}).get(model, []))} |")
+        sentences += versus_sentences(res)
+    if len(lines) == 2:
+        return ""
+    lines += ["", "Raw means over every seed's protocol rounds (cost, IP and IP* of valid counterfactuals; lower is "
+              "better) and test accuracy; FGSM/PGD: robust accuracy at the largest ε of the curve, mean ± sd over "
+              "seeds. PGD-AT: Madry et al.'s adversarial training in CT's ε-ball with CT's T steps and λ_adv; JEM: "
+              "cross-entropy plus the contrastive energy term (λ_div, λ_reg) on conditional-SGLD samples instead of "
+              "counterfactuals. Same seeds, initial weights and protocol rounds as BL and CT. Paired differences "
+              "are CT minus the baseline, over the rounds where both have a value (so their means can differ from the "
+              "table's); a verdict is drawn only when the 99% bootstrap CI of the mean difference (the paper's "
+              "level, as in Table 1) excludes 0.", "", *sentences]
+    return "\n".join(lines)
+
+
 def all_tables(results: list[dict], *, ablation: bool, figure1: dict | None = None) -> str:
     """Returns every table of the run as one markdown text (Table 1, 2, 7, 8a, robustness, ablation, Figure 1's numbers)."""
     parts = ["## Table 1: plausibility, actionability, validity, accuracy", "", make_table(results)]
@@ -300,6 +383,9 @@ def all_tables(results: list[dict], *, ablation: bool, figure1: dict | None = No
         parts += ["", "## Robust accuracy over seeds (paper Fig. 4)", "", robust]
     if ablation:
         parts += ["", "## Ablation (paper Fig. 5)", "", make_ablation_table(results)]
+    versus = make_baselines_table(results)
+    if versus:
+        parts += ["", "## Baselines beyond the paper: PGD adversarial training and JEM-style training", "", versus]
     if figure1:
         parts += ["", "## Figure 1: linear models", "", figure1_text(figure1)]
     return "\n".join(parts)
@@ -340,6 +426,8 @@ def main(argv=None) -> list[dict]:
                         help="run the datasets with one-hot groups once per mode (rows labelled by mode), e.g. "
                              "relaxed straight_through; default: each config's own `categorical`")
     parser.add_argument("--ablation", action="store_true", help="also train CD (no adversarial) and AR (no div/reg)")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also train PGD adversarial training and JEM-style training, compared with CT")
     parser.add_argument("--out", default=os.path.join("results", "reproduce"))
     parser.add_argument("--results-md", default=None, help="also write this RESULTS.md (and copy the figures beside it)")
     parser.add_argument("--no-plots", action="store_true", help="no figures (Figure 1 and the per-dataset plots)")
@@ -372,7 +460,8 @@ def main(argv=None) -> list[dict]:
         print(f"== {folder}: seeds {list(config.seeds)}, {config.epochs} epochs{mode} "
               f"(expected ~{config.expected_minutes:g} min on a 2-core CPU)", flush=True)
         results.append(train_and_evaluate(config, os.path.join(args.out, folder), data=data,
-                                          ablation=args.ablation, progress=not args.quiet, plots=not args.no_plots))
+                                          ablation=args.ablation, baselines=args.baselines, progress=not args.quiet,
+                                          plots=not args.no_plots))
     figure1 = None
     ls = [(c, d) for c, d, _ in plan if c.dataset == "linearly_separable"]
     if ls and not args.no_plots:
@@ -480,8 +569,10 @@ def write_results_md(path: str, table: str, meta: dict, results: list[dict], con
     if meta.get("skipped"):
         body += ["Datasets not run (their data is not available offline): "
                  + ", ".join(f"{k} ({v})" for k, v in sorted(meta["skipped"].items())), ""]
+    # Sections that other commands wrote into the file (the units study, ...) are theirs to refresh: keep them.
+    kept = marked_sections(open(path).read()) if os.path.exists(path) else []
     with open(path, "w") as f:
-        f.write("\n".join(body))
+        f.write("\n".join(body + kept) + ("\n" if kept else ""))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from ctrain.objective import LossWeights
 from ctrain.search import SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
 from experiments.configs import get_config
+from experiments.results_md import write_section
 
 COPIES = ("raw", "standardized", "x0.1", "x10")
 ARMS = {
@@ -148,19 +149,6 @@ def tables(results: list[dict]) -> str:
     lines += ["", "Reductions are CT vs BL in % (positive = CT better), pooled over seeds; * = the 99% bootstrap CI "
               "of the difference excludes 0. Health: the CT run's last epoch, mean over seeds."]
     return "\n".join(lines)
-
-
-def write_section(path: str, name: str, text: str) -> None:
-    """Writes `text` into the file at `path` between <!-- name:start --> / <!-- name:end --> markers (appended if absent)."""
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    body = open(path).read() if os.path.exists(path) else ""
-    block = f"{start}\n{text.rstrip()}\n{end}"
-    if start in body and end in body:
-        body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
-    else:
-        body = body.rstrip() + "\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(body)
 
 
 def main(argv=None) -> list[dict]:

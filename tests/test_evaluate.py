@@ -45,6 +45,12 @@ def test_compare_reproduces_a_hand_computed_table():
     assert same["reduction_pct"] == 0.0 and same["significant"] is False
 
 
+def test_compare_draws_no_significance_from_one_paired_round():
+    out = compare([{"model": "CT", "round": 0, "ip": 1.0}, {"model": "BL", "round": 0, "ip": 2.0}], "ip")
+    assert out["n_rounds"] == 1 and out["reduction_pct"] == pytest.approx(50.0)
+    assert out["ci_low"] is None and out["significant"] is None and "one paired round" in out["note"]
+
+
 def test_compare_without_paired_rounds_reports_na_not_nan():
     out = compare([{"model": "CT", "round": 0, "ip": None}, {"model": "BL", "round": 0, "ip": 1.0}], "ip")
     assert out["n_rounds"] == 0 and out["reduction_pct"] is None and "no round" in out["note"]

@@ -220,6 +220,69 @@ def test_a_metric_that_cannot_be_computed_is_null_with_its_reason(tmp_path, monk
     assert "IP* n/a — undefined" in (tmp_path / "RESULTS.md").read_text()
 
 
+def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats_them(tmp_path, monkeypatch):
+    trained = []
+    real_fit = pipeline.fit_many
+
+    def fit_spy(states, data, config, **kwargs):
+        trained.append(config.objective)
+        return real_fit(states, data, config, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_many", fit_spy)
+    md = tmp_path / "RESULTS.md"
+    md.write_text("old text\n\n<!-- units:start -->\nunits study table\n<!-- units:end -->\n")
+    out = tmp_path / "run"
+    results = reproduce.main(["--datasets", "linearly_separable", "--quiet", "--no-plots", "--out", str(out),
+                              "--baselines", "--results-md", str(md), *_sets(TINY)])
+    assert sorted(trained) == sorted(["vanilla", "full", "pgd_at", "jem", "full"])  # the last: CT_mut
+    res = _strict_json(out / "linearly_separable" / "results.json")
+    assert res == results[0]
+    # The same protocol rounds score every model; CT is compared with each baseline on them.
+    summary = (out / "linearly_separable" / "seed_0" / "plausibility_summary.csv").read_text()
+    for model in ("BL", "CT", "PGD-AT", "JEM"):
+        assert summary.count(f"\n{model},") == 3, model  # eval_rounds=3
+    assert set(res["versus"]) == {"PGD-AT", "JEM"}
+    for baseline, cmps in res["versus"].items():
+        assert set(cmps) == {"ip", "ip_star", "cost", "validity"}
+        for metric, c in cmps.items():
+            assert c["treatment"] == "CT" and c["baseline"] == baseline
+            if c["ci_low"] is not None:  # the CI is of CT's mean paired difference
+                assert c["ci_low"] <= c["treatment_mean"] - c["baseline_mean"] + 1e-9
+                assert c["treatment_mean"] - c["baseline_mean"] <= c["ci_high"] + 1e-9
+    # Robustness for every model although the synthetic config does not ask for it; no mechanism health for
+    # models that search no counterfactuals.
+    assert set(res["robustness"]) == {"BL", "CT", "PGD-AT", "JEM"}
+    assert all("fgsm" in r and "pgd" in r for r in res["robustness"].values())
+    assert set(res["mechanism"]) == {"CT", "CT_mut"}
+    assert set(res["skipped_updates"]) == {"BL", "CT", "PGD-AT", "JEM", "CT_mut"}
+    rows, _ = _table(out / "table.md", "Baselines beyond the paper")
+    assert [r["Model"] for r in rows] == ["BL", "CT", "PGD-AT", "JEM"]
+    for row in rows:
+        model = row["Model"]
+        assert row["Accuracy"] == f"{res['accuracy'][model][0]:.2f}"
+        curve = res["robustness"][model]["pgd"]
+        assert row["PGD"] == f"{curve['mean'][-1]:.2f}±{curve['std'][-1]:.2f}"
+    text = md.read_text()
+    for baseline in ("PGD-AT", "JEM"):
+        sentence = next(line for line in text.splitlines() if f"linearly_separable, CT vs {baseline}**" in line)
+        assert ("CT beats" in sentence or "CT does not beat" in sentence) and "IP*" in sentence
+        for metric, name in (("ip", "IP"), ("validity", "validity")):
+            c = res["versus"][baseline][metric]
+            if c["ci_low"] is not None:
+                assert f"99% CI [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]" in sentence
+    assert text.count("<!-- units:start -->\nunits study table\n<!-- units:end -->") == 1  # another command's
+    assert "old text" not in text and "# Reproduced results" in text
+
+
+def test_a_verdict_needs_a_confidence_interval_that_excludes_zero():
+    verdict = reproduce._verdict
+    assert verdict({"ci_low": -2.0, "ci_high": -1.0}, "ip") == "CT better"  # CT's IP lower
+    assert verdict({"ci_low": -2.0, "ci_high": -1.0}, "validity") == "CT worse"  # CT's validity lower
+    assert verdict({"ci_low": 0.5, "ci_high": 1.0}, "cost") == "CT worse"
+    assert verdict({"ci_low": -1.0, "ci_high": 1.0}, "ip_star") == "no significant difference"
+    assert verdict({"ci_low": None, "ci_high": None, "note": "no round"}, "ip").startswith("not computable (no round")
+
+
 # One bad value (or more) per ExperimentConfig field; the test below fails if a field has none.
 BAD_VALUES = {
     "dataset": ["nope", 3], "dataset_kwargs": [(("standardize", "false"),), (("nope", 1),), (("n_train", 1.5),)],

@@ -3,6 +3,7 @@
     python -m experiments.units                          # synthetic sets + German, raw / standardised / x0.1 / x10
     python -m experiments.units --datasets circles --copies raw standardized --arms paper units --seeds 0
     python -m experiments.units --quick                  # circles only, 2 copies, 20 epochs (~2 min, 2-core CPU)
+    python -m experiments.units --datasets linearly_separable --copies raw standardized --set lambda_reg=0.1
 
 For each dataset it trains BL and CT with the same seeds and initial weights on copies of the same data in
 different units (`raw`: the units the data comes in; `standardized`: mean 0 and sd 1 per continuous feature;
@@ -41,7 +42,7 @@ from ctrain.models import make_model
 from ctrain.objective import LossWeights
 from ctrain.search import SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
-from experiments.configs import get_config
+from experiments.configs import ExperimentConfig, get_config, override
 from experiments.results_md import write_section
 
 COPIES = ("raw", "standardized", "x0.1", "x10")
@@ -56,9 +57,9 @@ ARMS = {
 HEALTH = ("converged", "search_steps", "one_step", "ae_moved", "cf_in_ball", "energy_cf", "energy_pos", "nonfinite")
 
 
-def data_copy(name: str, which: str):
-    """Returns the dataset `name` in the units `which` (see COPIES), with every feature free (plausibility runs)."""
-    base = load_dataset(name, **dict(get_config(name).dataset_kwargs))
+def data_copy(config: ExperimentConfig, which: str):
+    """Returns the config's dataset in the units `which` (see COPIES), with every feature free (plausibility runs)."""
+    base = load_dataset(config.dataset, **dict(config.dataset_kwargs))
     base = base.with_mutability(**{n: "free" for n in base.schema.names}).in_original_units()
     if which == "raw":
         return base
@@ -69,9 +70,8 @@ def data_copy(name: str, which: str):
     raise ValueError(f"unknown copy {which!r}; choose from {COPIES}")
 
 
-def train_pair(name: str, data, arm: str, seeds, epochs: int | None, progress: bool):
+def train_pair(config: ExperimentConfig, data, arm: str, seeds, epochs: int | None, progress: bool):
     """Returns ({"BL": [(apply_fn, params)], "CT": [...]}, {"CT": histories}) trained with the arm's settings."""
-    config = get_config(name)
     spec = ARMS[arm]
     extra = {}
     if spec["normalize_inputs"]:
@@ -95,9 +95,8 @@ def train_pair(name: str, data, arm: str, seeds, epochs: int | None, progress: b
     return models, histories
 
 
-def evaluate_pair(name: str, data, models, seeds, rounds: int) -> dict:
+def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int) -> dict:
     """Returns CT-vs-BL comparisons of cost, IP, IP* (median ℓ) and IP* (ℓ = 5), pooled over seeds."""
-    config = get_config(name)
     out = {}
     for key, scale in (("median", "median"), ("fixed", config.mmd_length_scale)):
         summaries = []
@@ -164,6 +163,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--rounds", type=int, default=30, help="bootstrap rounds per seed")
     parser.add_argument("--quick", action="store_true", help="circles, raw and standardized, 20 epochs, 10 rounds")
     parser.add_argument("--out", default=os.path.join("results", "units"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="ExperimentConfig override for every dataset (repeatable), e.g. --set lambda_reg=0.1")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--results-md", default=None, help="also write the tables into this file (e.g. RESULTS.md)")
     parser.add_argument("--section", default="units", help="the marked section of --results-md to (re)write")
@@ -171,16 +172,18 @@ def main(argv=None) -> list[dict]:
     if args.quick:
         args.datasets, args.copies, args.epochs, args.rounds, args.seeds = ["circles"], ["raw", "standardized"], 20, \
             10, [0]
+    # Checked before anything trains: a bad --set or dataset name fails at once.
+    configs = {name: override(get_config(name), args.overrides) for name in args.datasets}
     os.makedirs(args.out, exist_ok=True)
     results = []
     t0 = time.perf_counter()
     for name in args.datasets:
         for which in args.copies:
-            data = data_copy(name, which)
+            data = data_copy(configs[name], which)
             for arm in args.arms:
                 t1 = time.perf_counter()
-                models, histories = train_pair(name, data, arm, args.seeds, args.epochs, args.progress)
-                comparisons = evaluate_pair(name, data, models, args.seeds, args.rounds)
+                models, histories = train_pair(configs[name], data, arm, args.seeds, args.epochs, args.progress)
+                comparisons = evaluate_pair(configs[name], data, models, args.seeds, args.rounds)
                 results.append({"dataset": name, "copy": which, "arm": arm, "seeds": args.seeds,
                                 "comparisons": comparisons, "health": health(histories["CT"]),
                                 "wall_s": time.perf_counter() - t1})

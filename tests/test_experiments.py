@@ -272,6 +272,16 @@ def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats
                 assert f"99% CI [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]" in sentence
     assert text.count("<!-- units:start -->\nunits study table\n<!-- units:end -->") == 1  # another command's
     assert "old text" not in text and "# Reproduced results" in text
+    # The tables can be rebuilt from the stored results alone, to the same text, with no training.
+    table = (out / "table.md").read_text()
+    (out / "table.md").unlink()
+    trained.clear()
+    assert reproduce.main(["--tables-only", "--out", str(out), "--results-md", str(md)]) == results
+    assert trained == [] and (out / "table.md").read_text() == table
+    rebuilt = md.read_text()
+    assert "--tables-only" in rebuilt and rebuilt.count("<!-- units:start -->") == 1
+    with pytest.raises(FileNotFoundError, match="needs a finished run"):
+        reproduce.main(["--tables-only", "--out", str(tmp_path / "nothing")])
 
 
 def test_a_verdict_needs_a_confidence_interval_that_excludes_zero():

@@ -108,3 +108,39 @@ def test_the_units_aware_protocol_scores_a_rescaled_copy_identically(circles):
                 assert rb[metric] is None
             else:
                 assert rb[metric] == pytest.approx(ra[metric], rel=2e-3, abs=2e-4), metric
+
+
+def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(tmp_path, monkeypatch):
+    from experiments import units
+    seen = []
+    real_fit = units.fit_many
+
+    def fit_spy(states, data, config, **kwargs):
+        seen.append((data.x_train.std(), config.objective, config.search.units, config.search.step_rule,
+                     float(states.weights.reg[0])))
+        return real_fit(states, data, config, **kwargs)
+
+    monkeypatch.setattr(units, "fit_many", fit_spy)
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# kept\n")
+    sets = ["n_ce=60", "eval_individuals=8", "eval_max_steps=10", "ip_samples=30", "mmd_samples=6",
+            "lambda_reg=0.3"]
+    results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units",
+                          "--seeds", "0", "--epochs", "1", "--rounds", "2", "--out", str(tmp_path / "out"),
+                          "--results-md", str(md), "--section", "study", *sum((["--set", s] for s in sets), [])])
+    assert [(r["copy"], r["arm"]) for r in results] == [("raw", "paper"), ("raw", "units"), ("x10", "paper"),
+                                                        ("x10", "units")]
+    # Each arm's search reaches training (BL and CT), the --set λ_reg reaches the state, the x10 copy is x10.
+    arms = [(u, r) for _, _, u, r, _ in seen]
+    assert arms == [("absolute", "gradient")] * 2 + [("std", "normalized")] * 2 + [("absolute", "gradient")] * 2 \
+        + [("std", "normalized")] * 2
+    assert all(reg == pytest.approx(0.3) for *_, reg in seen)
+    assert seen[4][0] == pytest.approx(10 * seen[0][0], rel=1e-5)
+    for r in results:
+        assert set(r["comparisons"]) == {"cost", "ip", "ip_star", "validity", "ip_star_fixed"}
+        assert 0 <= r["health"]["converged"] <= 1 and r["health"]["search_steps"] >= 1
+    text = md.read_text()
+    assert text.startswith("# kept") and "<!-- study:start -->" in text and "--set lambda_reg=0.3" in text
+    assert text.count("| circles |") == 4
+    with pytest.raises(ValueError, match="lambda_reg"):
+        units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])

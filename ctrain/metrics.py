@@ -654,12 +654,7 @@ def protected_sensitivity(ig, protected_mask, *, standardise: str = "auto") -> j
       standardise: "auto", "range", "minmax" or "none".
     """
     ig = _finite_matrix("ig", ig)
-    mask = jnp.asarray(protected_mask)
-    if mask.shape != (ig.shape[1],) or mask.dtype != jnp.bool_:
-        raise ValueError(
-            f"protected_mask must be a bool array of shape ({ig.shape[1]},), got {mask.dtype} {mask.shape}")
-    if _is_concrete(mask) and not bool(jnp.any(mask)):
-        raise ValueError("protected_mask selects no feature")
+    mask = _protected_mask(protected_mask, ig.shape[1])
     if standardise == "auto":
         standardise = "range" if ig.shape[1] == 2 else "minmax"
     magnitude = jnp.abs(ig)
@@ -679,6 +674,16 @@ def protected_sensitivity(ig, protected_mask, *, standardise: str = "auto") -> j
 
 
 STANDARDISATIONS = ("auto", "range", "minmax", "none")
+
+
+def _protected_mask(protected_mask, width: int) -> jax.Array:
+    """Returns the (width,) bool mask after checking its shape, dtype and that it selects a feature."""
+    mask = jnp.asarray(protected_mask)
+    if mask.shape != (width,) or mask.dtype != jnp.bool_:
+        raise ValueError(f"protected_mask must be a bool array of shape ({width},), got {mask.dtype} {mask.shape}")
+    if _is_concrete(mask) and not bool(jnp.any(mask)):
+        raise ValueError("protected_mask selects no feature; mark at least one feature as protected")
+    return mask
 
 
 def round_sensitivity(mean_ig, protected_mask, *, standardise: str = "auto") -> jax.Array:
@@ -701,11 +706,7 @@ def round_sensitivity(mean_ig, protected_mask, *, standardise: str = "auto") -> 
       standardise: one of STANDARDISATIONS.
     """
     g = _finite_matrix("mean_ig", mean_ig)
-    mask = jnp.asarray(protected_mask)
-    if mask.shape != (g.shape[1],) or mask.dtype != jnp.bool_:
-        raise ValueError(f"protected_mask must be a bool array of shape ({g.shape[1]},), got {mask.dtype} {mask.shape}")
-    if _is_concrete(mask) and not bool(jnp.any(mask)):
-        raise ValueError("protected_mask selects no feature; mark at least one feature as protected")
+    mask = _protected_mask(protected_mask, g.shape[1])
     if standardise not in STANDARDISATIONS:
         raise ValueError(f"standardise must be one of {STANDARDISATIONS}, got {standardise!r}")
     if standardise == "auto":

@@ -248,6 +248,11 @@ def not_run(metric: str, treatment: str, reason: str) -> dict:
 MECHANISM = ("converged", "search_steps", "ae_moved", "cf_in_ball")
 
 
+def skipped_updates(runs: list[list[dict]]) -> list[int]:
+    """Returns, per seed's run (a list of epoch logs), the updates skipped for a non-finite loss or gradient."""
+    return [int(sum(epoch.get("nonfinite", 0) for epoch in run)) for run in runs]
+
+
 def mechanism_health(histories: dict[str, list[list[dict]]]) -> dict:
     """Returns, per CF-trained model and seed, the last epoch's mechanism means and the run's skipped updates.
 
@@ -260,7 +265,7 @@ def mechanism_health(histories: dict[str, list[list[dict]]]) -> dict:
         if label in NO_SEARCH_LABELS:  # BL, PGD-AT and JEM train on no counterfactuals
             continue
         out[label] = {key: [run[-1].get(key) for run in runs] for key in MECHANISM}
-        out[label]["nonfinite"] = [int(sum(epoch.get("nonfinite", 0) for epoch in run)) for run in runs]
+        out[label]["nonfinite"] = skipped_updates(runs)
     return out
 
 
@@ -446,8 +451,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
                "paper_row": _paper_row(config.dataset), "seeds": list(config.seeds), "protected": list(protected),
                "ablation": ablation, "comparisons": comparisons, "accuracy": accuracy, "validity": validity,
                "validity_protected": validity_protected, "means": means, "versus": versus,
-               "skipped_updates": {label: [int(sum(e.get("nonfinite", 0) for e in run)) for run in runs]
-                                   for label, runs in histories.items()},
+               "skipped_updates": {label: skipped_updates(runs) for label, runs in histories.items()},
                "ig": ig, "mmd_length_scale": config.mmd_length_scale,
                "robustness": robust_summary, "figures": figures, "timings": timings,
                "convergence": {label: mechanism[label]["converged"] for label in mechanism}, "mechanism": mechanism}

@@ -139,8 +139,8 @@ def protocol_config(config: ExperimentConfig, *, threshold: float, seed: int) ->
                           mmd_length_scale=config.mmd_length_scale, categorical=config.categorical, seed=seed)
 
 
-def _pool(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
-    # Rounds of different seeds are independent draws: renumber them so they pair only within a seed.
+def pool_rounds(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
+    """Returns the per-seed round summaries as one list, round numbers offset by seed so rounds pair within a seed."""
     return [{**row, "round": i * n_rounds + row["round"]} for i, rows in enumerate(summaries) for row in rows]
 
 
@@ -409,7 +409,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
             cost.append(res_mut["summary"])
     timings["evaluate_s"] = time.perf_counter() - t0
 
-    pooled, pooled_cost = _pool(plaus, config.eval_rounds), _pool(cost, config.eval_rounds)
+    pooled, pooled_cost = pool_rounds(plaus, config.eval_rounds), pool_rounds(cost, config.eval_rounds)
     comparisons = {}
     for label in labels[1:]:
         comparisons[label] = {m: comparison(pooled, m, treatment=label) for m in ("ip", "ip_star", "cost", "validity")}

@@ -65,8 +65,8 @@ from ctrain.models import make_model
 from ctrain.objective import LossWeights
 from ctrain.train import create_train_states, fit_many
 from experiments.configs import OFFLINE_NAMES, SYNTHETIC_NAMES, ExperimentConfig, get_config, override
-from experiments.pipeline import (comparison, free_schema, json_safe, load_data, protocol_config, train_config,
-                                  train_vae_aux, write_json)
+from experiments.pipeline import (comparison, free_schema, json_safe, load_data, pool_rounds, protocol_config,
+                                  skipped_updates, train_config, train_vae_aux, write_json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,7 +268,7 @@ def evaluate_group(group: Group, data, runs, models, *, progress: bool = False) 
 def _health(history: list[dict]) -> dict:
     last = history[-1]
     return {"converged": last.get("converged"), "search_steps": last.get("search_steps"),
-            "nonfinite": int(sum(epoch.get("nonfinite", 0) for epoch in history))}
+            "nonfinite": skipped_updates([history])[0]}
 
 
 def run_group(group: Group, data, workdir: str, *, aux=None, progress: bool = False) -> dict:
@@ -350,11 +350,6 @@ def _bl_key(stored: dict) -> str:
     return _hash(_settings(canonical(ExperimentConfig(**stored), "vanilla")))
 
 
-def _pool(per_seed: list[list[dict]], n_rounds: int) -> list[dict]:
-    # Rounds of different seeds are independent draws: renumber them so they pair only within a seed.
-    return [{**row, "round": i * n_rounds + row["round"]} for i, rows in enumerate(per_seed) for row in rows]
-
-
 def _mean(values):
     values = [v for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -379,7 +374,7 @@ def collect(out: str, grid: str) -> dict:
             row.update({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in config.items()
                         if k != "dataset"})
             if all(b is not None for b in bl):
-                pooled = _pool([[{**x, "model": "CT"} for x in r["summary"]]
+                pooled = pool_rounds([[{**x, "model": "CT"} for x in r["summary"]]
                                 + [{**x, "model": "BL"} for x in b["summary"]] for r, b in zip(runs, bl)],
                                config["eval_rounds"])
                 for metric in ("ip", "ip_star", "cost"):

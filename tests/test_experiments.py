@@ -372,7 +372,7 @@ def test_dataset_kwargs_are_parsed_by_the_loaders_signature():
     assert x_off.shape == x_on.shape == (200, 2) and not np.allclose(x_off, x_on)  # the setting reaches the loader
     assert abs(float(x_on.mean())) < 0.1 and float(x_on.std()) == pytest.approx(1.0, abs=0.1)
     adult = override(get_config("adult"), ["dataset_kwargs.n_train=none", "dataset_kwargs.seed=3"])
-    assert dict(adult.dataset_kwargs) == {"n_train": None, "seed": 3}
+    assert dict(adult.dataset_kwargs) == {"n_train": None, "seed": 3, "onehot_bounds": "inferred"}
     with pytest.raises(ValueError, match=r"unknown key dataset_kwargs\.standardise.*'n_train'.*'standardize'"):
         override(c, ["dataset_kwargs.standardise=true"])
     with pytest.raises(ValueError, match=r"bad value for dataset_kwargs\.standardize: expected true or false"):
@@ -562,3 +562,18 @@ def test_robustness_curves_cover_every_seed_with_their_spread():
     np.testing.assert_allclose(out["fgsm"]["min"], per_seed.min(0))
     np.testing.assert_allclose(out["fgsm"]["max"], per_seed.max(0))
     assert out["accuracy"]["mean"] == pytest.approx(np.mean([r["accuracy"] for r in out["per_seed"]]))
+
+
+def test_tabular_configs_use_the_references_onehot_domain_and_the_override_reaches_the_data():
+    from experiments import pipeline
+    config = get_config("german")
+    assert dict(config.dataset_kwargs)["onehot_bounds"] == "inferred"
+    unit = override(config, ["dataset_kwargs.onehot_bounds=unit"])
+    wide, narrow = pipeline.load_data(config), pipeline.load_data(unit)
+    cat = np.array([f.kind == "categorical" for f in wide.schema.features])
+    (lo_w, hi_w), (lo_n, hi_n) = wide.schema.bounds_array(), narrow.schema.bounds_array()
+    assert (lo_n[cat] == 0).all() and (hi_n[cat] == 1).all()
+    assert (lo_w[cat] < 0).sum() > cat.sum() // 2 and (hi_w[cat] > 1).any()
+    np.testing.assert_array_equal(np.asarray(wide.constraints().lower), lo_w)  # the bounds the search clips to
+    with pytest.raises(ValueError, match="onehot_bounds"):
+        pipeline.load_data(override(config, ["dataset_kwargs.onehot_bounds=wide"]))

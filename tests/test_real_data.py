@@ -99,6 +99,24 @@ def test_bounds_contain_training_data(adult):
     assert np.all(lo[cat] == 0) and np.all(hi[cat] == 1)
 
 
+def test_inferred_onehot_bounds_are_the_references_domain_and_reach_the_search(adult):
+    wide = tabular.load_adult(ADULT_DIRS[0], seed=0, onehot_bounds="inferred")
+    np.testing.assert_array_equal(wide.x_train, adult.x_train)  # only the bounds change
+    lo, hi = wide.schema.bounds_array()
+    x = np.concatenate([wide.x_train, wide.x_val])
+    np.testing.assert_allclose(lo, np.minimum(x.mean(0) - 2 * x.std(0), x.min(0)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hi, np.maximum(x.mean(0) + 2 * x.std(0), x.max(0)), rtol=1e-5, atol=1e-6)
+    cat = ~continuous(wide)
+    # A category held by p of the rows gets μ − 2σ < 0 unless p > 0.8 (race=White, native-country=United-States)
+    assert (lo[cat] < 0).sum() > 90 and (hi[cat] > 1).sum() >= 2
+    unit_lo, unit_hi = adult.schema.bounds_array()
+    np.testing.assert_array_equal(lo[~cat], unit_lo[~cat])
+    c = wide.constraints()
+    np.testing.assert_allclose(np.asarray(c.lower), lo)  # what the search clips to
+    with pytest.raises(ValueError, match="onehot_bounds must be one of"):
+        tabular.load_adult(ADULT_DIRS[0], seed=0, onehot_bounds="wide")
+
+
 def test_standardisation_is_fitted_on_train_only(adult):
     cont = continuous(adult)
     assert cont.sum() == 6

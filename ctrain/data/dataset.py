@@ -266,8 +266,13 @@ def split_indices(y: np.ndarray, fractions: Sequence[float], *, seed: int, strat
 
 def prepare(name: str, x_train, y_train, x_test, y_test, *, schema: Schema | None = None,
             x_val=None, y_val=None, num_classes: int | None = None, standardize: bool = True,
-            n_std: float = 2.0, class_names: Sequence[str] = (), image_shape=None) -> Dataset:
-    """Returns a validated Dataset: standardiser fitted on train only, unset bounds inferred from train (+val)."""
+            n_std: float = 2.0, class_names: Sequence[str] = (), image_shape=None,
+            onehot_bounds: str = "unit") -> Dataset:
+    """Returns a validated Dataset: standardiser fitted on train only, unset bounds inferred from train (+val).
+
+    `onehot_bounds`: "unit" keeps one-hot columns in [0, 1]; "inferred" bounds them like continuous features,
+    as the reference does (`Schema.infer_bounds`).
+    """
     x_train = check_features(x_train, schema, what=f"{name}: x_train")
     if len(x_train) == 0:
         raise ValueError(f"{name}: the training split is empty")
@@ -283,7 +288,7 @@ def prepare(name: str, x_train, y_train, x_test, y_test, *, schema: Schema | Non
     std = Standardizer.fit(x_train, schema) if standardize else Standardizer.identity(schema.width)
     schema = std.transform_schema(schema)
     x_train, x_val, x_test = (std.transform(x) for x in (x_train, x_val, x_test))
-    schema = schema.infer_bounds(np.concatenate([x_train, x_val]), n_std=n_std)
+    schema = schema.infer_bounds(np.concatenate([x_train, x_val]), n_std=n_std, onehot_bounds=onehot_bounds)
     return Dataset(name=name, x_train=x_train, y_train=y_all[0], x_val=x_val, y_val=y_all[1], x_test=x_test,
                    y_test=y_all[2], schema=schema, num_classes=num_classes, standardizer=std,
                    class_names=tuple(class_names), image_shape=image_shape)

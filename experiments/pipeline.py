@@ -60,7 +60,7 @@ def protected_names(config: ExperimentConfig, data: Dataset) -> tuple[str, ...]:
 
 
 def loss_weights(config: ExperimentConfig, *, mutability: bool = False) -> LossWeights:
-    """Returns the λ's of a run (the mutability runs may drop λ_adv / λ_reg, reference §3.3)."""
+    """Returns the λ's of a run; the mutability runs take mutability_lambda_adv / _reg where they are set."""
     lambda_adv = config.mutability_lambda_adv if mutability and config.mutability_lambda_adv is not None \
         else config.lambda_adv
     lambda_reg = config.mutability_lambda_reg if mutability and config.mutability_lambda_reg is not None \

@@ -430,6 +430,14 @@ def test_every_paper_dataset_has_a_config_with_the_papers_values():
     assert (get_config("moons").tau, get_config("moons").lambda_reg, get_config("moons").n_ce) == (0.9, 0.25, 1000)
     assert (get_config("adult").tau, get_config("adult").n_ce) == (0.75, 5000)
     assert get_config("mnist").lambda_reg == 0.01
+    # The synthetic actionability runs keep CT's penalties (the reference's zeros were a superseded run's config)
+    from experiments import pipeline
+    for name in ("linearly_separable", "circles", "moons", "overlapping"):
+        c = get_config(name)
+        assert pipeline.loss_weights(c, mutability=True) == pipeline.loss_weights(c)
+    zero = override(get_config("circles"), ["mutability_lambda_adv=0", "mutability_lambda_reg=0"])
+    assert (pipeline.loss_weights(zero, mutability=True).adv, pipeline.loss_weights(zero, mutability=True).reg,
+            pipeline.loss_weights(zero).reg) == (0.0, 0.0, 0.5)
 
 
 def test_overrides_are_typed_and_errors_name_the_key_and_the_allowed_values():

@@ -32,8 +32,12 @@ from ctrain.energy import energy_from_logits
 #  "straight_through"  the model is evaluated, and τ checked, at the snapped point (real categories) while its
 #                      gradient moves the relaxed state: returns real categories and keeps converging;
 #  "snap"              the gradient is taken at the relaxed state and τ at its snap (the first design; the
-#                      snapped category rarely flips, so searches stall).
-CATEGORICAL_MODES = ("relaxed", "straight_through", "snap")
+#                      snapped category rarely flips, so searches stall);
+#  "snap_state"        the state itself is snapped after every step and the gradient taken there: the reference's
+#                      test-time search (CounterfactualExplanations.jl re-encodes the snapped point as the new
+#                      state when the data declares categorical features), where a category changes only when a
+#                      single step moves another one past it (step · gradient gap > 1).
+CATEGORICAL_MODES = ("relaxed", "straight_through", "snap", "snap_state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +320,7 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     c = constraints
 
     snap_groups = config.categorical != "relaxed"
+    snap_state = config.categorical == "snap_state" and c.has_groups and not gen.latent
     if gen.latent:
         encode = jax.vmap(functools.partial(gen.encode, config, aux))
         decode_one = functools.partial(gen.decode, config, aux)
@@ -336,6 +341,8 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         s0 = s0 + (noise if gen.latent else noise * unit)
     if not gen.latent:
         s0 = cons.project(s0, x, c, box, simplex=simplex)
+        if snap_state:
+            s0 = cons.snap(s0, x, c)
     tx = optax.sgd(config.step_size) if config.optimizer == "sgd" else optax.adam(config.step_size)
     opt0 = jax.vmap(tx.init)(s0)
 
@@ -356,7 +363,7 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
 
     grad_fn = jax.vmap(jax.value_and_grad(sample_objective, has_aux=True), in_axes=(0, 0, 0, None))
     # Straight-through: the objective is evaluated at the snapped point, its gradient moves the relaxed state.
-    grad_at_view = config.categorical == "straight_through" and c.has_groups and not gen.latent
+    grad_at_view = config.categorical in ("straight_through", "snap_state") and c.has_groups and not gen.latent
     view_needs_forward = gen.latent or (c.has_groups and config.categorical == "snap")
 
     def check(view, logits, done, x_ae):
@@ -380,6 +387,8 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         s_new = s + (updates if gen.latent else updates * unit)
         if not gen.latent:
             s_new = cons.project(s_new, x, c, box, simplex=simplex)
+        if snap_state:
+            s_new = cons.snap(s_new, x, c)
         keep = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)
         s = keep(s_new, s)
         opt = jax.tree.map(keep, new_opt, opt)

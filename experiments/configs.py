@@ -93,6 +93,10 @@ class ExperimentConfig:
     # How one-hot groups are searched, in training and at test time (ctrain.search.CATEGORICAL_MODES):
     # "relaxed" = the reference's parity; "straight_through" = ctrain's converging mode with real categories.
     categorical: str = "relaxed"
+    # The test-time search's one-hot mode when it differs from training's (None = `categorical`). "snap_state" is
+    # the reference's evaluation of Adult and Credit: their test-time data declare the categorical features, so
+    # CounterfactualExplanations.jl snaps the search state after every step (training's search does not).
+    eval_categorical: str | None = None
     # Integrated-gradients sensitivity to the protected features (paper Table 2, reference protocol):
     # ig_rounds bootstrap rounds of ig_samples test rows, IG by the trapezoid rule on ig_steps intervals.
     ig_rounds: int = 100
@@ -175,6 +179,8 @@ def _check_fields(c: ExperimentConfig) -> None:
     from ctrain.search import CATEGORICAL_MODES
     if c.categorical not in CATEGORICAL_MODES:
         _fail("categorical", f"one of {CATEGORICAL_MODES} (relaxed = the reference's parity)", c.categorical)
+    if c.eval_categorical is not None and c.eval_categorical not in CATEGORICAL_MODES:
+        _fail("eval_categorical", f"None or one of {CATEGORICAL_MODES}", c.eval_categorical)
     scale = c.mmd_length_scale
     if scale != MEDIAN and (not _is_number(scale) or not scale > 0):
         _fail("mmd_length_scale", f"a finite number > 0 or {MEDIAN!r}", scale)

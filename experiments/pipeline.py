@@ -136,7 +136,8 @@ def protocol_config(config: ExperimentConfig, *, threshold: float, seed: int) ->
     return ProtocolConfig(n_rounds=config.eval_rounds, n_individuals=config.eval_individuals,
                           lambda_energy=config.eval_lambda_energy, max_steps=config.eval_max_steps,
                           threshold=threshold, ip_samples=config.ip_samples, mmd_samples=config.mmd_samples,
-                          mmd_length_scale=config.mmd_length_scale, categorical=config.categorical, seed=seed)
+                          mmd_length_scale=config.mmd_length_scale,
+                          categorical=config.eval_categorical or config.categorical, seed=seed)
 
 
 def pool_rounds(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
@@ -269,14 +270,19 @@ def mechanism_health(histories: dict[str, list[list[dict]]]) -> dict:
     return out
 
 
-CATEGORICAL_LABELS = {"relaxed": "relaxed", "straight_through": "straight-through", "snap": "snap"}
+CATEGORICAL_LABELS = {"relaxed": "relaxed", "straight_through": "straight-through", "snap": "snap",
+                      "snap_state": "snap-state"}
 
 
 def run_label(config: ExperimentConfig, data: Dataset) -> str:
     """Returns the row label of a run: the dataset, with the one-hot search mode when the data has one-hot groups."""
-    if data.schema.groups:
-        return f"{config.dataset} ({CATEGORICAL_LABELS.get(config.categorical, config.categorical)})"
-    return config.dataset
+    if not data.schema.groups:
+        return config.dataset
+    mode = CATEGORICAL_LABELS.get(config.categorical, config.categorical)
+    tested = config.eval_categorical
+    if tested is not None and tested != config.categorical:
+        mode += f", tested {CATEGORICAL_LABELS.get(tested, tested)}"
+    return f"{config.dataset} ({mode})"
 
 
 def robust_spread(per_seed: list[dict]) -> dict:

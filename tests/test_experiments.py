@@ -307,7 +307,8 @@ BAD_VALUES = {
     "eval_individuals": [0], "eval_lambda_energy": [(), (float("nan"),), (-1.0,)], "eval_max_steps": [0],
     "eval_tau": [0.0], "eval_cost_tau": [1.0], "ip_samples": [0], "mmd_samples": [1],
     "mmd_length_scale": [0.0, float("nan"), float("inf"), -5.0, "mean", True], "robustness": ["yes"],
-    "robust_samples": [0], "categorical": ["nope", 1, "box"], "ig_rounds": [0, 1.5], "ig_samples": [0],
+    "robust_samples": [0], "categorical": ["nope", 1, "box"], "eval_categorical": ["nope", 1],
+    "ig_rounds": [0, 1.5], "ig_samples": [0],
     "ig_steps": [0, True],
     "seeds": [(), (-1,), (0, 0), (1.5,)], "expected_minutes": [-1.0, float("nan")],
 }
@@ -585,3 +586,16 @@ def test_tabular_configs_use_the_references_onehot_domain_and_the_override_reach
     np.testing.assert_array_equal(np.asarray(wide.constraints().lower), lo_w)  # the bounds the search clips to
     with pytest.raises(ValueError, match="onehot_bounds"):
         pipeline.load_data(override(config, ["dataset_kwargs.onehot_bounds=wide"]))
+
+
+def test_eval_categorical_sets_the_test_time_search_and_labels_the_row():
+    from experiments import pipeline
+    german = load_dataset("german")
+    config = get_config("german")
+    assert pipeline.protocol_config(config, threshold=0.95, seed=0).categorical == "relaxed"
+    tested = override(config, ["eval_categorical=snap_state"])
+    protocol = pipeline.protocol_config(tested, threshold=0.95, seed=0)
+    assert protocol.search_config(1.0).categorical == "snap_state"
+    assert pipeline.search_config(tested).categorical == "relaxed"  # training keeps its own mode
+    assert pipeline.run_label(tested, german) == "german (relaxed, tested snap-state)"
+    assert pipeline.run_label(config, german) == "german (relaxed)"

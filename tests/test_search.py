@@ -551,3 +551,27 @@ def test_straight_through_reaches_tau_with_real_categories_where_snapping_every_
         assert not bool(jnp.any(snap.converged)) and int(snap.steps[0]) == 20
         # Reference parity converges on the relaxed point, which is no real category.
         assert int(jnp.sum(cons.violations(relaxed.x_cf, x, c)["invalid_onehot"])) == 4
+
+
+def test_snap_state_flips_a_category_only_when_one_step_carries_it_past_the_others():
+    # Columns: x0 (no weight), one-hot {A, B}; logit₁ − logit₀ = B − A. From A the cross-entropy gradient toward
+    # class 1 is (1 − p)·(+1, −1) on (A, B) with 1 − p = σ(1) ≈ 0.731: one SGD step of size η puts B past A
+    # iff η · 2 · 0.731 > 1, i.e. η > 0.684 (the reference's test-time search, where the state is re-snapped).
+    w = jnp.array([[0.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
+    c = cons.make_constraints(3, groups=[[1, 2]], lower=np.array([-5.0, 0, 0]), upper=np.array([5.0, 1, 1]))
+    x = jnp.array([[0.0, 1.0, 0.0]] * 2)
+    base = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.6, max_steps=10, units="absolute",
+                        step_rule="gradient", categorical="snap_state")
+    run = lambda cfg: search_counterfactuals(linear, {"w": w}, x, jnp.ones(2, jnp.int32), jax.random.key(0),
+                                             cfg, c, return_path=True)
+    stuck, path = run(base.replace(step_size=0.6))
+    onehot_rows = np.asarray(path[..., 1:]).reshape(-1, 2)
+    assert set(map(tuple, onehot_rows)) == {(1.0, 0.0)}  # every iterate is the factual's category, exactly
+    assert not bool(jnp.any(stuck.converged)) and int(stuck.steps[0]) == 10
+    flipped, path = run(base.replace(step_size=0.7))
+    np.testing.assert_array_equal(np.asarray(flipped.x_cf), np.tile([0.0, 0.0, 1.0], (2, 1)))
+    assert bool(jnp.all(flipped.converged)) and int(flipped.steps[0]) == 1
+    # The relaxed search moves A and B gradually at the smaller step and reaches τ with a fractional category.
+    relaxed = search_counterfactuals(linear, {"w": w}, x, jnp.ones(2, jnp.int32), jax.random.key(0),
+                                     base.replace(step_size=0.6, categorical="relaxed"), c)
+    assert bool(jnp.all(relaxed.converged)) and 0 < float(relaxed.x_cf[0, 2]) < 1

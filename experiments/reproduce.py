@@ -425,7 +425,11 @@ def run_plan(configs, loaded: dict, modes) -> list[tuple]:
         data = loaded[config.dataset]
         if modes and data.schema.groups:
             for mode in modes:
-                plan.append((dataclasses.replace(config, categorical=mode), data, f"{config.dataset}-{mode}"))
+                # A mode other than the config's own is tested in that mode (eval_categorical belongs to the
+                # config's own training mode: the reference's snapped test-time search for its relaxed training).
+                tested = config.eval_categorical if mode == config.categorical else None
+                plan.append((dataclasses.replace(config, categorical=mode, eval_categorical=tested), data,
+                             f"{config.dataset}-{mode}"))
         else:
             plan.append((config, data, config.dataset))
     return plan

@@ -92,10 +92,12 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
                               "--categorical-modes", "relaxed", "straight_through",
                               "--results-md", str(tmp_path / "RESULTS.md"),
                               *_sets(TINY)])
-    assert [r["label"] for r in results] == ["linearly_separable", "german (relaxed)", "german (straight-through)"]
+    assert [r["label"] for r in results] == ["linearly_separable", "german (relaxed, tested snap-state)",
+                                             "german (straight-through)"]
     german_width = load_dataset("german").num_features
     assert {m for name, _, m in trained_with if name == "german"} == {"relaxed", "straight_through"}
-    assert {m for width, m in evaluated_with if width == german_width} == {"relaxed", "straight_through"}
+    # relaxed training is tested as the reference tests it (state snapped every step); straight-through as trained
+    assert {m for width, m in evaluated_with if width == german_width} == {"snap_state", "straight_through"}
     assert {m for name, _, m in trained_with if name != "german"} == {"relaxed"}  # the paper's default
     for name in ("table.md", "results.json", "metadata.json", "figures/figure1_linear.png"):
         assert (out / name).is_file(), name
@@ -111,7 +113,8 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
     rows, notes = _table(out / "table.md", "Table 1")
     assert list(rows[0])[:4] == ["Data", "IP −% (ours)", "IP −% (paper)", "IP* −% (ours)"]
     assert "Accuracy CT / BL (ours)" in rows[0] and "Cost, protected −% (ours)" in rows[0]
-    assert [r["Data"] for r in rows] == ["linearly_separable", "german (relaxed)", "german (straight-through)"]
+    assert [r["Data"] for r in rows] == ["linearly_separable", "german (relaxed, tested snap-state)",
+                                         "german (straight-through)"]
     ours = rows[0]
     assert ours["IP −% (paper)"] == "26.26*"  # the paper beside ours
     # IP, IP* and cost are finite reductions, or n/a with the reason under the table: never NaN.
@@ -470,7 +473,7 @@ def test_categorical_mode_reaches_the_training_search_and_the_protocol():
     c = get_config("adult")
     assert c.categorical == "relaxed"  # the paper reproduction runs at the reference's parity
     for mode in ("relaxed", "straight_through"):
-        changed = override(c, [f"categorical={mode}"])
+        changed = override(c, [f"categorical={mode}", "eval_categorical=none"])  # none: tested as trained
         search = pipeline.train_config(changed, "full").search
         assert search.categorical == mode
         assert (search.units, search.step_rule) == ("absolute", "gradient")  # else the reference's search
@@ -482,9 +485,10 @@ def test_categorical_mode_reaches_the_training_search_and_the_protocol():
     plan = reproduce.run_plan([get_config("german"), get_config("circles")],
                               {"german": german, "circles": load_dataset("circles", n_train=50, n_val=0, n_test=20)},
                               ["relaxed", "straight_through"])
-    assert [(c.dataset, c.categorical, folder) for c, _, folder in plan] == [
-        ("german", "relaxed", "german-relaxed"), ("german", "straight_through", "german-straight_through"),
-        ("circles", "relaxed", "circles")]  # data without one-hot groups runs once: the mode changes nothing there
+    assert [(c.dataset, c.categorical, c.eval_categorical, folder) for c, _, folder in plan] == [
+        ("german", "relaxed", "snap_state", "german-relaxed"),
+        ("german", "straight_through", None, "german-straight_through"),
+        ("circles", "relaxed", None, "circles")]  # data without one-hot groups runs once: the mode changes nothing
     assert pipeline.run_label(plan[1][0], german) == "german (straight-through)"
     assert pipeline.run_label(plan[2][0], plan[2][1]) == "circles"
 
@@ -592,10 +596,12 @@ def test_eval_categorical_sets_the_test_time_search_and_labels_the_row():
     from experiments import pipeline
     german = load_dataset("german")
     config = get_config("german")
-    assert pipeline.protocol_config(config, threshold=0.95, seed=0).categorical == "relaxed"
+    assert pipeline.protocol_config(config, threshold=0.95, seed=0).categorical == "snap_state"  # the reference's
+    relaxed = override(config, ["eval_categorical=none"])
+    assert pipeline.protocol_config(relaxed, threshold=0.95, seed=0).categorical == "relaxed"
+    assert pipeline.run_label(relaxed, german) == "german (relaxed)"
     tested = override(config, ["eval_categorical=snap_state"])
     protocol = pipeline.protocol_config(tested, threshold=0.95, seed=0)
     assert protocol.search_config(1.0).categorical == "snap_state"
     assert pipeline.search_config(tested).categorical == "relaxed"  # training keeps its own mode
     assert pipeline.run_label(tested, german) == "german (relaxed, tested snap-state)"
-    assert pipeline.run_label(config, german) == "german (relaxed)"

@@ -336,7 +336,7 @@ TABULAR = dict(batch_size=1000, n_ce=5000, eval_individuals=100, robustness=True
 REFERENCE_DOMAIN = (("onehot_bounds", "inferred"),)
 # The reference's test-time data declare the categorical features (its training-time data do not), so its
 # evaluation snaps the search state after every step ("snap_state"): with SGD steps of 0.1 a category then
-# rarely changes. Tested that way, Adult's CT validity is 0.86 (0.99 relaxed; paper 0.68) and its cost without
+# rarely changes. Tested that way, Adult's CT validity is 0.86 (0.98 tested relaxed; paper 0.68) and its cost without
 # constraints −6.1% (−61.5% relaxed; paper −4.6%), measured on one H200 with
 #     python -m experiments.reproduce --datasets adult --categorical-modes relaxed --set eval_categorical=snap_state
 ONEHOT_REFERENCE = dict(dataset_kwargs=REFERENCE_DOMAIN, eval_categorical="snap_state")

@@ -95,8 +95,12 @@ def train_pair(config: ExperimentConfig, data, arm: str, seeds, epochs: int | No
     return models, histories
 
 
-def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int) -> dict:
-    """Returns CT-vs-BL comparisons of cost, IP, IP* (median ℓ) and IP* (ℓ = 5), pooled over seeds."""
+def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int, step_rule: str = "gradient") -> dict:
+    """Returns CT-vs-BL comparisons of cost, IP, IP* (median ℓ) and IP* (ℓ = 5), pooled over seeds.
+
+    `step_rule` is the evaluator's search step: the reference's "gradient" (step length grows with the model's
+    input gradient) or "normalized" (steps of fixed length in standard deviations, whatever the model's slope).
+    """
     out = {}
     for key, scale in (("median", "median"), ("fixed", config.mmd_length_scale)):
         summaries = []
@@ -104,7 +108,8 @@ def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int) ->
             protocol = ProtocolConfig(n_rounds=rounds, n_individuals=min(config.eval_individuals, 100),
                                       lambda_energy=config.eval_lambda_energy, max_steps=config.eval_max_steps,
                                       threshold=config.eval_tau, ip_samples=config.ip_samples,
-                                      mmd_samples=config.mmd_samples, mmd_length_scale=scale, seed=seed, units="std")
+                                      mmd_samples=config.mmd_samples, mmd_length_scale=scale, seed=seed, units="std",
+                                      step_rule=step_rule)
             res = evaluate_explainability({"BL": models["BL"][i], "CT": models["CT"][i]}, data.x_test, data.y_test,
                                           num_classes=data.num_classes, protocol=protocol,
                                           constraints=data.constraints())
@@ -165,6 +170,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", default=os.path.join("results", "units"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="ExperimentConfig override for every dataset (repeatable), e.g. --set lambda_reg=0.1")
+    parser.add_argument("--eval-step-rule", choices=("gradient", "normalized"), default="gradient",
+                        help="the evaluator's search step: the reference's gradient steps, or fixed-length steps")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--results-md", default=None, help="also write the tables into this file (e.g. RESULTS.md)")
     parser.add_argument("--section", default="units", help="the marked section of --results-md to (re)write")
@@ -183,7 +190,7 @@ def main(argv=None) -> list[dict]:
             for arm in args.arms:
                 t1 = time.perf_counter()
                 models, histories = train_pair(configs[name], data, arm, args.seeds, args.epochs, args.progress)
-                comparisons = evaluate_pair(configs[name], data, models, args.seeds, args.rounds)
+                comparisons = evaluate_pair(configs[name], data, models, args.seeds, args.rounds, args.eval_step_rule)
                 results.append({"dataset": name, "copy": which, "arm": arm, "seeds": args.seeds,
                                 "comparisons": comparisons, "health": health(histories["CT"]),
                                 "wall_s": time.perf_counter() - t1})

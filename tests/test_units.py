@@ -144,3 +144,24 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     assert text.count("| circles |") == 4
     with pytest.raises(ValueError, match="lambda_reg"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])
+
+
+@pytest.mark.parametrize("rule", ["gradient", "normalized"])
+def test_eval_step_rule_reaches_the_units_studys_evaluator(monkeypatch, rule):
+    from experiments import units
+    from experiments.configs import get_config
+
+    seen = []
+
+    class Recorded(Exception):
+        pass
+
+    def spy(models, x, y, *, protocol, **kwargs):
+        seen.append(protocol.search_config(1.0).step_rule)
+        raise Recorded
+
+    monkeypatch.setattr(units, "evaluate_explainability", spy)
+    data = load_dataset("circles", n_train=40, n_val=0, n_test=20)
+    with pytest.raises(Recorded):
+        units.evaluate_pair(get_config("circles"), data, {"BL": [None], "CT": [None]}, [0], 2, rule)
+    assert seen == [rule]

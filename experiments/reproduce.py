@@ -16,7 +16,7 @@ runs the datasets with one-hot groups (Adult, German) once per one-hot search mo
 labelled with its mode ("adult (relaxed)"), and a dataset without one-hot groups runs once (the mode
 changes nothing there). `--baselines` adds two baselines the paper discusses but does not run, PGD
 adversarial training and JEM-style training, with the same seeds and protocol, robust accuracy for every
-model, and one sentence per dataset and baseline saying whether CT beats it, with the 95% CI.
+model, and one sentence per dataset and baseline saying whether CT beats it, with the 99% CI.
 
 Every dataset's config is checked, and its data loaded and checked against it, before the first model
 is trained, so a bad --set fails at once. Writes to --out (default results/reproduce): metadata.json
@@ -360,7 +360,7 @@ def _verdict(cmp: dict | None, metric: str) -> str:
 
 
 def versus_sentences(res: dict) -> list[str]:
-    """Returns one sentence per baseline of a dataset: CT's paired differences with their 95% CIs, and the verdicts."""
+    """Returns one sentence per baseline of a dataset: CT's paired differences with their 99% CIs, and the verdicts."""
     out = []
     label = res.get("label", res["dataset"])
     for baseline, cmps in (res.get("versus") or {}).items():

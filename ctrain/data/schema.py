@@ -153,7 +153,7 @@ class Schema:
         return np.array([f.scale for f in self.features], dtype=np.float32)
 
     def infer_bounds(self, x: np.ndarray, n_std: float = 2.0, onehot_bounds: str = "unit") -> "Schema":
-        """Returns a copy whose unset (infinite) bounds are `min(μ−nσ, min x)` / `max(μ+nσ, max x)` of x (N, width).
+        """Returns a copy whose unset bounds are `min(μ−nσ, min x)` / `max(μ+nσ, max x)` of x (N, width).
 
         One-hot columns get [0, 1] with `onehot_bounds="unit"`; with "inferred" they get the same rule as
         continuous features, which is the reference's domain (it infers every column's bounds this way, so a

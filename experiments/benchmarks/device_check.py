@@ -268,13 +268,11 @@ def main(argv=None) -> dict:
             report.setdefault("failed", {})[name] = f"{type(err).__name__}: {err}"
             print(f"{name} FAILED: {report['failed'][name]}", flush=True)
         report["section_s"][name] = time.perf_counter() - t0
+        report["wall_s"] = time.perf_counter() - start
         print(f"{name}: {report['section_s'][name]:.1f} s", flush=True)
         with open(json_path, "w") as f:  # written after every section so a run cut off by its limit keeps them
             json.dump(report, f, indent=2, default=str)
-    report["wall_s"] = time.perf_counter() - start
     if report.get("failed"):
-        with open(json_path, "w") as f:
-            json.dump(report, f, indent=2, default=str)
         raise SystemExit(f"device check: sections failed: {report['failed']}")
     report["goals"] = goals(report)
 

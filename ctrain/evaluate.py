@@ -114,7 +114,8 @@ class ProtocolConfig:
         """Returns the SearchConfig of the test-time generator at one λ_energy."""
         return SearchConfig(generator=self.generator, max_steps=self.max_steps, step_size=self.step_size,
                             threshold=self.threshold, lambda_cost=self.lambda_cost, lambda_energy=lambda_energy,
-                            categorical=self.categorical, units=self.units, step_rule=self.step_rule)
+                            categorical=self.categorical, units=self.units, step_rule=self.step_rule,
+                            convergence="threshold")  # an explanation stops at τ, whatever training does
 
 
 # "violations" is the mean count of broken constraints per counterfactual over all of a round's counterfactuals

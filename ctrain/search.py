@@ -45,9 +45,10 @@ class SearchConfig:
     """Hyperparameters of the search (hashable, so it can be a static jit argument).
 
     Defaults are the reference's training-time ECCo search (T = 30 SGD steps of size 0.1, λ_cost = 0.001,
-    λ_energy = 5 with the decaying schedule, AE ball ε = 0.3 L∞) made units-aware: the step, the ball and the
-    cost are measured in feature standard deviations and each step has length 0.1 there; one-hot groups are
-    searched straight-through, so counterfactuals hold real categories. `SearchConfig.reference()` gives the
+    λ_energy = 5 with the decaying schedule, AE ball ε = 0.3 L∞, stop at τ) made units-aware: the step, the ball
+    and the cost are measured in feature standard deviations and each step has length 0.1 there; one-hot groups
+    are searched straight-through, so counterfactuals hold real categories. Training's default,
+    `TRAINING_SEARCH`, walks on past τ instead (`convergence="max_steps"`). `SearchConfig.reference()` gives the
     reference implementation's search exactly (paper parity).
     """
 
@@ -76,6 +77,11 @@ class SearchConfig:
     # search walks to τ in the same number of steps whatever the units of the data (README: "Defaults").
     units: str = "std"
     step_rule: str = "normalized"  # "gradient" (reference: Δ = −η∇) or "normalized" (every step has length η)
+    # When a search stops: "threshold" (reference) once p(t | x') >= τ; "max_steps" after all T steps (CE.jl's
+    # MaxIterConvergence): past τ the walk goes on descending the generator's loss with steps clipped to length
+    # η (Δ = −η∇/max(‖∇‖, 1), so it settles at a mode), and x' is its last iterate with p >= τ (the final one
+    # if it never got there).
+    convergence: str = "threshold"
     vae_latent: int = 2  # REVISE only: the VAE architecture whose params come in `aux["vae_params"]`
     vae_hidden: int = 16
 
@@ -106,7 +112,7 @@ class SearchConfig:
         choices = {"energy_schedule": ("decay", "constant"), "init": ("identity", "noise"),
                    "optimizer": ("sgd", "adam"), "loop": ("while", "scan"), "onehot": ("box", "simplex"),
                    "categorical": CATEGORICAL_MODES, "units": ("absolute", "std"),
-                   "step_rule": ("gradient", "normalized")}
+                   "step_rule": ("gradient", "normalized"), "convergence": ("threshold", "max_steps")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -127,7 +133,13 @@ class SearchConfig:
 
 
 # The settings in which the reference implementation differs from ctrain's defaults.
-PAPER_PARITY = dict(categorical="relaxed", units="absolute", step_rule="gradient")
+PAPER_PARITY = dict(categorical="relaxed", units="absolute", step_rule="gradient", convergence="threshold")
+
+# Training's search (`TrainConfig`'s default; change it with `TRAINING_SEARCH.replace(threshold=0.5)`): it walks
+# all T steps, on past τ. Stopped at τ, units-aware counterfactuals sit on the decision boundary, and the
+# divergence term then only steepens the model instead of shaping its energy where the data is (README,
+# "Defaults, and why"). Explanations (`explain`, the evaluation protocol) stop at τ.
+TRAINING_SEARCH = SearchConfig(convergence="max_steps")
 
 # --------------------------------------------------------------------------------------------------
 # Generators
@@ -252,7 +264,7 @@ class SearchResult:
 
     x_cf: jax.Array  # (N, D) counterfactuals, strictly feasible
     converged: jax.Array  # (N,) bool: p(target | x_cf) >= τ
-    steps: jax.Array  # (N,) int32: gradient steps applied
+    steps: jax.Array  # (N,) int32: gradient steps taken before p(target | x') first reached τ (all taken if never)
     x_ae: jax.Array  # (N, D) last iterate with ‖x_t − x‖∞ <= ε (x itself if none)
     p_target: jax.Array  # (N,) p(target | x_cf)
 
@@ -366,24 +378,33 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     grad_at_view = config.categorical in ("straight_through", "snap_state") and c.has_groups and not gen.latent
     view_needs_forward = gen.latent or (c.has_groups and config.categorical == "snap")
 
-    def check(view, logits, done, x_ae):
+    stop_at_threshold = config.convergence == "threshold"
+
+    def check(view, logits, reached, x_ae, x_mature):
         p = jnp.take_along_axis(jax.nn.softmax(logits, -1), target[:, None], -1)[:, 0]
-        done = done | (p >= config.threshold)
+        mature = p >= config.threshold
         in_ball = jnp.max(jnp.abs(view - x) / unit, axis=-1) <= config.epsilon
-        return done, jnp.where(in_ball[:, None], view, x_ae), p
+        return (reached | mature, jnp.where(in_ball[:, None], view, x_ae), jnp.where(mature[:, None], view, x_mature),
+                p)
 
     def step_fn(carry):
-        k, s, view, done, steps, x_ae, opt, _ = carry
+        k, s, view, reached, steps, x_ae, x_mature, opt, _ = carry
         (_, logits), g = grad_fn(view if grad_at_view else s, x, target, k)
         if view_needs_forward:
             logits = apply_fn(params, view)
-        done, x_ae, p = check(view, logits, done, x_ae)
+        reached, x_ae, x_mature, p = check(view, logits, reached, x_ae, x_mature)
+        done = reached if stop_at_threshold else jnp.zeros_like(reached)
         g = jnp.where(jnp.isfinite(g), g, 0.0)
         if not gen.latent:
             g = g * unit * movable  # the gradient in search units (chain rule); fixed features add no length
-        if config.step_rule == "normalized":
-            g = g / jnp.maximum(jnp.linalg.norm(g, axis=-1, keepdims=True), 1e-12)
-        updates, new_opt = jax.vmap(tx.update)(g, opt, s)
+        norm = jnp.linalg.norm(g, axis=-1, keepdims=True)
+        step = g / jnp.maximum(norm, 1e-12) if config.step_rule == "normalized" else g
+        if not stop_at_threshold:
+            # Past τ the walk settles at a mode of its loss: the step shrinks with g there, where a fixed-length
+            # step would circle the mode and turn rounding noise into steps of η. In std units g is in loss units
+            # per standard deviation, so the clip at norm 1 is unit-free.
+            step = jnp.where(reached[:, None], g / jnp.maximum(norm, 1.0), step)
+        updates, new_opt = jax.vmap(tx.update)(step, opt, s)
         s_new = s + (updates if gen.latent else updates * unit)
         if not gen.latent:
             s_new = cons.project(s_new, x, c, box, simplex=simplex)
@@ -392,15 +413,16 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         keep = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)
         s = keep(s_new, s)
         opt = jax.tree.map(keep, new_opt, opt)
-        steps = steps + (~done).astype(jnp.int32)
-        return k + 1, s, view_of(s), done, steps, x_ae, opt, p
+        steps = steps + (~reached).astype(jnp.int32)  # the steps it took to reach τ, whether or not it goes on
+        return k + 1, s, view_of(s), reached, steps, x_ae, x_mature, opt, p
 
     n = x.shape[0]
-    carry = (jnp.zeros((), jnp.int32), s0, view_of(s0), jnp.zeros(n, bool), jnp.zeros(n, jnp.int32), x, opt0,
+    carry = (jnp.zeros((), jnp.int32), s0, view_of(s0), jnp.zeros(n, bool), jnp.zeros(n, jnp.int32), x, x, opt0,
              jnp.zeros(n, x.dtype))
     path = None
     if config.loop == "while" and not return_path:
-        carry = jax.lax.while_loop(lambda cr: (cr[0] < config.max_steps) & ~jnp.all(cr[3]), step_fn, carry)
+        carry = jax.lax.while_loop(lambda cr: (cr[0] < config.max_steps) & ~(stop_at_threshold & jnp.all(cr[3])),
+                                   step_fn, carry)
     else:
         def scan_step(cr, _):
             cr = step_fn(cr)
@@ -410,9 +432,14 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         carry, path = jax.lax.scan(scan_step, carry, None, length=config.max_steps)
         if return_path:
             path = jnp.concatenate([start[None], path])
-    _, _, view, done, steps, x_ae, _, _ = carry
-    done, x_ae, p = check(view, apply_fn(params, view), done, x_ae)
-    result = jax.lax.stop_gradient(SearchResult(x_cf=view, converged=done, steps=steps, x_ae=x_ae, p_target=p))
+    _, _, view, reached, steps, x_ae, x_mature, _, _ = carry
+    reached, x_ae, x_mature, p = check(view, apply_fn(params, view), reached, x_ae, x_mature)
+    if not stop_at_threshold:
+        # Past τ the walk may drift back below it (the generator's loss is not p): x' is its last iterate at or
+        # above τ, the deepest mature point of the walk, as x_AE is the last iterate inside the ball.
+        view = jnp.where(reached[:, None], x_mature, view)
+        p = jnp.take_along_axis(jax.nn.softmax(apply_fn(params, view), -1), target[:, None], -1)[:, 0]
+    result = jax.lax.stop_gradient(SearchResult(x_cf=view, converged=reached, steps=steps, x_ae=x_ae, p_target=p))
     return (result, jax.lax.stop_gradient(path)) if return_path else result
 
 

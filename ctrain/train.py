@@ -30,7 +30,7 @@ from ctrain import constraints as cons
 from ctrain.models import check_model
 from ctrain.objective import (CounterfactualBatch, LossWeights, PositivePool, check_loss_weights, composite_loss,
                               make_training_batch, objective_weights, positive_pool)
-from ctrain.search import SearchConfig
+from ctrain.search import TRAINING_SEARCH, SearchConfig
 from ctrain import sharding
 from ctrain.progress import PLAIN_LINES, progress as progress_display
 
@@ -129,7 +129,7 @@ class TrainConfig:
     """
 
     objective: str = "full"
-    search: SearchConfig = SearchConfig()
+    search: SearchConfig = TRAINING_SEARCH  # walks on past τ (ctrain.search.TRAINING_SEARCH says why)
     n_ce: int = 1000
     ce_per_batch: int | None = None  # set by `fit`; None inside a bare step means "the whole batch"
     schedule: str = "per_epoch"

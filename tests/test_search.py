@@ -575,3 +575,50 @@ def test_snap_state_flips_a_category_only_when_one_step_carries_it_past_the_othe
     relaxed = search_counterfactuals(linear, {"w": w}, x, jnp.ones(2, jnp.int32), jax.random.key(0),
                                      base.replace(step_size=0.6, categorical="relaxed"), c)
     assert bool(jnp.all(relaxed.converged)) and 0 < float(relaxed.x_cf[0, 2]) < 1
+
+
+def test_max_steps_convergence_walks_on_past_tau_with_clipped_steps_and_counts_the_steps_to_reach_it():
+    # Normalised steps on a linear model: steps of η along Δw/‖Δw‖ until p >= τ, then Δ = −η·g/max(‖g‖, 1) with
+    # g = −(1 − p)·Δw, the CE gradient (‖g‖ <= 2.5·0.1 past τ = 0.9, so those are plain gradient steps).
+    x = jnp.array([[0.1, 0.1], [1.0, 1.0], [3.0, 3.0]])
+    target = jnp.ones(3, jnp.int32)
+    walk = GENERIC.replace(step_rule="normalized", max_steps=25)
+    stop = search_counterfactuals(linear, PARAMS, x, target, jax.random.key(0), walk)
+    on = search_counterfactuals(linear, PARAMS, x, target, jax.random.key(0), walk.replace(convergence="max_steps"))
+    dw = np.asarray(W[:, 1] - W[:, 0], np.float64)
+    expected = []
+    for row in np.asarray(x, np.float64):
+        reached = False
+        for _ in range(25):
+            p = 1 / (1 + np.exp(-row @ dw))
+            reached |= p >= 0.9
+            g = -(1 - p) * dw
+            row = row - 0.1 * g / max(np.linalg.norm(g), 1.0 if reached else 1e-12)
+        expected.append(row)
+    np.testing.assert_allclose(on.x_cf, np.array(expected), atol=1e-5)
+    assert bool(stop.converged[0]) and not bool(stop.converged[2])  # row 2 is too far for 25 steps
+    np.testing.assert_array_equal(on.steps, stop.steps)  # steps to τ, the same under either rule
+    np.testing.assert_array_equal(on.converged, on.p_target >= 0.9)
+    assert float(on.p_target[0]) > float(stop.p_target[0])  # it went on past τ
+    # The scan loop (used for paths) agrees.
+    chex.assert_trees_all_close(on, search_counterfactuals(linear, PARAMS, x, target, jax.random.key(0),
+                                                           walk.replace(convergence="max_steps", loop="scan")),
+                                atol=1e-6)
+    with pytest.raises(ValueError, match="convergence"):
+        SearchConfig(convergence="gradient")
+
+
+def test_max_steps_keeps_the_last_iterate_at_or_above_tau_when_the_walk_drifts_below_it():
+    # logits (2·x0, 1.5·x0): the energy term pulls x0 up while p(1 | x) = σ(−x0/2) falls, so a walk that starts
+    # mature at x0 = −3 leaves τ = 0.75 at x0 = −2 ln 3 ≈ −2.197; its last mature iterate is x0 = −3 + 8·0.1.
+    def drifting(p, x):
+        return jnp.stack([2.0 * x[:, 0], 1.5 * x[:, 0]], -1)
+
+    config = SearchConfig(generator="ecco", lambda_cost=0.0, lambda_energy=1.0, energy_schedule="constant",
+                          energy_reg=0.0, threshold=0.75, max_steps=30, units="absolute", step_rule="normalized",
+                          convergence="max_steps")
+    x = jnp.array([[-3.0, 0.0]])
+    res = search_counterfactuals(drifting, None, x, jnp.array([1]), jax.random.key(0), config)
+    np.testing.assert_allclose(res.x_cf, [[-2.2, 0.0]], atol=1e-5)
+    assert bool(res.converged[0]) and int(res.steps[0]) == 0 and float(res.p_target[0]) >= 0.75
+    np.testing.assert_allclose(res.p_target, jax.nn.sigmoid(-0.5 * res.x_cf[:, 0]), rtol=1e-6)

@@ -48,6 +48,11 @@ def test_units_aware_search_gives_the_same_counterfactuals_in_any_units(circles,
     chex.assert_trees_all_close(big_res.x_cf / factor, small_res.x_cf, rtol=1e-4, atol=1e-4)
     chex.assert_trees_all_close(big_res.x_ae / factor, small_res.x_ae, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(big_res.steps, small_res.steps)
+    # Walking all T steps past τ (training's default) is just as unit-free.
+    walk = cfg.replace(convergence="max_steps")
+    small_walk = search_counterfactuals(apply_fn, params, x, target, jax.random.key(0), walk, circles.constraints())
+    big_walk = search_counterfactuals(big_fn, params, x * factor, target, jax.random.key(0), walk, big.constraints())
+    chex.assert_trees_all_close(big_walk.x_cf / factor, small_walk.x_cf, rtol=1e-4, atol=1e-4)
     assert float(jnp.mean(small_res.steps)) > 1
     # The reference's absolute search is not invariant: the same rescaling changes its path.
     paper = cfg.replace(units="absolute", step_rule="gradient")
@@ -56,8 +61,10 @@ def test_units_aware_search_gives_the_same_counterfactuals_in_any_units(circles,
     assert not np.allclose(np.asarray(b.x_cf) / factor, np.asarray(a.x_cf), atol=1e-3)
 
 
-def test_training_on_rescaled_data_gives_the_same_predictions(circles):
-    cfg = TrainConfig(search=UNITS, epochs=3, n_ce=60, batch_size=30, shuffle=True)
+@pytest.mark.parametrize("search", [UNITS, TrainConfig().search.replace(threshold=0.75, max_steps=40)],
+                         ids=["stop at tau", "training default"])
+def test_training_on_rescaled_data_gives_the_same_predictions(circles, search):
+    cfg = TrainConfig(search=search, epochs=3, n_ce=60, batch_size=30, shuffle=True)
     runs = []
     for data in (circles, circles.affine(10.0, -4.0)):
         apply_fn, params = _model(data)
@@ -116,8 +123,8 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     real_fit = units.fit_many
 
     def fit_spy(states, data, config, **kwargs):
-        seen.append((data.x_train.std(), config.objective, config.search.units, config.search.step_rule,
-                     float(states.weights.reg[0])))
+        seen.append((data.x_train.std(), config.objective, (config.search.units, config.search.step_rule,
+                     config.search.convergence), float(states.weights.reg[0])))
         return real_fit(states, data, config, **kwargs)
 
     monkeypatch.setattr(units, "fit_many", fit_spy)
@@ -127,20 +134,27 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
             "lambda_reg=0.3"]
     results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units",
                           "--seeds", "0", "--epochs", "1", "--rounds", "2", "--out", str(tmp_path / "out"),
-                          "--results-md", str(md), "--section", "study", *sum((["--set", s] for s in sets), [])])
+                          "--results-md", str(md), "--section", "study", "--title", "Units study: a test",
+                          *sum((["--set", s] for s in sets), [])])
     assert [(r["copy"], r["arm"]) for r in results] == [("raw", "paper"), ("raw", "units"), ("x10", "paper"),
                                                         ("x10", "units")]
     # Each arm's search reaches training (BL and CT), the --set λ_reg reaches the state, the x10 copy is x10.
-    arms = [(u, r) for _, _, u, r, _ in seen]
-    assert arms == [("absolute", "gradient")] * 2 + [("std", "normalized")] * 2 + [("absolute", "gradient")] * 2 \
-        + [("std", "normalized")] * 2
+    arms = [a for _, _, a, _ in seen]
+    paper, default = ("absolute", "gradient", "threshold"), ("std", "normalized", "max_steps")
+    assert arms == [paper] * 2 + [default] * 2 + [paper] * 2 + [default] * 2
+    # The study's units arm is the library's training default, so its rows describe what `fit` does.
+    from ctrain.search import TRAINING_SEARCH
+    library = TrainConfig().search
+    assert library == TRAINING_SEARCH and (library.units, library.step_rule, library.convergence) == default
     assert all(reg == pytest.approx(0.3) for *_, reg in seen)
     assert seen[4][0] == pytest.approx(10 * seen[0][0], rel=1e-5)
     for r in results:
         assert set(r["comparisons"]) == {"cost", "ip", "ip_star", "validity", "ip_star_fixed"}
         assert 0 <= r["health"]["converged"] <= 1 and r["health"]["search_steps"] >= 1
     text = md.read_text()
-    assert text.startswith("# kept") and "<!-- study:start -->" in text and "--set lambda_reg=0.3" in text
+    assert text.startswith("# kept") and "<!-- study:start -->\n### Units study: a test\n" in text
+    assert "--title 'Units study: a test'" in text  # the command as written can be run again
+    assert "--set lambda_reg=0.3" in text
     assert text.count("| circles |") == 4
     with pytest.raises(ValueError, match="lambda_reg"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])

@@ -384,8 +384,9 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         p = jnp.take_along_axis(jax.nn.softmax(logits, -1), target[:, None], -1)[:, 0]
         mature = p >= config.threshold
         in_ball = jnp.max(jnp.abs(view - x) / unit, axis=-1) <= config.epsilon
-        return (reached | mature, jnp.where(in_ball[:, None], view, x_ae), jnp.where(mature[:, None], view, x_mature),
-                p)
+        if not stop_at_threshold:  # only a walk past τ needs its last mature iterate
+            x_mature = jnp.where(mature[:, None], view, x_mature)
+        return reached | mature, jnp.where(in_ball[:, None], view, x_ae), x_mature, p
 
     def step_fn(carry):
         k, s, view, reached, steps, x_ae, x_mature, opt, _ = carry

@@ -131,7 +131,7 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     md = tmp_path / "RESULTS.md"
     md.write_text("# kept\n")
     sets = ["n_ce=60", "eval_individuals=8", "eval_max_steps=10", "ip_samples=30", "mmd_samples=6",
-            "lambda_reg=0.3"]
+            "lambda_reg=0.3", "eval_lambda_energy=1.0"]  # one test-time search to compile per model, not five
     results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units",
                           "--seeds", "0", "--epochs", "1", "--rounds", "2", "--out", str(tmp_path / "out"),
                           "--results-md", str(md), "--section", "study", "--title", "Units study: a test",

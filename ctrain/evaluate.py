@@ -292,6 +292,16 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
             "mmd_length_scales": {str(t): v for t, v in scales.items()}}
 
 
+def bootstrap_mean_ci(values, *, level: float = 0.99, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Returns the `level` percentile-bootstrap CI (low, high) of the mean of `values` (n,), n >= 2."""
+    values = np.asarray(values, np.float64)
+    if values.ndim != 1 or len(values) < 2:
+        raise ValueError(f"a bootstrap CI needs at least two values in a 1-D array, got shape {values.shape}")
+    boot = values[np.random.default_rng(seed).integers(0, len(values), (n_boot, len(values)))].mean(1)
+    lo, hi = np.percentile(boot, [50 * (1 - level), 100 - 50 * (1 - level)])
+    return float(lo), float(hi)
+
+
 def compare(summary: Sequence[Mapping], metric: str, *, treatment: str = "CT", baseline: str = "BL",
             n_boot: int = 2000, level: float = 0.99, seed: int = 0) -> dict:
     """Returns the paper's comparison of `metric` between two models over paired rounds, as plain data.
@@ -318,10 +328,8 @@ def compare(summary: Sequence[Mapping], metric: str, *, treatment: str = "CT", b
     out.update(treatment_mean=float(a.mean()), baseline_mean=float(b.mean()))
     diff = a - b
     if len(diff) > 1:
-        rng = np.random.default_rng(seed)
-        boot = diff[rng.integers(0, len(diff), (n_boot, len(diff)))].mean(1)
-        lo, hi = np.percentile(boot, [50 * (1 - level), 100 - 50 * (1 - level)])
-        out.update(ci_low=float(lo), ci_high=float(hi), significant=bool(lo > 0 or hi < 0))
+        lo, hi = bootstrap_mean_ci(diff, level=level, n_boot=n_boot, seed=seed)
+        out.update(ci_low=lo, ci_high=hi, significant=bool(lo > 0 or hi < 0))
     else:
         out["note"] = "one paired round: no confidence interval, so no significance"
     nonzero = b != 0

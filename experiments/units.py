@@ -22,6 +22,8 @@ counterfactuals only) with its search in standard-deviation units, IP and cost a
 ratio, so a common rescaling cancels) and IP* with the median-heuristic length scale. The fixed-ℓ IP* of the
 paper (ℓ = 5) is reported beside it. Mechanism health comes from the last training epoch: share of matured
 counterfactuals, mean steps to reach τ, share of one-step searches, `ae_moved`, `cf_in_ball`, mean energies.
+A second table gives each arm's reductions minus the first arm's (`paper` by default) on the same copy, in
+percentage points with a 99% bootstrap CI over the protocol rounds, which pair up across arms (same seeds, same data).
 
 Writes `--out` (default results/units): units.json (every number) and units.md (the tables); expected time
 for the default run: about 15 minutes on a 2-core CPU.
@@ -40,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctrain.data import load_dataset
-from ctrain.evaluate import ProtocolConfig, compare, evaluate_explainability
+from ctrain.evaluate import ProtocolConfig, bootstrap_mean_ci, compare, evaluate_explainability
 from ctrain.models import make_model
 from ctrain.objective import LossWeights
 from ctrain.search import SearchConfig
@@ -104,13 +106,15 @@ def train_pair(config: ExperimentConfig, data, arm: str, seeds, epochs: int | No
     return models, histories
 
 
-def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int, step_rule: str = "gradient") -> dict:
-    """Returns CT-vs-BL comparisons of cost, IP, IP* (median ℓ) and IP* (ℓ = 5), pooled over seeds.
+def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int,
+                  step_rule: str = "gradient") -> tuple[dict, dict]:
+    """Returns (comparisons, ratios): CT-vs-BL comparisons of cost, IP, IP* (median ℓ) and IP* (ℓ = 5) pooled over
+    seeds, and per metric the CT / BL ratio of every round ({round: ratio}) for comparing arms.
 
     `step_rule` is the evaluator's search step: the reference's "gradient" (step length grows with the model's
     input gradient) or "normalized" (steps of fixed length in standard deviations, whatever the model's slope).
     """
-    out = {}
+    out, ratios = {}, {}
     for key, scale in (("median", "median"), ("fixed", config.mmd_length_scale)):
         summaries = []
         for i, seed in enumerate(seeds):
@@ -125,8 +129,46 @@ def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int, st
             summaries += [{**row, "round": i * rounds + row["round"]} for row in res["summary"]]
         metrics = ("ip_star",) if key == "fixed" else ("cost", "ip", "ip_star", "validity")
         for m in metrics:
-            out[m if key == "median" else "ip_star_fixed"] = compare(summaries, m, seed=0)
+            name = m if key == "median" else "ip_star_fixed"
+            out[name] = compare(summaries, m, seed=0)
+            ratios[name] = round_ratios(summaries, m)
+    return out, ratios
+
+
+def round_ratios(summary, metric: str) -> dict[int, float]:
+    """Returns {round: CT / BL} of `metric` for every round where both models have a value and BL's is not 0."""
+    values = {}
+    for row in summary:
+        values.setdefault(row["round"], {})[row["model"]] = row[metric]
+    return {r: v["CT"] / v["BL"] for r, v in values.items()
+            if v.get("CT") is not None and v.get("BL") is not None and v["BL"] != 0}
+
+
+def arm_difference(ratios: dict, reference: dict, *, level: float = 0.99) -> dict:
+    """Returns one arm's reduction minus the reference arm's, in points, over their common rounds, with its CI.
+
+    A reduction is −(mean_j r_j − 1)·100 with r_j = CT_j / BL_j, so the difference is mean_j 100·(r_ref_j − r_j);
+    the rounds pair up because both arms' models are scored with the same protocol seeds on the same data.
+    {"difference", "ci_low", "ci_high", "significant", "n_rounds"}; None figures where fewer than two rounds pair.
+    """
+    common = sorted(set(ratios) & set(reference))
+    d = np.array([100.0 * (reference[j] - ratios[j]) for j in common])
+    out = {"difference": float(d.mean()) if len(d) else None, "ci_low": None, "ci_high": None, "significant": None,
+           "n_rounds": len(d), "level": level}
+    if len(d) >= 2:
+        lo, hi = bootstrap_mean_ci(d, level=level, seed=0)
+        out.update(ci_low=lo, ci_high=hi, significant=bool(lo > 0 or hi < 0))
     return out
+
+
+def add_differences(results: list[dict], reference: str) -> None:
+    """Adds r["differences"][reference] (metric -> arm_difference) to every result with a `reference` twin."""
+    ref = {(r["dataset"], r["copy"]): r for r in results if r["arm"] == reference}
+    for r in results:
+        twin = ref.get((r["dataset"], r["copy"]))
+        if twin is not None and r is not twin:
+            r["differences"] = {reference: {key: arm_difference(r["ratios"][key], twin["ratios"][key])
+                                            for key, _ in DIFF_METRICS}}
 
 
 def health(histories) -> dict:
@@ -164,6 +206,34 @@ def tables(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+DIFF_METRICS = (("cost", "cost"), ("ip", "IP"), ("ip_star", "IP* (median ℓ)"), ("ip_star_fixed", "IP* (ℓ = 5)"))
+
+
+def difference_table(results: list[dict], reference: str = "paper") -> str:
+    """Returns the markdown table of every arm's reductions minus the `reference` arm's on the same data copy."""
+    ref = {(r["dataset"], r["copy"]): r for r in results if r["arm"] == reference}
+    rows = [r for r in results if r["arm"] != reference and (r["dataset"], r["copy"]) in ref]
+    if not rows:
+        return ""
+    lines = [f"| data | copy | arm | " + " | ".join(f"{label}: arm − {reference}" for _, label in DIFF_METRICS) + " |",
+             "|" + "---|" * (3 + len(DIFF_METRICS))]
+    for r in rows:
+        cells = []
+        for key, _ in DIFF_METRICS:
+            d = r["differences"][reference][key]
+            if d["difference"] is None:
+                cells.append("n/a")
+            elif d["ci_low"] is None:
+                cells.append(f"{d['difference']:+.1f}")
+            else:
+                cells.append(f"{d['difference']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
+                             f"{'*' if d['significant'] else ''}")
+        lines.append(f"| {r['dataset']} | {r['copy']} | {r['arm']} | " + " | ".join(cells) + " |")
+    lines += ["", f"Differences of reductions in percentage points (positive = the arm keeps more of CT's gain than "
+              f"{reference}), paired by protocol round, with the 99% percentile-bootstrap CI; * = it excludes 0."]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -172,7 +242,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--copies", nargs="+", default=list(COPIES), choices=COPIES)
     parser.add_argument("--arms", nargs="+", default=["paper", "units"], choices=list(ARMS),
                         help="paper and units by default; inputs, std_search, normalized and units_threshold "
-                             "change one thing each")
+                             "change one thing each; the first arm is the one the others are compared with")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=None, help="override the paper's epochs (default: config)")
     parser.add_argument("--rounds", type=int, default=30, help="bootstrap rounds per seed")
@@ -202,12 +272,17 @@ def main(argv=None) -> list[dict]:
             for arm in args.arms:
                 t1 = time.perf_counter()
                 models, histories = train_pair(configs[name], data, arm, args.seeds, args.epochs, args.progress)
-                comparisons = evaluate_pair(configs[name], data, models, args.seeds, args.rounds, args.eval_step_rule)
+                comparisons, ratios = evaluate_pair(configs[name], data, models, args.seeds, args.rounds,
+                                                    args.eval_step_rule)
                 results.append({"dataset": name, "copy": which, "arm": arm, "seeds": args.seeds,
                                 "comparisons": comparisons, "health": health(histories["CT"]),
-                                "wall_s": time.perf_counter() - t1})
+                                "ratios": ratios, "wall_s": time.perf_counter() - t1})
                 print(tables(results[-1:]).splitlines()[2], flush=True)
+    add_differences(results, args.arms[0])
     text = tables(results)
+    differences = difference_table(results, args.arms[0])
+    if differences:
+        text += "\n\n" + differences
     command = "python -m experiments.units " + shlex.join(argv if argv is not None else sys.argv[1:])
     with open(os.path.join(args.out, "units.md"), "w") as f:
         f.write(f"Command: `{command}`\n\n{text}\n")

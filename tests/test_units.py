@@ -155,9 +155,39 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     assert text.startswith("# kept") and "<!-- study:start -->\n### Units study: a test\n" in text
     assert "--title 'Units study: a test'" in text  # the command as written can be run again
     assert "--set lambda_reg=0.3" in text
-    assert text.count("| circles |") == 4
+    assert text.count("| circles |") == 6  # four arms' rows and the two units-minus-paper rows
+    for r in results:
+        if r["arm"] == "units":
+            assert set(r["differences"]["paper"]) == {"cost", "ip", "ip_star", "ip_star_fixed"}
+            assert r["differences"]["paper"]["ip"]["n_rounds"] >= 1
+    assert "IP: arm − paper" in text
     with pytest.raises(ValueError, match="lambda_reg"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])
+
+
+def test_arm_difference_is_the_difference_of_reductions_over_paired_rounds():
+    from ctrain.evaluate import compare
+    from experiments.units import arm_difference, round_ratios
+
+    def summary(ct, bl):
+        return [{"round": j, "model": m, "ip": v} for j, (c, b) in enumerate(zip(ct, bl))
+                for m, v in (("CT", c), ("BL", b))]
+
+    arm = summary([0.8, 0.6, 0.7, None], [1.0, 1.0, 1.0, 1.0])
+    ref = summary([0.9, 0.7, 0.8, 0.5], [1.0, 1.0, 1.0, 1.0])
+    d = arm_difference(round_ratios(arm, "ip"), round_ratios(ref, "ip"))
+    # Round 3 has no CT value in the arm, so three rounds pair, each 10 points better: a CI of a constant.
+    assert d["n_rounds"] == 3 and d["difference"] == pytest.approx(10.0)
+    assert d["ci_low"] == pytest.approx(10.0) and d["ci_high"] == pytest.approx(10.0) and d["significant"]
+    # Over the same rounds it is the difference of the two reductions `compare` reports.
+    arm, ref = summary([0.8, 1.3, 0.5], [1.0, 2.0, 0.5]), summary([0.9, 1.0, 0.4], [1.0, 1.0, 0.5])
+    d = arm_difference(round_ratios(arm, "ip"), round_ratios(ref, "ip"))
+    assert d["difference"] == pytest.approx(compare(arm, "ip")["reduction_pct"] - compare(ref, "ip")["reduction_pct"])
+    noisy = arm_difference({0: 1.0, 1: 0.8}, {0: 0.9, 1: 0.9})
+    assert noisy["difference"] == pytest.approx(0.0) and noisy["ci_low"] < 0 < noisy["ci_high"]
+    assert not noisy["significant"]
+    one = arm_difference({0: 0.5}, {0: 0.9, 1: 0.9})
+    assert one["difference"] == pytest.approx(40.0) and one["ci_low"] is None and one["significant"] is None
 
 
 @pytest.mark.parametrize("rule", ["gradient", "normalized"])

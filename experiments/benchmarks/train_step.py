@@ -7,6 +7,9 @@ one forward pass to pick targets, the search (one forward-backward per step), an
 forward-backward over [x', x⁺, x_AE]: predicted ratio = 1 + (n_ce/batch)·(search steps + 3).
 The search is a batched loop that runs until its *slowest* sample stops, so the prediction is
 given with the mean per-sample steps (the issue's formula) and with the loop's iterations.
+Each size is timed with two training searches: one that stops at τ (`SearchConfig()`, the reference's rule)
+and the walk past τ that `TrainConfig` uses by default (`TRAINING_SEARCH`), where every sample takes all T
+steps, so its work per sample is T steps whatever τ.
 """
 from __future__ import annotations
 
@@ -19,15 +22,19 @@ import numpy as np
 from ctrain.constraints import unconstrained
 from ctrain.models import make_model
 from ctrain.objective import make_counterfactual_batch, positive_pool
-from ctrain.search import SearchConfig
+from ctrain.search import TRAINING_SEARCH, SearchConfig
 from ctrain.train import TrainConfig, create_train_state, make_train_step
 from experiments.benchmarks.common import fmt, measure, write_json
 
+SEARCHES = ("stop at τ", "walk (default)")
 CASES = {"adult-sized (104 features, 2 classes)": (104, 2, 192), "mnist (784 features, 10 classes)": (784, 10, 500)}
 
 
-def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats: int, threshold: float) -> dict:
-    """Returns step timings and measured vs predicted CT/vanilla ratios for one input size."""
+def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats: int, threshold: float,
+             search: str = "stop at τ") -> dict:
+    """Returns step timings and measured vs predicted CT/vanilla ratios for one input size and search (SEARCHES)."""
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(classes, width)).astype(np.float32)
     y = rng.integers(0, classes, 20 * batch)
@@ -40,8 +47,9 @@ def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats
         for i in range(0, len(x), batch):
             state, _ = vanilla(state, {"x": jnp.asarray(x[i:i + batch]), "y": jnp.asarray(y[i:i + batch])})
     pool = positive_pool(x, y, classes)
-    search = SearchConfig(threshold=threshold)
-    ct = jax.jit(make_train_step(TrainConfig(search=search, ce_per_batch=n_ce), unconstrained(width)))
+    walk = search == "walk (default)"
+    search_config = (TRAINING_SEARCH if walk else SearchConfig()).replace(threshold=threshold)
+    ct = jax.jit(make_train_step(TrainConfig(search=search_config, ce_per_batch=n_ce), unconstrained(width)))
     b = {"x": jnp.asarray(x[:batch]), "y": jnp.asarray(y[:batch])}
     key = jax.random.key(1)
     t_vanilla = measure(lambda: vanilla(state, b), repeats=repeats)
@@ -49,14 +57,16 @@ def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats
     _, metrics = ct(state, {**b, "pool": pool}, key)
     # The loop's iteration count: the batched while_loop runs until its slowest sample stops.
     cf = jax.jit(lambda k: make_counterfactual_batch(apply_fn, state.params, b["x"][:n_ce], b["y"][:n_ce], pool, k,
-                                                     search, unconstrained(width)))(key)
-    mean_steps = float(metrics["search_steps"])
-    loop_iters = int(np.max(np.asarray(cf.steps)))
+                                                     search_config, unconstrained(width)))(key)
+    mean_steps = float(metrics["search_steps"])  # steps to reach τ
+    # A walk takes all T steps for every sample (its `steps` count only those before τ).
+    work_steps = search_config.max_steps if walk else mean_steps
+    loop_iters = search_config.max_steps if walk else int(np.max(np.asarray(cf.steps)))
     frac = n_ce / batch
     measured = t_ct["median"] / t_vanilla["median"]
-    pred_mean = 1 + frac * (mean_steps + 3)
+    pred_mean = 1 + frac * (work_steps + 3)
     pred_loop = 1 + frac * (loop_iters + 3)
-    return {"case": name, "batch": batch, "n_ce": n_ce, "tau": threshold, "vanilla_s": t_vanilla, "ct_s": t_ct,
+    return {"case": name, "search": search, "work_steps": work_steps, "batch": batch, "n_ce": n_ce, "tau": threshold, "vanilla_s": t_vanilla, "ct_s": t_ct,
             "mean_search_steps": mean_steps, "loop_iterations": loop_iters, "converged": float(metrics["converged"]),
             "measured_ratio": measured, "predicted_ratio_mean_steps": pred_mean,
             "predicted_ratio_loop_iterations": pred_loop, "measured_over_predicted": measured / pred_mean,
@@ -70,13 +80,16 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    rows = [run_case(name, w, k, n, args.batch, args.repeats, args.threshold) for name, (w, k, n) in CASES.items()]
-    print("| input | n_ce/batch | vanilla ms | CT ms | mean steps | loop iters | measured ratio | predicted (mean) "
-          "| measured/predicted | predicted (loop) | measured/predicted (loop) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [run_case(name, w, k, n, args.batch, args.repeats, args.threshold, search)
+            for name, (w, k, n) in CASES.items() for search in SEARCHES]
+    print("| input | training search | n_ce/batch | vanilla ms | CT ms | steps to τ | steps per sample | loop iters "
+          "| measured ratio | predicted (per sample) | measured/predicted | predicted (loop) "
+          "| measured/predicted (loop) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['case']} | {r['n_ce']}/{r['batch']} | {fmt(r['vanilla_s'])} | {fmt(r['ct_s'])} "
-              f"| {r['mean_search_steps']:.1f} | {r['loop_iterations']} | {r['measured_ratio']:.1f} "
+        print(f"| {r['case']} | {r['search']} | {r['n_ce']}/{r['batch']} | {fmt(r['vanilla_s'])} | {fmt(r['ct_s'])} "
+              f"| {r['mean_search_steps']:.1f} | {r['work_steps']:.1f} | {r['loop_iterations']} "
+              f"| {r['measured_ratio']:.1f} "
               f"| {r['predicted_ratio_mean_steps']:.1f} | {r['measured_over_predicted']:.2f} "
               f"| {r['predicted_ratio_loop_iterations']:.1f} | {r['measured_over_predicted_loop']:.2f} |")
     write_json(args.json, {"train_step": rows})

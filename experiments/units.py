@@ -3,6 +3,7 @@
     python -m experiments.units                          # synthetic sets + German, raw / standardised / x0.1 / x10
     python -m experiments.units --datasets circles --copies raw standardized --arms paper units --seeds 0
     python -m experiments.units --quick                  # circles only, 2 copies, 20 epochs (~2 min, 2-core CPU)
+    python -m experiments.units --datasets adult --copies raw standardized   # ~8 min, 2-core CPU
     python -m experiments.units --datasets linearly_separable --copies raw standardized --set lambda_reg=0.1
 
 For each dataset it trains BL and CT with the same seeds and initial weights on copies of the same data in

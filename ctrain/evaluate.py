@@ -302,6 +302,17 @@ def bootstrap_mean_ci(values, *, level: float = 0.99, n_boot: int = 2000, seed: 
     return float(lo), float(hi)
 
 
+def paired_rounds(summary: Sequence[Mapping], metric: str, *, treatment: str = "CT",
+                  baseline: str = "BL") -> dict:
+    """Returns {round: (treatment value, baseline value)} of `metric` for the rounds where both models have one."""
+    values = {}
+    for row in summary:
+        if row["model"] in (treatment, baseline):
+            values.setdefault(row["round"], {})[row["model"]] = row[metric]
+    return {r: (v[treatment], v[baseline]) for r, v in values.items()
+            if v.get(treatment) is not None and v.get(baseline) is not None}
+
+
 def compare(summary: Sequence[Mapping], metric: str, *, treatment: str = "CT", baseline: str = "BL",
             n_boot: int = 2000, level: float = 0.99, seed: int = 0) -> dict:
     """Returns the paper's comparison of `metric` between two models over paired rounds, as plain data.
@@ -312,12 +323,7 @@ def compare(summary: Sequence[Mapping], metric: str, *, treatment: str = "CT", b
     rounds left every figure is None and "note" says why. One paired round gives means and a reduction
     but no CI (a bootstrap of one value is that value) and so no significance.
     """
-    values = {}
-    for row in summary:
-        if row["model"] in (treatment, baseline):
-            values.setdefault(row["round"], {})[row["model"]] = row[metric]
-    paired = [(v[treatment], v[baseline]) for v in values.values()
-              if v.get(treatment) is not None and v.get(baseline) is not None]
+    paired = list(paired_rounds(summary, metric, treatment=treatment, baseline=baseline).values())
     out = {"metric": metric, "treatment": treatment, "baseline": baseline, "n_rounds": len(paired),
            "treatment_mean": None, "baseline_mean": None, "reduction_pct": None, "se_pct": None,
            "ci_low": None, "ci_high": None, "level": level, "significant": None, "note": ""}

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctrain.data import load_dataset
-from ctrain.evaluate import ProtocolConfig, bootstrap_mean_ci, compare, evaluate_explainability
+from ctrain.evaluate import ProtocolConfig, bootstrap_mean_ci, compare, evaluate_explainability, paired_rounds
 from ctrain.models import make_model
 from ctrain.objective import LossWeights
 from ctrain.search import SearchConfig
@@ -138,11 +138,7 @@ def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int,
 
 def round_ratios(summary, metric: str) -> dict[int, float]:
     """Returns {round: CT / BL} of `metric` for every round where both models have a value and BL's is not 0."""
-    values = {}
-    for row in summary:
-        values.setdefault(row["round"], {})[row["model"]] = row[metric]
-    return {r: v["CT"] / v["BL"] for r, v in values.items()
-            if v.get("CT") is not None and v.get("BL") is not None and v["BL"] != 0}
+    return {r: ct / bl for r, (ct, bl) in paired_rounds(summary, metric).items() if bl != 0}
 
 
 def arm_difference(ratios: dict, reference: dict, *, level: float = 0.99) -> dict:
@@ -212,11 +208,10 @@ DIFF_METRICS = (("cost", "cost"), ("ip", "IP"), ("ip_star", "IP* (median ℓ)"),
 
 def difference_table(results: list[dict], reference: str = "paper") -> str:
     """Returns the markdown table of every arm's reductions minus the `reference` arm's on the same data copy."""
-    ref = {(r["dataset"], r["copy"]): r for r in results if r["arm"] == reference}
-    rows = [r for r in results if r["arm"] != reference and (r["dataset"], r["copy"]) in ref]
+    rows = [r for r in results if reference in r.get("differences", {})]
     if not rows:
         return ""
-    lines = [f"| data | copy | arm | " + " | ".join(f"{label}: arm − {reference}" for _, label in DIFF_METRICS) + " |",
+    lines = ["| data | copy | arm | " + " | ".join(f"{label}: arm − {reference}" for _, label in DIFF_METRICS) + " |",
              "|" + "---|" * (3 + len(DIFF_METRICS))]
     for r in rows:
         cells = []

@@ -124,29 +124,33 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
 
     def fit_spy(states, data, config, **kwargs):
         seen.append((data.x_train.std(), config.objective, (config.search.units, config.search.step_rule,
-                     config.search.convergence), float(states.weights.reg[0])))
+                     config.search.convergence), float(states.weights.reg[0]),
+                     (config.search.categorical, config.schedule, config.burnin)))
         return real_fit(states, data, config, **kwargs)
 
     monkeypatch.setattr(units, "fit_many", fit_spy)
     md = tmp_path / "RESULTS.md"
     md.write_text("# kept\n")
     sets = ["n_ce=60", "eval_individuals=8", "eval_max_steps=10", "ip_samples=30", "mmd_samples=6",
-            "lambda_reg=0.3", "eval_lambda_energy=1.0"]  # one test-time search to compile per model, not five
+            "lambda_reg=0.3", "eval_lambda_energy=1.0", "burnin=0.5"]  # one test-time search to compile per model, not five
     results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units",
                           "--seeds", "0", "--epochs", "1", "--rounds", "2", "--out", str(tmp_path / "out"),
                           "--results-md", str(md), "--section", "study", "--title", "Units study: a test",
+                          "--categorical", "snap",
                           *sum((["--set", s] for s in sets), [])])
     assert [(r["copy"], r["arm"]) for r in results] == [("raw", "paper"), ("raw", "units"), ("x10", "paper"),
                                                         ("x10", "units")]
     # Each arm's search reaches training (BL and CT), the --set λ_reg reaches the state, the x10 copy is x10.
-    arms = [a for _, _, a, _ in seen]
+    arms = [a for _, _, a, _, _ in seen]
     paper, default = ("absolute", "gradient", "threshold"), ("std", "normalized", "max_steps")
     assert arms == [paper] * 2 + [default] * 2 + [paper] * 2 + [default] * 2
     # The study's units arm is the library's training default, so its rows describe what `fit` does.
     from ctrain.search import TRAINING_SEARCH
     library = TrainConfig().search
     assert library == TRAINING_SEARCH and (library.units, library.step_rule, library.convergence) == default
-    assert all(reg == pytest.approx(0.3) for *_, reg in seen)
+    assert all(reg == pytest.approx(0.3) for _, _, _, reg, _ in seen)
+    # --categorical and the config's schedule and burn-in reach every run's TrainConfig.
+    assert {extra for *_, extra in seen} == {("snap", "per_epoch", 0.5)}
     assert seen[4][0] == pytest.approx(10 * seen[0][0], rel=1e-5)
     for r in results:
         assert set(r["comparisons"]) == {"cost", "ip", "ip_star", "validity", "ip_star_fixed"}
@@ -163,6 +167,14 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     assert "IP: arm − paper" in text
     with pytest.raises(ValueError, match="lambda_reg"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])
+
+
+@pytest.mark.parametrize("key, hint", [("eval_rounds=5", "--rounds"), ("categorical=relaxed", "--categorical"),
+                                       ("protected=x0", "free"), ("seeds=3", "--seeds")])
+def test_the_units_study_refuses_a_setting_it_would_ignore(tmp_path, key, hint):
+    from experiments import units
+    with pytest.raises(ValueError, match=f"--set {key.split('=')[0]}=.*would change nothing.*{hint}"):
+        units.main(["--datasets", "circles", "--set", key, "--out", str(tmp_path / "bad")])
 
 
 def test_arm_difference_is_the_difference_of_reductions_over_paired_rounds():
@@ -201,11 +213,11 @@ def test_eval_step_rule_reaches_the_units_studys_evaluator(monkeypatch, rule):
         pass
 
     def spy(models, x, y, *, protocol, **kwargs):
-        seen.append(protocol.search_config(1.0).step_rule)
+        seen.append((protocol.search_config(1.0).step_rule, protocol.search_config(1.0).categorical))
         raise Recorded
 
     monkeypatch.setattr(units, "evaluate_explainability", spy)
     data = load_dataset("circles", n_train=40, n_val=0, n_test=20)
     with pytest.raises(Recorded):
-        units.evaluate_pair(get_config("circles"), data, {"BL": [None], "CT": [None]}, [0], 2, rule)
-    assert seen == [rule]
+        units.evaluate_pair(get_config("circles"), data, {"BL": [None], "CT": [None]}, [0], 2, rule, "snap_state")
+    assert seen == [(rule, "snap_state")]

@@ -132,7 +132,7 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     md = tmp_path / "RESULTS.md"
     md.write_text("# kept\n")
     sets = ["n_ce=60", "eval_individuals=8", "eval_max_steps=10", "ip_samples=30", "mmd_samples=6",
-            "lambda_reg=0.3", "eval_lambda_energy=1.0", "burnin=0.5"]  # one test-time search to compile per model, not five
+            "lambda_reg=0.3", "eval_lambda_energy=1.0", "burnin=0.5", "schedule=per_batch"]  # one test-time search to compile per model, not five
     results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units",
                           "--seeds", "0", "--epochs", "1", "--rounds", "2", "--out", str(tmp_path / "out"),
                           "--results-md", str(md), "--section", "study", "--title", "Units study: a test",
@@ -150,7 +150,7 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     assert library == TRAINING_SEARCH and (library.units, library.step_rule, library.convergence) == default
     assert all(reg == pytest.approx(0.3) for _, _, _, reg, _ in seen)
     # --categorical and the config's schedule and burn-in reach every run's TrainConfig.
-    assert {extra for *_, extra in seen} == {("snap", "per_epoch", 0.5)}
+    assert {extra for *_, extra in seen} == {("snap", "per_batch", 0.5)}
     assert seen[4][0] == pytest.approx(10 * seen[0][0], rel=1e-5)
     for r in results:
         assert set(r["comparisons"]) == {"cost", "ip", "ip_star", "validity", "ip_star_fixed"}

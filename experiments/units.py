@@ -69,8 +69,15 @@ ARMS = {
                             normalize_inputs=True),
     "units": dict(search=dict(units="std", step_rule="normalized", convergence="max_steps"), normalize_inputs=True),
 }
-# ExperimentConfig fields this study does not read, and why: a --set of one of them is refused, not ignored.
-NOT_USED = {
+# The ExperimentConfig fields this study reads (training and the evaluator). A --set of any other field is
+# refused, not ignored, so a field added to ExperimentConfig later cannot silently do nothing here.
+READS = frozenset({
+    "dataset_kwargs", "model", "epochs", "batch_size", "learning_rate", "shuffle", "schedule", "burnin", "tau",
+    "n_ce", "lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", "epsilon", "generator", "max_steps",
+    "step_size", "lambda_cost", "lambda_energy", "eval_individuals", "eval_lambda_energy", "eval_max_steps",
+    "eval_tau", "ip_samples", "mmd_samples", "mmd_length_scale"})
+# Why some of the others do nothing here, or what to use instead.
+NOT_READ_BECAUSE = {
     "protected": "every feature is free in this study", "mutability_lambda_adv": "there is no actionability run",
     "mutability_lambda_reg": "there is no actionability run", "eval_rounds": "use --rounds", "seeds": "use --seeds",
     "eval_cost_tau": "the study scores no cost-at-τ", "categorical": "use --categorical",
@@ -283,9 +290,10 @@ def main(argv=None) -> list[dict]:
             10, [0]
     # Checked before anything trains: a bad --set or dataset name fails at once.
     for item in args.overrides:
-        key = item.split("=", 1)[0].strip()
-        if key in NOT_USED:
-            raise ValueError(f"--set {key}=... would change nothing in the units study ({NOT_USED[key]})")
+        key = item.split("=", 1)[0].strip().split(".", 1)[0]  # dataset_kwargs.NAME sets a loader keyword
+        if key not in READS:
+            raise ValueError(f"--set {key}=... would change nothing in the units study "
+                             f"({NOT_READ_BECAUSE.get(key, 'the study does not read that field')})")
     configs = {name: override(get_config(name), args.overrides) for name in args.datasets}
     os.makedirs(args.out, exist_ok=True)
     results = []

@@ -169,6 +169,14 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
         units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])
 
 
+def test_every_experiment_field_is_read_by_the_units_study_or_refused_with_a_reason():
+    import dataclasses
+    from experiments import units
+    from experiments.configs import ExperimentConfig
+    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    assert units.READS | set(units.NOT_READ_BECAUSE) == fields and not units.READS & set(units.NOT_READ_BECAUSE)
+
+
 @pytest.mark.parametrize("key, hint", [("eval_rounds=5", "--rounds"), ("categorical=relaxed", "--categorical"),
                                        ("protected=x0", "free"), ("seeds=3", "--seeds")])
 def test_the_units_study_refuses_a_setting_it_would_ignore(tmp_path, key, hint):

@@ -55,18 +55,20 @@ def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats
     t_vanilla = measure(lambda: vanilla(state, b), repeats=repeats)
     t_ct = measure(lambda: ct(state, {**b, "pool": pool}, key), repeats=repeats)
     _, metrics = ct(state, {**b, "pool": pool}, key)
-    # The loop's iteration count: the batched while_loop runs until its slowest sample stops.
-    cf = jax.jit(lambda k: make_counterfactual_batch(apply_fn, state.params, b["x"][:n_ce], b["y"][:n_ce], pool, k,
-                                                     search_config, unconstrained(width)))(key)
     mean_steps = float(metrics["search_steps"])  # steps to reach τ
-    # A walk takes all T steps for every sample (its `steps` count only those before τ).
-    work_steps = search_config.max_steps if walk else mean_steps
-    loop_iters = search_config.max_steps if walk else int(np.max(np.asarray(cf.steps)))
+    if walk:  # every sample takes all T steps (its `steps` count only those before τ)
+        work_steps = loop_iters = search_config.max_steps
+    else:
+        # The loop's iteration count: the batched while_loop runs until its slowest sample stops.
+        cf = jax.jit(lambda k: make_counterfactual_batch(apply_fn, state.params, b["x"][:n_ce], b["y"][:n_ce],
+                                                         pool, k, search_config, unconstrained(width)))(key)
+        work_steps, loop_iters = mean_steps, int(np.max(np.asarray(cf.steps)))
     frac = n_ce / batch
     measured = t_ct["median"] / t_vanilla["median"]
     pred_mean = 1 + frac * (work_steps + 3)
     pred_loop = 1 + frac * (loop_iters + 3)
-    return {"case": name, "search": search, "work_steps": work_steps, "batch": batch, "n_ce": n_ce, "tau": threshold, "vanilla_s": t_vanilla, "ct_s": t_ct,
+    return {"case": name, "search": search, "work_steps": work_steps, "batch": batch, "n_ce": n_ce, "tau": threshold,
+            "vanilla_s": t_vanilla, "ct_s": t_ct,
             "mean_search_steps": mean_steps, "loop_iterations": loop_iters, "converged": float(metrics["converged"]),
             "measured_ratio": measured, "predicted_ratio_mean_steps": pred_mean,
             "predicted_ratio_loop_iterations": pred_loop, "measured_over_predicted": measured / pred_mean,

@@ -19,13 +19,15 @@ different units (`raw`: the units the data comes in; `standardized`: mean 0 and 
   (`SearchConfig(units="std", step_rule="normalized", convergence="max_steps")`).
 - `units_threshold`: the same search stopping at τ, as the reference's does (the default before the walk).
 Every arm trains one-hot groups with `--categorical` (default: the library's straight-through; paper parity's
-own mode is "relaxed", so on German and Adult the `paper` arm is paper parity in its units, not in its one-hot
-mode). Every arm is scored by the same scale-free evaluator: the paper's protocol (ECCo, T 50, τ 0.95, valid
+own mode is "relaxed", so on German and Adult the `paper` arm is then paper parity in its units, not in its
+one-hot mode); `--categorical arm` gives each arm its own configuration's mode (`paper`: the reference's relaxed
+groups, every other arm: the library's training default), so `paper` is paper parity in one-hot mode too.
+Every arm is scored by the same scale-free evaluator: the paper's protocol (ECCo, T 50, τ 0.95, valid
 counterfactuals only, relaxed one-hot groups unless `--eval-categorical`) with its search in standard-deviation
 units, IP and cost as L1 reductions CT vs BL (a ratio, so a common rescaling cancels) and IP* with the
-median-heuristic length scale. The fixed-ℓ IP* of the
-paper (ℓ = 5) is reported beside it. Mechanism health comes from the last training epoch: share of matured
-counterfactuals, mean steps to reach τ, share of one-step searches, `ae_moved`, `cf_in_ball`, mean energies.
+median-heuristic length scale. The fixed-ℓ IP* of the paper (ℓ = 5) is reported beside it. Mechanism health
+comes from the last training epoch: share of matured counterfactuals, mean steps to reach τ, share of
+one-step searches, `ae_moved`, `cf_in_ball`, mean energies.
 A second table gives each arm's reductions minus the first arm's (`paper` by default) on the same copy, in
 percentage points with a 99% bootstrap CI over the protocol rounds, which pair up across arms (same seeds, same data).
 
@@ -86,6 +88,9 @@ NOT_READ_BECAUSE = {
     "robust_samples": "there is no robustness run", "expected_minutes": "it only documents the reproduction",
     "dataset": "use --datasets",
 }
+# `--categorical arm`: each arm trains one-hot groups in its own configuration's mode.
+ARM_CATEGORICAL = {arm: (SearchConfig.reference().categorical if arm == "paper" else TRAINING_SEARCH.categorical)
+                   for arm in ARMS}
 HEALTH = ("converged", "search_steps", "one_step", "ae_moved", "cf_in_ball", "energy_cf", "energy_pos", "nonfinite")
 
 
@@ -103,15 +108,19 @@ def data_copy(config: ExperimentConfig, which: str):
 
 
 def train_pair(config: ExperimentConfig, data, arm: str, seeds, epochs: int | None, progress: bool,
-               categorical: str = TRAINING_SEARCH.categorical):
+               categorical: str = TRAINING_SEARCH.categorical, standardize_onehot: bool = False):
     """Returns ({"BL": [(apply_fn, params)], "CT": [...]}, {"CT": histories}) trained with the arm's settings.
 
     `categorical` is the training search's one-hot mode (SearchConfig.categorical), the same for every arm.
+    `standardize_onehot`: arms whose model standardises its inputs standardise one-hot columns too, instead of
+    leaving them 0/1 (`Dataset.input_stats`); the study's tables made before this option existed were made so.
     """
     spec = ARMS[arm]
     extra = {}
     if spec["normalize_inputs"]:
-        extra["input_stats"] = (data.x_train.mean(0), data.x_train.std(0))
+        # One-hot columns stay 0/1 (Dataset.input_stats) unless the older tables' way is asked for.
+        extra["input_stats"] = ((data.x_train.mean(0), data.x_train.std(0)) if standardize_onehot
+                                else data.input_stats())
     apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = jax.tree.map(lambda *a: jnp.stack(a), *[
         make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1] for s in seeds])
@@ -155,7 +164,7 @@ def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int, st
                                           num_classes=data.num_classes, protocol=protocol,
                                           constraints=data.constraints())
             summaries += [{**row, "round": i * rounds + row["round"]} for row in res["summary"]]
-        metrics = ("ip_star",) if key == "fixed" else ("cost", "ip", "ip_star", "validity")
+        metrics = ("ip_star",) if key == "fixed" else ("cost", "ip", "ip_star", "validity", "violations")
         for m in metrics:
             name = m if key == "median" else "ip_star_fixed"
             out[name] = compare(summaries, m, seed=0)
@@ -212,21 +221,33 @@ def _cell(c) -> str:
     return f"{c['reduction_pct']:.1f}{'*' if c['significant'] else ''}"
 
 
+def arm_label(result: dict) -> str:
+    """Returns the arm's name for a table, with its one-hot training mode where arms trained in their own modes."""
+    return f"{result['arm']} ({result['categorical']})" if result.get("per_arm_categorical") else result["arm"]
+
+
 def tables(results: list[dict]) -> str:
     """Returns the markdown tables of the study: reductions and mechanism health per dataset, copy and arm."""
     lines = ["| data | copy | arm | cost −% | IP −% | IP* −% (median ℓ) | IP* −% (ℓ = 5) | validity CT / BL "
-             "| mature | steps | one-step | ae_moved | cf_in_ball | E(x') | E(x⁺) |", "|" + "---|" * 15]
+             "| off-category CT / BL | mature | steps | one-step | ae_moved | cf_in_ball | E(x') | E(x⁺) |",
+             "|" + "---|" * 16]
     for r in results:
         c, h = r["comparisons"], r["health"]
         val = c.get("validity") or {}
         vtext = (f"{val['treatment_mean']:.2f} / {val['baseline_mean']:.2f}"
                  if val.get("treatment_mean") is not None else "n/a")
-        lines.append(f"| {r['dataset']} | {r['copy']} | {r['arm']} | {_cell(c.get('cost'))} | {_cell(c.get('ip'))} "
-                     f"| {_cell(c.get('ip_star'))} | {_cell(c.get('ip_star_fixed'))} | {vtext} "
+        broken = c.get("violations") or {}
+        btext = (f"{broken['treatment_mean']:.2f} / {broken['baseline_mean']:.2f}"
+                 if broken.get("treatment_mean") is not None else "n/a")
+        lines.append(f"| {r['dataset']} | {r['copy']} | {arm_label(r)} | {_cell(c.get('cost'))} "
+                     f"| {_cell(c.get('ip'))} | {_cell(c.get('ip_star'))} | {_cell(c.get('ip_star_fixed'))} | {vtext} "
+                     f"| {btext} "
                      f"| {h['converged']:.2f} | {h['search_steps']:.1f} | {h['one_step']:.2f} | {h['ae_moved']:.2f} "
                      f"| {h['cf_in_ball']:.2f} | {h['energy_cf']:.1f} | {h['energy_pos']:.1f} |")
     lines += ["", "Reductions are CT vs BL in % (positive = CT better), pooled over seeds; * = the 99% bootstrap CI "
-              "of the difference excludes 0. Health: the CT run's last epoch, mean over seeds."]
+              "of the difference excludes 0. Off-category: broken constraints per counterfactual, which with "
+              "every feature free are one-hot groups left between categories (0 where the evaluator snaps them). "
+              "Health: the CT run's last epoch, mean over seeds."]
     return "\n".join(lines)
 
 
@@ -251,7 +272,7 @@ def difference_table(results: list[dict], reference: str = "paper") -> str:
             else:
                 cells.append(f"{d['difference']:+.1f} [{d['ci_low']:+.1f}, {d['ci_high']:+.1f}]"
                              f"{'*' if d['significant'] else ''}")
-        lines.append(f"| {r['dataset']} | {r['copy']} | {r['arm']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r['dataset']} | {r['copy']} | {arm_label(r)} | " + " | ".join(cells) + " |")
     lines += ["", f"Differences of reductions in percentage points (positive = the arm keeps more of CT's gain than "
               f"{reference}), paired by protocol round, with the 99% percentile-bootstrap CI; * = it excludes 0."]
     return "\n".join(lines)
@@ -275,10 +296,14 @@ def main(argv=None) -> list[dict]:
                         help="ExperimentConfig override for every dataset (repeatable), e.g. --set lambda_reg=0.1")
     parser.add_argument("--eval-step-rule", choices=("gradient", "normalized"), default="gradient",
                         help="the evaluator's search step: the reference's gradient steps, or fixed-length steps")
-    parser.add_argument("--categorical", choices=CATEGORICAL_MODES, default=TRAINING_SEARCH.categorical,
-                        help="the training search's one-hot mode, every arm (default: the library's training default)")
+    parser.add_argument("--categorical", choices=CATEGORICAL_MODES + ("arm",), default=TRAINING_SEARCH.categorical,
+                        help="the training search's one-hot mode, every arm (default: the library's training "
+                             "default), or `arm`: each arm's own (paper: the reference's relaxed groups)")
     parser.add_argument("--eval-categorical", choices=CATEGORICAL_MODES, default="relaxed",
                         help="the evaluator's one-hot mode (default: the reference protocol's relaxed groups)")
+    parser.add_argument("--standardize-onehot", action="store_true",
+                        help="models that standardise their inputs standardise one-hot columns too (how the "
+                             "tables made before this flag existed were made; default: one-hot columns stay 0/1)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--results-md", default=None, help="also write the tables into this file (e.g. RESULTS.md)")
     parser.add_argument("--section", default="units", help="the marked section of --results-md to (re)write")
@@ -303,11 +328,13 @@ def main(argv=None) -> list[dict]:
             data = data_copy(configs[name], which)
             for arm in args.arms:
                 t1 = time.perf_counter()
+                categorical = ARM_CATEGORICAL[arm] if args.categorical == "arm" else args.categorical
                 models, histories = train_pair(configs[name], data, arm, args.seeds, args.epochs, args.progress,
-                                               args.categorical)
+                                               categorical, args.standardize_onehot)
                 comparisons, ratios = evaluate_pair(configs[name], data, models, args.seeds, args.rounds,
                                                     args.eval_step_rule, args.eval_categorical)
-                results.append({"dataset": name, "copy": which, "arm": arm, "seeds": args.seeds,
+                results.append({"dataset": name, "copy": which, "arm": arm, "categorical": categorical,
+                                "per_arm_categorical": args.categorical == "arm", "seeds": args.seeds,
                                 "comparisons": comparisons, "health": health(histories["CT"]),
                                 "ratios": ratios, "wall_s": time.perf_counter() - t1})
                 print(tables(results[-1:]).splitlines()[2], flush=True)

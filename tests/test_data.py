@@ -213,6 +213,23 @@ def test_prepare_rejects_labels_that_are_not_class_indices():
         prepare("p", x, np.r_[-1, 1, 0, 1, 0, 1, 0, 1, 0, 1], x, np.arange(10) % 2)
 
 
+def test_input_stats_standardise_continuous_columns_and_leave_one_hot_columns_alone():
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.uniform(18, 80, 300), rng.normal(size=300), np.eye(3)[rng.choice(3, 300, p=[0.8, 0.15, 0.05])]]
+    d = from_arrays(x, rng.integers(0, 2, 300), feature_names=["age", "income", "c=a", "c=b", "c=c"],
+                    categorical={"c": ["c=a", "c=b", "c=c"]}, standardize=False)
+    mean, std = d.input_stats()
+    chex.assert_shape((mean, std), (5,))
+    np.testing.assert_allclose(mean[:2], d.x_train[:, :2].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(std[:2], d.x_train[:, :2].std(0), rtol=1e-5)
+    np.testing.assert_array_equal(mean[2:], 0.0)
+    np.testing.assert_array_equal(std[2:], 1.0)  # the rare category (std about 0.2) is not weighted up
+    # They follow the units: a rescaled copy standardises to the same inputs.
+    big = d.affine(10.0, 3.0)
+    z = lambda data: (data.x_train - data.input_stats()[0]) / data.input_stats()[1]
+    np.testing.assert_allclose(z(big), z(d), rtol=1e-4, atol=1e-4)
+
+
 # --- one-hot groups --------------------------------------------------------------------------------------
 
 def _one_hot_data(n=40, seed=0):

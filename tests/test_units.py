@@ -21,7 +21,7 @@ def circles():
 
 def _model(data, seed=0):
     return make_model("mlp", data.num_features, data.num_classes, jax.random.key(seed),
-                      input_stats=(data.x_train.mean(0), data.x_train.std(0)))
+                      input_stats=data.input_stats())
 
 
 def test_a_rescaled_copy_is_the_same_data_in_other_units(circles):
@@ -153,7 +153,8 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     assert {extra for *_, extra in seen} == {("snap", "per_batch", 0.5)}
     assert seen[4][0] == pytest.approx(10 * seen[0][0], rel=1e-5)
     for r in results:
-        assert set(r["comparisons"]) == {"cost", "ip", "ip_star", "validity", "ip_star_fixed"}
+        assert set(r["comparisons"]) == {"cost", "ip", "ip_star", "validity", "violations", "ip_star_fixed"}
+        assert r["comparisons"]["violations"]["baseline_mean"] == 0  # circles has no one-hot group
         assert 0 <= r["health"]["converged"] <= 1 and r["health"]["search_steps"] >= 1
     text = md.read_text()
     assert text.startswith("# kept") and "<!-- study:start -->\n### Units study: a test\n" in text
@@ -167,6 +168,63 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     assert "IP: arm − paper" in text
     with pytest.raises(ValueError, match="lambda_reg"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])
+
+
+def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_through(tmp_path, monkeypatch):
+    from experiments import units
+    from ctrain.search import SearchConfig, TRAINING_SEARCH
+    seen = []
+    real_fit = units.fit_many
+
+    def fit_spy(states, data, config, **kwargs):
+        seen.append((config.search.units, config.search.categorical))
+        return real_fit(states, data, config, **kwargs)
+
+    monkeypatch.setattr(units, "fit_many", fit_spy)
+    # Scoring is not what this test is about: every metric comes back empty, so the tables say n/a.
+    monkeypatch.setattr(units, "evaluate_pair", lambda *a, **k: ({}, {key: {} for key, _ in units.DIFF_METRICS}))
+    results = units.main(["--datasets", "circles", "--copies", "raw", "--arms", "units", "paper", "--seeds", "0",
+                          "--epochs", "1", "--rounds", "2", "--out", str(tmp_path), "--categorical", "arm",
+                          "--set", "n_ce=40"])
+    assert SearchConfig.reference().categorical == "relaxed" != TRAINING_SEARCH.categorical
+    # BL and CT of each arm, in the order the arms were given.
+    assert seen == [("std", TRAINING_SEARCH.categorical)] * 2 + [("absolute", "relaxed")] * 2
+    assert [(r["arm"], r["categorical"]) for r in results] == [("units", TRAINING_SEARCH.categorical),
+                                                               ("paper", "relaxed")]
+    text = (tmp_path / "units.md").read_text()
+    assert f"| circles | raw | units ({TRAINING_SEARCH.categorical}) |" in text
+    assert "| circles | raw | paper (relaxed) |" in text
+
+
+def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless_asked(monkeypatch):
+    from ctrain.data import from_arrays
+    from experiments import units
+    from experiments.configs import get_config
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.normal(50, 10, 200), np.eye(3)[rng.choice(3, 200, p=[0.8, 0.15, 0.05])]]
+    data = from_arrays(x, rng.integers(0, 2, 200), feature_names=["a", "c=1", "c=2", "c=3"],
+                       categorical={"c": ["c=1", "c=2", "c=3"]}, standardize=False)
+    seen = []
+
+    class Built(Exception):
+        pass
+
+    def make_model_spy(*args, input_stats=None):
+        seen.append(input_stats)
+        raise Built  # the inputs are what this test is about, not training
+
+    monkeypatch.setattr(units, "make_model", make_model_spy)
+    for standardize_onehot in (False, True):
+        with pytest.raises(Built):
+            units.train_pair(get_config("circles"), data, "units", [0], 1, False,
+                             standardize_onehot=standardize_onehot)
+    with pytest.raises(Built):
+        units.train_pair(get_config("circles"), data, "paper", [0], 1, False)
+    (mean, std), (mean_all, std_all), paper = seen
+    np.testing.assert_allclose([mean[0], std[0]], [data.x_train[:, 0].mean(), data.x_train[:, 0].std()], rtol=1e-5)
+    np.testing.assert_array_equal(np.r_[mean[1:], std[1:]], [0, 0, 0, 1, 1, 1])
+    np.testing.assert_allclose(std_all, data.x_train.std(0), rtol=1e-6)  # the older tables' way
+    assert std_all[3] < 0.3 and paper is None  # the rare category would weigh > 3x; paper parity sees raw inputs
 
 
 def test_every_experiment_field_is_read_by_the_units_study_or_refused_with_a_reason():

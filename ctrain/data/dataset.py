@@ -101,6 +101,18 @@ class Dataset:
     def num_features(self) -> int:
         return self.schema.width
 
+    def input_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (mean, std), each (D,) float32, for `make_model(..., input_stats=...)`: the training split's
+        for continuous columns, (0, 1) for one-hot columns.
+
+        One-hot columns have no units to remove (the loaders and `standardized()` leave them 0/1, as the paper
+        does); dividing them by their standard deviation would weight a rare category's column several times
+        more than a common one's in the model's input.
+        """
+        onehot = np.array([f.kind == "categorical" for f in self.schema.features])
+        mean, std = self.x_train.mean(0), self.x_train.std(0)
+        return (np.where(onehot, 0.0, mean).astype(np.float32), np.where(onehot, 1.0, std).astype(np.float32))
+
     def constraints(self):
         """Returns the `ctrain.constraints.Constraints` arrays for this dataset's schema."""
         from ctrain.constraints import from_schema

@@ -221,6 +221,11 @@ def _cell(c) -> str:
     return f"{c['reduction_pct']:.1f}{'*' if c['significant'] else ''}"
 
 
+def _ct_over_bl(c) -> str:
+    return "n/a" if c is None or c.get("treatment_mean") is None else \
+        f"{c['treatment_mean']:.2f} / {c['baseline_mean']:.2f}"
+
+
 def arm_label(result: dict) -> str:
     """Returns the arm's name for a table, with its one-hot training mode where arms trained in their own modes."""
     return f"{result['arm']} ({result['categorical']})" if result.get("per_arm_categorical") else result["arm"]
@@ -233,12 +238,7 @@ def tables(results: list[dict]) -> str:
              "|" + "---|" * 16]
     for r in results:
         c, h = r["comparisons"], r["health"]
-        val = c.get("validity") or {}
-        vtext = (f"{val['treatment_mean']:.2f} / {val['baseline_mean']:.2f}"
-                 if val.get("treatment_mean") is not None else "n/a")
-        broken = c.get("violations") or {}
-        btext = (f"{broken['treatment_mean']:.2f} / {broken['baseline_mean']:.2f}"
-                 if broken.get("treatment_mean") is not None else "n/a")
+        vtext, btext = _ct_over_bl(c.get("validity")), _ct_over_bl(c.get("violations"))
         lines.append(f"| {r['dataset']} | {r['copy']} | {arm_label(r)} | {_cell(c.get('cost'))} "
                      f"| {_cell(c.get('ip'))} | {_cell(c.get('ip_star'))} | {_cell(c.get('ip_star_fixed'))} | {vtext} "
                      f"| {btext} "

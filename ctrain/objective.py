@@ -22,7 +22,7 @@ import optax
 
 from ctrain import constraints as cons
 from ctrain.energy import energy_from_logits
-from ctrain.search import SearchConfig, sample_targets, search_counterfactuals, search_units
+from ctrain.search import SearchConfig, sample_targets, search_counterfactuals, search_units, within_ball
 
 # BL, CT, CD (no adversarial term), AR (no div/reg); then the baselines PGD adversarial training and JEM-style.
 OBJECTIVES = ("vanilla", "full", "energy", "adversarial", "pgd_at", "jem")
@@ -131,7 +131,7 @@ def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: j
     return CounterfactualBatch(
         x_cf=x_cf, x_pos=x_pos, target=target, x_ae=res.x_ae, y=y.astype(jnp.int32), converged=res.converged,
         steps=res.steps, ae_moved=jnp.any(res.x_ae != x, -1),
-        cf_in_ball=jnp.max(jnp.abs(res.x_cf - x) / search_units(config, constraints), -1) <= config.epsilon)
+        cf_in_ball=within_ball(res.x_cf, x, search_units(config, constraints), config.epsilon))
 
 
 def make_adversarial_batch(apply_fn, params, x, y, key: jax.Array, config: SearchConfig,

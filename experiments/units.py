@@ -12,12 +12,19 @@ different units (`raw`: the units the data comes in; `standardized`: mean 0 and 
 
 - `paper`: the reference's absolute units: SGD steps of 0.1 on the input gradient, ε = 0.3, L1 cost, all in the
   data's own units; the model sees the data as given (paper parity).
-- `units`: the units-aware configuration (ctrain's default for a user's own data, `TrainConfig().search`): the
-  model standardises its inputs with the training statistics, the search measures its steps, ε and cost in
-  units of each feature's training standard deviation, takes steps of length η there, and walks all T steps,
-  on past τ with steps of at most η (shorter near a mode of its loss), keeping its last iterate with p >= τ
-  (`SearchConfig(units="std", step_rule="normalized", convergence="max_steps")`).
-- `units_threshold`: the same search stopping at τ, as the reference's does (the default before the walk).
+- `units_clipped`: the units-aware configuration (ctrain's default for a user's own data, `TrainConfig().search`):
+  the model standardises its inputs with the training statistics, the search measures its steps, ε and cost in
+  units of each feature's training standard deviation, takes the reference's gradient steps there clipped to L∞
+  length η (Δ = −η∇/max(‖∇‖∞, 1), so a steep model walks where the reference's step jumps), and walks all T
+  steps, on past τ, keeping its last iterate with p >= τ
+  (`SearchConfig(units="std", step_rule="clipped", convergence="max_steps")`).
+- `units_linf`: the same walk with fixed-length steps: the steepest feature moves η each step (L∞ length η).
+- `units`: the walk with steps of L2 length η, the default before `units_clipped` (a feature's share of an L2
+  step shrinks like 1/√D, so on Adult's 104 columns its training counterfactuals barely moved).
+- `units_threshold`: the L2 search stopping at τ, as the reference's does (the default before the walk).
+- `units_gradient`, `units_gradient_walk`: unclipped gradient steps in standard-deviation units (paper parity's
+  step rule made unit-free; on a standardised copy `units_gradient` is paper parity with the model's one-hot
+  columns 0/1), stopping at τ or walking on.
 Every arm trains one-hot groups with `--categorical` (default: the library's straight-through; paper parity's
 own mode is "relaxed", so on German and Adult the `paper` arm is then paper parity in its units, not in its
 one-hot mode); `--categorical arm` gives each arm its own configuration's mode (`paper`: the reference's relaxed
@@ -70,6 +77,17 @@ ARMS = {
     "units_threshold": dict(search=dict(units="std", step_rule="normalized", convergence="threshold"),
                             normalize_inputs=True),
     "units": dict(search=dict(units="std", step_rule="normalized", convergence="max_steps"), normalize_inputs=True),
+    "units_linf": dict(search=dict(units="std", step_rule="normalized_linf", convergence="max_steps"),
+                       normalize_inputs=True),
+    # Gradient steps in standard-deviation units: paper parity's step rule made unit-free (on a standardised copy
+    # `units_gradient` is paper parity with the model's one-hot columns 0/1), and the same clipped to L∞ length η
+    # (`units_clipped`, the library's training default).
+    "units_gradient": dict(search=dict(units="std", step_rule="gradient", convergence="threshold"),
+                           normalize_inputs=True),
+    "units_gradient_walk": dict(search=dict(units="std", step_rule="gradient", convergence="max_steps"),
+                                normalize_inputs=True),
+    "units_clipped": dict(search=dict(units="std", step_rule="clipped", convergence="max_steps"),
+                          normalize_inputs=True),
 }
 # The ExperimentConfig fields this study reads (training and the evaluator). A --set of any other field is
 # refused, not ignored, so a field added to ExperimentConfig later cannot silently do nothing here.
@@ -177,6 +195,18 @@ def round_ratios(summary, metric: str) -> dict[int, float]:
     return {r: ct / bl for r, (ct, bl) in paired_rounds(summary, metric).items() if bl != 0}
 
 
+def seed_reductions(ratios: dict, rounds: int, n_seeds: int) -> list:
+    """Returns each training seed's reduction −(mean r − 1)·100 over its own protocol rounds (None: no round).
+
+    The pooled reduction's CI is over protocol rounds for fixed trained models; this spread is the training seeds'.
+    """
+    out = []
+    for i in range(n_seeds):
+        r = [v for k, v in ratios.items() if int(k) // rounds == i]
+        out.append(float(-(np.mean(r) - 1) * 100) if r else None)
+    return out
+
+
 def arm_difference(ratios: dict, reference: dict, *, level: float = 0.99) -> dict:
     """Returns one arm's reduction minus the reference arm's, in points, over their common rounds, with its CI.
 
@@ -233,20 +263,26 @@ def arm_label(result: dict) -> str:
 
 def tables(results: list[dict]) -> str:
     """Returns the markdown tables of the study: reductions and mechanism health per dataset, copy and arm."""
-    lines = ["| data | copy | arm | cost −% | IP −% | IP* −% (median ℓ) | IP* −% (ℓ = 5) | validity CT / BL "
-             "| off-category CT / BL | mature | steps | one-step | ae_moved | cf_in_ball | E(x') | E(x⁺) |",
-             "|" + "---|" * 16]
+    lines = ["| data | copy | arm | cost −% | IP −% | IP* −% (median ℓ) | IP* −% per seed | IP* −% (ℓ = 5) "
+             "| validity CT / BL | off-category CT / BL | mature | steps | one-step | ae_moved | cf_in_ball | E(x') "
+             "| E(x⁺) |",
+             "|" + "---|" * 17]
     for r in results:
         c, h = r["comparisons"], r["health"]
         vtext, btext = _ct_over_bl(c.get("validity")), _ct_over_bl(c.get("violations"))
+        per_seed = " / ".join("n/a" if v is None else f"{v:.1f}" for v in
+                              seed_reductions(r["ratios"]["ip_star"], r["rounds"], len(r["seeds"])))
         lines.append(f"| {r['dataset']} | {r['copy']} | {arm_label(r)} | {_cell(c.get('cost'))} "
-                     f"| {_cell(c.get('ip'))} | {_cell(c.get('ip_star'))} | {_cell(c.get('ip_star_fixed'))} | {vtext} "
+                     f"| {_cell(c.get('ip'))} | {_cell(c.get('ip_star'))} | {per_seed} "
+                     f"| {_cell(c.get('ip_star_fixed'))} | {vtext} "
                      f"| {btext} "
                      f"| {h['converged']:.2f} | {h['search_steps']:.1f} | {h['one_step']:.2f} | {h['ae_moved']:.2f} "
                      f"| {h['cf_in_ball']:.2f} | {h['energy_cf']:.1f} | {h['energy_pos']:.1f} |")
     lines += ["", "Reductions are CT vs BL in % (positive = CT better), pooled over seeds; * = the 99% bootstrap CI "
               "of the difference excludes 0. Off-category: broken constraints per counterfactual, which with "
               "every feature free are one-hot groups left between categories (0 where the evaluator snaps them). "
+              "Per seed: each training seed's own reduction, in the order of --seeds; the CI behind * is over "
+              "protocol rounds for the trained models, so it does not cover this spread. "
               "Health: the CT run's last epoch, mean over seeds."]
     return "\n".join(lines)
 
@@ -284,9 +320,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--datasets", nargs="+",
                         default=["linearly_separable", "circles", "moons", "overlapping", "german"])
     parser.add_argument("--copies", nargs="+", default=list(COPIES), choices=COPIES)
-    parser.add_argument("--arms", nargs="+", default=["paper", "units"], choices=list(ARMS),
-                        help="paper and units by default; inputs, std_search, normalized and units_threshold "
-                             "change one thing each; the first arm is the one the others are compared with")
+    parser.add_argument("--arms", nargs="+", default=["paper", "units_clipped"], choices=list(ARMS),
+                        help="paper and units_clipped (the library's default) by default; inputs, std_search, "
+                             "normalized and units_threshold change one thing each; the first arm is the one the "
+                             "others are compared with")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=None, help="override the paper's epochs (default: config)")
     parser.add_argument("--rounds", type=int, default=30, help="bootstrap rounds per seed")
@@ -305,11 +342,15 @@ def main(argv=None) -> list[dict]:
                         help="models that standardise their inputs standardise one-hot columns too (how the "
                              "tables made before this flag existed were made; default: one-hot columns stay 0/1)")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="write the tables of the finished run in --out (its units.json) again, no training")
     parser.add_argument("--results-md", default=None, help="also write the tables into this file (e.g. RESULTS.md)")
     parser.add_argument("--section", default="units", help="the marked section of --results-md to (re)write")
     parser.add_argument("--title", default="Units study: paper-parity vs units-aware search on the same data in "
                                            "other units", help="the section's heading in --results-md")
     args = parser.parse_args(argv)
+    if args.tables_only:
+        return rewrite_tables(args, argv)
     if args.quick:
         args.datasets, args.copies, args.epochs, args.rounds, args.seeds = ["circles"], ["raw", "standardized"], 20, \
             10, [0]
@@ -335,26 +376,64 @@ def main(argv=None) -> list[dict]:
                                                     args.eval_step_rule, args.eval_categorical)
                 results.append({"dataset": name, "copy": which, "arm": arm, "categorical": categorical,
                                 "per_arm_categorical": args.categorical == "arm", "seeds": args.seeds,
+                                "rounds": args.rounds,
                                 "comparisons": comparisons, "health": health(histories["CT"]),
                                 "ratios": ratios, "wall_s": time.perf_counter() - t1})
                 print(tables(results[-1:]).splitlines()[2], flush=True)
     add_differences(results, args.arms[0])
+    command = "python -m experiments.units " + shlex.join(argv if argv is not None else sys.argv[1:])
+    machine = f"{os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}"
+    wall_s = time.perf_counter() - t0
+    with open(os.path.join(args.out, "units.json"), "w") as f:
+        json.dump({"args": vars(args), "command": command, "machine": machine, "results": results,
+                   "wall_s": wall_s}, f, indent=1, allow_nan=False)
+    write_tables(results, args, command, wall_s, machine)
+    return results
+
+
+def write_tables(results: list[dict], args, command: str, wall_s: float, machine: str, note: str = "") -> str:
+    """Returns the study's markdown tables, written to `args.out`/units.md and, with --results-md, its section."""
     text = tables(results)
     differences = difference_table(results, args.arms[0])
     if differences:
         text += "\n\n" + differences
-    command = "python -m experiments.units " + shlex.join(argv if argv is not None else sys.argv[1:])
     with open(os.path.join(args.out, "units.md"), "w") as f:
-        f.write(f"Command: `{command}`\n\n{text}\n")
+        f.write(f"Command: `{command}`{note}\n\n{text}\n")
     if args.results_md:
-        machine = f"{os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}"
         write_section(args.results_md, args.section, f"### {args.title}\n\nMade by `{command}` in "
-                                                     f"{(time.perf_counter() - t0) / 60:.0f} min ({machine}).\n\n{text}")
-    with open(os.path.join(args.out, "units.json"), "w") as f:
-        json.dump({"args": vars(args), "results": results, "wall_s": time.perf_counter() - t0}, f, indent=1,
-                  allow_nan=False)
+                                                     f"{wall_s / 60:.0f} min ({machine}){note}.\n\n{text}")
     print(text)
+    return text
+
+
+def rewrite_tables(args, argv) -> list[dict]:
+    """Returns the results saved in `args.out`/units.json, with their tables written again by today's code."""
+    with open(os.path.join(args.out, "units.json")) as f:
+        saved = json.load(f)
+    results = saved["results"]
+    for r in results:
+        r.setdefault("rounds", saved["args"]["rounds"])  # written by runs before the per-seed column
+    saved_args = argparse.Namespace(**{**saved["args"], "results_md": args.results_md, "section": args.section,
+                                       "title": args.title, "out": args.out})
+    note = ("; tables written from its units.json by `python -m experiments.units "
+            + shlex.join(argv if argv is not None else sys.argv[1:]) + "`")
+    machine = saved.get("machine") or f"{os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}"
+    write_tables(results, saved_args, saved.get("command") or command_of(saved["args"]), saved["wall_s"], machine,
+                 note)
     return results
+
+
+def command_of(a: dict) -> str:
+    """Returns a command equivalent to the saved arguments `a` of a run (for units.json files that lack one)."""
+    argv = ["--datasets", *a["datasets"], "--copies", *a["copies"], "--arms", *a["arms"],
+            "--seeds", *map(str, a["seeds"]), "--rounds", str(a["rounds"]), "--categorical", a["categorical"],
+            "--eval-categorical", a["eval_categorical"], "--eval-step-rule", a["eval_step_rule"]]
+    argv += ["--epochs", str(a["epochs"])] if a.get("epochs") else []
+    argv += ["--standardize-onehot"] if a.get("standardize_onehot") else []
+    argv += sum((["--set", item] for item in a.get("overrides", [])), [])
+    argv += ["--out", a["out"]] + (["--results-md", a["results_md"], "--section", a["section"], "--title",
+                                    a["title"]] if a.get("results_md") else [])
+    return "python -m experiments.units " + shlex.join(argv)
 
 
 if __name__ == "__main__":

@@ -332,7 +332,8 @@ def test_many_runs_in_one_vmapped_program_match_single_runs(moons):
         one, history = fit(create_train_state(apply_fn, inits[i], weights=LossWeights(reg=float(lambda_reg[i]))),
                            small, cfg.replace(seed=seed), progress=False)
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], many.params), one.params, atol=1e-5)
-        assert abs(histories[i][-1]["loss"] - history[-1]["loss"]) < 1e-5
+        # Relative, as a float32 loss of about 0.5 accumulated over a vmapped and a single program can differ there.
+        assert histories[i][-1]["loss"] == pytest.approx(history[-1]["loss"], rel=1e-4)
         assert histories[i][-1]["test_accuracy"] == pytest.approx(history[-1]["test_accuracy"], abs=1e-6)
     assert not np.allclose(jax.tree.leaves(many.params)[0][0], jax.tree.leaves(many.params)[0][1])
     with pytest.raises(ValueError, match="3 seeds given for 2 stacked states"):

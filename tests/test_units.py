@@ -35,7 +35,7 @@ def test_a_rescaled_copy_is_the_same_data_in_other_units(circles):
 
 
 @pytest.mark.parametrize("factor", [0.1, 10.0])
-@pytest.mark.parametrize("rule", ["gradient", "normalized"])
+@pytest.mark.parametrize("rule", ["gradient", "normalized", "normalized_linf", "clipped"])
 def test_units_aware_search_gives_the_same_counterfactuals_in_any_units(circles, factor, rule):
     apply_fn, params = _model(circles)
     big = circles.affine(factor)
@@ -78,7 +78,8 @@ def test_training_on_rescaled_data_gives_the_same_predictions(circles, search):
         assert big_hist[-1][key] == pytest.approx(small_hist[-1][key], rel=1e-3, abs=1e-3)
 
 
-def test_normalised_steps_walk_where_the_reference_step_jumps():
+@pytest.mark.parametrize("rule", ["normalized", "normalized_linf"])
+def test_normalised_steps_walk_where_the_reference_step_jumps(rule):
     # A confident linear model: logit₁ − logit₀ = 20·x0. From x0 = −0.5 (p₁ ≈ 5e-5), one reference SGD step of 0.1
     # moves x0 by 0.1·(1 − p)·20 ≈ 2: a jump far past the boundary. Normalised steps of 0.1 (σ = 2 here, so
     # 0.2 in x0) reach p₁ ≥ 0.6, i.e. x0 ≥ ln(1.5)/20 ≈ 0.0203, after exactly 3 steps (x0 = −0.5 + 3·0.2 = 0.1).
@@ -91,12 +92,58 @@ def test_normalised_steps_walk_where_the_reference_step_jumps():
                         units="absolute", step_rule="gradient")
     jump = search_counterfactuals(linear, w, x, jnp.ones(2, jnp.int32), jax.random.key(0), base, c)
     walk = search_counterfactuals(linear, w, x, jnp.ones(2, jnp.int32), jax.random.key(0),
-                                  base.replace(units="std", step_rule="normalized"), c)
+                                  base.replace(units="std", step_rule=rule), c)
     np.testing.assert_array_equal(jump.steps, [1, 1])
     assert float(jump.x_cf[0, 0]) > 1.4
     np.testing.assert_array_equal(walk.steps, [3, 3])
     np.testing.assert_allclose(walk.x_cf, x + jnp.array([0.6, 0.0]), atol=1e-5)  # along x0 only, 3 × 0.2
     assert bool(jnp.all(walk.converged))
+
+
+@pytest.mark.parametrize("width", [1, 4, 16, 64])
+def test_linf_steps_do_not_shrink_with_the_number_of_features_and_l2_steps_do(width):
+    # logit₁ − logit₀ = (4/D)·Σ x_i: the evidence spread evenly over D features, so from x = −0.47·1 every feature
+    # must rise by 0.47 to reach τ = 0.5 whatever D is. An L∞ step of η = 0.1 moves every feature by 0.1: 5 steps
+    # for any D. An L2 step of 0.1 moves each by 0.1/√D: ⌈4.7·√D⌉ steps (5, 10, 19), and 38 > T = 30 for D = 64.
+    from ctrain import constraints as cons
+    w = jnp.zeros((width, 2)).at[:, 1].set(4.0 / width)
+    x = jnp.full((1, width), -0.47)
+    c = cons.make_constraints(width, scale=np.ones(width))
+    config = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.5, step_size=0.1, max_steps=30,
+                          units="std")
+    linf = search_counterfactuals(lambda p, v: v @ p, w, x, jnp.ones(1, jnp.int32), jax.random.key(0), config, c)
+    l2 = search_counterfactuals(lambda p, v: v @ p, w, x, jnp.ones(1, jnp.int32), jax.random.key(0),
+                                config.replace(step_rule="normalized"), c)
+    assert config.step_rule == "normalized_linf"  # the default
+    np.testing.assert_array_equal(linf.steps, [5])
+    np.testing.assert_allclose(linf.x_cf, jnp.full((1, width), 0.03), atol=1e-5)
+    expected = {1: 5, 4: 10, 16: 19, 64: 30}[width]
+    np.testing.assert_array_equal(l2.steps, [expected])
+    assert bool(l2.converged[0]) == (width < 64)
+
+
+@pytest.mark.parametrize("slope, moved", [(0.5, 0.1 * 0.5 * (1 - 1 / (1 + np.exp(0.5)))), (20.0, 0.1)])
+def test_clipped_steps_are_gradient_steps_of_at_most_linf_length_eta(slope, moved):
+    # logit₁ − logit₀ = slope·x0 from x0 = −1: the CE gradient on x0 is −(1 − p)·slope with p = σ(−slope). A gentle
+    # model (slope 0.5, |g| = 0.31 < 1) gets the plain gradient step 0.1·|g|; a steep one (|g| ≈ 20) a step of η.
+    from ctrain import constraints as cons
+    w = jnp.array([[0.0, slope], [0.0, 0.0]])
+    x = jnp.array([[-1.0, 0.0]])
+    config = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.99, step_size=0.1, max_steps=1,
+                          units="std", step_rule="clipped")
+    res = search_counterfactuals(lambda p, v: v @ p, w, x, jnp.ones(1, jnp.int32), jax.random.key(0), config,
+                                 cons.make_constraints(2))
+    np.testing.assert_allclose(res.x_cf, x + jnp.array([[moved, 0.0]]), rtol=1e-5)
+
+
+def test_seed_reductions_are_each_training_seeds_own_reduction():
+    from experiments.units import seed_reductions
+    # Rounds 0-1 belong to seed 0 (ratios 0.5, 0.7: mean 0.6, a 40% reduction), 2-3 to seed 1 (mean 1.1: −10%);
+    # seed 2 has no round.
+    ratios = {0: 0.5, 1: 0.7, 2: 1.2, 3: 1.0}
+    got = seed_reductions(ratios, rounds=2, n_seeds=3)
+    assert got[0] == pytest.approx(40.0) and got[1] == pytest.approx(-10.0) and got[2] is None
+    assert seed_reductions({str(k): v for k, v in ratios.items()}, 2, 3)[:2] == got[:2]  # keys as read from JSON
 
 
 def test_the_units_aware_protocol_scores_a_rescaled_copy_identically(circles):
@@ -133,18 +180,18 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     md.write_text("# kept\n")
     sets = ["n_ce=60", "eval_individuals=8", "eval_max_steps=10", "ip_samples=30", "mmd_samples=6",
             "lambda_reg=0.3", "eval_lambda_energy=1.0", "burnin=0.5", "schedule=per_batch"]  # one test-time search to compile per model, not five
-    results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units",
+    results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units_clipped",
                           "--seeds", "0", "--epochs", "1", "--rounds", "2", "--out", str(tmp_path / "out"),
                           "--results-md", str(md), "--section", "study", "--title", "Units study: a test",
                           "--categorical", "snap",
                           *sum((["--set", s] for s in sets), [])])
-    assert [(r["copy"], r["arm"]) for r in results] == [("raw", "paper"), ("raw", "units"), ("x10", "paper"),
-                                                        ("x10", "units")]
+    assert [(r["copy"], r["arm"]) for r in results] == [("raw", "paper"), ("raw", "units_clipped"), ("x10", "paper"),
+                                                        ("x10", "units_clipped")]
     # Each arm's search reaches training (BL and CT), the --set λ_reg reaches the state, the x10 copy is x10.
     arms = [a for _, _, a, _, _ in seen]
-    paper, default = ("absolute", "gradient", "threshold"), ("std", "normalized", "max_steps")
+    paper, default = ("absolute", "gradient", "threshold"), ("std", "clipped", "max_steps")
     assert arms == [paper] * 2 + [default] * 2 + [paper] * 2 + [default] * 2
-    # The study's units arm is the library's training default, so its rows describe what `fit` does.
+    # The study's units_clipped arm is the library's training default, so its rows describe what `fit` does.
     from ctrain.search import TRAINING_SEARCH
     library = TrainConfig().search
     assert library == TRAINING_SEARCH and (library.units, library.step_rule, library.convergence) == default
@@ -162,10 +209,22 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     assert "--set lambda_reg=0.3" in text
     assert text.count("| circles |") == 6  # four arms' rows and the two units-minus-paper rows
     for r in results:
-        if r["arm"] == "units":
+        if r["arm"] == "units_clipped":
             assert set(r["differences"]["paper"]) == {"cost", "ip", "ip_star", "ip_star_fixed"}
             assert r["differences"]["paper"]["ip"]["n_rounds"] >= 1
-    assert "IP: arm − paper" in text
+        # With one seed, the seed's own reduction is the pooled one.
+        assert units.seed_reductions(r["ratios"]["ip_star"], 2, 1)[0] == pytest.approx(
+            r["comparisons"]["ip_star"]["reduction_pct"])
+    assert sum(r["arm"] == "units_clipped" for r in results) == 2
+    assert "IP: arm − paper" in text and "| IP* −% per seed |" in text
+    # --tables-only writes the same tables from the saved run, without training.
+    count = len(seen)
+    again = tmp_path / "AGAIN.md"
+    units.main(["--tables-only", "--out", str(tmp_path / "out"), "--results-md", str(again), "--section", "again",
+                "--title", "Again"])
+    rows = lambda t: [line for line in t.splitlines() if line.startswith("| circles")]
+    assert len(seen) == count and rows(again.read_text()) == rows(text)
+    assert "--title 'Units study: a test'" in again.read_text()  # the run's own command
     with pytest.raises(ValueError, match="lambda_reg"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])
 
@@ -287,3 +346,17 @@ def test_eval_step_rule_reaches_the_units_studys_evaluator(monkeypatch, rule):
     with pytest.raises(Recorded):
         units.evaluate_pair(get_config("circles"), data, {"BL": [None], "CT": [None]}, [0], 2, rule, "snap_state")
     assert seen == [(rule, "snap_state")]
+
+
+def test_the_step_rule_benchmark_scores_explain_for_bl_and_ct_under_each_rule(tmp_path):
+    import json
+    from experiments.benchmarks import step_rules
+    out = step_rules.main(["--quick", "--rules", "normalized", "clipped", "--json", str(tmp_path / "r.json")])
+    assert set(out) == {"circles"} and set(out["circles"]) == {"BL", "CT"}
+    for rows in out["circles"].values():
+        assert set(rows) == {"normalized", "clipped"}
+        for r in rows.values():
+            assert 0 <= r["reach_tau"] <= 1 and 0 <= r["valid"] <= 1 and 0 <= r["mean_steps"] <= 30
+            assert r["cost_sd"] > 0  # the searches moved
+    assert json.loads((tmp_path / "r.json").read_text())["step_rules"]["circles"]["BL"]["clipped"] == \
+        out["circles"]["BL"]["clipped"]

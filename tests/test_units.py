@@ -61,7 +61,9 @@ def test_units_aware_search_gives_the_same_counterfactuals_in_any_units(circles,
     assert not np.allclose(np.asarray(b.x_cf) / factor, np.asarray(a.x_cf), atol=1e-3)
 
 
-@pytest.mark.parametrize("search", [UNITS, TrainConfig().search.replace(threshold=0.75, max_steps=40)],
+# The training default at circles' τ = 0.5: its steps are the reference's gradient steps (clipped), which on the
+# nearly flat model of a 3-epoch run do not carry p to 0.75 (mature share 0.00 there, 0.33 to 0.55 at 0.5).
+@pytest.mark.parametrize("search", [UNITS, TrainConfig().search.replace(threshold=0.5, max_steps=40)],
                          ids=["stop at tau", "training default"])
 def test_training_on_rescaled_data_gives_the_same_predictions(circles, search):
     cfg = TrainConfig(search=search, epochs=3, n_ce=60, batch_size=30, shuffle=True)

@@ -80,9 +80,10 @@ class SearchConfig:
     # search walks to τ in the same number of steps whatever the units of the data (README: "Defaults").
     units: str = "std"
     # Δ = −η·∇ / n(∇) in search units: "gradient" n = 1 (the reference), "normalized" n = ‖∇‖₂ (L2 length η; a
-    # feature's share shrinks like 1/√D: on Adult's 104 columns it reached τ for 0.25 of a BL model's factuals in
-    # T = 30), "normalized_linf" n = ‖∇‖∞ (the steepest feature moves η; there 0.99, the default for
+    # feature's share shrinks like 1/√D: on Adult's 104 columns `explain` reached τ for 0.36 of a BL model's
+    # factuals in T = 30), "normalized_linf" n = ‖∇‖∞ (the steepest feature moves η; there 1.00, the default for
     # explanations), "clipped" n = max(‖∇‖∞, 1) (gradient steps of at most L∞ length η, training's default).
+    # Figures: `python -m experiments.benchmarks.step_rules`.
     step_rule: str = "normalized_linf"
     # When a search stops: "threshold" (reference) once p(t | x') >= τ; "max_steps" after all T steps (CE.jl's
     # MaxIterConvergence): past τ the walk goes on descending the generator's loss with steps clipped to length

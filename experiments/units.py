@@ -382,13 +382,18 @@ def main(argv=None) -> list[dict]:
                 print(tables(results[-1:]).splitlines()[2], flush=True)
     add_differences(results, args.arms[0])
     command = "python -m experiments.units " + shlex.join(argv if argv is not None else sys.argv[1:])
-    machine = f"{os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}"
+    machine = this_machine()
     wall_s = time.perf_counter() - t0
     with open(os.path.join(args.out, "units.json"), "w") as f:
         json.dump({"args": vars(args), "command": command, "machine": machine, "results": results,
                    "wall_s": wall_s}, f, indent=1, allow_nan=False)
     write_tables(results, args, command, wall_s, machine)
     return results
+
+
+def this_machine() -> str:
+    """Returns the short description of this machine that the tables' "Made by" line gives."""
+    return f"{os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}"
 
 
 def write_tables(results: list[dict], args, command: str, wall_s: float, machine: str, note: str = "") -> str:
@@ -417,7 +422,7 @@ def rewrite_tables(args, argv) -> list[dict]:
                                        "title": args.title, "out": args.out})
     note = ("; tables written from its units.json by `python -m experiments.units "
             + shlex.join(argv if argv is not None else sys.argv[1:]) + "`")
-    machine = saved.get("machine") or f"{os.cpu_count()} CPUs, JAX {jax.__version__} on {jax.default_backend()}"
+    machine = saved.get("machine") or this_machine()
     write_tables(results, saved_args, saved.get("command") or command_of(saved["args"]), saved["wall_s"], machine,
                  note)
     return results

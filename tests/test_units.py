@@ -1,4 +1,6 @@
 """Units-aware CT: the search, the training and the protocol do not depend on the units of the features."""
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -227,6 +229,14 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     rows = lambda t: [line for line in t.splitlines() if line.startswith("| circles")]
     assert len(seen) == count and rows(again.read_text()) == rows(text)
     assert "--title 'Units study: a test'" in again.read_text()  # the run's own command
+    # A units.json written before runs saved their command gets an equivalent one rebuilt from its arguments.
+    saved = json.loads((tmp_path / "out" / "units.json").read_text())
+    del saved["command"]
+    (tmp_path / "out" / "units.json").write_text(json.dumps(saved))
+    units.main(["--tables-only", "--out", str(tmp_path / "out"), "--results-md", str(again), "--section", "again",
+                "--title", "Again"])
+    assert "--datasets circles --copies raw x10 --arms paper units_clipped --seeds 0 --rounds 2" in again.read_text()
+    assert rows(again.read_text()) == rows(text)
     with pytest.raises(ValueError, match="lambda_reg"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])
 
@@ -351,7 +361,6 @@ def test_eval_step_rule_reaches_the_units_studys_evaluator(monkeypatch, rule):
 
 
 def test_the_step_rule_benchmark_scores_explain_for_bl_and_ct_under_each_rule(tmp_path):
-    import json
     from experiments.benchmarks import step_rules
     out = step_rules.main(["--quick", "--rules", "normalized", "clipped", "--json", str(tmp_path / "r.json")])
     assert set(out) == {"circles"} and set(out["circles"]) == {"BL", "CT"}

@@ -57,10 +57,10 @@ import numpy as np
 from ctrain.data import load_dataset
 from ctrain.evaluate import ProtocolConfig, bootstrap_mean_ci, compare, evaluate_explainability, paired_rounds
 from ctrain.models import make_model
-from ctrain.objective import LossWeights
 from ctrain.search import CATEGORICAL_MODES, TRAINING_SEARCH, SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
 from experiments.configs import ExperimentConfig, get_config, override
+from experiments.pipeline import free_schema, loss_weights
 from experiments.results_md import write_section
 
 COPIES = ("raw", "standardized", "x0.1", "x10")
@@ -115,7 +115,7 @@ HEALTH = ("converged", "search_steps", "one_step", "ae_moved", "cf_in_ball", "en
 def data_copy(config: ExperimentConfig, which: str):
     """Returns the config's dataset in the units `which` (see COPIES), with every feature free (plausibility runs)."""
     base = load_dataset(config.dataset, **dict(config.dataset_kwargs))
-    base = base.with_mutability(**{n: "free" for n in base.schema.names}).in_original_units()
+    base = free_schema(base).in_original_units()
     if which == "raw":
         return base
     if which == "standardized":
@@ -147,7 +147,7 @@ def train_pair(config: ExperimentConfig, data, arm: str, seeds, epochs: int | No
                                     lambda_cost=config.lambda_cost, lambda_energy=config.lambda_energy,
                                     categorical=categorical),
                              **spec["search"]})
-    weights = LossWeights(clf=config.lambda_clf, div=config.lambda_div, reg=config.lambda_reg, adv=config.lambda_adv)
+    weights = loss_weights(config)
     models, histories = {}, {}
     for label, objective in (("BL", "vanilla"), ("CT", "full")):
         tc = TrainConfig(objective=objective, search=search, n_ce=config.n_ce, epochs=epochs or config.epochs,
@@ -381,7 +381,7 @@ def main(argv=None) -> list[dict]:
                                 "ratios": ratios, "wall_s": time.perf_counter() - t1})
                 print(tables(results[-1:]).splitlines()[2], flush=True)
     add_differences(results, args.arms[0])
-    command = "python -m experiments.units " + shlex.join(argv if argv is not None else sys.argv[1:])
+    command = invocation(argv if argv is not None else sys.argv[1:])
     machine = this_machine()
     wall_s = time.perf_counter() - t0
     with open(os.path.join(args.out, "units.json"), "w") as f:
@@ -420,8 +420,7 @@ def rewrite_tables(args, argv) -> list[dict]:
         r.setdefault("rounds", saved["args"]["rounds"])  # written by runs before the per-seed column
     saved_args = argparse.Namespace(**{**saved["args"], "results_md": args.results_md, "section": args.section,
                                        "title": args.title, "out": args.out})
-    note = ("; tables written from its units.json by `python -m experiments.units "
-            + shlex.join(argv if argv is not None else sys.argv[1:]) + "`")
+    note = f"; tables written from its units.json by `{invocation(argv if argv is not None else sys.argv[1:])}`"
     machine = saved.get("machine") or this_machine()
     write_tables(results, saved_args, saved.get("command") or command_of(saved["args"]), saved["wall_s"], machine,
                  note)
@@ -438,6 +437,11 @@ def command_of(a: dict) -> str:
     argv += sum((["--set", item] for item in a.get("overrides", [])), [])
     argv += ["--out", a["out"]] + (["--results-md", a["results_md"], "--section", a["section"], "--title",
                                     a["title"]] if a.get("results_md") else [])
+    return invocation(argv)
+
+
+def invocation(argv: list[str]) -> str:
+    """Returns the shell command that runs the study with arguments `argv`."""
     return "python -m experiments.units " + shlex.join(argv)
 
 

@@ -22,15 +22,11 @@ import numpy as np
 from ctrain import constraints as cons
 from ctrain.data import load_dataset
 from ctrain.models import make_model
-from ctrain.objective import LossWeights
 from ctrain.search import CATEGORICAL_MODES, SearchConfig, explain
 from ctrain.train import TrainConfig, create_train_state, fit
 from experiments.benchmarks.common import write_json
 from experiments.configs import get_config
-
-
-def _free(data):
-    return data.with_mutability(**{name: "free" for name in data.schema.names})
+from experiments.pipeline import free_schema, loss_weights
 
 
 def _train_search(config, mode: str) -> SearchConfig:
@@ -43,11 +39,10 @@ def _train_search(config, mode: str) -> SearchConfig:
 def training_maturity(name: str, mode: str, epochs: int, seed: int = 0) -> dict:
     """Returns per-epoch maturity shares, steps and times of a CT run on `name` with one-hot mode `mode`."""
     config = get_config(name)
-    data = _free(load_dataset(name, **dict(config.dataset_kwargs)))
+    data = free_schema(load_dataset(name, **dict(config.dataset_kwargs)))
     apply_fn, params = make_model(config.model, data.num_features, data.num_classes, jax.random.key(seed))
     state = create_train_state(apply_fn, params, learning_rate=config.learning_rate,
-                               weights=LossWeights(clf=config.lambda_clf, div=config.lambda_div,
-                                                   reg=config.lambda_reg, adv=config.lambda_adv))
+                               weights=loss_weights(config))
     tc = TrainConfig(search=_train_search(config, mode), n_ce=config.n_ce, epochs=epochs,
                      batch_size=config.batch_size, seed=seed)
     _, history = fit(state, data, tc, progress=False)
@@ -58,7 +53,7 @@ def training_maturity(name: str, mode: str, epochs: int, seed: int = 0) -> dict:
 def test_time(name: str, modes, n: int, bl_epochs: int, seed: int = 0) -> dict[str, dict]:
     """Returns, per mode, the protocol search's outcome on n test factuals of a baseline trained bl_epochs."""
     config = get_config(name)
-    data = _free(load_dataset(name, **dict(config.dataset_kwargs)))
+    data = free_schema(load_dataset(name, **dict(config.dataset_kwargs)))
     apply_fn, params = make_model(config.model, data.num_features, data.num_classes, jax.random.key(seed))
     state, _ = fit(create_train_state(apply_fn, params), data,
                    TrainConfig(objective="vanilla", epochs=bl_epochs, batch_size=config.batch_size), progress=False)

@@ -19,21 +19,20 @@ import numpy as np
 
 from ctrain.data import load_dataset
 from ctrain.models import make_model
-from ctrain.objective import LossWeights
 from ctrain.search import STEP_RULES, TRAINING_SEARCH, SearchConfig, explain
 from ctrain.train import TrainConfig, create_train_state, fit
 from experiments.benchmarks.common import write_json
 from experiments.configs import get_config
+from experiments.pipeline import free_schema, loss_weights
 
 
 def trained_models(name: str, epochs: int, seed: int = 0):
     """Returns (data, {"BL": (apply_fn, params), "CT": ...}) trained `epochs` on `name` with every feature free."""
     config = get_config(name)
-    data = load_dataset(name, **dict(config.dataset_kwargs))
-    data = data.with_mutability(**{n: "free" for n in data.schema.names})
+    data = free_schema(load_dataset(name, **dict(config.dataset_kwargs)))
     apply_fn, params = make_model(config.model, data.num_features, data.num_classes, jax.random.key(seed),
                                   input_stats=data.input_stats())
-    weights = LossWeights(clf=config.lambda_clf, div=config.lambda_div, reg=config.lambda_reg, adv=config.lambda_adv)
+    weights = loss_weights(config)
     search = TRAINING_SEARCH.replace(threshold=config.tau)
     models = {}
     for label, objective in (("BL", "vanilla"), ("CT", "full")):

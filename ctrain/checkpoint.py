@@ -12,7 +12,9 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import sys
+import time
 import warnings
 
 import jax
@@ -24,8 +26,165 @@ MANIFEST_FILE = "ctrain_manifest.json"  # per checkpoint: sha256 of every file o
 _RESUMABLE_FIELDS = ("config.epochs", "config.checkpoint_every", "config.burnin", "burnin_epochs")
 
 
+LOCK_FILE = "ctrain.lock"  # JSON {"pid", "host", "started"} of the process that holds the workdir
+
+
 class RunMismatchError(ValueError):
     """The workdir holds checkpoints of a different run than the one asked for."""
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another live process holds the workdir's lock."""
+
+
+def resolve_workdir(workdir) -> str:
+    """Returns `workdir` (a str or path) as an absolute path with a leading ~ expanded."""
+    return os.path.abspath(os.path.expanduser(os.fspath(workdir)))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists but belongs to another user
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+# Lock files this process holds: a lock naming our own pid that is not in here was left by an earlier process
+# that had the same pid (pids restart in every container), so it is stale rather than ours.
+_HELD: set[str] = set()
+
+
+class WorkdirLock:
+    """An exclusive claim on a workdir by one process: the file workdir/ctrain.lock, created atomically.
+
+    Two runs writing one workdir would interleave their checkpoints and history, and each would pass the
+    run.json identity check the other wrote. The lock records the holder's pid and host; a lock whose holder
+    (same host) is no longer running is taken over with a warning, any other is refused with
+    `WorkdirLockedError`. A lock on another host cannot be checked and is always refused.
+    """
+
+    def __init__(self, workdir):
+        self.workdir = resolve_workdir(workdir)
+        self.path = os.path.join(self.workdir, LOCK_FILE)
+        self.held = False
+
+    def _read(self) -> dict | None:
+        """Returns the holder recorded in the lock file, {} if it is unreadable, None if there is no lock file."""
+        try:
+            with open(self.path) as f:
+                holder = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _create(self, record: dict) -> bool:
+        """Returns True if this call created the lock file holding `record`, False if a lock file exists."""
+        # Written whole under a private name, then hard-linked into place: link fails if the lock exists, and a
+        # reader never sees a half-written lock.
+        tmp = f"{self.path}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: fall back to an exclusive create
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                json.dump(record, f)
+            return True
+        finally:
+            os.unlink(tmp)
+
+    def _is_stale(self, holder: dict, host: str) -> bool:
+        pid = holder.get("pid")
+        if holder.get("host") != host or not isinstance(pid, int) or pid <= 0:
+            return False  # another host's process cannot be checked from here, and a bad pid proves nothing
+        if pid == os.getpid():
+            return self.path not in _HELD
+        return not _pid_alive(pid)
+
+    def _refuse(self, holder: dict) -> WorkdirLockedError:
+        if not holder:
+            return WorkdirLockedError(
+                f"{self.workdir} is locked by {self.path}, which names no holder (it may be being written); if no "
+                f"run is using this workdir, delete {self.path}")
+        started = holder.get("started")
+        since = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(started))}" if isinstance(
+            started, (int, float)) else ""
+        return WorkdirLockedError(
+            f"{self.workdir} is in use by pid {holder.get('pid')} on host {holder.get('host')}{since}: two runs "
+            f"must not write one workdir. Wait for that run to end or use another workdir; if that process is "
+            f"gone, delete {self.path}")
+
+    def acquire(self) -> "WorkdirLock":
+        """Returns self after taking the lock; raises WorkdirLockedError, naming the holder, if it is busy."""
+        os.makedirs(self.workdir, exist_ok=True)
+        host = socket.gethostname()
+        record = {"pid": os.getpid(), "host": host, "started": time.time()}
+        for _ in range(5):
+            if self._create(record):
+                _HELD.add(self.path)
+                self.held = True
+                return self
+            holder = self._read()
+            if holder == {}:  # the exclusive-create fallback writes after creating: give it a moment
+                time.sleep(0.05)
+                holder = self._read()
+            if holder is None:  # released between our attempt and the read: try again
+                continue
+            if not self._is_stale(holder, host):
+                raise self._refuse(holder)
+            # Moved aside before deletion, and only deleted if it still names the dead holder, so that two
+            # processes breaking the same stale lock cannot delete the fresh lock one of them has just made.
+            aside = f"{self.path}.stale.{os.getpid()}"
+            try:
+                os.rename(self.path, aside)
+            except FileNotFoundError:
+                continue
+            with open(aside) as f:
+                try:
+                    moved = json.load(f)
+                except ValueError:
+                    moved = {}
+            if moved != holder:
+                os.rename(aside, self.path)  # someone else's fresh lock: put it back and look again
+                continue
+            os.unlink(aside)
+            warnings.warn(f"{self.workdir}: took over a stale lock of pid {holder.get('pid')} on host {host}, which "
+                          f"is no longer running (it ended without releasing the workdir)", RuntimeWarning,
+                          stacklevel=2)
+        raise WorkdirLockedError(f"could not take the lock {self.path}: it kept changing hands; try again")
+
+    def release(self) -> None:
+        """Returns None after deleting the lock file, if this object holds it and it still names this process."""
+        if not self.held:
+            return
+        self.held = False
+        _HELD.discard(self.path)
+        holder = self._read()
+        if holder and holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    def __enter__(self) -> "WorkdirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def fingerprint(*trees) -> str:
@@ -184,7 +343,7 @@ class Manager:
     def __init__(self, workdir: str, max_to_keep: int = 2):
         import orbax.checkpoint as ocp
         self._ocp = ocp
-        self.workdir = os.path.abspath(workdir)
+        self.workdir = resolve_workdir(workdir)
         os.makedirs(self.workdir, exist_ok=True)
         self._mngr = ocp.CheckpointManager(os.path.join(self.workdir, "checkpoints"),
                                            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep))

@@ -114,10 +114,12 @@ class CounterfactualBatch:
 
 def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, config: SearchConfig,
                               constraints: cons.Constraints | None = None, aux=None, *,
-                              search=search_counterfactuals) -> CounterfactualBatch:
+                              search=search_counterfactuals, protect: bool = True) -> CounterfactualBatch:
     """Returns the CounterfactualBatch for factuals x (n, D) with labels y (n,): targets ≠ predicted class.
 
     `search` has the signature of `search_counterfactuals` (e.g. `ctrain.sharding.per_device_search(mesh)`).
+    `protect=False` leaves x⁺ as drawn, so constrained features still enter the divergence (the search still
+    respects them): the unprotected arm that Proposition 3.1 compares against.
     """
     t_key, s_key, p_key = jax.random.split(key, 3)
     params = jax.lax.stop_gradient(params)
@@ -127,7 +129,8 @@ def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: j
     res = search(apply_fn, params, x, target, s_key, config, constraints, aux)
     x_pos = sample_positives(p_key, pool, target)
     x_cf = jnp.where(res.converged[:, None], res.x_cf, x_pos)  # an immature x' adds no divergence
-    x_pos = cons.protect(x_pos, x_cf, constraints)
+    if protect:
+        x_pos = cons.protect(x_pos, x_cf, constraints)
     return CounterfactualBatch(
         x_cf=x_cf, x_pos=x_pos, target=target, x_ae=res.x_ae, y=y.astype(jnp.int32), converged=res.converged,
         steps=res.steps, ae_moved=jnp.any(res.x_ae != x, -1),
@@ -179,14 +182,14 @@ def make_sgld_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, 
 
 
 def make_training_batch(objective: str, apply_fn, params, x, y, pool: PositivePool, key: jax.Array,
-                        config: SearchConfig, constraints: cons.Constraints | None = None, aux=None
-                        ) -> CounterfactualBatch:
+                        config: SearchConfig, constraints: cons.Constraints | None = None, aux=None, *,
+                        protect: bool = True) -> CounterfactualBatch:
     """Returns the batch of constants that `objective`'s loss needs for factuals x (n, D) with labels y (n,)."""
     if objective == "pgd_at":
         return make_adversarial_batch(apply_fn, params, x, y, key, config, constraints)
     if objective == "jem":
         return make_sgld_batch(apply_fn, params, x, y, pool, key, config, constraints)
-    return make_counterfactual_batch(apply_fn, params, x, y, pool, key, config, constraints, aux)
+    return make_counterfactual_batch(apply_fn, params, x, y, pool, key, config, constraints, aux, protect=protect)
 
 
 def composite_loss(params, apply_fn, x, y, cf: CounterfactualBatch | None, weights: LossWeights):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from typing import Any, Callable
 
 import flax.struct
@@ -274,7 +275,7 @@ class SearchResult:
     """Per-sample outputs of the search (leading axis N)."""
 
     x_cf: jax.Array  # (N, D) counterfactuals, strictly feasible
-    converged: jax.Array  # (N,) bool: p(target | x_cf) >= τ
+    converged: jax.Array  # (N,) bool: p(target | x_cf) >= τ, and the logits at x_cf are finite
     steps: jax.Array  # (N,) int32: gradient steps taken before p(target | x') first reached τ (all taken if never)
     x_ae: jax.Array  # (N, D) last iterate with ‖x_t − x‖∞ <= ε (x itself if none)
     p_target: jax.Array  # (N,) p(target | x_cf)
@@ -459,12 +460,16 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         if return_path:
             path = jnp.concatenate([start[None], path])
     _, _, view, reached, steps, x_ae, x_mature, _, _ = carry
-    reached, x_ae, x_mature, p = check(view, apply_fn(params, view), reached, x_ae, x_mature)
+    logits = apply_fn(params, view)
+    reached, x_ae, x_mature, p = check(view, logits, reached, x_ae, x_mature)
     if not stop_at_threshold:
         # Past τ the walk may drift back below it (the generator's loss is not p): x' is its last iterate at or
         # above τ, the deepest mature point of the walk, as x_AE is the last iterate inside the ball.
         view = jnp.where(reached[:, None], x_mature, view)
-        p = jnp.take_along_axis(jax.nn.softmax(apply_fn(params, view), -1), target[:, None], -1)[:, 0]
+        logits = apply_fn(params, view)
+        p = jnp.take_along_axis(jax.nn.softmax(logits, -1), target[:, None], -1)[:, 0]
+    # NaN/inf logits name no class, whatever p or an earlier iterate said: such an x' has not converged.
+    reached = reached & jnp.all(jnp.isfinite(logits), axis=-1)
     result = jax.lax.stop_gradient(SearchResult(x_cf=view, converged=reached, steps=steps, x_ae=x_ae, p_target=p))
     return (result, jax.lax.stop_gradient(path)) if return_path else result
 
@@ -506,15 +511,18 @@ class Explanation:
     x_cf: np.ndarray  # (N, D)
     target: np.ndarray  # (N,)
     predicted: np.ndarray  # (N,) model's class for x
-    converged: np.ndarray  # (N,) p(target | x_cf) >= τ
-    valid: np.ndarray  # (N,) argmax f(x_cf) == target
+    converged: np.ndarray  # (N,) p(target | x_cf) >= τ, logits at x_cf finite
+    valid: np.ndarray  # (N,) argmax f(x_cf) == target, logits at x_cf finite
     steps: np.ndarray  # (N,)
     x_ae: np.ndarray  # (N, D)
     p_target: np.ndarray  # (N,)
 
     def summary(self) -> dict[str, float]:
         """Returns shares converged / valid, mean steps and mean L1 cost as plain floats."""
-        return {"n": int(len(self.x)), "converged": float(self.converged.mean()), "valid": float(self.valid.mean()),
+        # A NaN p(target) means NaN logits at x_cf, which no valid or converged counterfactual has.
+        finite = np.isfinite(self.p_target)
+        return {"n": int(len(self.x)), "converged": float((self.converged & finite).mean()),
+                "valid": float((self.valid & finite).mean()),
                 "mean_steps": float(self.steps.mean()),
                 "mean_cost_l1": float(np.abs(self.x_cf - self.x).sum(-1).mean())}
 
@@ -591,6 +599,13 @@ def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchC
                           jax.random.fold_in(key, i), config, constraints, aux)
         parts.append(jax.tree.map(lambda a: np.asarray(a)[: hi - lo], res))
     res = jax.tree.map(lambda *a: np.concatenate(a), *parts)
-    valid = predict(apply_fn, params, res.x_cf, chunk_size=chunk_size) == target
-    return Explanation(x=x, x_cf=res.x_cf, target=target, predicted=predicted, converged=res.converged,
+    logits_cf = np.concatenate([np.asarray(lg) for lg in _chunked_logits(apply_fn, params, res.x_cf, chunk_size)])
+    # argmax of NaN logits is an arbitrary class (the first NaN), which may happen to be the target.
+    finite = np.all(np.isfinite(logits_cf), axis=-1)
+    valid = finite & (logits_cf.argmax(-1) == target)
+    converged = np.asarray(res.converged) & finite
+    if not finite.all():
+        warnings.warn(f"explain: {int((~finite).sum())} of {n} counterfactuals have NaN/inf logits; they count as "
+                      "neither valid nor converged", RuntimeWarning, stacklevel=2)
+    return Explanation(x=x, x_cf=res.x_cf, target=target, predicted=predicted, converged=converged,
                        valid=valid, steps=res.steps, x_ae=res.x_ae, p_target=res.p_target)

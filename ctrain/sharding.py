@@ -40,7 +40,21 @@ def data_mesh(devices=None) -> Mesh:
 
 def replicate(tree, mesh: Mesh):
     """Returns `tree` with every array placed on every device of `mesh`."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    replicated = NamedSharding(mesh, P())
+    if not replicated.is_fully_addressable:
+        # Multi-host: device_put treats an array committed to this process's devices (e.g. a state orbax
+        # restored) as a cross-host transfer, which the CPU backend (JAX 0.10) refuses. Every process holds the
+        # same values, so going through host memory builds the same global array.
+        tree = jax.tree.map(_to_host, tree)
+    return jax.device_put(tree, replicated)
+
+
+def _to_host(a):
+    # Typed PRNG keys have no NumPy form and are left as they are (fit's state and batches hold none).
+    if (not isinstance(a, jax.Array) or not a.is_fully_addressable
+            or jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key)):
+        return a
+    return np.asarray(a)
 
 
 def _device_count(devices: Mesh | int) -> int:
@@ -187,14 +201,15 @@ def per_device_search(mesh: Mesh, search_fn: Callable | None = None, axis_name: 
     return search
 
 
-def per_device_counterfactual_batch(mesh: Mesh, axis_name: str = DATA_AXIS) -> Callable:
+def per_device_counterfactual_batch(mesh: Mesh, axis_name: str = DATA_AXIS, *, protect: bool = True) -> Callable:
     """Returns `objective.make_counterfactual_batch` with its search run per device (`per_device_search`).
 
     Targets and positives are drawn from the same keys over the whole batch, so the result equals
     `make_counterfactual_batch` on one device (tests/test_sharding.py checks that the two agree).
     """
     from ctrain.objective import make_counterfactual_batch
-    return functools.partial(make_counterfactual_batch, search=per_device_search(mesh, axis_name=axis_name))
+    return functools.partial(make_counterfactual_batch, search=per_device_search(mesh, axis_name=axis_name),
+                             protect=protect)
 
 
 # --------------------------------------------------------------------------------------------------

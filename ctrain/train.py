@@ -139,6 +139,10 @@ class TrainConfig:
     shuffle: bool = False  # the reference iterates batches in a fixed order
     seed: int = 0
     checkpoint_every: int = 0  # epochs; 0 = only at the end (when a workdir is given)
+    # Protected features (immutable, or the forbidden direction of increase/decrease-only ones) are pulled to x' in
+    # x⁺, so they add nothing to the divergence (paper §3.4). False keeps them in it while the search still respects
+    # them: the unprotected arm of Proposition 3.1 (tests/test_proposition.py).
+    protect: bool = True
 
     def __post_init__(self):
         from ctrain.objective import OBJECTIVES
@@ -157,8 +161,9 @@ class TrainConfig:
         if self.ce_per_batch is not None and (not isinstance(self.ce_per_batch, (int, np.integer))
                                               or self.ce_per_batch < 1):
             raise ValueError(f"ce_per_batch must be an integer >= 1 or None, got {self.ce_per_batch!r}")
-        if not isinstance(self.shuffle, bool):
-            raise ValueError(f"shuffle must be True or False, got {self.shuffle!r}")
+        for name in ("shuffle", "protect"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
     @property
     def needs_counterfactuals(self) -> bool:
@@ -197,14 +202,14 @@ def _all_finite(tree) -> jax.Array:
 _NO_SEARCH = ("pgd_at", "jem")
 
 
-def _training_batch(objective: str, mesh: Mesh | None) -> Callable:
-    """Returns make(apply_fn, params, x, y, pool, key, search, constraints, aux) -> `objective`'s batch of constants.
+def _training_batch(config: TrainConfig, mesh: Mesh | None) -> Callable:
+    """Returns make(apply_fn, params, x, y, pool, key, search, constraints, aux) -> the objective's batch of constants.
 
     With a mesh, a counterfactual search runs per device (`ctrain.sharding.per_device_counterfactual_batch`).
     """
-    if mesh is not None and objective not in _NO_SEARCH:
-        return sharding.per_device_counterfactual_batch(mesh)
-    return functools.partial(make_training_batch, objective)
+    if mesh is not None and config.objective not in _NO_SEARCH:
+        return sharding.per_device_counterfactual_batch(mesh, protect=config.protect)
+    return functools.partial(make_training_batch, config.objective, protect=config.protect)
 
 
 def apply_loss(state: TrainState, x, y, cf: CounterfactualBatch | None, objective: str,
@@ -279,7 +284,7 @@ def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Const
     if mesh is not None and not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh such as ctrain.sharding.data_mesh(), got "
                         f"{type(mesh).__name__}")
-    counterfactual_batch = _training_batch(config.objective, mesh)
+    counterfactual_batch = _training_batch(config, mesh)
     update = lambda state, x, y, cf: apply_loss(state, x, y, cf, config.objective, axis_name)
     if mesh is not None:
         # Everything after the factual draw runs per device: the search (each device stops on its own) and the
@@ -343,7 +348,7 @@ def epoch_counterfactuals(state: TrainState, x_train, y_train, pool: PositivePoo
     f_key, s_key = jax.random.split(key)
     n = x_train.shape[0]
     idx = jax.random.choice(f_key, n, (n_batches * m,), replace=n_batches * m > n)
-    cf = _training_batch(config.objective, mesh)(state.apply_fn, state.params, x_train[idx], y_train[idx], pool, s_key, config.search, constraints, aux)
+    cf = _training_batch(config, mesh)(state.apply_fn, state.params, x_train[idx], y_train[idx], pool, s_key, config.search, constraints, aux)
     return jax.tree.map(lambda a: a.reshape((n_batches, m) + a.shape[1:]), cf)
 
 
@@ -442,6 +447,24 @@ def _accuracy_fn(apply_fn):
     return lambda p, x, y: jnp.mean(jnp.argmax(apply_fn(p, x), -1) == y)
 
 
+DIVERGENCE_FACTOR = 1e3  # an epoch loss this many times the first epoch's is reported as diverging
+
+
+def _divergence(loss: float, first: float) -> str | None:
+    """Returns why epoch loss `loss` says the run diverges (non-finite, or > 1e3× the first epoch's `first`), or None."""
+    if not math.isfinite(loss):
+        return f"the training loss is {loss}"
+    if math.isfinite(first) and first != 0 and abs(loss) > DIVERGENCE_FACTOR * abs(first):
+        return f"the training loss {loss:.4g} is {abs(loss / first):.3g}× the first epoch's ({first:.4g})"
+    return None
+
+
+def _warn_divergence(what: str, epoch: int, why: str) -> None:
+    # Once per run, not per epoch: a diverged run would otherwise bury everything else in the same warning.
+    warnings.warn(f"{what}: epoch {epoch}: {why}; the run is diverging (lower the learning rate or the λ's); "
+                  "this is reported once per run", RuntimeWarning, stacklevel=3)
+
+
 def _postfix(log: dict) -> dict:
     shown = {"loss": f"{log['loss']:.3f}"}
     for name in ("test_accuracy", "val_accuracy", "train_accuracy"):
@@ -463,8 +486,10 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     workdir/history.jsonl and an orbax checkpoint is written every `config.checkpoint_every` epochs
     and at the end; a later call with the same workdir resumes from the newest intact checkpoint and
     continues bit-identically, and a call for a different run (other config, λ's, optimiser, model,
-    data or seed) is refused with the fields that differ. With a `mesh`, batches are split across its
-    devices and the state is replicated (data parallel); each device runs its own searches.
+    data or seed) is refused with the fields that differ. While a run holds a workdir it is locked
+    (workdir/ctrain.lock): another process asking for it is refused with `checkpoint.WorkdirLockedError`,
+    and a lock left by a process that died is taken over with a warning. With a `mesh`, batches are split
+    across its devices and the state is replicated (data parallel); each device runs its own searches.
     `progress`: True shows it on stderr, a text stream shows it there, False hides it; on a terminal it is a
     tqdm bar, elsewhere (a log file, a pipe) about PLAIN_LINES plain lines per run.
     """
@@ -474,32 +499,35 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     key = jax.random.key(config.seed)
 
     start_epoch, history = 0, []
-    manager = None
-    if workdir:
-        manager = checkpoint.Manager(workdir)
-        identity = checkpoint.run_identity(state, dataset, config, constraints, aux)
-        latest = manager.latest_epoch()
-        if latest is not None:
-            recorded = manager.recorded_identity()
-            if recorded is None:
-                manager.close()
-                raise checkpoint.RunMismatchError(
-                    f"{workdir} holds checkpoints but no {checkpoint.RUN_FILE}, so it cannot tell which run wrote "
-                    f"them; use another workdir, or delete {workdir} to start over")
-            try:
+    manager = lock = None
+    try:
+        if workdir:
+            workdir = checkpoint.resolve_workdir(workdir)
+            # Multi-host runs share one workdir: process 0 claims it for all of them.
+            if jax.process_index() == 0:
+                lock = checkpoint.WorkdirLock(workdir).acquire()
+            manager = checkpoint.Manager(workdir)
+            identity = checkpoint.run_identity(state, dataset, config, constraints, aux)
+            latest = manager.latest_epoch()
+            if latest is not None:
+                recorded = manager.recorded_identity()
+                if recorded is None:
+                    raise checkpoint.RunMismatchError(
+                        f"{workdir} holds checkpoints but no {checkpoint.RUN_FILE}, so it cannot tell which run "
+                        f"wrote them; use another workdir, or delete {workdir} to start over")
                 checkpoint.check_same_run(recorded, identity, workdir)
                 state, start_epoch, history = manager.restore(state)
                 checkpoint.check_continuation(recorded, identity, start_epoch, workdir)
-            except Exception:
-                manager.close()
-                raise
-        manager.write_identity(identity)
-    try:
+            manager.write_identity(identity)
         return _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, history, manager, mesh,
                          progress, aux, log_fn)
-    finally:
-        if manager is not None:
-            manager.close()
+    finally:  # also on KeyboardInterrupt: a workdir left locked would refuse the next run until it is found stale
+        try:
+            if manager is not None:
+                manager.close()
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, history, manager, mesh, progress, aux,
@@ -515,6 +543,7 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
     accuracy = jax.jit(_accuracy_fn(state.apply_fn))
 
     shown = progress_display(progress, config.epochs, f"{dataset.name}/{config.objective}", initial=start_epoch)
+    warned = False
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         use_ct = config.needs_counterfactuals and epoch >= config.burnin_epochs
@@ -525,6 +554,10 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
         history.append(log)
         if log["nonfinite"]:
             warnings.warn(f"epoch {epoch + 1}: {log['nonfinite']} updates skipped because the loss was not finite")
+        why = None if warned else _divergence(log["loss"], history[0]["loss"])
+        if why is not None:
+            _warn_divergence(f"{dataset.name}/{config.objective}", epoch + 1, why)
+            warned = True
         if log_fn is not None:
             log_fn(log)
         if manager is not None:
@@ -634,6 +667,8 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
     """
     seeds = [int(s) for s in seeds]
     k = len(seeds)
+    if k == 0:
+        raise ValueError("fit_many needs at least one run: seeds is empty (give one seed per stacked state)")
     if np.ndim(states.step) != 1:
         raise ValueError("fit_many needs stacked states with a leading run axis: build them with create_train_states")
     if jax.tree.leaves(states.params)[0].shape[0] != k:
@@ -670,6 +705,7 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
     desc = f"{dataset.name}/{config.objective} x{k}" + (f" ({len(chunks)} programs of {size})" if len(chunks) > 1
                                                         else "")
     shown = progress_display(progress, config.epochs, desc)
+    diverged: set[int] = set()
     for e in range(config.epochs):
         t0 = time.perf_counter()
         use_ct = config.needs_counterfactuals and e >= config.burnin_epochs
@@ -686,6 +722,10 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
             log = {"epoch": e + 1, **{name: (int(v[i]) if name == "nonfinite" else float(v[i]))
                                       for name, v in logs.items()}, "time_s": elapsed / k}
             histories[i].append(log)
+            why = None if i in diverged else _divergence(log["loss"], histories[i][0]["loss"])
+            if why is not None:
+                _warn_divergence(f"{dataset.name}/{config.objective} run {i} (seed {seeds[i]})", e + 1, why)
+                diverged.add(i)
         if shown is not None:
             shown.update(e + 1, _postfix({name: float(np.mean(v)) for name, v in logs.items()}),
                          f"{elapsed:.2f} s/epoch")

@@ -319,14 +319,16 @@ def _check_dataset_kwargs(dataset: str, items, keywords: dict) -> None:
                              f"{_type_text(annotation)}, got {value!r}")
 
 
-# The synthetic actionability runs keep CT's own λ_adv and λ_reg. The reference repo's evaluation folder holds
-# grid configs with λ_adv = λ_reg = 0 for them, but those are stale copies of a superseded run
-# (CounterfactualTraining.jl e14b747b, 2026-01-13); the template was changed to the defaults hours later
-# (2cf773c7) and the per-launch copies too (e2bab588) before the final tables (29c7ef74). With zeros every
-# synthetic cost-with-protected-feature row goes the other way than the paper's; with CT's penalties it takes
-# the paper's direction (RESULTS.md, "Where this differs"; `--set mutability_lambda_adv=0 --set
-# mutability_lambda_reg=0` reruns the zero-penalty variant).
-SYNTHETIC = dict(batch_size=30, n_ce=1000, eval_individuals=250, protected=("x0",))
+# The synthetic actionability runs (CT_mut) train with λ_adv = λ_reg = 0: the configuration recorded with the
+# reference's evaluated mutability runs (CounterfactualTraining.jl
+# paper/experiments/evaluations/satml/mutability/mlp/{lin_sep,circles,moons,over}/evaluation/grid_config.toml, last
+# changed in e14b747b, 2026-01-13, unchanged at HEAD 94e80a16; reference-implementation.md §3.3). The launch
+# template was reset to the defaults hours later (2cf773c7) and the per-launch copies on 2026-01-26 (e2bab588),
+# after the final tables (29c7ef74, 2026-01-14); no recorded configuration shows a final run with other values.
+# Earlier versions of ctrain kept CT's λ's here because they turned the synthetic rows toward the paper's signs:
+# not a reason, and undone. What the λ's do to the direction: experiments/studies/actionability/README.md.
+SYNTHETIC = dict(batch_size=30, n_ce=1000, eval_individuals=250, protected=("x0",), mutability_lambda_adv=0.0,
+                 mutability_lambda_reg=0.0)
 TABULAR = dict(batch_size=1000, n_ce=5000, eval_individuals=100, robustness=True)
 # The reference infers every column's domain, one-hot columns included, as min(μ−2σ, min x)..max(μ+2σ, max x), so
 # its relaxed one-hot columns may go below 0 and above 1; CT's adversarial examples then cover what FGSM/PGD do at
@@ -334,11 +336,13 @@ TABULAR = dict(batch_size=1000, n_ce=5000, eval_individuals=100, robustness=True
 # vs 0.76/0.71 with the reference's domain; the paper: 0.75/0.70; 3 seeds each, RESULTS.md "Where this differs").
 #     python -m experiments.reproduce --datasets adult --categorical-modes relaxed --set dataset_kwargs.onehot_bounds=unit
 REFERENCE_DOMAIN = (("onehot_bounds", "inferred"),)
-# The reference's test-time data declare the categorical features (its training-time data do not), so its
-# evaluation snaps the search state after every step ("snap_state"): with SGD steps of 0.1 a category then
-# rarely changes. Tested that way, Adult's CT validity is 0.86 (0.98 tested relaxed; paper 0.68) and its cost
-# without constraints −6.1% (−61.5% relaxed; paper −4.6%), measured on one H200 with
-#     python -m experiments.reproduce --datasets adult --categorical-modes relaxed --set eval_categorical=snap_state
+# The reference's test-time data declare the categorical features (`get_ce_data(...; features_categorical=
+# get_cats(data))`, CounterfactualTraining.jl paper/experiments/CTExperiments/src/model_and_data.jl @94e80a16;
+# its training-time search builds its data without them, reference-implementation.md §2.3), and
+# CounterfactualExplanations.jl decodes the search state by reconstructing the one-hot encodings
+# (`decode_state` → `reconstruct_cat_encoding`, src/counterfactuals/encodings.jl @1ba0ee11), so the reference's
+# evaluation of Adult and Credit searches with the state snapped to a category ("snap_state"). That is the reason;
+# what it does to Adult's figures is in RESULTS.md, not a reason.
 ONEHOT_REFERENCE = dict(dataset_kwargs=REFERENCE_DOMAIN, eval_categorical="snap_state")
 # The reference evaluates MNIST with 100 rounds of 25 individuals per λ_energy (its ablation alone used 50).
 IMAGES = dict(batch_size=1000, n_ce=5000, eval_individuals=25, eval_rounds=100, robustness=True)

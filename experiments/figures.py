@@ -110,4 +110,5 @@ def figure1(path, config, data: Dataset, *, progress: bool = False) -> dict:
                                  constraints=constraints, ncols=2, boundary=True, target_class=1, show="train",
                                  n_factuals=10, grid_size=150)
     return {"path": str(path), "protected": name, "dataset": data.name,
+            "class_mean_gap_sigma": data.class_mean_gaps().tolist(),
             "sensitivity": {label: linear_sensitivities(*model, data.num_features) for label, model in models.items()}}

@@ -14,7 +14,10 @@ effective config asked for now, so an interrupted grid resumes where it stopped,
 with other settings (say --set epochs=3 after epochs=2) runs in new folders beside the old ones instead
 of reusing their results. Only `expected_minutes`, a runtime estimate that changes nothing that runs,
 is left out of the hash. Every point's config is checked, and its data loaded and checked, before the
-first one trains. Task i of n runs the points i, i + n, i + 2n, … of the deterministic grid order.
+first one trains; so is the grid itself: a value given twice on an axis, an axis given twice, a --set of an
+axis's key (the axis would replace it) or two points with the same effective config (tau=0.5,0.50) is refused,
+because each would train one point twice. Task i of n runs the points i, i + n, i + 2n, … of the
+deterministic grid order.
 `--collect` writes one CSV row per finished run, with a column for each config key whose value differs
 between the runs.
 """
@@ -29,7 +32,7 @@ import os
 
 from experiments.configs import ExperimentConfig, get_config, override
 from ctrain.data import load_dataset
-from experiments.pipeline import check_run, train_and_evaluate
+from experiments.pipeline import check_distinct, check_run, train_and_evaluate
 
 
 def grid_points(datasets, grid: dict[str, list[str]]) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
@@ -77,20 +80,42 @@ def parse_grid(items) -> dict[str, list[str]]:
         if "=" not in item:
             raise ValueError(f"--grid {item!r} must look like key=v1,v2,...")
         key, values = item.split("=", 1)
-        grid[key.strip()] = [v for v in values.split(",") if v]
+        key, values = key.strip(), [v.strip() for v in values.split(",") if v.strip()]
+        if not values:  # an empty axis makes an empty grid: nothing would run, silently
+            raise ValueError(f"--grid {item!r} gives no values; it must look like key=v1,v2,...")
+        if key in grid:
+            raise ValueError(f"--grid {key}=... is given twice; give every value of an axis in one --grid")
+        check_distinct(f"--grid {key}", values)
+        grid[key] = values
     return grid
 
 
 def run(args) -> list[str]:
     """Runs this task's unfinished grid points, after checking all of them; returns their folders."""
     grid = parse_grid(args.grid)
+    check_distinct("--datasets", args.datasets)
+    shadowed = [item.split("=", 1)[0].strip() for item in args.overrides
+                if item.split("=", 1)[0].strip() in grid]
+    if shadowed:
+        raise ValueError(f"--set {shadowed[0]}=... would change nothing: the --grid axis {shadowed[0]} sets it in "
+                         "every point; put the value on the axis instead")
     points = grid_points(args.datasets, grid)
+    # Every point of every task is built (and so checked) here, so that all tasks refuse the same bad grid.
+    configs = [override(get_config(dataset), list(args.overrides) + [f"{k}={v}" for k, v in assignment])
+               for dataset, assignment in points]
+    keys = [config_key(config, args.ablation) for config in configs]
+    same = {}  # by the config's hash alone, which holds its dataset: an alias of a dataset is that dataset
+    for (dataset, assignment), key in zip(points, keys):
+        same.setdefault(key, []).append(f"{dataset}: " + (",".join(f"{k}={v}" for k, v in assignment) or "default"))
+    twice = [" and ".join(names) for names in same.values() if len(names) > 1]
+    if twice:
+        raise ValueError(f"grid points with the same effective config would train it twice ({'; '.join(twice)}); "
+                         "give each setting once")
     todo = []
-    for i, (dataset, assignment) in enumerate(points):
+    for i, ((dataset, assignment), config, key) in enumerate(zip(points, configs, keys)):
         if i % args.num_tasks != args.task_index:
             continue
-        config = override(get_config(dataset), list(args.overrides) + [f"{k}={v}" for k, v in assignment])
-        workdir = os.path.join(args.out, point_name(dataset, assignment, config_key(config, args.ablation)))
+        workdir = os.path.join(args.out, point_name(dataset, assignment, key))
         if is_finished(workdir, config, args.ablation):
             print(f"[{i + 1}/{len(points)}] {workdir}: finished, skipped", flush=True)
             continue
@@ -146,7 +171,8 @@ def collect(out: str) -> str:
     return path
 
 
-def main(argv=None):
+def main(argv=None) -> list[str]:
+    """Returns the folders of the grid points this call trained (none with --collect)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--datasets", nargs="+", default=["circles"])

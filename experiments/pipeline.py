@@ -16,6 +16,7 @@ non-finite value) is null, and a comparison's "note" (or the results' "notes") s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -28,7 +29,8 @@ import numpy as np
 
 from ctrain.data import Dataset, load_dataset
 from ctrain import metrics
-from ctrain.evaluate import ProtocolConfig, compare, evaluate_explainability, evaluate_model, write_records
+from ctrain.evaluate import (ProtocolConfig, compare, compare_seeds, evaluate_explainability, evaluate_model,
+                             seed_interval, write_records)
 from ctrain.models import make_model, train_vae
 from ctrain.objective import LossWeights, check_loss_weights
 from ctrain.search import SearchConfig
@@ -109,12 +111,16 @@ def train_vae_aux(config: ExperimentConfig, data: Dataset) -> dict | None:
 
 
 def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, mutability: bool = False,
-                progress: bool = True, aux: dict | None = None) -> tuple[list[tuple], list[list[dict]], float]:
+                progress: bool = True, aux: dict | None = None, search: SearchConfig | None = None
+                ) -> tuple[list[tuple], list[list[dict]], float]:
     """Returns ([(apply_fn, params)] per seed, histories, wall seconds): all seeds trained as one vmapped program.
 
     `aux` reaches the training search (REVISE's {"vae_params": ...}); the vanilla objective searches nothing.
+    `search` replaces the config's training search (`search_config`), e.g. to compare training searches.
     """
     tc = train_config(config, objective, data.num_features)
+    if search is not None:
+        tc = tc.replace(search=search)
     extra = {"image_shape": data.image_shape} if config.model == "lenet5" and data.image_shape else {}
     apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = [make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1]
@@ -222,12 +228,8 @@ UNDEFINED = {
 
 def comparison(summary: list[dict], metric: str, *, treatment: str, baseline: str = "BL") -> dict:
     """Returns `ctrain.evaluate.compare` over the rounds with finite values; its "note" says why a figure is null."""
-    rows, dropped = [], 0
-    for row in summary:
-        value = row.get(metric)
-        if value is not None and not math.isfinite(value):
-            row, dropped = {**row, metric: None}, dropped + 1
-        rows.append(row)
+    rows = _finite_rows(summary, metric)
+    dropped = sum(row is not original for row, original in zip(rows, summary))
     out = compare(rows, metric, treatment=treatment, baseline=baseline, seed=0)
     reasons = [f"{dropped} model-round value(s) of {metric} were not finite and were left out"] if dropped else []
     if out["n_rounds"] == 0:
@@ -243,7 +245,26 @@ def comparison(summary: list[dict], metric: str, *, treatment: str, baseline: st
 
 def not_run(metric: str, treatment: str, reason: str) -> dict:
     """Returns an all-null comparison whose note says why it was not run."""
-    return {**compare([], metric, treatment=treatment, seed=0), "note": reason}
+    return {**compare([], metric, treatment=treatment, seed=0), "note": reason,
+            "seeds": compare_seeds([], metric, treatment=treatment)}
+
+
+def _finite_rows(summary: list[dict], metric: str) -> list[dict]:
+    return [{**row, metric: None} if row.get(metric) is not None and not math.isfinite(row[metric]) else row
+            for row in summary]
+
+
+def compared_over_rounds_and_seeds(per_seed: list[list[dict]], n_rounds: int, metric: str, *, treatment: str,
+                                   baseline: str = "BL") -> dict:
+    """Returns `comparison` over the seeds' pooled rounds (the paper's statistic) with `compare_seeds` under "seeds".
+
+    The pooled rounds re-sample the test set for the fixed models of every seed; "seeds" is the claim about
+    training: each seed's reduction, and the Student-t 99% interval of their mean over seeds.
+    """
+    out = comparison(pool_rounds(per_seed, n_rounds), metric, treatment=treatment, baseline=baseline)
+    out["seeds"] = json_safe(compare_seeds([_finite_rows(rows, metric) for rows in per_seed], metric,
+                                           treatment=treatment, baseline=baseline))
+    return out
 
 
 MECHANISM = ("converged", "search_steps", "ae_moved", "cf_in_ball")
@@ -322,8 +343,10 @@ def ig_sensitivity(config: ExperimentConfig, data: Dataset, models: dict[str, li
     Per seed, every model is scored on the same bootstrap rounds and baselines (the reference draws the
     rounds' rows once per dataset): `ctrain.metrics.ig_sensitivity_rounds` on the test set, with the
     seed's key; the rounds of all seeds are pooled and summarised by their median and 2.5%/97.5% quantiles.
+    Each label's entry also holds "seed_medians" (S,), the median of each seed's own rounds.
     """
     rounds: dict[str, list[float]] = {label: [] for label in models}
+    seed_medians: dict[str, list[float]] = {label: [] for label in models}
     for i, seed in enumerate(config.seeds):
         key = jax.random.fold_in(jax.random.key(seed), 2)  # its own stream: the protocol's draws stay as they were
         for label, per_seed in models.items():
@@ -332,7 +355,9 @@ def ig_sensitivity(config: ExperimentConfig, data: Dataset, models: dict[str, li
                                                       n_rounds=config.ig_rounds, n_samples=config.ig_samples,
                                                       n_steps=config.ig_steps)
             rounds[label] += np.asarray(values, np.float64).tolist()
-    return {label: median_ci(values) for label, values in rounds.items()}, rounds
+            seed_medians[label].append(float(np.median(np.asarray(values, np.float64))))
+    return {label: {**median_ci(values), "seed_medians": seed_medians[label]} for label, values in rounds.items()}, \
+        rounds
 
 
 def median_ci(values) -> dict:
@@ -418,23 +443,27 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
     pooled, pooled_cost = pool_rounds(plaus, config.eval_rounds), pool_rounds(cost, config.eval_rounds)
     comparisons = {}
     for label in labels[1:]:
-        comparisons[label] = {m: comparison(pooled, m, treatment=label) for m in ("ip", "ip_star", "cost", "validity")}
+        comparisons[label] = {m: compared_over_rounds_and_seeds(plaus, config.eval_rounds, m, treatment=label)
+                              for m in ("ip", "ip_star", "cost", "validity")}
     comparisons["CT"]["cost_protected"] = (
-        comparison(pooled_cost, "cost", treatment="CT") if cost
+        compared_over_rounds_and_seeds(cost, config.eval_rounds, "cost", treatment="CT") if cost
         else not_run("cost", "CT", "not run: the dataset has no protected features (set protected=NAME,...)"))
     accuracy = {label: [h[-1]["test_accuracy"] for h in histories[label]] for label in histories}
     validity = {label: _mean_metric(pooled, label, "validity") for label in labels}
     means = {label: {m: _mean_metric(pooled, label, m) for m in VERSUS_METRICS} for label in labels}
-    versus = {LABELS[o]: {m: comparison(pooled, m, treatment="CT", baseline=LABELS[o]) for m in VERSUS_METRICS}
+    versus = {LABELS[o]: {m: compared_over_rounds_and_seeds(plaus, config.eval_rounds, m, treatment="CT",
+                                                            baseline=LABELS[o]) for m in VERSUS_METRICS}
               for o in objectives if o in BASELINES}
     validity_protected = {label: _mean_metric(pooled_cost, label, "validity") for label in ("CT", "BL")} if cost else {}
 
-    ig = {}
+    ig, ig_over_seeds = {}, None
     if protected:
         # The reference scores the models of its mutability runs: BL and CT trained with the features protected.
         t0 = time.perf_counter()
         ig, ig_rounds = ig_sensitivity(config, data, {"CT": trained["CT_mut"], "BL": trained["BL"]},
                                        data_protected.schema.protected())
+        # Paired by seed: each seed's CT_mut and BL share initial weights and IG rounds.
+        ig_over_seeds = seed_interval(np.subtract(ig["CT"]["seed_medians"], ig["BL"]["seed_medians"]).tolist())
         write_json(os.path.join(workdir, "ig_rounds.json"), ig_rounds)
         timings["ig_s"] = time.perf_counter() - t0
 
@@ -458,7 +487,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
                "ablation": ablation, "comparisons": comparisons, "accuracy": accuracy, "validity": validity,
                "validity_protected": validity_protected, "means": means, "versus": versus,
                "skipped_updates": {label: skipped_updates(runs) for label, runs in histories.items()},
-               "ig": ig, "mmd_length_scale": config.mmd_length_scale,
+               "ig": ig, "ig_difference_over_seeds": ig_over_seeds, "mmd_length_scale": config.mmd_length_scale,
                "robustness": robust_summary, "figures": figures, "timings": timings,
                "convergence": {label: mechanism[label]["converged"] for label in mechanism}, "mechanism": mechanism}
     notes = [f"histories.json: {n}" for n in history_notes]
@@ -537,3 +566,49 @@ def run_metadata() -> dict:
             "platform": platform.platform(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
             "device": getattr(dev, "device_kind", str(dev)), "device_count": jax.device_count()}
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Command-line checks shared by the experiment scripts: each runs before anything trains, so a bad argument
+# fails at once instead of after hours of training (or, worse, trains something other than what was asked).
+
+
+def check_flags(config: ExperimentConfig, flags: dict[str, tuple[str, object]]) -> ExperimentConfig:
+    """Returns `config` with each flag's value set on its field ({flag: (field, value)}), checked by the config's
+    own rules (the ones --set goes through); raises ValueError naming the flag of the first bad value."""
+    for flag, (field, value) in flags.items():
+        try:
+            config = dataclasses.replace(config, **{field: value})
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{flag} {value!r}: {err}") from None
+    return config
+
+
+def check_distinct(flag: str, values) -> None:
+    """Returns None; raises ValueError naming the values given more than once to `flag` (each would run twice)."""
+    seen, repeated = set(), []
+    for v in values:
+        if v in seen and v not in repeated:
+            repeated.append(v)
+        seen.add(v)
+    if repeated:
+        raise ValueError(f"{flag} gives {', '.join(map(str, repeated))} more than once: a repeated value would "
+                         "train the same runs twice (into the same folder); give each value once")
+
+
+def check_output_file(flag: str, path: str | None) -> None:
+    """Returns None; raises ValueError if the file `path` (None: not asked for) could not be written at the end."""
+    if path is None:
+        return
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r} cannot be written: "
+                         + ("it is a folder" if os.path.isdir(path) else f"its folder {folder!r} does not exist"))
+
+
+def refuse_overwrite(out: str, finished, how: str = "pass --overwrite to replace them, or choose another --out") -> None:
+    """Returns None if nothing is `finished`; raises ValueError naming the finished runs in `out` a new run would replace."""
+    finished = list(finished)
+    if finished:
+        raise ValueError(f"{out!r} already holds finished results for {', '.join(map(str, finished))}; nothing was "
+                         f"trained: {how}")

@@ -25,6 +25,11 @@ protocol records, IG rounds, robustness per seed, plots, results.json), figures/
 results.json (strict JSON: a figure that cannot be computed is null with a note saying why; the table
 shows it as "n/a [k]" with the reason in note k), and prints the tables beside the paper's published
 numbers. With --results-md the figures it links are copied to experiments/results_figures/ beside that file.
+
+A run into an --out that already holds finished runs adds its rows beside theirs: results.json, metadata.json
+and the tables then cover every row there, and metadata.json's `runs` lists the commands that made them. A
+row that is there already (same dataset and one-hot mode, or same folder) is refused before anything trains,
+unless --overwrite, which replaces that row (and its folder) alone.
 """
 from __future__ import annotations
 
@@ -42,12 +47,15 @@ import types
 from ctrain.search import CATEGORICAL_MODES
 from experiments import paper_results
 from experiments.configs import CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, get_config, override
-from experiments.pipeline import load_data, run_metadata, train_and_evaluate, write_json
-from experiments.results_md import marked_sections
+from experiments.pipeline import (check_distinct, check_output_file, load_data, refuse_overwrite, run_label,
+                                 run_metadata, train_and_evaluate, write_json)
+from experiments.results_md import interval_text, marked_sections
 
 NOTES = """\
-- Seeds: the paper trains one model per configuration (global seed 2025); here every row pools the
-  bootstrap rounds of each seed's models (rounds pair CT with BL trained on the same seed).
+- Seeds: the paper trains one model per configuration (global seed 2025) and its ± and * come from bootstrap
+  rounds of one test set for that model. Here every reduction is first taken per training seed (CT against the
+  BL of the same seed and initial weights), and the interval and mark are over seeds; the paper's round
+  statistic stays beside it, over the seeds' pooled rounds.
 - IP* uses a Gaussian kernel with length scale {length_scale} (the reference code's default is 5.0, the
   paper's text says 0.5) and clamps negative estimates at 0, as the reference does.
 - Synthetic data are generated in-package with MLJBase's formulas (blob centres drawn in (−10, 10)², moons
@@ -65,24 +73,15 @@ NOTES = """\
   seed, pooled over seeds.
 - The ECCo energy schedule uses b = max(1, round(T/25)); identical to the reference for T = 30 and 50.
 - Tabular loaders drop rows with missing values and split by seed; the reference split Adult by row order.
-- Cost with protected feature: CT is retrained with the protected features immutable (CT_mut, with CT's own
-  λ's) and both models are evaluated with τ = 0.5 under the same constraints.
+- Cost with protected feature: CT is retrained with the protected features immutable (CT_mut) and both models
+  are evaluated with τ = 0.5 under the same constraints. CT_mut's λ's are the reference's recorded mutability
+  configs': λ_adv = λ_reg = 0 on the synthetic sets, CT's own elsewhere (experiments/configs.py cites the files).
 - Accuracy (paper) for synthetic sets comes from the grid-search tables, for real sets from Fig. 4.
-- Cost with protected feature, synthetic sets: the reference repo's evaluation folder holds configs with
-  λ_adv = λ_reg = 0 for these mutability runs, but they are stale copies of a superseded run
-  (CounterfactualTraining.jl e14b747b); the template was reset to the defaults (2cf773c7, e2bab588) before
-  the final tables (29c7ef74), so CT_mut keeps CT's λ's here. With the zeros (`--set
-  mutability_lambda_adv=0 --set mutability_lambda_reg=0`, the run behind RESULTS.md at commit 885a0d2) every
-  synthetic row goes the other way than the paper's (linearly separable −93.5%, circles −3.0%, moons −1.4%,
-  overlapping −134.5%). Whether the final launch passed each dataset's λ_reg or fell back to the code default
-  0.1 the repo does not tell; linearly separable (λ_reg 0.01) follows the default: with λ_adv 0.25 and
-  λ_reg 0.1 in CT_mut its cost with protected feature is +3.5% (not significant; paper +16.4%, −60.2% in the
-  table) and CT_mut's IG sensitivity to x0 0.19 (paper 0.21, 0.45 in the table), overlapping's 0.49 (paper
-  0.59, 1.21 in the table) (`--datasets linearly_separable circles moons overlapping --set
-  mutability_lambda_adv=0.25 --set mutability_lambda_reg=0.1`, commit 822854d). Table 2 for 2-D data is
-  |ḡ_x0| / (max ḡ − min ḡ), unbounded when the two mean attributions are close: the paper's own 95% intervals
-  for BL span 12.9–629 and 8.3–466 there, and ours for CT on circles 5.4–216 (paper 4.9–20.6), so these cells
-  reflect each sample of the data's geometry more than the model.
+- Table 2 for 2-D data is |ḡ_x0| / (max ḡ − min ḡ), unbounded when the two mean attributions are close: the
+  paper's own 95% intervals for BL span 12.9–629 and 8.3–466 on linearly separable and overlapping.
+- Actionability (the cost column, Table 2, Figure 1) depends on each data draw's geometry and on the training
+  search: experiments/studies/actionability/README.md measures it over 20 draws per blob set, with the
+  reason, and tests/test_proposition.py pins Proposition 3.1 down on Gaussian classes.
 - Adult's robust accuracy depends on the one-hot columns' domain. Bounded to [0, 1], CT's FGSM/PGD accuracy at
   ε 0.1 is 0.44/0.21 (`--datasets adult --categorical-modes relaxed --set dataset_kwargs.onehot_bounds=unit`,
   the run at commit 885a0d2); in the reference's domain 0.76/0.71 (paper 0.75/0.70): the attacks push one-hot
@@ -101,21 +100,10 @@ NOTES = """\
   domain above; tested in its own mode, which changes categories freely, its validity and cost without
   constraints (0.99, −70.0%) are close to the relaxed test's. The paper has no such row: its cost columns
   compare CT and BL searched with real categories, which the paper never measures.
-- Table 8a's cost reductions on the synthetic sets follow the sampled blobs: on linearly separable −5.0%
-  with data seed 1 and −27.0% with seed 2 (paper −27.1%), on overlapping 7.0% with seed 1 (paper 12.1%),
-  against the default seed 42 in the table (`--datasets linearly_separable --set dataset_kwargs.seed=1`, one
-  NVIDIA H200). With seed 1 the blobs differ almost only in x0, so no counterfactual that keeps x0 exists
-  (CT_mut validity 0.00): the protected-feature columns are a property of the sample as much as of the method.
 - MNIST (5k subset), Table 8a: the subset has 4 batches per epoch against MNIST's 10, so 100 epochs make 400
   parameter updates instead of the reference's 1,000. With `--set epochs=250` (1,000 updates) CT's cost
   without constraints is −51.0% against BL (paper −40.7%), accuracy 0.90/0.91 and FGSM/PGD 0.65/0.55 (paper
   0.90/0.92 and 0.65/0.60) (`--datasets mnist_5k --set epochs=250`, one NVIDIA H200).
-- IP* on moons and MNIST is not significant in the paper, and its spread over rounds here (s.e. ±47 and ±41
-  points on 2.2% and −5.9%) puts the paper's 8.0% and −70.3% well inside 2.6 s.e. of ours; the reference's
-  own earlier run (its preprint table, `main_total.tex`) gives 27.9% and −2.6%: those columns vary between
-  runs of the same code by more than their size. Adult's IP likewise: ours is 4.8% ± 4.7 (s.e. over
-  rounds), the paper's 0.19% ± 1.05 lies within one s.e. of it, and the same earlier run of the reference
-  gives 3.17% ± 1.55.
 - Adult's cost with protected feature (paper +4.0%, not significant) takes its sign from the test-time
   one-hot search: −16.2% tested snap-state (the table's row), +12.8% for the same training tested relaxed
   (`--set eval_categorical=relaxed`, one NVIDIA H200); the reference's snapped search also pins
@@ -130,9 +118,14 @@ def _finite(value) -> bool:
 
 
 def _cell(cmp: dict | None, notes: list[str], where: str) -> str:
-    if cmp and _finite(cmp.get("reduction_pct")):
-        se = f"±{cmp['se_pct']:.2f}" if _finite(cmp.get("se_pct")) else ""
-        return f"{cmp['reduction_pct']:.2f}{se}{'*' if cmp.get('significant') else ''}"
+    """Returns "seed mean [seed interval]* (±round s.e.)", or "n/a [note]" when the reduction is undefined."""
+    seeds = ((cmp or {}).get("seeds") or {}).get("reduction") or {}
+    if _finite(seeds.get("mean")):
+        se = f" (±{cmp['se_pct']:.1f})" if _finite(cmp.get("se_pct")) else ""
+        return interval_text(seeds) + se
+    if cmp and _finite(cmp.get("reduction_pct")):  # results saved before seed-level intervals: no mark
+        notes.append(f"{where}: stored without per-seed comparisons; the pooled-round reduction, unmarked")
+        return f"{cmp['reduction_pct']:.1f} [{len(notes)}]"
     notes.append(f"{where}: {(cmp or {}).get('note') or 'not computed'}")
     return f"n/a [{len(notes)}]"
 
@@ -171,6 +164,12 @@ def _mechanism_cell(res: dict, labels=("CT",)) -> str:
 
 
 HEALTH_SHORT = "Mature / steps / skipped as in Table 1."
+REDUCTION_TEXT = ("Ours: CT vs BL in % (positive = CT better), the mean over training seeds of each seed's reduction "
+                  "(that seed's CT against its BL, means over its protocol rounds) [99% Student-t interval over "
+                  "seeds]; * = that interval excludes 0, so the mark and the interval are one statistic. (±): the "
+                  "paper's statistic, the s.e. of the per-round ratio over the seeds' pooled protocol rounds; the "
+                  "rounds re-sample one test set for fixed models, so it says nothing about another training seed "
+                  "and carries no mark.")
 HEALTH_TEXT = ("Mature / steps / skipped: the share of the CF-trained model's training counterfactuals that reached "
                "τ in the last epoch, their mean search steps (means over seeds), and the updates skipped over the "
                "whole run for a non-finite loss or gradient (sum over seeds); CT_mut is CT trained with the protected "
@@ -190,24 +189,25 @@ def _paper_pair(table: dict, row: str) -> str:
 
 def make_table(all_results: list[dict]) -> str:
     """Returns the markdown table in the layout of the paper's Table 1, ours beside the paper's, with its notes."""
-    head = ("| Data | IP −% (ours) | IP −% (paper) | IP* −% (ours) | IP* −% (paper) | Cost, protected −% (ours) "
-            "| Cost −% (paper) | Validity CT / BL (ours) | Validity (paper) | Accuracy CT / BL (ours) "
-            "| Accuracy (paper) | Mature / steps / skipped, CT | Mature / steps / skipped, CT_mut |")
-    lines, notes = [head, "|" + "---|" * 13], []
+    head = ("| Data | Seeds | IP −% (ours) | IP −% (paper) | IP* −% (ours) | IP* −% (paper) "
+            "| Cost, protected −% (ours) | Cost −% (paper) | Validity CT / BL (ours) | Validity (paper) "
+            "| Accuracy CT / BL (ours) | Accuracy (paper) | Mature / steps / skipped, CT "
+            "| Mature / steps / skipped, CT_mut |")
+    lines, notes = [head, "|" + "---|" * 14], []
     for res in all_results:
         d, label = res["dataset"], res.get("label", res["dataset"])
         ct = res["comparisons"].get("CT", {})
         columns = (("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost with protected features"))
         cells = [_cell(ct.get(m), notes, f"{label}, {name}") for m, name in columns]
         lines.append(
-            f"| {label} | {cells[0]} | {paper_results.reduction(d, 0)} | {cells[1]} "
+            f"| {label} | {len(res.get('seeds', []))} | {cells[0]} | {paper_results.reduction(d, 0)} | {cells[1]} "
             f"| {paper_results.reduction(d, 1)} | {cells[2]} | {paper_results.reduction(d, 2)} "
             f"| {_pair(res['validity'], fmt='{:.2f}')} | {_paper_pair(paper_results.VALIDITY, d)} "
             f"| {_pair(res['accuracy'])} | {_paper_pair(paper_results.ACCURACY, d)} "
             f"| {_mechanism_cell(res, ('CT',))} | {_mechanism_cell(res, ('CT_mut',))} |")
     lines.append("")
-    lines.append("Reductions are CT vs BL in % (positive = CT better) ± the s.e. over bootstrap rounds; "
-                 "* = the 99% bootstrap CI of the difference excludes 0. " + HEALTH_TEXT)
+    lines.append(REDUCTION_TEXT + " The paper's columns are its own: its ± and * come from one trained model's "
+                 "bootstrap rounds. " + HEALTH_TEXT)
     return _with_notes(lines, notes)
 
 
@@ -225,8 +225,8 @@ def _ig_cell(entry: dict | None, notes: list[str], where: str) -> str:
 
 def make_ig_table(all_results: list[dict]) -> str:
     """Returns the paper's Table 2: median standardised IG sensitivity to the protected features [95% CI], CT vs BL."""
-    lines = ["| Data | Protected | CT (ours) | BL (ours) | CT (paper) | BL (paper) | Mature / steps / skipped, CT_mut |",
-             "|" + "---|" * 7]
+    lines = ["| Data | Protected | Seeds | CT (ours) | BL (ours) | CT − BL over seeds (ours) | CT (paper) | BL (paper) "
+             "| Mature / steps / skipped, CT_mut |", "|" + "---|" * 9]
     notes: list[str] = []
     for res in all_results:
         if not res.get("ig"):
@@ -235,15 +235,20 @@ def make_ig_table(all_results: list[dict]) -> str:
         paper = paper_results.TABLE2.get(paper_results.row(res["dataset"]))
         fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
         protected = ", ".join(res["protected"]) if len(res["protected"]) <= 3 else f"{len(res['protected'])} features"
-        lines.append(f"| {label} | {protected} | {_ig_cell(res['ig'].get('CT'), notes, f'{label}, CT')} "
+        over_seeds = res.get("ig_difference_over_seeds") or {}
+        lines.append(f"| {label} | {protected} | {len(res.get('seeds', []))} "
+                     f"| {_ig_cell(res['ig'].get('CT'), notes, f'{label}, CT')} "
                      f"| {_ig_cell(res['ig'].get('BL'), notes, f'{label}, BL')} "
+                     f"| {interval_text(over_seeds, 2) if _finite(over_seeds.get('mean')) else '–'} "
                      f"| {fmt(paper[0]) if paper else '–'} | {fmt(paper[1]) if paper else '–'} "
                      f"| {_mechanism_cell(res, ('CT_mut',))} |")
     lines += ["", "Median over bootstrap rounds (each: test rows drawn with replacement, a U(−1, 1) baseline per row, "
               "integrated gradients of the true class's logit averaged over the round, standardised across features "
               "— |g| / (max g − min g) for 2-D data, (g − min g) / (max g − min g) otherwise — and averaged over the "
-              "protected features) with the 2.5% and 97.5% quantiles; lower = less sensitive. CT is the model "
-              "trained with the protected features immutable (CT_mut), as in the reference. " + HEALTH_SHORT]
+              "protected features) with the 2.5% and 97.5% quantiles, all seeds' rounds pooled; lower = less "
+              "sensitive. CT − BL over seeds: the mean over seeds of CT's median minus BL's (each seed's own rounds) "
+              "[99% Student-t interval over seeds]; * = it excludes 0. CT is the model trained with the protected "
+              "features immutable (CT_mut), as in the reference. " + HEALTH_SHORT]
     return _with_notes(lines, notes)
 
 
@@ -272,7 +277,8 @@ def make_table7(all_results: list[dict]) -> str:
                       f"{p[0]:.2f} / {p[1]:.2f} [{p[2]:.2f}, {p[3]:.2f}]" if p else "–"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
     lines += ["", "CT / BL means over the bootstrap rounds of valid counterfactuals [99% percentile-bootstrap CI of the "
-              "mean of CT − BL over rounds]. Cost, protected: the actionability runs (CT_mut vs BL, τ = 0.5, the "
+              "mean of CT − BL over the seeds' pooled rounds: the paper's statistic, which re-samples the test set for "
+              "fixed models; Table 1 gives the interval over seeds]. Cost, protected: the actionability runs (CT_mut vs BL, τ = 0.5, the "
               "protected features immutable); IP* and IP: the plausibility runs (CT vs BL). " + HEALTH_SHORT]
     return _with_notes(lines, notes)
 
@@ -290,9 +296,8 @@ def make_table8a(all_results: list[dict]) -> str:
         lines.append(f"| {label} | {_cell(res['comparisons'].get('CT', {}).get('cost'), notes, f'{label}, cost')} "
                      f"| {paper_cell} | {_pair(validity, fmt='{:.2f}') if validity else '–'} "
                      f"| {_paper_pair(paper_results.VALIDITY_PROTECTED, d)} | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
-    lines += ["", "Cost: CT vs BL in the plausibility runs (no mutability constraints, τ = 0.95), % reduction ± s.e.; "
-              "* = 99% CI excludes 0. Validity, protected: the actionability runs (Table 3, columns 3–4). "
-              + HEALTH_SHORT]
+    lines += ["", "Cost: CT vs BL in the plausibility runs (no mutability constraints, τ = 0.95). " + REDUCTION_TEXT
+              + " Validity, protected: the actionability runs (Table 3, columns 3–4). " + HEALTH_SHORT]
     return _with_notes(lines, notes)
 
 
@@ -341,6 +346,7 @@ def make_ablation_table(all_results: list[dict]) -> str:
         cells = [_cell(c.get(m, {}).get(metric), notes, f"{label}, {name} {m}")
                  for metric, name in (("ip", "IP"), ("ip_star", "IP*")) for m in ("CD", "AR", "CT")]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_mechanism_cell(res, ('CD', 'AR', 'CT'))} |")
+    lines += ["", REDUCTION_TEXT + " " + HEALTH_SHORT]
     return _with_notes(lines, notes)
 
 
@@ -351,18 +357,19 @@ _METRIC_NAMES = {"ip": "IP", "ip_star": "IP*", "cost": "cost", "validity": "vali
 
 
 def _verdict(cmp: dict | None, metric: str) -> str:
-    """Returns CT's side of a paired comparison: better / worse (the CI of the difference excludes 0) / no difference."""
-    if not cmp or not _finite(cmp.get("ci_low")) or not _finite(cmp.get("ci_high")):
-        return "not computable" + (f" ({cmp['note']})" if cmp and cmp.get("note") else "")
-    low, high = cmp["ci_low"], cmp["ci_high"]
-    if low <= 0 <= high:
+    """Returns CT's side of a comparison: better / worse (its interval of CT − baseline over seeds excludes 0) / neither."""
+    diff = ((cmp or {}).get("seeds") or {}).get("difference") or {}
+    if not _finite(diff.get("low")) or not _finite(diff.get("high")):
+        note = diff.get("note") or (cmp or {}).get("note")
+        return "not computable" + (f" ({note})" if note else "")
+    if diff["low"] <= 0 <= diff["high"]:
         return "no significant difference"
-    lower = high < 0
+    lower = diff["high"] < 0
     return "CT better" if lower == _BETTER_IF_LOWER[metric] else "CT worse"
 
 
 def versus_sentences(res: dict) -> list[str]:
-    """Returns one sentence per baseline of a dataset: CT's paired differences with their 99% CIs, and the verdicts."""
+    """Returns one sentence per baseline of a dataset: CT's differences with their 99% intervals over seeds, and verdicts."""
     out = []
     label = res.get("label", res["dataset"])
     for baseline, cmps in (res.get("versus") or {}).items():
@@ -371,12 +378,10 @@ def versus_sentences(res: dict) -> list[str]:
             c = cmps.get(metric) or {}
             verdict = _verdict(c, metric)
             name = _METRIC_NAMES[metric]
-            if _finite(c.get("treatment_mean")) and _finite(c.get("baseline_mean")) and _finite(c.get("ci_low")):
-                diff = c["treatment_mean"] - c["baseline_mean"]
-                parts.append(f"{name} {c['treatment_mean']:.3g} vs {c['baseline_mean']:.3g} (difference {diff:+.3g}, "
-                             f"{100 * c.get('level', 0.99):g}% CI [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}], {c['n_rounds']} paired "
-                             f"rounds: "
-                             f"{verdict})")
+            diff = (c.get("seeds") or {}).get("difference") or {}
+            if _finite(diff.get("low")) and _finite(diff.get("high")):
+                parts.append(f"{name} difference {diff['mean']:+.3g} ({100 * diff.get('level', 0.99):g}% interval over "
+                             f"{diff['n']} seeds [{diff['low']:+.3g}, {diff['high']:+.3g}]: {verdict})")
             else:
                 parts.append(f"{name}: {verdict}")
             (wins if verdict == "CT better" else losses if verdict == "CT worse" else []).append(name)
@@ -416,10 +421,10 @@ def make_baselines_table(all_results: list[dict]) -> str:
               "better) and test accuracy; FGSM/PGD: robust accuracy at the largest ε of the curve, mean ± sd over "
               "seeds. PGD-AT: Madry et al.'s adversarial training in CT's ε-ball with CT's T steps and λ_adv; JEM: "
               "cross-entropy plus the contrastive energy term (λ_div, λ_reg) on conditional-SGLD samples instead of "
-              "counterfactuals. Same seeds, initial weights and protocol rounds as BL and CT. Paired differences "
-              "are CT minus the baseline, over the rounds where both have a value (so their means can differ from the "
-              "table's); a verdict is drawn only when the 99% bootstrap CI of the mean difference (the paper's "
-              "level, as in Table 1) excludes 0.", "", *sentences]
+              "counterfactuals. Same seeds, initial weights and protocol rounds as BL and CT. Differences are CT "
+              "minus the baseline: per seed, the difference of the two models' means over the rounds where both have "
+              "a value (so they can differ from the table's means), then their mean over seeds with a 99% Student-t "
+              "interval; a verdict is drawn only when that interval excludes 0 (as Table 1's mark).", "", *sentences]
     return "\n".join(lines)
 
 
@@ -451,8 +456,26 @@ def figure1_text(figure1: dict) -> str:
     shares = ", ".join(f"{label} {values[index]:.2f}" for label, values in figure1["sensitivity"].items())
     return (f"Linear classifiers on {figure1['dataset']}: (a) BL and (b) CT with every feature mutable; (c) BL and "
             f"(d) CT trained with {name} protected, both searched with {name} immutable. Share of each model's "
-            f"decision gradient |∂(logit₁ − logit₀)/∂x| that falls on {name}: {shares} (Proposition 3.1 predicts a "
-            f"lower share for CT_mut than for BL).")
+            f"decision gradient |∂(logit₁ − logit₀)/∂x| that falls on {name}: {shares}. "
+            + proposition_sentence(figure1["sensitivity"]["CT_mut"][index], figure1["sensitivity"]["BL"][index],
+                                   figure1.get("class_mean_gap_sigma")))
+
+
+def proposition_sentence(share_ct: float, share_bl: float, gaps: list[float] | None) -> str:
+    """Returns whether a protected run's share of the decision gradient on x0 agrees with Proposition 3.1, and why."""
+    geometry = ""
+    if gaps:
+        leads = "x1" if gaps[1] > gaps[0] else "x0"
+        geometry = (f" On this draw the class means differ by {gaps[0]:.2f} σ in x0 and {gaps[1]:.2f} σ in x1, so "
+                    f"{leads} is the more discriminative feature"
+                    + ("; the proposition assumes a discriminative mutable feature, and this draw gives it." if
+                       leads == "x1" else "; the proposition's condition (a more discriminative mutable feature) "
+                       "does not hold, and there a search with x0 frozen overshoots along x1, which lowers x1's "
+                       "coefficient instead."))
+    verdict = ("This agrees with Proposition 3.1 (a lower share for CT_mut than for BL)." if share_ct < share_bl else
+               "This contradicts Proposition 3.1, which predicts a lower share for CT_mut than for BL.")
+    return (verdict + geometry + " Over 20 draws per blob set, and why the direction turns: "
+            "experiments/studies/actionability/README.md; the known answers: tests/test_proposition.py.")
 
 
 def run_plan(configs, loaded: dict, modes) -> list[tuple]:
@@ -473,6 +496,7 @@ def run_plan(configs, loaded: dict, modes) -> list[tuple]:
 
 
 def main(argv=None) -> list[dict]:
+    """Returns the results of every row in --out after this run: its own rows and the earlier ones kept."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--datasets", nargs="+", default=None, help=f"any of {sorted(CONFIGS)}")
@@ -491,7 +515,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--tables-only", action="store_true",
                         help="train nothing: rebuild table.md (and --results-md) from the results in --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rerun rows that --out already holds, replacing them (default: refused before training)")
     args = parser.parse_args(argv)
+    check_output_file("--results-md", args.results_md)
     if args.tables_only:
         return rebuild_tables(args.out, args.results_md)
 
@@ -499,7 +526,9 @@ def main(argv=None) -> list[dict]:
     t0 = time.perf_counter()
     # Every config is checked, and its data loaded and checked, before the first training: a typo fails at once.
     configs = [override(get_config(n), args.overrides) for n in names]
+    check_distinct("--datasets", [c.dataset for c in configs])  # by config name: an alias repeats its dataset too
     if args.categorical_modes:
+        check_distinct("--categorical-modes", args.categorical_modes)
         for mode in args.categorical_modes:
             dataclasses.replace(configs[0], categorical=mode)  # the configs' own check of the mode
     loaded, skipped = {}, {}
@@ -512,17 +541,33 @@ def main(argv=None) -> list[dict]:
             skipped[config.dataset] = str(err).splitlines()[0]
             print(f"== {config.dataset}: skipped: {skipped[config.dataset]}", flush=True)
     plan = run_plan([c for c in configs if c.dataset in loaded], loaded, args.categorical_modes)
+    # The rows --out holds already stay; one asked for again is refused now, before anything trains.
+    earlier, folders, _ = stored_runs(args.out)
+    labels = [run_label(config, data) for config, data, _ in plan]
+    there = {_label(r) for r in earlier}
+    clashes = [label for (_, _, folder), label in zip(plan, labels) if label in there or folder in folders]
+    if not args.overwrite:
+        refuse_overwrite(args.out, clashes, "pass --overwrite to replace them, or leave them out of --datasets "
+                                            "(rows already there stay beside the new ones), or choose another --out")
+    # Replaced: the rows run again, and the rows of the folders rewritten (another row label in the same folder).
+    replaced = set(labels) | {folders[folder] for _, _, folder in plan if folder in folders}
+    meta_path = os.path.join(args.out, "metadata.json")
+    earlier_meta = _read_json(meta_path) if earlier and os.path.isfile(meta_path) else None
     os.makedirs(args.out, exist_ok=True)
     command = "python -m experiments.reproduce " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     meta = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **run_metadata()}
-    results = []
-    for config, data, folder in plan:
+    new = []
+    for (config, data, folder), label in zip(plan, labels):
         mode = f", one-hot mode {config.categorical}" if data.schema.groups else ""
         print(f"== {folder}: seeds {list(config.seeds)}, {config.epochs} epochs{mode} "
               f"(expected ~{config.expected_minutes:g} min on a 2-core CPU)", flush=True)
-        results.append(train_and_evaluate(config, os.path.join(args.out, folder), data=data,
-                                          ablation=args.ablation, baselines=args.baselines, progress=not args.quiet,
-                                          plots=not args.no_plots))
+        # --overwrite: the replaced row's folder goes (files of the old run, e.g. a seed it had and this run has
+        # not, would otherwise sit beside the new ones), only now, so a failure before this row keeps it.
+        for old in [f for f, old_label in folders.items() if f == folder or old_label == label]:
+            shutil.rmtree(os.path.join(args.out, old), ignore_errors=True)
+        new.append(train_and_evaluate(config, os.path.join(args.out, folder), data=data,
+                                      ablation=args.ablation, baselines=args.baselines, progress=not args.quiet,
+                                      plots=not args.no_plots))
     figure1 = None
     ls = [(c, d) for c, d, _ in plan if c.dataset == "linearly_separable"]
     if ls and not args.no_plots:
@@ -532,8 +577,10 @@ def main(argv=None) -> list[dict]:
                                   progress=not args.quiet)
         figure1["wall_s"] = time.perf_counter() - t1
     meta.update(wall_time_s=time.perf_counter() - t0, skipped=skipped, figure1=figure1,
-                per_dataset_wall_s={r["label"]: r["timings"]["total_s"] for r in results})
-    table = all_tables(results, ablation=args.ablation, figure1=figure1)
+                per_dataset_wall_s={r["label"]: r["timings"]["total_s"] for r in new})
+    results = merge_results(earlier, new, replaced)
+    meta = merge_metadata(earlier_meta, meta, replaced, ran={c.dataset for c in configs})
+    table = all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta["figure1"])
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")
     write_json(os.path.join(args.out, "results.json"), results)
@@ -547,15 +594,20 @@ def main(argv=None) -> list[dict]:
 
 
 def rebuild_tables(out: str, results_md: str | None = None) -> list[dict]:
-    """Returns the results stored in `out` after rewriting its table.md (and results_md) from them; trains nothing."""
+    """Returns the results stored in `out` after rewriting its table.md (and results_md) from them; trains nothing.
+
+    A finished dataset folder whose row results.json lacks (dropped by a version that replaced the file on every
+    run, or left by an interrupted run) is added back to results.json and the tables.
+    """
     paths = {name: os.path.join(out, name) for name in ("results.json", "metadata.json")}
     missing = [p for p in paths.values() if not os.path.isfile(p)]
     if missing:
         raise FileNotFoundError(f"--tables-only needs a finished run in {out!r}; missing {missing}")
-    with open(paths["results.json"]) as f:
-        results = json.load(f)
-    with open(paths["metadata.json"]) as f:
-        meta = json.load(f)
+    results, _, recovered = stored_runs(out)
+    if recovered:
+        print(f"Rows recovered from their folders (not in results.json): {', '.join(recovered)}", flush=True)
+        write_json(paths["results.json"], results)
+    meta = _read_json(paths["metadata.json"])
     table = all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta.get("figure1"))
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(table + "\n")
@@ -571,6 +623,81 @@ def rebuild_tables(out: str, results_md: str | None = None) -> list[dict]:
                                           f"{shlex.quote(out)} --results-md {shlex.quote(results_md)}"}
         write_results_md(results_md, table, meta, results, configs=configs)
     return results
+
+
+def _label(result: dict) -> str:
+    return result.get("label", result["dataset"])
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def stored_runs(out: str) -> tuple[list[dict], dict[str, str], list[str]]:
+    """Returns (results, {folder: row label}, recovered folders) of the finished runs in `out`: results.json's rows,
+    then those of any finished dataset folder whose row results.json lacks (the recovered folders)."""
+    path = os.path.join(out, "results.json")
+    results = _read_json(path) if os.path.isfile(path) else []
+    labels = {_label(r) for r in results}
+    folders, recovered = {}, []
+    for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
+        try:
+            res = _read_json(os.path.join(out, name, "results.json"))
+        except (OSError, ValueError):  # no results.json, or half-written: not a finished row
+            continue
+        if not isinstance(res, dict) or "dataset" not in res:
+            continue
+        folders[name] = _label(res)
+        if folders[name] not in labels:
+            results.append(res)
+            labels.add(folders[name])
+            recovered.append(name)
+    return results, folders, recovered
+
+
+def merge_results(earlier: list[dict], new: list[dict], replaced=()) -> list[dict]:
+    """Returns earlier's rows, each with the new row of its label in its place (so the table keeps its order), less
+    the other `replaced` labels, then the new rows that are not there yet."""
+    fresh = {_label(r): r for r in new}
+    merged = []
+    for r in earlier:
+        if _label(r) in fresh:
+            merged.append(fresh.pop(_label(r)))
+        elif _label(r) not in replaced:
+            merged.append(r)
+    return merged + list(fresh.values())
+
+
+# What metadata.json records of each command whose rows are in the folder (its `runs`).
+RUN_KEYS = ("command", "started", "wall_time_s", "git_commit", "git_dirty", "device")
+
+
+def merge_metadata(earlier: dict | None, meta: dict, replaced=(), ran=()) -> dict:
+    """Returns this run's metadata over the earlier one of the same --out: `runs` holds every command with a row still
+    there (with its rows), `command` chains them (run in order, they remake the folder), `started`, `wall_time_s`,
+    per-row wall times, skipped datasets and Figure 1 cover the rows of every run; versions and machine are this run's.
+
+    `replaced`: the row labels this run replaced; `ran`: the datasets it was asked for."""
+    this = {**{k: meta.get(k) for k in RUN_KEYS}, "rows": list(meta["per_dataset_wall_s"])}
+    if not earlier:
+        return {**meta, "runs": [this]}
+    runs = []
+    for run in earlier.get("runs") or [{**{k: earlier.get(k) for k in RUN_KEYS},
+                                        "rows": list(earlier.get("per_dataset_wall_s", {}))}]:
+        rows = [r for r in run["rows"] if r not in replaced]
+        if rows:
+            runs.append({**run, "rows": rows})
+    runs.append(this)
+    figure1 = meta.get("figure1") or earlier.get("figure1")
+    if not meta.get("figure1") and figure1 and figure1.get("dataset") in replaced:
+        figure1 = None  # drawn from the models this run replaced
+    return {**meta, "runs": runs, "command": " && ".join(r["command"] for r in runs), "started": runs[0]["started"],
+            "wall_time_s": sum(r.get("wall_time_s") or 0.0 for r in runs), "figure1": figure1,
+            "per_dataset_wall_s": {**{k: v for k, v in earlier.get("per_dataset_wall_s", {}).items()
+                                      if k not in replaced}, **meta["per_dataset_wall_s"]},
+            "skipped": {**{k: v for k, v in (earlier.get("skipped") or {}).items() if k not in ran},
+                        **(meta.get("skipped") or {})}}
 
 
 def agreement_lines(results: list[dict]) -> list[str]:

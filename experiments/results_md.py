@@ -27,3 +27,13 @@ def write_section(path: str, name: str, text: str) -> None:
         body = body.rstrip() + "\n\n" + block + "\n"
     with open(path, "w") as f:
         f.write(body)
+
+
+def interval_text(stat: dict, digits: int = 1) -> str:
+    """Returns "mean [low, high]*" of a `ctrain.evaluate.seed_interval` ("mean" alone without an interval, "–" empty)."""
+    if stat.get("mean") is None:
+        return "–"
+    if stat.get("low") is None or stat.get("high") is None:
+        return f"{stat['mean']:.{digits}f}"
+    return (f"{stat['mean']:.{digits}f} [{stat['low']:.{digits}f}, {stat['high']:.{digits}f}]"
+            f"{'*' if stat.get('significant') else ''}")

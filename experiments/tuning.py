@@ -39,8 +39,11 @@ configurations collapse onto one model per (dataset, epochs, batch size, ...), t
 
 Files: <out>/<grid>/<dataset>/<objective>/<static settings>@<hash>/results.json (strict JSON): the group's
 configurations and, per run, its per-round protocol summary, accuracy and mechanism health. A group whose
-folder holds results for exactly its configurations is skipped (resumable; another --set makes other groups);
-task i of n runs the groups i, i + n, … (fan-out). `--collect`, and the end of a single-task run, write
+folder holds results for all its configurations is skipped (resumable; another --set makes other groups); one
+whose folder holds some of them (another --axis of a vmappable setting, say) trains only the others and adds
+them to that folder's results, so a finished configuration is never lost. An axis value given twice, an axis
+given twice, a dataset given twice or a --set of an axis's key (the axis would replace it) is refused.
+Task i of n runs the groups i, i + n, … (fan-out). `--collect`, and the end of a single-task run, write
 <out>/<grid>/grid.csv and grid.md: one row per CT configuration with IP, IP* and cost reductions against the
 BL of the same seeds and settings, validity, accuracy and mechanism health (share of matured training
 counterfactuals, search steps, skipped updates).
@@ -65,8 +68,8 @@ from ctrain.models import make_model
 from ctrain.objective import LossWeights
 from ctrain.train import create_train_states, fit_many
 from experiments.configs import OFFLINE_NAMES, SYNTHETIC_NAMES, ExperimentConfig, get_config, override
-from experiments.pipeline import (comparison, free_schema, json_safe, load_data, pool_rounds, protocol_config,
-                                  skipped_updates, train_config, train_vae_aux, write_json)
+from experiments.pipeline import (check_distinct, comparison, free_schema, json_safe, load_data, pool_rounds,
+                                  protocol_config, skipped_updates, train_config, train_vae_aux, write_json)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,10 +148,13 @@ def parse_axes(items) -> dict[str, tuple[str, ...]]:
     """Returns {key: values} from "key=v1,v2" strings (the --axis option)."""
     axes = {}
     for item in items:
-        if "=" not in item or not item.split("=", 1)[1].strip(","):
+        if "=" not in item or not item.split("=", 1)[1].strip(", "):
             raise ValueError(f"--axis {item!r} must look like key=v1,v2,... (e.g. max_steps=5,50)")
         key, values = item.split("=", 1)
+        if key.strip() in axes:
+            raise ValueError(f"--axis {key.strip()}=... is given twice; give every value of an axis in one --axis")
         axes[key.strip()] = tuple(v.strip() for v in values.split(",") if v.strip())
+        check_distinct(f"--axis {key.strip()}", axes[key.strip()])
     return axes
 
 
@@ -170,6 +176,11 @@ def canonical(config: ExperimentConfig, objective: str) -> ExperimentConfig:
 def grid_points(grid: str, datasets, *, overrides=(), axes=None) -> list[Point]:
     """Returns every configuration of the grid (datasets × objectives × axis values), checked, in a fixed order."""
     axes = grid_axes(grid, axes)
+    check_distinct("--datasets", datasets)
+    shadowed = [item.split("=", 1)[0].strip() for item in overrides if item.split("=", 1)[0].strip() in axes]
+    if shadowed:
+        raise ValueError(f"--set {shadowed[0]}=... would change nothing: the grid's axis {shadowed[0]} sets it in "
+                         f"every configuration; use --axis {shadowed[0]}=v1,v2 instead")
     keys = sorted(axes)
     base = list(GRID_DEFAULTS) + list(GRIDS[grid].fixed) + list(TUNING_PROTOCOL) + list(overrides)
     points = []
@@ -213,14 +224,42 @@ def _stored_configs(group: Group) -> list[dict]:
     return [json.loads(json.dumps(c.to_dict())) for c in group.configs]
 
 
-def is_finished(workdir: str, group: Group) -> bool:
-    """Returns whether workdir holds the results of exactly this group's configurations and objective."""
+def _stored_results(workdir: str, objective: str) -> dict | None:
     try:
         with open(os.path.join(workdir, "results.json")) as f:
             stored = json.load(f)
-    except (OSError, ValueError):  # missing or half-written: the group has to run
-        return False
-    return stored.get("objective") == group.objective and stored.get("configs") == _stored_configs(group)
+    except (OSError, ValueError):  # missing or half-written: nothing finished there
+        return None
+    return stored if isinstance(stored, dict) and stored.get("objective") == objective else None
+
+
+def missing_configs(workdir: str, group: Group) -> tuple[ExperimentConfig, ...]:
+    """Returns the group's configurations whose results workdir does not hold (all of them if it holds none)."""
+    stored = _stored_results(workdir, group.objective)
+    have = (stored or {}).get("configs") or []
+    return tuple(c for c, plain in zip(group.configs, _stored_configs(group)) if plain not in have)
+
+
+def is_finished(workdir: str, group: Group) -> bool:
+    """Returns whether workdir holds the results of every one of this group's configurations, for its objective."""
+    return not missing_configs(workdir, group)
+
+
+def merge_group_results(earlier: dict | None, new: dict) -> dict:
+    """Returns `new` (a group's results) with the earlier results of its folder kept: their configurations first, each
+    run's "config" index into the merged list; a configuration in both keeps the new runs."""
+    if not earlier:
+        return new
+    configs = list(earlier["configs"])
+    index = []
+    for config in new["configs"]:
+        if config not in configs:
+            configs.append(config)
+        index.append(configs.index(config))
+    kept = [r for r in earlier["runs"] if r["config"] not in set(index)]
+    runs = kept + [{**r, "config": index[r["config"]]} for r in new["runs"]]
+    return {**new, "configs": configs, "n_runs": len(runs), "runs": runs,
+            "earlier_timings": earlier.get("earlier_timings", []) + [earlier.get("timings")]}
 
 
 def _stack(trees):
@@ -272,7 +311,8 @@ def _health(history: list[dict]) -> dict:
 
 
 def run_group(group: Group, data, workdir: str, *, aux=None, progress: bool = False) -> dict:
-    """Returns the group's results (and writes workdir/results.json): per run its config, seed, rounds and health."""
+    """Returns the group's results, with those workdir held already (`merge_group_results`), after writing them to
+    workdir/results.json: per run its config, seed, rounds and health."""
     t0 = time.perf_counter()
     runs, models, histories = train_group(group, data, aux=aux, progress=progress)
     jax.block_until_ready(models[-1][1])
@@ -285,6 +325,8 @@ def run_group(group: Group, data, workdir: str, *, aux=None, progress: bool = Fa
                          "accuracy": history[-1].get("test_accuracy"), "mechanism": _health(history)}
                         for (c, s), summary, history in zip(runs, summaries, histories)],
                "timings": {"train_s": t1 - t0, "evaluate_s": t2 - t1}}
+    # The folder is the group's static settings: configurations an earlier run stored there stay beside these.
+    results = merge_group_results(_stored_results(workdir, group.objective), results)
     os.makedirs(workdir, exist_ok=True)
     write_json(os.path.join(workdir, "results.json"), results)
     return results
@@ -311,10 +353,15 @@ def run(grid: str, datasets, *, out: str, overrides=(), axes=None, task_index: i
     ran, skipped, timings = [], [], {"train_s": 0.0, "evaluate_s": 0.0, "vae_s": 0.0, "groups": {}}
     for i, group in enumerate(mine):
         workdir = group_dir(out, grid, group)
-        if is_finished(workdir, group):
+        missing = missing_configs(workdir, group)
+        if not missing:
             skipped.append(workdir)
             log(f"[{i + 1}/{len(mine)}] {workdir}: finished, skipped")
             continue
+        if len(missing) < len(group.configs):
+            log(f"[{i + 1}/{len(mine)}] {workdir}: {len(group.configs) - len(missing)} configuration(s) finished "
+                "there, kept")
+            group = dataclasses.replace(group, configs=missing)
         c0 = group.configs[0]
         data = loaded[(c0.dataset, c0.dataset_kwargs)]
         aux = None
@@ -450,6 +497,7 @@ def grid_markdown(grid: str, rows: list[dict]) -> str:
 
 
 def main(argv=None) -> dict:
+    """Returns `run`'s summary (with the collected tables of a single-task run), or `collect`'s with --collect."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--grid", required=True, choices=sorted(GRIDS))

@@ -39,7 +39,9 @@ A second table gives each arm's reductions minus the first arm's (`paper` by def
 percentage points with a 99% bootstrap CI over the protocol rounds, which pair up across arms (same seeds, same data).
 
 Writes `--out` (default results/units): units.json (every number) and units.md (the tables); expected time
-for the default run: about 15 minutes on a 2-core CPU.
+for the default run: about 15 minutes on a 2-core CPU. An --out that holds a finished study (its units.json) is
+refused before anything trains, unless --overwrite: its rows are compared with the first arm under one run's
+seeds, rounds and settings, so another run's rows cannot join them.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ from ctrain.models import make_model
 from ctrain.search import CATEGORICAL_MODES, TRAINING_SEARCH, SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
 from experiments.configs import ExperimentConfig, get_config, override
-from experiments.pipeline import free_schema, loss_weights
+from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, loss_weights,
+                                 refuse_overwrite)
 from experiments.results_md import write_section
 
 COPIES = ("raw", "standardized", "x0.1", "x10")
@@ -315,6 +318,7 @@ def difference_table(results: list[dict], reference: str = "paper") -> str:
 
 
 def main(argv=None) -> list[dict]:
+    """Returns the study's rows, one per dataset, copy and arm (those saved in --out with --tables-only)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--datasets", nargs="+",
@@ -348,19 +352,31 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--section", default="units", help="the marked section of --results-md to (re)write")
     parser.add_argument("--title", default="Units study: paper-parity vs units-aware search on the same data in "
                                            "other units", help="the section's heading in --results-md")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the finished study in --out (default: refused before training)")
     args = parser.parse_args(argv)
+    check_output_file("--results-md", args.results_md)
     if args.tables_only:
         return rewrite_tables(args, argv)
     if args.quick:
         args.datasets, args.copies, args.epochs, args.rounds, args.seeds = ["circles"], ["raw", "standardized"], 20, \
             10, [0]
-    # Checked before anything trains: a bad --set or dataset name fails at once.
+    # Checked before anything trains: a bad argument, --set or dataset name fails at once.
+    for flag in ("datasets", "copies", "arms"):  # --seeds: the config's own rule, as for reproduce's seeds=
+        check_distinct(f"--{flag}", getattr(args, flag))
     for item in args.overrides:
         key = item.split("=", 1)[0].strip().split(".", 1)[0]  # dataset_kwargs.NAME sets a loader keyword
         if key not in READS:
             raise ValueError(f"--set {key}=... would change nothing in the units study "
                              f"({NOT_READ_BECAUSE.get(key, 'the study does not read that field')})")
     configs = {name: override(get_config(name), args.overrides) for name in args.datasets}
+    for config in configs.values():
+        # The config's own rules for its seeds, epochs and rounds (--epochs 0 would otherwise train its default).
+        check_flags(config, {"--seeds": ("seeds", tuple(args.seeds)), "--rounds": ("eval_rounds", args.rounds),
+                             "--epochs": ("epochs", config.epochs if args.epochs is None else args.epochs)})
+    if not args.overwrite and os.path.isfile(os.path.join(args.out, "units.json")):
+        refuse_overwrite(args.out, ["a units study (units.json)"],
+                         "pass --overwrite to replace it, or choose another --out")
     os.makedirs(args.out, exist_ok=True)
     results = []
     t0 = time.perf_counter()

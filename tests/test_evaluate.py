@@ -7,8 +7,8 @@ import pytest
 
 from ctrain import constraints as cons
 from ctrain import evaluate
-from ctrain.evaluate import (ProtocolConfig, compare, evaluate_explainability, evaluate_model, subsample_mask,
-                             write_records)
+from ctrain.evaluate import (MIN_BOOTSTRAP_ROUNDS, ProtocolConfig, compare, compare_seeds, evaluate_explainability,
+                             evaluate_model, seed_interval, subsample_mask, write_records)
 from ctrain.search import calibrate_conformal
 
 SMALL = ProtocolConfig(n_rounds=6, n_individuals=8, lambda_energy=(0.1, 1.0), max_steps=30, threshold=0.6,
@@ -39,10 +39,76 @@ def test_compare_reproduces_a_hand_computed_table():
     assert out["reduction_pct"] == pytest.approx(-(ratios.mean() - 1) * 100)
     assert out["se_pct"] == pytest.approx(100 * ratios.std(ddof=1))
     assert out["treatment_mean"] == pytest.approx(2.0) and out["baseline_mean"] == pytest.approx(10 / 3)
-    # Differences are −1, −2, −1: every bootstrap mean lies in [−2, −1], so the CI excludes 0.
-    assert -2.0 <= out["ci_low"] <= out["ci_high"] <= -1.0 and out["significant"] is True
-    same = compare([{"model": m, "round": r, "ip": 1.0 + (r % 2)} for m in ("CT", "BL") for r in range(6)], "ip")
+    # Differences are −1, −2, −1: every bootstrap mean lies in [−2, −1]; but 3 rounds cannot carry a 99% level.
+    assert -2.0 <= out["ci_low"] <= out["ci_high"] <= -1.0
+    assert out["significant"] is None and "too few rounds" in out["note"]
+    many = [{"model": m, "round": r, "ip": (1.0 if m == "CT" else 2.0) + (r % 2)} for m in ("CT", "BL")
+            for r in range(MIN_BOOTSTRAP_ROUNDS)]
+    assert compare(many, "ip")["significant"] is True
+    same = compare([{"model": m, "round": r, "ip": 1.0 + (r % 2)} for m in ("CT", "BL")
+                    for r in range(MIN_BOOTSTRAP_ROUNDS)], "ip")
     assert same["reduction_pct"] == 0.0 and same["significant"] is False
+
+
+def _null_summary(rng, n_rounds):
+    # CT and BL drawn from one distribution: any significance is a false positive.
+    return [{"model": m, "round": r, "ip": float(v)} for m in ("CT", "BL")
+            for r, v in enumerate(rng.normal(10.0, 1.0, n_rounds))]
+
+
+@pytest.mark.parametrize("n_rounds", [MIN_BOOTSTRAP_ROUNDS, ProtocolConfig().n_rounds])
+def test_compare_keeps_its_level_on_null_data(n_rounds):
+    rng = np.random.default_rng(0)
+    trials = [compare(_null_summary(rng, n_rounds), "ip", n_boot=1000, seed=i)["significant"] for i in range(400)]
+    assert None not in trials
+    assert np.mean(trials) <= 0.02
+
+
+def test_compare_refuses_significance_below_the_round_count_where_its_level_holds():
+    rng = np.random.default_rng(1)
+    for n_rounds in (2, 3, 4, MIN_BOOTSTRAP_ROUNDS - 1):
+        out = compare(_null_summary(rng, n_rounds), "ip")
+        assert out["significant"] is None and "too few rounds" in out["note"]
+        assert out["ci_low"] is not None  # the interval is still reported, only not read as a test
+
+
+def test_seed_interval_is_the_student_t_interval_of_the_mean():
+    out = seed_interval([1.0, 2.0, 3.0], level=0.95)
+    half = 4.302652729911275 * 1.0 / np.sqrt(3)  # t quantile 0.975 with 2 degrees of freedom; sd = 1
+    assert out["n"] == 3 and out["mean"] == pytest.approx(2.0) and out["sd"] == pytest.approx(1.0)
+    assert (out["low"], out["high"]) == pytest.approx((2.0 - half, 2.0 + half))
+    assert out["significant"] is False
+    assert seed_interval([5.0, 5.1, 4.9, 5.2, 5.0])["significant"] is True
+    one = seed_interval([3.0, float("nan"), None])
+    assert one["n"] == 1 and one["mean"] == 3.0 and one["low"] is None and one["significant"] is None
+    with pytest.raises(ValueError, match="level"):
+        seed_interval([1.0, 2.0], level=99)
+
+
+def test_compare_seeds_reduces_each_seed_then_takes_the_interval_over_seeds():
+    # Seed 0: CT means 1 vs BL 2 (reduction 50%); seed 1: 3 vs 4 (25%); seed 2: 2 vs 2 (0%).
+    per_seed = [[{"model": "CT", "round": r, "ip": ct + d}, {"model": "BL", "round": r, "ip": bl + d}]
+                for ct, bl in ((1.0, 2.0), (3.0, 4.0), (2.0, 2.0)) for d in (0.0,) for r in (0,)]
+    per_seed[0] += [{"model": "CT", "round": 1, "ip": 1.5}, {"model": "BL", "round": 1, "ip": 3.0}]
+    out = compare_seeds(per_seed, "ip", level=0.95)
+    assert out["per_seed_reduction_pct"] == pytest.approx([50.0, 25.0, 0.0])
+    assert out["per_seed_difference"] == pytest.approx([-1.25, -1.0, 0.0])
+    assert out["reduction"]["mean"] == pytest.approx(25.0) and out["n_seeds"] == 3
+    assert out["significant"] is out["reduction"]["significant"] is False
+
+
+def test_compare_seeds_keeps_its_level_on_null_data():
+    # Each seed's models differ by a seed-level effect that is zero on average, plus round noise.
+    rng = np.random.default_rng(2)
+    hits = []
+    for _ in range(1000):
+        per_seed = []
+        for _seed in range(5):
+            effect = rng.normal(0.0, 0.5)
+            per_seed.append([{"model": m, "round": r, "ip": float(10.0 + (effect if m == "CT" else 0.0) + e)}
+                             for m in ("CT", "BL") for r, e in enumerate(rng.normal(0.0, 1.0, 20))])
+        hits.append(compare_seeds(per_seed, "ip")["significant"])
+    assert np.mean(hits) <= 0.02
 
 
 def test_compare_draws_no_significance_from_one_paired_round():

@@ -47,7 +47,8 @@ def _table(path, section: str | None = None) -> tuple[list[dict], dict[int, str]
 
 def _reduction_or_reason(cell: str, notes: dict[int, str]) -> float | str:
     """Returns the cell's finite reduction, or the stated reason of an "n/a [k]" cell; fails on anything else."""
-    number = re.fullmatch(r"(-?\d+\.\d+)(±\d+\.\d+)?\*?", cell)
+    # "mean [low, high]* (±s.e.)": the seed-level mean, its interval over seeds and the paper's round s.e.
+    number = re.fullmatch(r"(-?\d+\.\d+)( \[-?\d+\.\d+, -?\d+\.\d+\]\*?)?( \(±\d+\.\d+\))?", cell)
     if number:
         value = float(number.group(1))
         assert math.isfinite(value), cell
@@ -63,12 +64,13 @@ def test_cells_that_are_nan_or_unexplained_fail_the_table_check():
     with pytest.raises(AssertionError):
         _reduction_or_reason("nan", {})
     with pytest.raises(AssertionError):
-        _reduction_or_reason("nan±nan", {})
+        _reduction_or_reason("nan [nan, nan] (±nan)", {})
     with pytest.raises(AssertionError):
         _reduction_or_reason("n/a", {})
     with pytest.raises(AssertionError):
         _reduction_or_reason("n/a [1]", {1: "x, IP*: "})
-    assert _reduction_or_reason("-6.32±10.68*", {}) == -6.32
+    assert _reduction_or_reason("-6.3 [-9.1, -3.5]* (±10.7)", {}) == -6.3
+    assert _reduction_or_reason("-6.3 (±10.7)", {}) == -6.3  # one seed: no interval
 
 
 def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
@@ -111,7 +113,8 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
                  ds / "config.json", ds / "ig_rounds.json"):
         _strict_json(path)
     rows, notes = _table(out / "table.md", "Table 1")
-    assert list(rows[0])[:4] == ["Data", "IP −% (ours)", "IP −% (paper)", "IP* −% (ours)"]
+    assert list(rows[0])[:5] == ["Data", "Seeds", "IP −% (ours)", "IP −% (paper)", "IP* −% (ours)"]
+    assert rows[0]["Seeds"] == str(len(results[0]["seeds"]))
     assert "Accuracy CT / BL (ours)" in rows[0] and "Cost, protected −% (ours)" in rows[0]
     assert [r["Data"] for r in rows] == ["linearly_separable", "german (relaxed, tested snap-state)",
                                          "german (straight-through)"]
@@ -122,8 +125,8 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
                            ("Cost, protected −% (ours)", "cost_protected")):
         shown = _reduction_or_reason(ours[column], notes)
         stored = results[0]["comparisons"]["CT"][metric]
-        if isinstance(shown, float):
-            assert stored["reduction_pct"] == pytest.approx(shown, abs=0.006)
+        if isinstance(shown, float):  # the seed-level mean, with the paper's pooled-round statistic beside it
+            assert stored["seeds"]["reduction"]["mean"] == pytest.approx(shown, abs=0.06)
         else:
             assert stored["reduction_pct"] is None and stored["note"] and stored["note"] in shown
     for column in ("Accuracy CT / BL (ours)", "Validity CT / BL (ours)"):
@@ -168,7 +171,7 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
     for row, res in zip(t8, results):
         shown, stored = _reduction_or_reason(row["Cost −% (ours)"], t8_notes), res["comparisons"]["CT"]["cost"]
         if isinstance(shown, float):
-            assert stored["reduction_pct"] == pytest.approx(shown, abs=0.006)
+            assert stored["seeds"]["reduction"]["mean"] == pytest.approx(shown, abs=0.06)
         else:
             assert stored["reduction_pct"] is None and stored["note"] in shown
     assert "## Robust accuracy over seeds" in (out / "table.md").read_text()  # German's robustness curves
@@ -271,9 +274,11 @@ def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats
         sentence = next(line for line in text.splitlines() if f"linearly_separable, CT vs {baseline}**" in line)
         assert ("CT beats" in sentence or "CT does not beat" in sentence) and "IP*" in sentence
         for metric, name in (("ip", "IP"), ("validity", "validity")):
-            c = res["versus"][baseline][metric]
-            if c["ci_low"] is not None:
-                assert f"99% CI [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]" in sentence
+            diff = res["versus"][baseline][metric]["seeds"]["difference"]
+            if diff["low"] is not None:
+                assert f"99% interval over {diff['n']} seeds [{diff['low']:+.3g}, {diff['high']:+.3g}]" in sentence
+            else:  # one seed: no interval, so no verdict
+                assert f"{name}: not computable" in sentence
     assert text.count("<!-- units:start -->\nunits study table\n<!-- units:end -->") == 1  # another command's
     assert "old text" not in text and "# Reproduced results" in text
     # The tables can be rebuilt from the stored results alone, to the same text, with no training.
@@ -289,12 +294,15 @@ def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats
 
 
 def test_a_verdict_needs_a_confidence_interval_that_excludes_zero():
-    verdict = reproduce._verdict
-    assert verdict({"ci_low": -2.0, "ci_high": -1.0}, "ip") == "CT better"  # CT's IP lower
-    assert verdict({"ci_low": -2.0, "ci_high": -1.0}, "validity") == "CT worse"  # CT's validity lower
-    assert verdict({"ci_low": 0.5, "ci_high": 1.0}, "cost") == "CT worse"
-    assert verdict({"ci_low": -1.0, "ci_high": 1.0}, "ip_star") == "no significant difference"
-    assert verdict({"ci_low": None, "ci_high": None, "note": "no round"}, "ip").startswith("not computable (no round")
+    def verdict(low, high, metric, note=""):
+        # The verdict reads the interval over seeds only, never the pooled rounds' CI.
+        return reproduce._verdict({"ci_low": -5.0, "ci_high": -4.0, "note": "",
+                                   "seeds": {"difference": {"low": low, "high": high, "note": note}}}, metric)
+    assert verdict(-2.0, -1.0, "ip") == "CT better"  # CT's IP lower
+    assert verdict(-2.0, -1.0, "validity") == "CT worse"  # CT's validity lower
+    assert verdict(0.5, 1.0, "cost") == "CT worse"
+    assert verdict(-1.0, 1.0, "ip_star") == "no significant difference"
+    assert verdict(None, None, "ip", "one seed").startswith("not computable (one seed")
 
 
 # One bad value (or more) per ExperimentConfig field; the test below fails if a field has none.
@@ -434,14 +442,17 @@ def test_every_paper_dataset_has_a_config_with_the_papers_values():
     assert (get_config("moons").tau, get_config("moons").lambda_reg, get_config("moons").n_ce) == (0.9, 0.25, 1000)
     assert (get_config("adult").tau, get_config("adult").n_ce) == (0.75, 5000)
     assert get_config("mnist").lambda_reg == 0.01
-    # The synthetic actionability runs keep CT's penalties (the reference's zeros were a superseded run's config)
+    # The synthetic actionability runs train with λ_adv = λ_reg = 0, the reference's recorded mutability configs;
+    # the real sets' keep CT's λ's (their recorded configs do).
     from experiments import pipeline
     for name in ("linearly_separable", "circles", "moons", "overlapping"):
         c = get_config(name)
-        assert pipeline.loss_weights(c, mutability=True) == pipeline.loss_weights(c)
-    zero = override(get_config("circles"), ["mutability_lambda_adv=0", "mutability_lambda_reg=0"])
-    assert (pipeline.loss_weights(zero, mutability=True).adv, pipeline.loss_weights(zero, mutability=True).reg,
-            pipeline.loss_weights(zero).reg) == (0.0, 0.0, 0.5)
+        mut = pipeline.loss_weights(c, mutability=True)
+        assert (mut.adv, mut.reg, mut.div) == (0.0, 0.0, 0.5) and pipeline.loss_weights(c).reg == c.lambda_reg > 0
+    assert pipeline.loss_weights(get_config("adult"), mutability=True) == pipeline.loss_weights(get_config("adult"))
+    own = override(get_config("circles"), ["mutability_lambda_adv=none", "mutability_lambda_reg=none"])
+    assert (pipeline.loss_weights(own, mutability=True).adv, pipeline.loss_weights(own, mutability=True).reg) == \
+        (0.25, 0.5)
 
 
 def test_overrides_are_typed_and_errors_name_the_key_and_the_allowed_values():

@@ -1,8 +1,9 @@
-"""Datasets with an actionability schema: `load_dataset(name)` or `from_arrays(x, y, ...)`."""
+"""Datasets with an actionability schema: `load_dataset(name)`, `from_arrays(x, y, ...)` or `from_dataframe(df)`."""
 import inspect
 
 from ctrain.data.dataset import (Dataset, Standardizer, encode_labels, from_arrays, prepare, split_and_balance,
                                  subsample_arrays, undersample_arrays)
+from ctrain.data.frame import from_dataframe  # imports pandas only when called
 from ctrain.data.schema import Feature, Schema, check_features, check_one_hot
 from ctrain.data.synthetic import load_synthetic
 
@@ -52,5 +53,5 @@ def _real_loaders() -> dict:
 
 
 __all__ = ["Dataset", "Feature", "Schema", "Standardizer", "check_features", "check_one_hot", "encode_labels",
-           "from_arrays", "load_dataset", "load_synthetic", "prepare", "split_and_balance", "subsample_arrays",
-           "undersample_arrays", "SYNTHETIC"]
+           "from_arrays", "from_dataframe", "load_dataset", "load_synthetic", "prepare", "split_and_balance",
+           "subsample_arrays", "undersample_arrays", "SYNTHETIC"]

@@ -17,28 +17,37 @@ BALANCE_MODES = (None, "oversample", "undersample")
 
 @dataclasses.dataclass(frozen=True)
 class Standardizer:
-    """Per-feature affine map x -> (x - mean) / scale; one-hot columns keep mean 0, scale 1."""
+    """Per-feature affine map x -> (x - mean) / scale; one-hot columns keep mean 0, scale 1.
+
+    `mean` and `scale` are float64 and the map is computed in float64, rounding only its float32 result: a
+    column far from 0 relative to its spread (a timestamp, 1.7e9 ± 30) has no distinct values left in float32
+    before its offset is removed.
+    """
 
     mean: np.ndarray
     scale: np.ndarray
 
     @classmethod
     def fit(cls, x: np.ndarray, schema: Schema) -> "Standardizer":
-        """Returns a Standardizer fitted on x (N, D); categorical columns are left untouched."""
-        mean = x.mean(0).astype(np.float64)
-        scale = x.std(0).astype(np.float64)
+        """Returns a Standardizer fitted on x (N, D) in float64; categorical columns are left untouched."""
+        x = np.asarray(x, np.float64)
+        mean = x.mean(0)
+        scale = x.std(0)
         scale[scale == 0] = 1.0  # a constant column stays constant instead of becoming NaN
         cat = np.array([f.kind == "categorical" for f in schema.features])
         mean[cat], scale[cat] = 0.0, 1.0
-        return cls(mean.astype(np.float32), scale.astype(np.float32))
+        return cls(mean, scale)
 
     @classmethod
     def identity(cls, width: int) -> "Standardizer":
-        return cls(np.zeros(width, np.float32), np.ones(width, np.float32))
+        """Returns the Standardizer that leaves every one of `width` columns as it is (mean 0, scale 1)."""
+        return cls(np.zeros(width, np.float64), np.ones(width, np.float64))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        """Returns (x - mean) / scale, same shape as x."""
-        return ((x - self.mean) / self.scale).astype(np.float32)
+        """Returns (x - mean) / scale as float32, same shape as x (computed in float64)."""
+        if not np.any(self.mean) and np.all(self.scale == 1):  # e.g. images: no float64 copy of a large array
+            return np.array(x, np.float32)
+        return ((np.asarray(x, np.float64) - self.mean) / self.scale).astype(np.float32)
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
         """Returns x * scale + mean, same shape as x (back to the original units)."""
@@ -113,6 +122,21 @@ class Dataset:
         mean, std = self.x_train.mean(0), self.x_train.std(0)
         return (np.where(onehot, 0.0, mean).astype(np.float32), np.where(onehot, 1.0, std).astype(np.float32))
 
+    def class_mean_gaps(self) -> np.ndarray:
+        """Returns (D,) |μ₁ − μ₀| / σ of a binary dataset's training split, σ the pooled within-class std per feature.
+
+        The per-feature separation of the two classes in σ units: for Gaussian classes with a shared diagonal
+        covariance, the features' weights in the Bayes decision are these gaps over σ (Proposition 3.1's geometry).
+        """
+        if self.num_classes != 2:
+            raise ValueError(f"class_mean_gaps needs 2 classes, {self.name!r} has {self.num_classes}")
+        x, y = np.asarray(self.x_train, np.float64), np.asarray(self.y_train)
+        a, b = x[y == 0], x[y == 1]
+        if len(a) < 2 or len(b) < 2:
+            raise ValueError("class_mean_gaps needs at least two training rows of each class")
+        pooled = np.sqrt(((len(a) - 1) * a.var(0, ddof=1) + (len(b) - 1) * b.var(0, ddof=1)) / (len(x) - 2))
+        return np.abs(a.mean(0) - b.mean(0)) / np.where(pooled > 0, pooled, 1.0)
+
     def constraints(self):
         """Returns the `ctrain.constraints.Constraints` arrays for this dataset's schema."""
         from ctrain.constraints import from_schema
@@ -134,8 +158,8 @@ class Dataset:
         feats = [dataclasses.replace(f, lower=f.lower * ai + bi, upper=f.upper * ai + bi, scale=f.scale * ai)
                  for f, ai, bi in zip(self.schema.features, a, b)]
         # x = (u − m)/s in original units u, so x·a + b = (u − (m − b·s/a)) / (s/a).
-        std = Standardizer((self.standardizer.mean - b * self.standardizer.scale / a).astype(np.float32),
-                           (self.standardizer.scale / a).astype(np.float32))
+        std = Standardizer(np.asarray(self.standardizer.mean - b * self.standardizer.scale / a, np.float64),
+                           np.asarray(self.standardizer.scale / a, np.float64))
         move = lambda x: (x * a + b).astype(np.float32)
         return dataclasses.replace(self, name=name or self.name, x_train=move(self.x_train), x_val=move(self.x_val),
                                    x_test=move(self.x_test), schema=Schema(tuple(feats)), standardizer=std)
@@ -285,14 +309,16 @@ def prepare(name: str, x_train, y_train, x_test, y_test, *, schema: Schema | Non
     `onehot_bounds`: "unit" keeps one-hot columns in [0, 1]; "inferred" bounds them like continuous features,
     as the reference does (`Schema.infer_bounds`).
     """
-    x_train = check_features(x_train, schema, what=f"{name}: x_train")
+    # dtype None keeps float64 input in float64 until it is standardised (see Standardizer).
+    x_train = check_features(x_train, schema, what=f"{name}: x_train", dtype=None)
     if len(x_train) == 0:
         raise ValueError(f"{name}: the training split is empty")
     schema = schema or Schema.default(x_train.shape[1])
-    x_test = check_features(x_test, schema, what=f"{name}: x_test")
+    x_test = check_features(x_test, schema, what=f"{name}: x_test", dtype=None)
     if x_val is None:
         x_val, y_val = np.zeros((0, schema.width), np.float32), np.zeros((0,), np.int32)
-    x_val = check_features(x_val, schema, what=f"{name}: x_val")
+    x_val = check_features(x_val, schema, what=f"{name}: x_val", dtype=None)
+    check_bounds_hold_data(schema, (x_train, x_val, x_test), what=name)
     y_all = [check_labels(v, what=f"{name}: y_{split}") for v, split in
              zip((y_train, y_val, y_test), ("train", "val", "test"))]
     if num_classes is None:
@@ -304,6 +330,31 @@ def prepare(name: str, x_train, y_train, x_test, y_test, *, schema: Schema | Non
     return Dataset(name=name, x_train=x_train, y_train=y_all[0], x_val=x_val, y_val=y_all[1], x_test=x_test,
                    y_test=y_all[2], schema=schema, num_classes=num_classes, standardizer=std,
                    class_names=tuple(class_names), image_shape=image_shape)
+
+
+def check_bounds_hold_data(schema: Schema, xs: Sequence[np.ndarray], *, what: str = "data") -> None:
+    """Returns None; raises a ValueError naming each feature whose given bounds exclude every one of its values in xs.
+
+    Such bounds leave every factual outside the feasible box, where the search's projection can only push it
+    towards the box: the feature would silently become increase- or decrease-only.
+    """
+    lo, hi = (np.array([getattr(f, side) for f in schema.features], np.float64) for side in ("lower", "upper"))
+    given = np.flatnonzero(np.isfinite(lo) | np.isfinite(hi))
+    xs = [np.asarray(a)[:, given] for a in xs if len(a)]
+    if not len(given) or not xs:
+        return
+    inside = np.zeros(len(given), bool)
+    for a in xs:
+        inside |= ((a >= lo[given]) & (a <= hi[given])).any(0)
+    bad = []
+    for j in np.flatnonzero(~inside):
+        i = given[j]
+        values = [v for a in xs for v in (a[:, j].min(), a[:, j].max())]
+        bad.append(f"{schema.features[i].name!r} (bounds [{lo[i]:.6g}, {hi[i]:.6g}], values in "
+                   f"[{min(values):.6g}, {max(values):.6g}])")
+    if bad:
+        raise ValueError(f"{what}: the given bounds exclude every value of feature(s) {'; '.join(bad)}; bounds are "
+                         "in the data's original units and must contain its values. Fix or drop them")
 
 
 def check_labels(y, *, what: str = "y") -> np.ndarray:
@@ -371,7 +422,7 @@ def from_arrays(x, y, *, schema: Schema | None = None, feature_names: Sequence[s
     must hold exactly one 1 per row. The splits are stratified by class when `stratify`; a split that would
     come out empty, or a class left without training rows, raises.
     """
-    x = as_matrix(x, what="x")  # finiteness is checked once the schema can name the columns
+    x = as_matrix(x, what="x", dtype=None)  # finiteness is checked once the schema can name the columns
     if x.shape[0] == 0:
         raise ValueError("x has 0 rows; from_arrays needs samples to split into train and test")
     if x.shape[1] == 0:
@@ -387,7 +438,7 @@ def from_arrays(x, y, *, schema: Schema | None = None, feature_names: Sequence[s
         schema = Schema.build(names, **schema_kwargs)
     elif schema_kwargs or feature_names is not None:
         raise ValueError("pass either a Schema or feature_names/schema keywords, not both")
-    x = check_features(x, schema, what="x")
+    x = check_features(x, schema, what="x", dtype=None)
     check_one_hot(x, schema, what="x")  # here rather than after splitting, so the row numbers are the user's
     if not (0 < test_fraction < 1) or not (0 <= val_fraction < 1 - test_fraction):
         raise ValueError(f"need 0 < test_fraction < 1 and 0 <= val_fraction < 1 - test_fraction, "

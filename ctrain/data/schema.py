@@ -229,8 +229,15 @@ def _check_name_list(names, what: str) -> None:
         raise TypeError(f"{what} must be a list of feature names, got the string {names!r}; write [{names!r}]")
 
 
-def as_matrix(x, *, what: str = "x") -> np.ndarray:
-    """Returns x as a float32 (N, D) array after checking that it is a 2-D array of real numbers (bools count)."""
+def _precise_dtype(dtype: np.dtype) -> type:
+    # float32 holds integers exactly only up to 2^24 and keeps ~7 digits: wider inputs (timestamps, large ids,
+    # float64 data) stay float64 until standardisation has removed their offset.
+    return np.float32 if np.can_cast(dtype, np.float32) else np.float64
+
+
+def as_matrix(x, *, what: str = "x", dtype=np.float32) -> np.ndarray:
+    """Returns x as a (N, D) array of `dtype` (None: float32, or float64 where float32 would lose precision) after
+    checking that it is a 2-D array of real numbers (bools count)."""
     try:
         x = np.asarray(x)
     except ValueError as e:  # ragged nested lists
@@ -240,22 +247,31 @@ def as_matrix(x, *, what: str = "x") -> np.ndarray:
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
         raise ValueError(f"{what} must be real numbers, got dtype {x.dtype}; encode text columns as numbers "
                          "(e.g. one-hot groups) first")
-    return x.astype(np.float32)
+    return x.astype(_precise_dtype(x.dtype) if dtype is None else dtype)
 
 
-def check_features(x, schema: Schema | None = None, *, what: str = "x") -> np.ndarray:
-    """Returns x as a float32 (N, D) array after checking its shape, finiteness and width against `schema`."""
-    x = as_matrix(x, what=what)
+def check_features(x, schema: Schema | None = None, *, what: str = "x", dtype=np.float32) -> np.ndarray:
+    """Returns x as a (N, D) array of `dtype` (None: as in `as_matrix`) after checking its shape, finiteness,
+    range (every value must fit in float32, in which datasets are stored) and width against `schema`."""
+    x = as_matrix(x, what=what, dtype=None)  # checked before any cast, so 1e39 is not mistaken for inf
     if schema is not None and x.shape[1] != schema.width:
         raise ValueError(f"{what} has {x.shape[1]} features but the schema describes {schema.width}")
+    names = schema.names if schema is not None else [f"column {c}" for c in range(x.shape[1])]
     bad = ~np.isfinite(x)
     if bad.any():
         rows, cols = np.nonzero(bad)
-        names = schema.names if schema is not None else [f"column {c}" for c in range(x.shape[1])]
         cols_named = sorted({names[c] for c in cols})
         raise ValueError(f"{what} contains {bad.sum()} NaN/inf values (first at row {rows[0]}), "
                          f"in features {cols_named[:10]}")
-    return x
+    if x.dtype == np.float64:
+        over = np.abs(x) > np.finfo(np.float32).max
+        if over.any():
+            rows, cols = np.nonzero(over)
+            cols_named = sorted({names[c] for c in cols})
+            raise ValueError(f"{what} has {over.sum()} value(s) whose magnitude overflows float32 (> "
+                             f"{np.finfo(np.float32).max:.3g}; first at row {rows[0]}: {x[rows[0], cols[0]]:.3g}), "
+                             f"in features {cols_named[:10]}; rescale those columns (e.g. change their units) first")
+    return x if dtype is None else x.astype(dtype, copy=False)
 
 
 def check_one_hot(x: np.ndarray, schema: Schema, *, what: str = "x") -> None:

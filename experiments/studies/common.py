@@ -1,0 +1,49 @@
+"""What every study shares: a resumable loop of rows, one JSON file per row under --out, and its settings file."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable, Sequence
+
+from ctrain.progress import progress as progress_bar
+from experiments import pipeline
+
+
+def check_settings(out: str, settings: dict) -> None:
+    """Records `settings` in out/settings.json, or raises if --out holds rows run with other settings."""
+    os.makedirs(os.path.join(out, "rows"), exist_ok=True)
+    path = os.path.join(out, "settings.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        if recorded != json.loads(json.dumps(settings)):
+            raise ValueError(f"{out} holds rows run with {recorded}, not {settings}: use another --out")
+    pipeline.write_json(path, settings)
+
+
+def run_rows(out: str, plan: Sequence[tuple], row_name: Callable[[tuple], str], run: Callable[[tuple], dict],
+             write_outputs: Callable[[str, list[dict]], None], *, progress: bool = True) -> list[dict]:
+    """Returns the rows of `plan`, running each one not yet stored under out/rows (one JSON file per row).
+
+    After every row the study's outputs are rewritten from all rows so far, so a long run can be read as it goes.
+    """
+    rows = []
+    bar = progress_bar(progress, len(plan), "rows", unit="row")
+    for done, item in enumerate(plan, 1):
+        path = os.path.join(out, "rows", row_name(item) + ".json")
+        if not os.path.exists(path):
+            pipeline.write_json(path, run(item))
+        with open(path) as f:
+            rows.append(json.load(f))
+        write_outputs(out, rows)
+        if bar:
+            bar.update(done, {"row": row_name(item)})
+    if bar:
+        bar.close()
+    return rows
+
+
+def mean_or_none(values) -> float | None:
+    """Returns the mean of the finite values, or None if there is none."""
+    values = [v for v in values if v is not None and v == v and abs(v) != float("inf")]
+    return sum(values) / len(values) if values else None

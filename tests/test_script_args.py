@@ -1,0 +1,186 @@
+"""The experiment scripts check every argument before anything trains, and never lose a finished run in --out."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import grid, pipeline, reproduce, tuning, units
+
+# The cheapest reproduce run that trains BL and CT and scores them (tests/test_experiments.py's TINY, one epoch, two
+# protocol rounds); SMALL adds small splits of one shape for both synthetic sets, so they share compiled programs,
+# and no protected feature (no CT_mut, no IG): the merging of rows is what is tested, not what is in them.
+TINY = ["epochs=1", "seeds=0", "eval_rounds=2", "eval_individuals=6", "eval_lambda_energy=1.0", "n_ce=60",
+        "eval_max_steps=20", "ip_samples=50", "mmd_samples=8"]
+SMALL = TINY + ["dataset_kwargs.n_train=300", "dataset_kwargs.n_test=100", "protected="]
+
+
+def _sets(items) -> list[str]:
+    return sum((["--set", s] for s in items), [])
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("training started before every argument was checked")
+
+
+def _rows(path) -> list[str]:
+    """Returns the row names of Table 1 in a table.md."""
+    text = path.read_text().split("## Table 1", 1)[1].split("\n## ", 1)[0]
+    return [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("|")][2:]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], r"--epochs 0: ExperimentConfig\.epochs must be an integer >= 1"),
+    (["--seeds", "0", "0"], r"--seeds \(0, 0\): ExperimentConfig\.seeds must be free of duplicates"),
+    (["--seeds", "-1"], r"--seeds \(-1,\): ExperimentConfig\.seeds must be"),
+    (["--rounds", "0"], r"--rounds 0: ExperimentConfig\.eval_rounds must be an integer >= 1"),
+    (["--arms", "paper", "paper"], r"--arms gives paper more than once"),
+    (["--results-md", "no/such/folder/RESULTS.md"], r"--results-md .* its folder 'no/such/folder' does not exist"),
+])
+def test_units_refuses_a_bad_argument_before_training(tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(units, "data_copy", _no_training)
+    monkeypatch.setattr(units, "train_pair", _no_training)
+    with pytest.raises(ValueError, match=message):
+        units.main(["--datasets", "circles", "--copies", "raw", "--out", str(tmp_path / "out"), *argv])
+    assert not (tmp_path / "out").exists()
+
+
+def test_units_refuses_to_replace_a_finished_study_unless_overwrite(tmp_path, monkeypatch):
+    class Trained(Exception):
+        pass
+
+    def reached_training(*args, **kwargs):
+        raise Trained
+
+    monkeypatch.setattr(units, "data_copy", reached_training)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "units.json").write_text('{"results": []}')
+    argv = ["--datasets", "circles", "--copies", "raw", "--seeds", "0", "--out", str(out)]
+    with pytest.raises(ValueError, match=r"already holds finished results for a units study.*--overwrite"):
+        units.main(argv)
+    with pytest.raises(Trained):
+        units.main(argv + ["--overwrite"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "tau=0.5,0.5"], r"--grid tau gives 0\.5 more than once"),
+    (["--grid", "tau=0.5,0.50"], r"same effective config.*circles: tau=0\.5 and circles: tau=0\.50"),
+    (["--grid", "tau=0.5", "--grid", "tau=0.9"], r"--grid tau=\.\.\. is given twice"),
+    (["--grid", "tau="], r"gives no values"),
+    (["--datasets", "circles", "circles"], r"--datasets gives circles more than once"),
+    (["--grid", "tau=0.5,0.9", "--set", "tau=0.3"], r"--set tau=\.\.\. would change nothing"),
+])
+def test_grid_refuses_a_point_that_would_train_twice_or_a_setting_it_ignores(tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(grid, "load_dataset", _no_training)
+    monkeypatch.setattr(grid, "train_and_evaluate", _no_training)
+    with pytest.raises(ValueError, match=message):
+        grid.main(["--datasets", "circles", "--out", str(tmp_path), "--quiet", *argv])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--axis", "lambda_reg=0.1,0.1"], r"--axis lambda_reg gives 0\.1 more than once"),
+    (["--axis", "lambda_reg=0.1", "--axis", "lambda_reg=0.5"], r"--axis lambda_reg=\.\.\. is given twice"),
+    (["--datasets", "circles", "circles"], r"--datasets gives circles more than once"),
+    (["--set", "lambda_reg=0.2"], r"--set lambda_reg=\.\.\. would change nothing.*--axis lambda_reg"),
+])
+def test_tuning_refuses_a_repeated_value_or_a_setting_it_ignores(tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(tuning, "load_data", _no_training)
+    monkeypatch.setattr(tuning, "train_group", _no_training)
+    argv = (["--datasets", "circles"] if "--datasets" not in argv else []) + argv
+    with pytest.raises(ValueError, match=message):
+        tuning.main(["--grid", "tuning", "--axis", "tau=0.5", "--out", str(tmp_path), "--quiet", *argv])
+
+
+def test_tuning_adds_configurations_to_a_finished_group_instead_of_replacing_it(tmp_path, monkeypatch):
+    # λ_reg is a leaf of the training state: both runs' CT configurations share one group folder. Training and
+    # scoring are stand-ins: what is tested is what the folder keeps.
+    trained = []
+
+    def fake_train(group, data, *, aux=None, progress=False):
+        trained.append((group.objective, [c.lambda_reg for c in group.configs]))
+        runs = [(c, s) for c in group.configs for s in c.seeds]
+        history = [{"test_accuracy": 0.9, "converged": 1.0, "search_steps": 3.0, "nonfinite": 0}]
+        return runs, [(None, {"w": np.zeros(1)}) for _ in runs], [history for _ in runs]
+
+    def fake_evaluate(group, data, runs, models, *, progress=False):
+        return [[{"round": r, "ip": 1.0 + r, "ip_star": 1.0, "cost": 2.0, "validity": 1.0} for r in range(2)]
+                for _ in runs]
+
+    monkeypatch.setattr(tuning, "train_group", fake_train)
+    monkeypatch.setattr(tuning, "evaluate_group", fake_evaluate)
+    args = ["--grid", "tuning", "--datasets", "circles", "--axis", "tau=0.5", "--out", str(tmp_path), "--quiet",
+            "--set", "dataset_kwargs.n_train=300", "--set", "dataset_kwargs.n_test=60"]
+    tuning.main(args + ["--axis", "lambda_reg=0.1"])
+    res = tuning.main(args + ["--axis", "lambda_reg=0.5"])
+    # BL trains once (it reads no λ_reg); the second run trains only its new CT configuration.
+    assert [o for o, _ in trained] == ["vanilla", "full", "full"] and [r for _, r in trained[1:]] == [[0.1], [0.5]]
+    folder = [p for p in res["ran"] if os.sep + "full" + os.sep in p]
+    stored = json.loads(open(os.path.join(folder[0], "results.json")).read())
+    assert [c["lambda_reg"] for c in stored["configs"]] == [0.1, 0.5]
+    assert sorted((stored["configs"][r["config"]]["lambda_reg"], r["seed"]) for r in stored["runs"]) == [(0.1, 0), (0.5, 0)]
+    assert sorted(float(r["lambda_reg"]) for r in res["collected"]["rows"]) == [0.1, 0.5]
+    again = tuning.main(args + ["--axis", "lambda_reg=0.1,0.5"])
+    assert again["ran"] == [] and len(trained) == 3  # both configurations are finished now
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--datasets", "circles", "circles"], r"--datasets gives circles more than once"),
+    (["--datasets", "german", "--categorical-modes", "relaxed", "relaxed"],
+     r"--categorical-modes gives relaxed more than once"),
+    (["--datasets", "circles", "--results-md", "no/such/folder/RESULTS.md"], r"its folder 'no/such/folder' does"),
+])
+def test_reproduce_refuses_a_bad_argument_before_training(tmp_path, monkeypatch, argv, message):
+    monkeypatch.setattr(pipeline, "train_seeds", _no_training)
+    with pytest.raises(ValueError, match=message):
+        reproduce.main(["--quiet", "--no-plots", "--out", str(tmp_path / "out"), *argv, *_sets(TINY)])
+    assert not (tmp_path / "out").exists()
+
+
+def test_reproduce_adds_datasets_to_a_finished_run_and_never_loses_one(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    base = ["--quiet", "--no-plots", "--out", str(out), *_sets(SMALL)]
+    reproduce.main(["--datasets", "linearly_separable", *base])
+    results = reproduce.main(["--datasets", "circles", *base])
+    # The second run's rows are added beside the first run's: results.json, metadata.json and the tables.
+    stored = json.loads((out / "results.json").read_text())
+    assert [r["label"] for r in stored] == [r["label"] for r in results] == ["linearly_separable", "circles"]
+    assert _rows(out / "table.md") == ["linearly_separable", "circles"]
+    meta = json.loads((out / "metadata.json").read_text())
+    assert [run["rows"] for run in meta["runs"]] == [["linearly_separable"], ["circles"]]
+    assert meta["command"].count("python -m experiments.reproduce") == 2 and " && " in meta["command"]
+    assert set(meta["per_dataset_wall_s"]) == {"linearly_separable", "circles"}
+
+    # A dataset that is there already is refused before anything trains, naming it.
+    monkeypatch.setattr(pipeline, "train_seeds", _no_training)
+    with pytest.raises(ValueError, match=r"already holds finished results for circles.*--overwrite"):
+        reproduce.main(["--datasets", "circles", "moons", *base])
+    assert not (out / "moons").exists() and json.loads((out / "results.json").read_text()) == stored
+
+    # --tables-only rebuilds both rows, and brings back a row results.json lost (as the code before this did).
+    (out / "table.md").unlink()
+    assert reproduce.main(["--tables-only", "--out", str(out)]) == stored
+    assert _rows(out / "table.md") == ["linearly_separable", "circles"]
+    (out / "results.json").write_text(json.dumps(stored[1:]))
+    assert [r["label"] for r in reproduce.main(["--tables-only", "--out", str(out)])] == ["circles",
+                                                                                         "linearly_separable"]
+    assert [r["label"] for r in json.loads((out / "results.json").read_text())] == ["circles", "linearly_separable"]
+    assert sorted(_rows(out / "table.md")) == ["circles", "linearly_separable"]
+
+    # --overwrite replaces that row alone, in its place, and its folder with it (a stand-in trains here).
+    (out / "results.json").write_text(json.dumps(stored))
+    (out / "circles" / "stale.txt").write_text("from the run replaced")
+
+    def fake_run(config, workdir, **kwargs):
+        os.makedirs(workdir)
+        res = {**stored[1], "marker": "new"}
+        pipeline.write_json(os.path.join(workdir, "results.json"), res)
+        return res
+
+    monkeypatch.setattr(reproduce, "train_and_evaluate", fake_run)
+    merged = reproduce.main(["--datasets", "circles", "--overwrite", *base])
+    assert [(r["label"], r.get("marker")) for r in merged] == [("linearly_separable", None), ("circles", "new")]
+    assert json.loads((out / "results.json").read_text()) == merged
+    assert not (out / "circles" / "stale.txt").exists()
+    assert [run["rows"] for run in json.loads((out / "metadata.json").read_text())["runs"]] == [
+        ["linearly_separable"], ["circles"]]  # the first circles run no longer made a row: its command is dropped

@@ -38,14 +38,18 @@ STUDY_ROUNDS = dict(eval_rounds=10, eval_individuals=50)
 WACHTER_LAMBDA = 0.1  # CounterfactualExplanations.jl GenericGenerator's default λ (see the module docstring)
 
 
-def candidate(name: str, tau: float) -> SearchConfig | None:
-    """Returns the training search `name` at τ (None: the config's own, i.e. the reproduction's, parity)."""
+def candidate(name: str, config) -> SearchConfig | None:
+    """Returns the training search `name` at the config's τ and one-hot mode (None: the config's own, parity).
+
+    The one-hot mode is the config's for every candidate, so the candidates differ in their steps and stopping
+    rule alone.
+    """
     if name == "parity":
         return None
     if name == "default":
-        return TRAINING_SEARCH.replace(threshold=tau)
+        return TRAINING_SEARCH.replace(threshold=config.tau, categorical=config.categorical)
     if name == "explain":
-        return SearchConfig(threshold=tau)
+        return SearchConfig(threshold=config.tau, categorical=config.categorical)
     raise ValueError(f"unknown training search {name!r}; choose from {SEARCHES}")
 
 
@@ -67,7 +71,7 @@ def run_dataset(name: str, searches, seeds, *, epochs: int | None = None, progre
     models, maturity, accuracy = {}, {}, {}
     for label in ("BL",) + tuple(searches):
         objective = "vanilla" if label == "BL" else "full"
-        search = None if label == "BL" else candidate(label, config.tau)
+        search = None if label == "BL" else candidate(label, config)
         models[label], histories, _ = pipeline.train_seeds(config, data, objective, progress=progress, search=search)
         accuracy[label] = [h[-1]["test_accuracy"] for h in histories]
         if label != "BL":

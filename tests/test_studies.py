@@ -1,0 +1,124 @@
+"""The studies under experiments/studies: their settings reach what runs, and their summaries count correctly."""
+import json
+
+import numpy as np
+import pytest
+
+from ctrain.evaluate import seed_interval
+from ctrain.search import TRAINING_SEARCH
+from experiments import pipeline
+from experiments.configs import get_config
+from experiments.studies.actionability import study as actionability
+from experiments.studies.training_search import study as training_search
+
+TINY_PROTOCOL = dict(eval_rounds=2, eval_individuals=4, ig_rounds=2, ig_samples=20, ig_steps=2)
+
+
+def _spy_fit(monkeypatch):
+    seen = []
+    real = pipeline.fit_many
+
+    def spy(states, data, config, **kwargs):
+        seen.append((config.objective, config.search, states.weights, data.schema.protected().tolist()))
+        return real(states, data, config, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_many", spy)
+    return seen
+
+
+@pytest.mark.parametrize("search", ["parity", "default"])
+def test_actionability_draw_trains_three_arms_with_x0_protected_and_the_asked_search(monkeypatch, search):
+    monkeypatch.setattr(actionability, "STUDY_PROTOCOL", TINY_PROTOCOL)
+    seen = _spy_fit(monkeypatch)
+    row = actionability.run_draw("overlapping", 3, [0, 1], search=search, epochs=1)
+    assert [s[0] for s in seen] == ["vanilla", "full", "full"]
+    assert all(protected == [True, False] for *_, protected in seen)  # x0 immutable in every arm
+    config = get_config("overlapping")
+    _, ct_search, ct_weights, _ = seen[1]
+    _, _, div_weights, _ = seen[2]
+    per_run = lambda w, name: np.asarray(getattr(w, name)).tolist()  # the λ's of each of the two stacked runs
+    assert (per_run(ct_weights, "reg"), per_run(ct_weights, "adv")) == ([config.lambda_reg] * 2, [config.lambda_adv] * 2)
+    assert (per_run(div_weights, "reg"), per_run(div_weights, "adv"), per_run(div_weights, "div")) == \
+        ([0.0] * 2, [0.0] * 2, [config.lambda_div] * 2)
+    expected = pipeline.search_config(config) if search == "parity" else TRAINING_SEARCH.replace(threshold=config.tau)
+    assert ct_search == expected
+    assert row["draw"] == 3 and len(row["class_mean_gap_sigma"]) == 2 and row["search"] == search
+    for arm in actionability.ARMS:
+        assert len(row["arms"][arm]["gradient_share"]) == 2 and len(row["arms"][arm]["ig_median"]) == 2
+    assert set(row["cost_reduction"]) == {"CT", "CT_div"}
+    json.dumps(row, allow_nan=False)
+
+
+def _row(dataset, gaps, reductions, ig, share):
+    """A stored draw with the given CT arm figures (BL's IG and share are 1.0)."""
+    arms = {"BL": {"ig_median": [1.0, 1.0], "gradient_share": [1.0, 1.0], "validity": [1.0, 1.0]}}
+    cost = {}
+    for arm in ("CT", "CT_div"):
+        arms[arm] = {"ig_median": [ig, ig], "gradient_share": [share, share], "converged": [0.5, 0.7], "validity": [1, 1],
+                     "nonfinite": [0, 1]}
+        cost[arm] = {"per_seed_reduction_pct": reductions}
+    return {"dataset": dataset, "draw": 0, "seeds": [0, 1], "class_mean_gap_sigma": gaps, "arms": arms,
+            "cost_reduction": cost}
+
+
+def test_actionability_summary_counts_draws_by_geometry():
+    rows = [_row("d", [1.0, 2.0], [10.0, 20.0], 0.5, 0.5),     # x1 leads: every figure in the paper's direction
+            _row("d", [2.0, 1.0], [-10.0, -30.0], 2.0, 0.5),   # x0 leads: cost and IG against, share with
+            _row("d", [3.0, 1.0], [None, None], 2.0, 2.0)]     # no valid counterfactual: cost undefined
+    entry = actionability.summarise(rows)["d/CT"]
+    assert entry["draws"] == 3 and entry["seeds"] == 2
+    assert entry["cost"] == {"all": "1/2", "x1_leads": "1/1", "x0_leads": "0/1"}
+    assert entry["ig"] == {"all": "1/3", "x1_leads": "1/1", "x0_leads": "0/2"}
+    assert entry["gradient_share"] == {"all": "2/3", "x1_leads": "1/1", "x0_leads": "1/2"}
+    assert entry["cost_reduction_over_draws"] == seed_interval([15.0, -20.0])
+    assert entry["matured"] == pytest.approx(0.6) and entry["skipped"] == 3
+    assert "| d | CT | 3 × 2 |" in actionability.tables(rows)
+
+
+def test_actionability_refuses_an_out_folder_of_other_settings_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(actionability, "run_draw", lambda *a, **k: pytest.fail("trained"))
+    (tmp_path / "rows").mkdir()
+    (tmp_path / "settings.json").write_text(json.dumps({"seeds": [0, 1], "epochs": 5}))
+    with pytest.raises(ValueError, match="holds rows run with"):
+        actionability.main(["--out", str(tmp_path), "--seeds", "0", "1", "2", "--quiet"])
+    with pytest.raises(SystemExit):
+        actionability.main(["--out", str(tmp_path / "new"), "--seeds", "0", "0"])
+
+
+def test_training_search_candidates_and_explainers_are_what_they_say():
+    adult = get_config("adult")
+    assert training_search.candidate("parity", adult) is None  # the config's own: the reference's search
+    default = training_search.candidate("default", adult)
+    assert (default.convergence, default.step_rule, default.threshold, default.categorical) == \
+        ("max_steps", "clipped", adult.tau, adult.categorical)
+    explain = training_search.candidate("explain", adult)
+    assert (explain.convergence, explain.step_rule, explain.categorical) == ("threshold", "normalized_linf", "relaxed")
+    ecco, wachter = (training_search.explainer(e, adult, seed=3) for e in ("ecco", "wachter"))
+    assert (ecco.generator, ecco.threshold, ecco.seed) == ("ecco", adult.eval_tau, 3)
+    assert (wachter.generator, wachter.lambda_cost, wachter.lambda_energy) == ("generic", 0.1, (0.0,))
+    assert (wachter.n_rounds, wachter.threshold) == (ecco.n_rounds, ecco.threshold)
+    with pytest.raises(ValueError, match="unknown training search"):
+        training_search.candidate("fast", adult)
+
+
+def test_training_search_scores_each_candidate_with_both_explainers(monkeypatch):
+    monkeypatch.setattr(training_search, "STUDY_ROUNDS", dict(eval_rounds=2, eval_individuals=4))
+    seen = _spy_fit(monkeypatch)
+    protocols = []
+    real = training_search.evaluate_explainability
+
+    def evaluate_spy(models, x, y, **kwargs):
+        protocols.append((sorted(models), kwargs["protocol"].generator))
+        return real(models, x, y, **kwargs)
+
+    monkeypatch.setattr(training_search, "evaluate_explainability", evaluate_spy)
+    row = training_search.run_dataset("moons", ["default", "explain"], [0, 1], epochs=2)
+    searches = [s[1] for s in seen if s[0] == "full"]
+    assert [(s.convergence, s.step_rule) for s in searches] == [("max_steps", "clipped"),
+                                                                ("threshold", "normalized_linf")]
+    assert protocols == [(["BL", "default", "explain"], g) for _ in (0, 1) for g in ("ecco", "generic")]
+    for label in ("default", "explain"):
+        assert len(row["maturity"][label]["per_epoch"]) == 2
+        for e in training_search.EXPLAINERS:
+            assert row["reductions"][label][e]["ip"]["n_seeds"] == 2
+    assert "| moons | default | 2 |" in training_search.tables([row])

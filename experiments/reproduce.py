@@ -1,6 +1,6 @@
 """Reproduce the paper's tables and figures: train BL and CT per dataset and seed, evaluate, print the comparison.
 
-    python -m experiments.reproduce                      # four synthetic sets, 3 seeds (a few minutes, 2-core CPU)
+    python -m experiments.reproduce                      # four synthetic sets, 5 seeds (a few minutes, 2-core CPU)
     python -m experiments.reproduce --full               # every dataset whose data is available offline or locally
     python -m experiments.reproduce --datasets adult --set seeds=0 --set epochs=50 --ablation
     python -m experiments.reproduce --datasets adult german --categorical-modes relaxed straight_through

@@ -264,9 +264,9 @@ def _raw_cell(cmp: dict | None, notes: list[str], where: str) -> str:
 def make_table7(all_results: list[dict]) -> str:
     """Returns the paper's App. Table 7: raw means CT / BL with the 99% CI of CT − BL for cost (protected), IP*, IP."""
     metrics = (("cost_protected", "Cost, protected"), ("ip_star", "IP*"), ("ip", "IP"))
-    head = "| Data | " + " | ".join(f"{name} (ours) | {name} (paper)" for _, name in metrics) \
+    head = "| Data | Seeds | " + " | ".join(f"{name} (ours) | {name} (paper)" for _, name in metrics) \
         + " | Mature / steps / skipped |"
-    lines, notes = [head, "|" + "---|" * 8], []
+    lines, notes = [head, "|" + "---|" * 9], []
     for res in all_results:
         label = res.get("label", res["dataset"])
         paper = paper_results.TABLE7.get(paper_results.row(res["dataset"]), {})
@@ -275,7 +275,8 @@ def make_table7(all_results: list[dict]) -> str:
             p = paper.get(metric)
             cells += [_raw_cell(res["comparisons"].get("CT", {}).get(metric), notes, f"{label}, {name}"),
                       f"{p[0]:.2f} / {p[1]:.2f} [{p[2]:.2f}, {p[3]:.2f}]" if p else "–"]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
+        lines.append(f"| {label} | {len(res.get('seeds', []))} | " + " | ".join(cells)
+                     + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
     lines += ["", "CT / BL means over the bootstrap rounds of valid counterfactuals [99% percentile-bootstrap CI of the "
               "mean of CT − BL over the seeds' pooled rounds: the paper's statistic, which re-samples the test set for "
               "fixed models; Table 1 gives the interval over seeds]. Cost, protected: the actionability runs (CT_mut vs BL, τ = 0.5, the "
@@ -285,15 +286,16 @@ def make_table7(all_results: list[dict]) -> str:
 
 def make_table8a(all_results: list[dict]) -> str:
     """Returns the paper's App. Table 8a (cost −% without mutability constraints) with the validity of Table 3."""
-    lines = ["| Data | Cost −% (ours) | Cost −% (paper) | Validity, protected CT / BL (ours) "
-             "| Validity, protected (paper) | Mature / steps / skipped |", "|" + "---|" * 6]
+    lines = ["| Data | Seeds | Cost −% (ours) | Cost −% (paper) | Validity, protected CT / BL (ours) "
+             "| Validity, protected (paper) | Mature / steps / skipped |", "|" + "---|" * 7]
     notes: list[str] = []
     for res in all_results:
         d, label = res["dataset"], res.get("label", res["dataset"])
         paper = paper_results.TABLE8A.get(paper_results.row(d))
         paper_cell = f"{paper[0]:.2f}±{paper[1]:.2f}{'*' if paper[2] else ''}" if paper else "–"
         validity = res.get("validity_protected") or {}
-        lines.append(f"| {label} | {_cell(res['comparisons'].get('CT', {}).get('cost'), notes, f'{label}, cost')} "
+        lines.append(f"| {label} | {len(res.get('seeds', []))} "
+                     f"| {_cell(res['comparisons'].get('CT', {}).get('cost'), notes, f'{label}, cost')} "
                      f"| {paper_cell} | {_pair(validity, fmt='{:.2f}') if validity else '–'} "
                      f"| {_paper_pair(paper_results.VALIDITY_PROTECTED, d)} | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
     lines += ["", "Cost: CT vs BL in the plausibility runs (no mutability constraints, τ = 0.95). " + REDUCTION_TEXT
@@ -338,14 +340,15 @@ def make_robustness_table(all_results: list[dict]) -> str:
 
 def make_ablation_table(all_results: list[dict]) -> str:
     """Returns a markdown table of IP / IP* reductions of CD, AR and CT vs BL (the paper's Fig. 5), with its notes."""
-    lines, notes = ["| Data | IP −% CD | IP −% AR | IP −% CT | IP* −% CD | IP* −% AR | IP* −% CT "
-                    "| Mature / steps / skipped |", "|" + "---|" * 8], []
+    lines, notes = ["| Data | Seeds | IP −% CD | IP −% AR | IP −% CT | IP* −% CD | IP* −% AR | IP* −% CT "
+                    "| Mature / steps / skipped |", "|" + "---|" * 9], []
     for res in all_results:
         c = res["comparisons"]
         label = res.get("label", res["dataset"])
         cells = [_cell(c.get(m, {}).get(metric), notes, f"{label}, {name} {m}")
                  for metric, name in (("ip", "IP"), ("ip_star", "IP*")) for m in ("CD", "AR", "CT")]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {_mechanism_cell(res, ('CD', 'AR', 'CT'))} |")
+        lines.append(f"| {label} | {len(res.get('seeds', []))} | " + " | ".join(cells)
+                     + f" | {_mechanism_cell(res, ('CD', 'AR', 'CT'))} |")
     lines += ["", REDUCTION_TEXT + " " + HEALTH_SHORT]
     return _with_notes(lines, notes)
 

@@ -13,58 +13,23 @@ Run these tests alone with `pytest -k proposition`.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from ctrain.data import from_arrays
 from ctrain.models import make_model
-from ctrain.objective import LossWeights, make_counterfactual_batch, positive_pool
-from ctrain.search import TRAINING_SEARCH, SearchConfig
-from ctrain.train import TrainConfig, create_train_states, fit_many
+from ctrain.objective import make_counterfactual_batch, positive_pool
+from experiments.studies.actionability.proposition import SEARCHES, gaussian_classes, train_linear_arm
 
 SEEDS = (0, 1, 2)
-DIVERGENCE_ONLY = LossWeights(clf=1.0, div=0.5, reg=0.0, adv=0.0)
-# The proposition reasons about a counterfactual that reaches the target class: the search stops at τ.
-STOP_AT_TAU = SearchConfig(threshold=0.5)
-ARMS = {"BL": ("vanilla", True), "protected": ("full", True), "unprotected": ("full", False)}
-
-
-def gaussian_classes(mean_gap, n_per_class=600, seed=0):
-    """Returns a Dataset of two N(∓mean_gap, I) classes in 2-D, x0 immutable, in its own units."""
-    rng = np.random.default_rng(seed)
-    mu = np.asarray(mean_gap, np.float64)
-    x = np.concatenate([rng.normal(-mu, 1.0, (n_per_class, 2)), rng.normal(mu, 1.0, (n_per_class, 2))])
-    y = np.repeat([0, 1], n_per_class)
-    return from_arrays(x, y, immutable=["x0"], standardize=False, seed=0)
-
-
-def relative_sensitivity(states) -> np.ndarray:
-    """Returns (S,) |Δθ₀| / |Δθ₁| of S stacked linear models' kernels (S, 2, 2)."""
-    (kernel,) = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(states.params)
-                 if "kernel" in jax.tree_util.keystr(path)]
-    gap = np.abs(np.asarray(kernel)[:, :, 1] - np.asarray(kernel)[:, :, 0])
-    return gap[:, 0] / gap[:, 1]
-
-
+# The proposition reasons about a counterfactual that reaches the target class: explain's search, stopping at τ.
+STOP_AT_TAU = SEARCHES["explain"]
 _CACHE = {}
 
 
-def train_arm(mean_gap, arm: str, search: SearchConfig = STOP_AT_TAU):
-    """Returns ((S,) relative sensitivities, (S,) share of matured counterfactuals in the last epoch) of one arm."""
-    cache_key = (tuple(mean_gap), arm, search if ARMS[arm][0] != "vanilla" else None)
-    if cache_key not in _CACHE:
-        data = gaussian_classes(mean_gap)
-        objective, protect = ARMS[arm]
-        apply_fn, _ = make_model("linear", 2, 2, jax.random.key(0))
-        inits = [make_model("linear", 2, 2, jax.random.key(s))[1] for s in SEEDS]
-        states = create_train_states(apply_fn, jax.tree.map(lambda *a: jnp.stack(a), *inits), learning_rate=1e-2,
-                                     weights=DIVERGENCE_ONLY)
-        config = TrainConfig(objective=objective, search=search, epochs=10, batch_size=30, n_ce=300,
-                             protect=protect)
-        states, histories = fit_many(states, data, config, seeds=SEEDS, constraints=data.constraints(),
-                                     progress=False)
-        matured = np.array([h[-1].get("converged", np.nan) for h in histories])
-        _CACHE[cache_key] = (relative_sensitivity(states), matured)
-    return _CACHE[cache_key]
+def train_arm(mean_gap, arm: str, search=STOP_AT_TAU):
+    """Returns ((S,) relative sensitivities, (S,) matured shares) of one arm, trained once per module."""
+    key = (tuple(mean_gap), arm, search if arm != "BL" else None)
+    if key not in _CACHE:
+        _CACHE[key] = train_linear_arm(mean_gap, arm, search, SEEDS, epochs=10)
+    return _CACHE[key]
 
 
 def test_proposition_protect_flag_changes_x_pos_only_on_protected_features():
@@ -110,8 +75,8 @@ def test_proposition_reverses_when_the_immutable_feature_is_more_discriminative(
     np.testing.assert_array_less(bl, protected)
 
 
-def test_proposition_reverses_with_the_default_training_walk_past_tau():
-    """Means ∓(1, 2) again, but trained with TRAINING_SEARCH, which walks on past τ for all T steps.
+def test_proposition_reverses_with_a_training_walk_past_tau():
+    """Means ∓(1, 2) again, but trained with a search that walks on past τ for all T steps (clipped steps).
 
     The walk overshoots along x1 just as above (x'[1] ends beyond x⁺[1]), so the protected run leans more on x0
     than BL even where the proposition's condition holds. The actionability study
@@ -119,6 +84,6 @@ def test_proposition_reverses_with_the_default_training_walk_past_tau():
     """
     gap = (1.0, 2.0)
     bl, _ = train_arm(gap, "BL")
-    protected_walk, matured = train_arm(gap, "protected", TRAINING_SEARCH.replace(threshold=0.5))
+    protected_walk, matured = train_arm(gap, "protected", SEARCHES["walk"])
     assert np.all(matured >= 0.5), f"matured {matured}"
     np.testing.assert_array_less(bl, protected_walk)

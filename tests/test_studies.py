@@ -65,14 +65,17 @@ def test_actionability_summary_counts_draws_by_geometry():
     rows = [_row("d", [1.0, 2.0], [10.0, 20.0], 0.5, 0.5),     # x1 leads: every figure in the paper's direction
             _row("d", [2.0, 1.0], [-10.0, -30.0], 2.0, 0.5),   # x0 leads: cost and IG against, share with
             _row("d", [3.0, 1.0], [None, None], 2.0, 2.0)]     # no valid counterfactual: cost undefined
-    entry = actionability.summarise(rows)["d/CT"]
+    entry = actionability.summarise(rows)["d/parity/CT"]  # rows without a search are the reference's
     assert entry["draws"] == 3 and entry["seeds"] == 2
     assert entry["cost"] == {"all": "1/2", "x1_leads": "1/1", "x0_leads": "0/1"}
     assert entry["ig"] == {"all": "1/3", "x1_leads": "1/1", "x0_leads": "0/2"}
     assert entry["gradient_share"] == {"all": "2/3", "x1_leads": "1/1", "x0_leads": "1/2"}
     assert entry["cost_reduction_over_draws"] == seed_interval([15.0, -20.0])
+    assert entry["cost_reduction_median"] == pytest.approx(-2.5)
     assert entry["matured"] == pytest.approx(0.6) and entry["skipped"] == 3
-    assert "| d | CT | 3 × 2 |" in actionability.tables(rows)
+    assert "| d | parity | CT | 3 × 2 | -2.5 [" in actionability.tables(rows)
+    rows[0]["search"] = "explain"  # a draw of another training search is summarised apart
+    assert actionability.summarise(rows)["d/explain/CT"]["draws"] == 1
 
 
 def test_actionability_refuses_an_out_folder_of_other_settings_before_training(tmp_path, monkeypatch):

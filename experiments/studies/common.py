@@ -47,3 +47,17 @@ def mean_or_none(values) -> float | None:
     """Returns the mean of the finite values, or None if there is none."""
     values = [v for v in values if v is not None and v == v and abs(v) != float("inf")]
     return sum(values) / len(values) if values else None
+
+
+def rewrite_outputs(out: str, write_outputs: Callable[[str, list[dict]], None]) -> list[dict]:
+    """Returns the rows stored under out/rows (sorted by file name) after rewriting the study's outputs from them."""
+    folder = os.path.join(out, "rows")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{out} holds no rows folder: nothing to rebuild the tables from")
+    rows = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name)) as f:
+                rows.append(json.load(f))
+    write_outputs(out, rows)
+    return rows

@@ -151,50 +151,55 @@ def _count(flags) -> str:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Returns per dataset and CT arm: the share of draws where each figure takes the paper's direction, by geometry."""
+    """Returns per dataset, training search and CT arm: the draws where each figure takes the paper's direction."""
     out = {}
-    for name in dict.fromkeys(r["dataset"] for r in rows):
-        mine = [r for r in rows if r["dataset"] == name]
+    for name, search in dict.fromkeys((r["dataset"], r.get("search", "parity")) for r in rows):
+        mine = [r for r in rows if r["dataset"] == name and r.get("search", "parity") == search]
         verdicts = [draw_verdicts(r) for r in mine]
         mutable_leads = [r["class_mean_gap_sigma"][1] > r["class_mean_gap_sigma"][0] for r in mine]
         for arm in ARMS[1:]:
             v = [d[arm] for d in verdicts]
+            reductions = [d["cost_reduction_pct"] for d in v if d["cost_reduction_pct"] is not None]
             entry = {"draws": len(mine), "seeds": len(mine[0]["seeds"]),
                      "cost_reduction_over_draws": seed_interval([d["cost_reduction_pct"] for d in v]),
+                     "cost_reduction_median": float(np.median(reductions)) if reductions else None,
                      "matured": common.mean_or_none([d["matured"] for d in v]),
                      "skipped": int(sum(sum(r["arms"][arm].get("nonfinite", [])) for r in mine))}
             for figure in ("cost", "ig", "gradient_share"):
                 entry[figure] = {"all": _count(d[figure] for d in v),
                                  "x1_leads": _count(d[figure] for d, m in zip(v, mutable_leads) if m),
                                  "x0_leads": _count(d[figure] for d, m in zip(v, mutable_leads) if not m)}
-            out[f"{name}/{arm}"] = entry
+            out[f"{name}/{search}/{arm}"] = entry
     return out
 
 
 def tables(rows: list[dict]) -> str:
     """Returns the study's markdown tables: the summary over draws, then one line per draw."""
     summary = summarise(rows)
-    lines = ["| Data | Arm | Draws × seeds | Cost −% over draws [99% t] | Cost lower (draws) | IG lower (draws) "
-             "| Gradient share lower (draws) | … where x1 leads: cost / IG / share | … where x0 leads: cost / IG / share "
-             "| Mature / skipped |", "|" + "---|" * 10]
+    lines = ["| Data | Training search | Arm | Draws × seeds | Cost −% over draws: mean [99% t] | median "
+             "| Cost lower (draws) | IG lower (draws) | Gradient share lower (draws) "
+             "| … where x1 leads: cost / IG / share | … where x0 leads: cost / IG / share | Mature / skipped |",
+             "|" + "---|" * 12]
     for key, e in summary.items():
-        name, arm = key.split("/")
+        name, search, arm = key.split("/")
+        median = "–" if e["cost_reduction_median"] is None else f"{e['cost_reduction_median']:.1f}"
         c = e["cost_reduction_over_draws"]
         cost = interval_text(c)
         lead = lambda side: " / ".join(e[f][side] for f in ("cost", "ig", "gradient_share"))
         matured = "–" if e["matured"] is None else f"{e['matured']:.2f}"
-        lines.append(f"| {name} | {arm} | {e['draws']} × {e['seeds']} | {cost} | {e['cost']['all']} | {e['ig']['all']} "
+        lines.append(f"| {name} | {search} | {arm} | {e['draws']} × {e['seeds']} | {cost} | {median} | {e['cost']['all']} "
+                     f"| {e['ig']['all']} "
                      f"| {e['gradient_share']['all']} | {lead('x1_leads')} | {lead('x0_leads')} "
                      f"| {matured} / {e['skipped']} |")
     lines += ["", "Each draw is one data set (the generator's seed); its figures are means over the model seeds. Cost "
               "−%: CT's reduction of the cost of valid counterfactuals with x0 fixed against BL's (positive = the "
-              "paper's direction), mean over draws [99% Student-t interval over draws]. (draws): in how many draws the "
+              "paper's direction), mean over draws [99% Student-t interval over draws] and median over draws. (draws): in how many draws the "
               "paper's direction holds: CT's cost lower, its median IG sensitivity to x0 lower, its share of the "
               "decision gradient on x0 lower. x1 leads: draws whose mutable feature has the larger class-mean gap "
               "(in pooled σ), the condition of Proposition 3.1. Mature: share of training counterfactuals that "
               "reached τ in the last epoch (mean over draws and seeds); skipped: non-finite updates, all runs.", "",
-              "| Data | Draw | Gap x0 / x1 (σ) | Arm | Cost −% per seed | IG CT / BL | Gradient share CT / BL "
-              "| Validity CT / BL | Mature |", "|" + "---|" * 9]
+              "| Data | Search | Draw | Gap x0 / x1 (σ) | Arm | Cost −% per seed | IG CT / BL | Gradient share CT / BL "
+              "| Validity CT / BL | Mature |", "|" + "---|" * 10]
     for r in rows:
         v = draw_verdicts(r)
         gap = "{:.2f} / {:.2f}".format(*r["class_mean_gap_sigma"])
@@ -203,7 +208,7 @@ def tables(rows: list[dict]) -> str:
             d = v[arm]
             per_seed = ", ".join(show(x, "{:.0f}") for x in r["cost_reduction"][arm]["per_seed_reduction_pct"])
             validity = f"{show(common.mean_or_none(r['arms'][arm]['validity']))} / {show(common.mean_or_none(r['arms']['BL']['validity']))}"
-            lines.append(f"| {r['dataset']} | {r['draw']} | {gap} | {arm} | {per_seed} "
+            lines.append(f"| {r['dataset']} | {r.get('search', 'parity')} | {r['draw']} | {gap} | {arm} | {per_seed} "
                          f"| {show(d['ig_ct'])} / {show(d['ig_bl'])} | {show(d['share_ct'])} / {show(d['share_bl'])} "
                          f"| {validity} | {show(d['matured'])} |")
     return "\n".join(lines)
@@ -224,7 +229,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--epochs", type=int, default=None, help="default: the dataset config's (100)")
     parser.add_argument("--out", default="results/actionability")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--tables-only", action="store_true", help="rewrite tables.md and summary.json from --out's rows")
     args = parser.parse_args(argv)
+    if args.tables_only:
+        return common.rewrite_outputs(args.out, write_outputs)
     if args.draws < 1:
         parser.error("--draws must be >= 1")
     if len(set(args.seeds)) != len(args.seeds) or len(args.seeds) < 2:

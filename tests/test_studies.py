@@ -56,7 +56,7 @@ def _row(dataset, gaps, reductions, ig, share):
     for arm in ("CT", "CT_div"):
         arms[arm] = {"ig_median": [ig, ig], "gradient_share": [share, share], "converged": [0.5, 0.7], "validity": [1, 1],
                      "nonfinite": [0, 1]}
-        cost[arm] = {"per_seed_reduction_pct": reductions}
+        cost[arm] = {"per_seed_reduction_pct": reductions, "reduction": seed_interval(reductions)}
     return {"dataset": dataset, "draw": 0, "seeds": [0, 1], "class_mean_gap_sigma": gaps, "arms": arms,
             "cost_reduction": cost}
 

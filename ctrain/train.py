@@ -129,7 +129,7 @@ class TrainConfig:
     """
 
     objective: str = "full"
-    search: SearchConfig = TRAINING_SEARCH  # walks on past τ (ctrain.search.TRAINING_SEARCH says why)
+    search: SearchConfig = TRAINING_SEARCH  # explain's search, stopping at τ (ctrain.search.TRAINING_SEARCH says why)
     n_ce: int = 1000
     ce_per_batch: int | None = None  # set by `fit`; None inside a bare step means "the whole batch"
     schedule: str = "per_epoch"

@@ -12,7 +12,8 @@ different units (`raw`: the units the data comes in; `standardized`: mean 0 and 
 
 - `paper`: the reference's absolute units: SGD steps of 0.1 on the input gradient, ε = 0.3, L1 cost, all in the
   data's own units; the model sees the data as given (paper parity).
-- `units_clipped`: the units-aware configuration (ctrain's default for a user's own data, `TrainConfig().search`):
+- `units_clipped`: the units-aware walk (`ctrain.search.WALK_PAST_TAU`, training's default before the training-search
+  study, experiments/studies/training_search/README.md):
   the model standardises its inputs with the training statistics, the search measures its steps, ε and cost in
   units of each feature's training standard deviation, takes the reference's gradient steps there clipped to L∞
   length η (Δ = −η∇/max(‖∇‖∞, 1), so a steep model walks where the reference's step jumps), and walks all T
@@ -84,7 +85,7 @@ ARMS = {
                        normalize_inputs=True),
     # Gradient steps in standard-deviation units: paper parity's step rule made unit-free (on a standardised copy
     # `units_gradient` is paper parity with the model's one-hot columns 0/1), and the same clipped to L∞ length η
-    # (`units_clipped`, the library's training default).
+    # (`units_clipped`, the walk past τ that was training's default before the training-search study).
     "units_gradient": dict(search=dict(units="std", step_rule="gradient", convergence="threshold"),
                            normalize_inputs=True),
     "units_gradient_walk": dict(search=dict(units="std", step_rule="gradient", convergence="max_steps"),
@@ -325,7 +326,7 @@ def main(argv=None) -> list[dict]:
                         default=["linearly_separable", "circles", "moons", "overlapping", "german"])
     parser.add_argument("--copies", nargs="+", default=list(COPIES), choices=COPIES)
     parser.add_argument("--arms", nargs="+", default=["paper", "units_clipped"], choices=list(ARMS),
-                        help="paper and units_clipped (the library's default) by default; inputs, std_search, "
+                        help="paper and units_clipped (the walk past τ) by default; inputs, std_search, "
                              "normalized and units_threshold change one thing each; the first arm is the one the "
                              "others are compared with")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])

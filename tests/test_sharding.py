@@ -266,9 +266,9 @@ def test_device_check_quick_writes_json_and_markdown_naming_the_device(tmp_path)
     assert report["device"]["device_kind"] == kind and kind in table
     assert {"train_step", "search", "fit_many", "long_run", "collectives"} <= set(report)
     # The step is timed with both training searches; the default walk does T steps for every sample.
-    assert [r["search"] for r in report["train_step"]] == ["stop at τ", "walk (default)"]
+    assert [r["search"] for r in report["train_step"]] == ["stop at τ", "walk"]
     assert report["train_step"][1]["work_steps"] == TrainConfig().search.max_steps
-    assert "| walk (default) |" in table
+    assert "| walk |" in table
     assert [r["k"] for r in report["fit_many"]] == [2] and report["long_run"]["epochs"] == 2
     assert report["collectives"]["search"]["per_device"]["in_loop_conditions"]["all-reduce"] == 0
     assert "| fit_many K |" in table and "| search | per device (shard_map) | none |" in table

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ctrain.evaluate import seed_interval
-from ctrain.search import TRAINING_SEARCH
+from ctrain.search import WALK_PAST_TAU
 from experiments import pipeline
 from experiments.configs import get_config
 from experiments.studies.actionability import study as actionability
@@ -26,7 +26,7 @@ def _spy_fit(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("search", ["parity", "default"])
+@pytest.mark.parametrize("search", ["parity", "walk"])
 def test_actionability_draw_trains_three_arms_with_x0_protected_and_the_asked_search(monkeypatch, search):
     monkeypatch.setattr(actionability, "STUDY_PROTOCOL", TINY_PROTOCOL)
     seen = _spy_fit(monkeypatch)
@@ -40,7 +40,7 @@ def test_actionability_draw_trains_three_arms_with_x0_protected_and_the_asked_se
     assert (per_run(ct_weights, "reg"), per_run(ct_weights, "adv")) == ([config.lambda_reg] * 2, [config.lambda_adv] * 2)
     assert (per_run(div_weights, "reg"), per_run(div_weights, "adv"), per_run(div_weights, "div")) == \
         ([0.0] * 2, [0.0] * 2, [config.lambda_div] * 2)
-    expected = pipeline.search_config(config) if search == "parity" else TRAINING_SEARCH.replace(threshold=config.tau)
+    expected = pipeline.search_config(config) if search == "parity" else WALK_PAST_TAU.replace(threshold=config.tau)
     assert ct_search == expected
     assert row["draw"] == 3 and len(row["class_mean_gap_sigma"]) == 2 and row["search"] == search
     for arm in actionability.ARMS:
@@ -91,8 +91,8 @@ def test_actionability_refuses_an_out_folder_of_other_settings_before_training(t
 def test_training_search_candidates_and_explainers_are_what_they_say():
     adult = get_config("adult")
     assert training_search.candidate("parity", adult) is None  # the config's own: the reference's search
-    default = training_search.candidate("default", adult)
-    assert (default.convergence, default.step_rule, default.threshold, default.categorical) == \
+    walk = training_search.candidate("walk", adult)
+    assert (walk.convergence, walk.step_rule, walk.threshold, walk.categorical) == \
         ("max_steps", "clipped", adult.tau, adult.categorical)
     explain = training_search.candidate("explain", adult)
     assert (explain.convergence, explain.step_rule, explain.categorical) == ("threshold", "normalized_linf", "relaxed")
@@ -115,13 +115,13 @@ def test_training_search_scores_each_candidate_with_both_explainers(monkeypatch)
         return real(models, x, y, **kwargs)
 
     monkeypatch.setattr(training_search, "evaluate_explainability", evaluate_spy)
-    row = training_search.run_dataset("moons", ["default", "explain"], [0, 1], epochs=2)
+    row = training_search.run_dataset("moons", ["walk", "explain"], [0, 1], epochs=2)
     searches = [s[1] for s in seen if s[0] == "full"]
     assert [(s.convergence, s.step_rule) for s in searches] == [("max_steps", "clipped"),
                                                                 ("threshold", "normalized_linf")]
-    assert protocols == [(["BL", "default", "explain"], g) for _ in (0, 1) for g in ("ecco", "generic")]
-    for label in ("default", "explain"):
+    assert protocols == [(["BL", "explain", "walk"], g) for _ in (0, 1) for g in ("ecco", "generic")]
+    for label in ("walk", "explain"):
         assert len(row["maturity"][label]["per_epoch"]) == 2
         for e in training_search.EXPLAINERS:
             assert row["reductions"][label][e]["ip"]["n_seeds"] == 2
-    assert "| moons | default | 2 |" in training_search.tables([row])
+    assert "| moons | walk | 2 |" in training_search.tables([row])

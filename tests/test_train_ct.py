@@ -535,3 +535,13 @@ def test_progress_to_a_file_is_one_plain_line_per_due_epoch(small_moons):
     assert "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()
     with pytest.raises(TypeError, match="progress must be True, False or a text stream"):
         fit(_state(), small_moons, vanilla, progress="log.txt")
+
+
+def test_a_bare_search_config_trains_with_the_training_defaults_rule():
+    # The trap of issue 24: a search built from a bare SearchConfig used to train with explain's rule while the
+    # default trained with another. Training's default is explain's search now, so the two are one.
+    from ctrain.search import TRAINING_SEARCH, WALK_PAST_TAU
+    assert TrainConfig().search == TRAINING_SEARCH == SearchConfig()
+    assert TrainConfig(search=SearchConfig(threshold=0.9)).search == TRAINING_SEARCH.replace(threshold=0.9)
+    assert (TRAINING_SEARCH.convergence, TRAINING_SEARCH.step_rule) == ("threshold", "normalized_linf")
+    assert (WALK_PAST_TAU.convergence, WALK_PAST_TAU.step_rule) == ("max_steps", "clipped")

@@ -10,7 +10,7 @@ import pytest
 from ctrain.data import load_dataset
 from ctrain.evaluate import ProtocolConfig, evaluate_explainability
 from ctrain.models import make_model
-from ctrain.search import SearchConfig, search_counterfactuals
+from ctrain.search import WALK_PAST_TAU, SearchConfig, search_counterfactuals
 from ctrain.train import TrainConfig, create_train_state, fit
 
 UNITS = SearchConfig(threshold=0.75, units="std", step_rule="normalized", step_size=0.1, max_steps=40)
@@ -63,10 +63,12 @@ def test_units_aware_search_gives_the_same_counterfactuals_in_any_units(circles,
     assert not np.allclose(np.asarray(b.x_cf) / factor, np.asarray(a.x_cf), atol=1e-3)
 
 
-# The training default at circles' τ = 0.5: its steps are the reference's gradient steps (clipped), which on the
-# nearly flat model of a 3-epoch run do not carry p to 0.75 (mature share 0.00 there, 0.33 to 0.55 at 0.5).
-@pytest.mark.parametrize("search", [UNITS, TrainConfig().search.replace(threshold=0.5, max_steps=40)],
-                         ids=["stop at tau", "training default"])
+# The training default and the walk at circles' configured τ = 0.5: on the nearly flat model of a 3-epoch run few
+# counterfactuals reach 0.75 (the walk's clipped gradient steps: 0.00; the default's: 0.15); at 0.5 the
+# counterfactual terms are active, which the test checks.
+@pytest.mark.parametrize("search", [UNITS, TrainConfig().search.replace(threshold=0.5),
+                                    WALK_PAST_TAU.replace(threshold=0.5, max_steps=40)],
+                         ids=["stop at tau, L2 steps", "training default", "walk past tau"])
 def test_training_on_rescaled_data_gives_the_same_predictions(circles, search):
     cfg = TrainConfig(search=search, epochs=3, n_ce=60, batch_size=30, shuffle=True)
     runs = []
@@ -195,10 +197,9 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     arms = [a for _, _, a, _, _ in seen]
     paper, default = ("absolute", "gradient", "threshold"), ("std", "clipped", "max_steps")
     assert arms == [paper] * 2 + [default] * 2 + [paper] * 2 + [default] * 2
-    # The study's units_clipped arm is the library's training default, so its rows describe what `fit` does.
-    from ctrain.search import TRAINING_SEARCH
-    library = TrainConfig().search
-    assert library == TRAINING_SEARCH and (library.units, library.step_rule, library.convergence) == default
+    # The study's units_clipped arm is the walk past τ (training's default before the training-search study).
+    from ctrain.search import WALK_PAST_TAU
+    assert (WALK_PAST_TAU.units, WALK_PAST_TAU.step_rule, WALK_PAST_TAU.convergence) == default
     assert all(reg == pytest.approx(0.3) for _, _, _, reg, _ in seen)
     # --categorical and the config's schedule and burn-in reach every run's TrainConfig.
     assert {extra for *_, extra in seen} == {("snap", "per_batch", 0.5)}

@@ -7,9 +7,9 @@ one forward pass to pick targets, the search (one forward-backward per step), an
 forward-backward over [x', x⁺, x_AE]: predicted ratio = 1 + (n_ce/batch)·(search steps + 3).
 The search is a batched loop that runs until its *slowest* sample stops, so the prediction is
 given with the mean per-sample steps (the issue's formula) and with the loop's iterations.
-Each size is timed with two training searches: one that stops at τ (`SearchConfig()`, the reference's rule)
-and the walk past τ that `TrainConfig` uses by default (`TRAINING_SEARCH`), where every sample takes all T
-steps, so its work per sample is T steps whatever τ.
+Each size is timed with two training searches: one that stops at τ (`SearchConfig()`, `TrainConfig`'s default
+and the reference's rule) and the walk past τ (`WALK_PAST_TAU`, the default before the training-search study),
+where every sample takes all T steps, so its work per sample is T steps whatever τ.
 """
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ import numpy as np
 from ctrain.constraints import unconstrained
 from ctrain.models import make_model
 from ctrain.objective import make_counterfactual_batch, positive_pool
-from ctrain.search import TRAINING_SEARCH, SearchConfig
+from ctrain.search import WALK_PAST_TAU, SearchConfig
 from ctrain.train import TrainConfig, create_train_state, make_train_step
 from experiments.benchmarks.common import fmt, measure, write_json
 
-SEARCHES = ("stop at τ", "walk (default)")
+SEARCHES = ("stop at τ", "walk")
 CASES = {"adult-sized (104 features, 2 classes)": (104, 2, 192), "mnist (784 features, 10 classes)": (784, 10, 500)}
 
 
@@ -47,8 +47,8 @@ def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats
         for i in range(0, len(x), batch):
             state, _ = vanilla(state, {"x": jnp.asarray(x[i:i + batch]), "y": jnp.asarray(y[i:i + batch])})
     pool = positive_pool(x, y, classes)
-    walk = search == "walk (default)"
-    search_config = (TRAINING_SEARCH if walk else SearchConfig()).replace(threshold=threshold)
+    walk = search == "walk"
+    search_config = (WALK_PAST_TAU if walk else SearchConfig()).replace(threshold=threshold)
     ct = jax.jit(make_train_step(TrainConfig(search=search_config, ce_per_batch=n_ce), unconstrained(width)))
     b = {"x": jnp.asarray(x[:batch]), "y": jnp.asarray(y[:batch])}
     key = jax.random.key(1)

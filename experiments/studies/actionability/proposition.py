@@ -22,7 +22,7 @@ import numpy as np
 from ctrain.data import Dataset, from_arrays
 from ctrain.models import make_model
 from ctrain.objective import LossWeights
-from ctrain.search import SearchConfig
+from ctrain.search import WALK_PAST_TAU, SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
 
 DIVERGENCE_ONLY = LossWeights(clf=1.0, div=0.5, reg=0.0, adv=0.0)
@@ -30,7 +30,7 @@ ARMS = {"BL": ("vanilla", True), "protected": ("full", True), "unprotected": ("f
 # The training searches at τ = 0.5: the reproduction's (the reference's raw gradient steps), explain's (L∞ steps of
 # 0.1 σ, stop at τ) and the walk past τ (clipped steps, all T of them).
 SEARCHES = {"parity": SearchConfig.reference(threshold=0.5), "explain": SearchConfig(threshold=0.5),
-            "walk": SearchConfig(threshold=0.5, convergence="max_steps", step_rule="clipped")}
+            "walk": WALK_PAST_TAU.replace(threshold=0.5)}
 
 
 def gaussian_classes(mean_gap, n_per_class: int = 600, seed: int = 0) -> Dataset:

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from ctrain import metrics
+from ctrain import checks, metrics
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -24,13 +24,13 @@ ATTACKS = ("fgsm", "pgd")
 
 
 def _check_inputs(x, y) -> tuple[jax.Array, jax.Array]:
-    x = metrics._finite_matrix("x", x)
-    y = metrics._as_labels("y", y, x.shape[0])
+    x = checks.finite_matrix("x", x)
+    y = checks.as_labels("y", y, x.shape[0])
     return x, y
 
 
 def _check_epsilon(epsilon) -> None:
-    if isinstance(epsilon, (int, float)) or (metrics._is_concrete(epsilon) and jnp.ndim(epsilon) == 0):
+    if isinstance(epsilon, (int, float)) or (checks.is_concrete(epsilon) and jnp.ndim(epsilon) == 0):
         if not float(epsilon) >= 0.0:
             raise ValueError(f"epsilon must be non-negative, got {float(epsilon)}")
 
@@ -42,7 +42,7 @@ def _bounds(lower, upper, x: jax.Array):
     d = x.shape[1]
     lo = jnp.full((d,), -jnp.inf, x.dtype) if lower is None else jnp.broadcast_to(jnp.asarray(lower, x.dtype), (d,))
     hi = jnp.full((d,), jnp.inf, x.dtype) if upper is None else jnp.broadcast_to(jnp.asarray(upper, x.dtype), (d,))
-    if metrics._is_concrete(lo) and metrics._is_concrete(hi):
+    if checks.is_concrete(lo) and checks.is_concrete(hi):
         if bool(jnp.any(jnp.isnan(lo) | jnp.isnan(hi))):
             raise ValueError("lower/upper must not contain NaN")
         if bool(jnp.any(lo > hi)):
@@ -132,7 +132,7 @@ def robust_accuracy(apply_fn: ApplyFn, params, x, y, key, *, epsilons: Sequence[
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     x, y = _check_inputs(x, y)
-    metrics._non_empty("x", x)
+    checks.non_empty("x", x)
     epsilon_list = [float(e) for e in np.asarray(epsilons, dtype=np.float64).reshape(-1)]
     if not epsilon_list:
         raise ValueError("epsilons is empty")
@@ -140,8 +140,8 @@ def robust_accuracy(apply_fn: ApplyFn, params, x, y, key, *, epsilons: Sequence[
     if bad:
         raise ValueError(f"epsilons must be non-negative, got {bad}")
     n, d = x.shape
-    num_classes = metrics._num_classes(apply_fn, params, d, x.dtype)
-    metrics._check_class_range("y", y, num_classes)
+    num_classes = checks.num_classes_of(apply_fn, params, d, x.dtype)
+    checks.check_class_range("y", y, num_classes)
     _bounds(lower, upper, x)  # validate eagerly, outside the compiled function
 
     batch = min(batch_size, n)

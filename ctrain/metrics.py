@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ctrain.checks import (as_labels, as_matrix, check_class_range, check_finite, check_no_nan, checked_logits,
+                           finite_matrix, is_concrete, non_empty, num_classes_of, same_shape, same_width)
 from ctrain.energy import energy_from_logits
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -42,93 +44,6 @@ PAPER_TEXT_LENGTH_SCALE = 0.5
 DEFAULT_LENGTH_SCALE = REFERENCE_CODE_LENGTH_SCALE
 
 _DEFAULT_CHUNK_SIZE = 1024
-
-
-# ---------------------------------------------------------------------------------------------------
-# Input checks
-# ---------------------------------------------------------------------------------------------------
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _as_matrix(name: str, x) -> jax.Array:
-    x = jnp.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D (N, D) array, got shape {x.shape}")
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    return x
-
-
-def _check_finite(name: str, x: jax.Array) -> None:
-    if _is_concrete(x):
-        n_bad = int(jnp.sum(~jnp.isfinite(x)))
-        if n_bad:
-            raise ValueError(f"{name} contains {n_bad} non-finite values (NaN or inf)")
-
-
-def _check_no_nan(name: str, x: jax.Array) -> None:
-    if _is_concrete(x):
-        n_bad = int(jnp.sum(jnp.isnan(x)))
-        if n_bad:
-            raise ValueError(f"{name} contains {n_bad} NaN values")
-
-
-def _finite_matrix(name: str, x) -> jax.Array:
-    x = _as_matrix(name, x)
-    _check_finite(name, x)
-    return x
-
-
-def _same_shape(name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> None:
-    if a.shape != b.shape:
-        raise ValueError(f"{name_a} has shape {a.shape} but {name_b} has shape {b.shape}; they must match")
-
-
-def _same_width(name_a: str, a: jax.Array, name_b: str, b: jax.Array) -> None:
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(
-            f"{name_a} has {a.shape[1]} features but {name_b} has {b.shape[1]}; the feature counts must match")
-
-
-def _non_empty(name: str, x: jax.Array) -> None:
-    if x.shape[0] == 0:
-        raise ValueError(f"{name} is empty (0 rows); at least one row is needed")
-
-
-def _as_labels(name: str, labels, n: int) -> jax.Array:
-    """Broadcasts a scalar class index to (n,), or checks that an array of them has shape (n,)."""
-    labels = jnp.asarray(labels)
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise ValueError(f"{name} must hold integer class indices, got dtype {labels.dtype}")
-    if labels.ndim == 0:
-        return jnp.broadcast_to(labels, (n,))
-    if labels.shape != (n,):
-        raise ValueError(f"{name} must be a scalar or have shape ({n},), got shape {labels.shape}")
-    return labels
-
-
-def _check_class_range(name: str, labels: jax.Array, num_classes: int) -> None:
-    # Out-of-range indices would be clamped silently by take_along_axis, hence the eager check.
-    if _is_concrete(labels) and labels.size:
-        lo, hi = int(jnp.min(labels)), int(jnp.max(labels))
-        if lo < 0 or hi >= num_classes:
-            raise ValueError(f"{name} must lie in [0, {num_classes - 1}], got values in [{lo}, {hi}]")
-
-
-def _logits(apply_fn: ApplyFn, params, x: jax.Array, name: str = "x") -> jax.Array:
-    logits = apply_fn(params, x)
-    if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-        raise ValueError(f"apply_fn must map {name} of shape {x.shape} to (N, K) logits, got shape {logits.shape}")
-    return logits
-
-
-def _num_classes(apply_fn: ApplyFn, params, num_features: int, dtype=jnp.float32) -> int:
-    shape = jax.eval_shape(lambda p, x: apply_fn(p, x), params, jax.ShapeDtypeStruct((1, num_features), dtype)).shape
-    if len(shape) != 2:
-        raise ValueError(f"apply_fn must return (N, K) logits, got shape {shape} for a (1, {num_features}) input")
-    return shape[1]
 
 
 def _target_logit(logits: jax.Array, target: jax.Array) -> jax.Array:
@@ -148,10 +63,10 @@ def validity(apply_fn: ApplyFn, params, x_cf, target) -> jax.Array:
       x_cf: (N, D) counterfactuals.
       target: (N,) or scalar int target classes.
     """
-    x_cf = _finite_matrix("x_cf", x_cf)
-    target = _as_labels("target", target, x_cf.shape[0])
-    logits = _logits(apply_fn, params, x_cf, "x_cf")
-    _check_class_range("target", target, logits.shape[1])
+    x_cf = finite_matrix("x_cf", x_cf)
+    target = as_labels("target", target, x_cf.shape[0])
+    logits = checked_logits(apply_fn, params, x_cf, "x_cf")
+    check_class_range("target", target, logits.shape[1])
     return jnp.argmax(logits, axis=1) == target
 
 
@@ -159,17 +74,17 @@ def strict_validity(apply_fn: ApplyFn, params, x_cf, target, *, threshold: float
     """Returns (N,) bool: whether softmax p_target(x_cf) ≥ `threshold` (τ_eval: 0.95 or 0.5 in the reference)."""
     if isinstance(threshold, (int, float)) and not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must lie in (0, 1], got {threshold}")
-    x_cf = _finite_matrix("x_cf", x_cf)
-    target = _as_labels("target", target, x_cf.shape[0])
-    logits = _logits(apply_fn, params, x_cf, "x_cf")
-    _check_class_range("target", target, logits.shape[1])
+    x_cf = finite_matrix("x_cf", x_cf)
+    target = as_labels("target", target, x_cf.shape[0])
+    logits = checked_logits(apply_fn, params, x_cf, "x_cf")
+    check_class_range("target", target, logits.shape[1])
     return _target_logit(jax.nn.softmax(logits, axis=1), target) >= threshold
 
 
 def cost(x_cf, x) -> jax.Array:
     """Returns (N,) ℓ1 distances ‖x_cf − x‖₁ between counterfactuals and their factuals."""
-    x_cf, x = _finite_matrix("x_cf", x_cf), _finite_matrix("x", x)
-    _same_shape("x_cf", x_cf, "x", x)
+    x_cf, x = finite_matrix("x_cf", x_cf), finite_matrix("x", x)
+    same_shape("x_cf", x_cf, "x", x)
     return jnp.sum(jnp.abs(x_cf - x), axis=1)
 
 
@@ -181,8 +96,8 @@ def redundancy(x_cf, x, *, tol: float = 1e-5) -> jax.Array:
     """
     if tol < 0:
         raise ValueError(f"tol must be non-negative, got {tol}")
-    x_cf, x = _finite_matrix("x_cf", x_cf), _finite_matrix("x", x)
-    _same_shape("x_cf", x_cf, "x", x)
+    x_cf, x = finite_matrix("x_cf", x_cf), finite_matrix("x", x)
+    same_shape("x_cf", x_cf, "x", x)
     return jnp.mean(jnp.abs(x_cf - x) <= tol, axis=1)
 
 
@@ -245,10 +160,10 @@ def implausibility(x_cf, x_target_samples, *, chunk_size: int = _DEFAULT_CHUNK_S
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    x_cf = _finite_matrix("x_cf", x_cf)
-    samples = _finite_matrix("x_target_samples", x_target_samples)
-    _non_empty("x_target_samples", samples)
-    _same_width("x_cf", x_cf, "x_target_samples", samples)
+    x_cf = finite_matrix("x_cf", x_cf)
+    samples = finite_matrix("x_target_samples", x_target_samples)
+    non_empty("x_target_samples", samples)
+    same_width("x_cf", x_cf, "x_target_samples", samples)
     if x_cf.shape[0] == 0:
         return jnp.zeros((0,), x_cf.dtype)
     dtype = jnp.result_type(x_cf.dtype, samples.dtype)
@@ -318,8 +233,8 @@ def mmd2_unbiased(x, y, *, length_scale: float = DEFAULT_LENGTH_SCALE, chunk_siz
     _check_length_scale(length_scale)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    x, y = _finite_matrix("x", x), _finite_matrix("y", y)
-    _same_width("x", x, "y", y)
+    x, y = finite_matrix("x", x), finite_matrix("y", y)
+    same_width("x", x, "y", y)
     for name, arr in (("x", x), ("y", y)):
         if arr.shape[0] < 2:
             raise ValueError(f"the unbiased MMD² needs at least 2 rows in {name}, got {arr.shape[0]}")
@@ -385,10 +300,10 @@ def median_heuristic_length_scale(x, y=None) -> jax.Array:
     even number of pairs the median is the mean of the two middle distances. The result is 0 when more than
     half of the pairs are duplicates, which is not a usable ℓ. Cost O((m + n)²·D) time, O((m + n)²) memory.
     """
-    z = _finite_matrix("x", x)
+    z = finite_matrix("x", x)
     if y is not None:
-        y = _finite_matrix("y", y)
-        _same_width("x", z, "y", y)
+        y = finite_matrix("y", y)
+        same_width("x", z, "y", y)
         z = jnp.concatenate([z, y.astype(z.dtype)], axis=0)
     if z.shape[0] < 2:
         raise ValueError(f"the median heuristic needs at least 2 rows in total, got {z.shape[0]}")
@@ -411,14 +326,14 @@ def energy_differential(apply_fn: ApplyFn, params, x_cf, target, x_target_sample
       target: (N,) or scalar int target classes; the samples are scored under each CF's own target.
       x_target_samples: (M, D) samples of the target class, M ≥ 1.
     """
-    x_cf = _finite_matrix("x_cf", x_cf)
-    samples = _finite_matrix("x_target_samples", x_target_samples)
-    _non_empty("x_target_samples", samples)
-    _same_width("x_cf", x_cf, "x_target_samples", samples)
-    target = _as_labels("target", target, x_cf.shape[0])
-    cf_logits = _logits(apply_fn, params, x_cf, "x_cf")
-    _check_class_range("target", target, cf_logits.shape[1])
-    mean_sample_logits = jnp.mean(_logits(apply_fn, params, samples, "x_target_samples"), axis=0)
+    x_cf = finite_matrix("x_cf", x_cf)
+    samples = finite_matrix("x_target_samples", x_target_samples)
+    non_empty("x_target_samples", samples)
+    same_width("x_cf", x_cf, "x_target_samples", samples)
+    target = as_labels("target", target, x_cf.shape[0])
+    cf_logits = checked_logits(apply_fn, params, x_cf, "x_cf")
+    check_class_range("target", target, cf_logits.shape[1])
+    mean_sample_logits = jnp.mean(checked_logits(apply_fn, params, samples, "x_target_samples"), axis=0)
     # E is linear in the logits, so the mean sample energy is the energy of the mean logits.
     mean_sample_energy = energy_from_logits(jnp.broadcast_to(mean_sample_logits, cf_logits.shape), target)
     return energy_from_logits(cf_logits, target) - mean_sample_energy
@@ -427,7 +342,7 @@ def energy_differential(apply_fn: ApplyFn, params, x_cf, target, x_target_sample
 def _uniform_init(key, shape, lower, upper, dtype):
     lower = jnp.broadcast_to(jnp.asarray(lower, dtype), shape[-1:])
     upper = jnp.broadcast_to(jnp.asarray(upper, dtype), shape[-1:])
-    if _is_concrete(lower) and _is_concrete(upper):
+    if is_concrete(lower) and is_concrete(upper):
         if not bool(jnp.all(jnp.isfinite(lower) & jnp.isfinite(upper))):
             raise ValueError("SGLD needs finite lower/upper bounds for its uniform initialisation")
         if bool(jnp.any(lower > upper)):
@@ -463,15 +378,19 @@ def sgld_sample(apply_fn: ApplyFn, params, target, key, *, n_samples: int | None
             raise ValueError(f"n_samples and n_features must be >= 1, got {n_samples} and {n_features}")
         x0 = _uniform_init(init_key, (n_samples, n_features), lower, upper, jnp.float32)
     else:
-        x0 = _finite_matrix("init", init)
+        x0 = finite_matrix("init", init)
         if n_samples is not None and n_samples != x0.shape[0]:
             raise ValueError(f"init has {x0.shape[0]} rows but n_samples={n_samples}")
-    target = _as_labels("target", target, x0.shape[0])
-    _check_class_range("target", target, _num_classes(apply_fn, params, x0.shape[1], x0.dtype))
-    return _sgld_chains(apply_fn, params, target, noise_key, x0, n_steps, step_size, noise)
+    target = as_labels("target", target, x0.shape[0])
+    check_class_range("target", target, num_classes_of(apply_fn, params, x0.shape[1], x0.dtype))
+    return sgld_chains(apply_fn, params, target, noise_key, x0, n_steps, step_size, noise)
 
 
-def _sgld_chains(apply_fn, params, target, key, x0, n_steps, step_size, noise):
+def sgld_chains(apply_fn, params, target, key, x0, n_steps, step_size, noise):
+    """Returns (N, D) samples after n_steps of unadjusted Langevin dynamics on E(x, target) from x0 (N, D), no gradient.
+
+    Unchecked: callers (`sample_conditional_sgld`, `ctrain.objective.make_sgld_batch`) validate their inputs.
+    """
     def total_energy(x):
         return jnp.sum(energy_from_logits(apply_fn(params, x), target))
 
@@ -505,7 +424,7 @@ def unfaithfulness(apply_fn: ApplyFn, params, x_cf, target, key, *, n_samples: i
         shared by every class.
       chunk_size: counterfactuals scored per block.
     """
-    x_cf = _finite_matrix("x_cf", x_cf)
+    x_cf = finite_matrix("x_cf", x_cf)
     n, d = x_cf.shape
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
@@ -513,11 +432,11 @@ def unfaithfulness(apply_fn: ApplyFn, params, x_cf, target, key, *, n_samples: i
         raise ValueError(f"n_keep must lie in [1, n_samples={n_samples}], got {n_keep}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    num_classes = _num_classes(apply_fn, params, d, x_cf.dtype)
+    num_classes = num_classes_of(apply_fn, params, d, x_cf.dtype)
     target = jnp.asarray(target)
     per_cf = target.ndim > 0
-    labels = _as_labels("target", target, n)
-    _check_class_range("target", labels, num_classes)
+    labels = as_labels("target", target, n)
+    check_class_range("target", labels, num_classes)
     classes = jnp.arange(num_classes) if per_cf else target[None].astype(jnp.int32)
     n_classes = classes.shape[0]
 
@@ -525,11 +444,11 @@ def unfaithfulness(apply_fn: ApplyFn, params, x_cf, target, key, *, n_samples: i
     if init is None:
         x0 = _uniform_init(init_key, (n_samples, d), lower, upper, x_cf.dtype)
     else:
-        x0 = _finite_matrix("init", init)
+        x0 = finite_matrix("init", init)
         if x0.shape != (n_samples, d):
             raise ValueError(f"init must have shape ({n_samples}, {d}), got {x0.shape}")
     chain_targets = jnp.repeat(classes, n_samples)
-    samples = _sgld_chains(apply_fn, params, chain_targets, noise_key, jnp.tile(x0, (n_classes, 1)),
+    samples = sgld_chains(apply_fn, params, chain_targets, noise_key, jnp.tile(x0, (n_classes, 1)),
                            n_steps, step_size, noise)
     if n_keep is not None and n_keep < n_samples:
         energies = energy_from_logits(apply_fn(params, samples), chain_targets).reshape(n_classes, n_samples)
@@ -549,10 +468,10 @@ def unfaithfulness(apply_fn: ApplyFn, params, x_cf, target, key, *, n_samples: i
 
 def accuracy(apply_fn: ApplyFn, params, x, y) -> jax.Array:
     """Returns the scalar share of rows whose predicted class equals the label y (N,)."""
-    x = _finite_matrix("x", x)
-    _non_empty("x", x)
-    y = _as_labels("y", y, x.shape[0])
-    return jnp.mean(jnp.argmax(_logits(apply_fn, params, x), axis=1) == y)
+    x = finite_matrix("x", x)
+    non_empty("x", x)
+    y = as_labels("y", y, x.shape[0])
+    return jnp.mean(jnp.argmax(checked_logits(apply_fn, params, x), axis=1) == y)
 
 
 def f1_from_predictions(y_pred, y_true, *, num_classes: int) -> jax.Array:
@@ -582,11 +501,11 @@ def f1_from_predictions(y_pred, y_true, *, num_classes: int) -> jax.Array:
 
 def f1_score(apply_fn: ApplyFn, params, x, y) -> jax.Array:
     """Returns the scalar F1 of the model's predictions (class 1 if binary, else macro; see f1_from_predictions)."""
-    x = _finite_matrix("x", x)
-    _non_empty("x", x)
-    y = _as_labels("y", y, x.shape[0])
-    logits = _logits(apply_fn, params, x)
-    _check_class_range("y", y, logits.shape[1])
+    x = finite_matrix("x", x)
+    non_empty("x", x)
+    y = as_labels("y", y, x.shape[0])
+    logits = checked_logits(apply_fn, params, x)
+    check_class_range("y", y, logits.shape[1])
     return f1_from_predictions(jnp.argmax(logits, axis=1), y, num_classes=logits.shape[1])
 
 
@@ -609,14 +528,14 @@ def integrated_gradients(apply_fn: ApplyFn, params, x, target, baseline, *, n_st
     """
     if n_steps < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
-    x = _finite_matrix("x", x)
+    x = finite_matrix("x", x)
     baseline = jnp.asarray(baseline, x.dtype)
     if baseline.shape not in ((x.shape[1],), x.shape):
         raise ValueError(f"baseline must have shape ({x.shape[1]},) or {x.shape}, got {baseline.shape}")
-    _check_finite("baseline", baseline)
+    check_finite("baseline", baseline)
     baseline = jnp.broadcast_to(baseline, x.shape)
-    target = _as_labels("target", target, x.shape[0])
-    _check_class_range("target", target, _num_classes(apply_fn, params, x.shape[1], x.dtype))
+    target = as_labels("target", target, x.shape[0])
+    check_class_range("target", target, num_classes_of(apply_fn, params, x.shape[1], x.dtype))
     path = x - baseline
 
     def summed_target_logit(z):
@@ -653,7 +572,7 @@ def protected_sensitivity(ig, protected_mask, *, standardise: str = "auto") -> j
       protected_mask: (D,) bool, True for protected (e.g. immutable) features; at least one True.
       standardise: "auto", "range", "minmax" or "none".
     """
-    ig = _finite_matrix("ig", ig)
+    ig = finite_matrix("ig", ig)
     mask = _protected_mask(protected_mask, ig.shape[1])
     if standardise == "auto":
         standardise = "range" if ig.shape[1] == 2 else "minmax"
@@ -681,7 +600,7 @@ def _protected_mask(protected_mask, width: int) -> jax.Array:
     mask = jnp.asarray(protected_mask)
     if mask.shape != (width,) or mask.dtype != jnp.bool_:
         raise ValueError(f"protected_mask must be a bool array of shape ({width},), got {mask.dtype} {mask.shape}")
-    if _is_concrete(mask) and not bool(jnp.any(mask)):
+    if is_concrete(mask) and not bool(jnp.any(mask)):
         raise ValueError("protected_mask selects no feature; mark at least one feature as protected")
     return mask
 
@@ -705,7 +624,7 @@ def round_sensitivity(mean_ig, protected_mask, *, standardise: str = "auto") -> 
       protected_mask: (D,) bool, True for the protected features; at least one True.
       standardise: one of STANDARDISATIONS.
     """
-    g = _finite_matrix("mean_ig", mean_ig)
+    g = finite_matrix("mean_ig", mean_ig)
     mask = _protected_mask(protected_mask, g.shape[1])
     if standardise not in STANDARDISATIONS:
         raise ValueError(f"standardise must be one of {STANDARDISATIONS}, got {standardise!r}")
@@ -748,10 +667,10 @@ def ig_sensitivity_rounds(apply_fn: ApplyFn, params, x, y, protected_mask, key, 
     rounds' sensitivities with their 2.5% and 97.5% quantiles. All rounds run in one compiled program;
     `apply_fn` must be hashable (e.g. from `ctrain.models.make_model`).
     """
-    x = _finite_matrix("x", x)
-    _non_empty("x", x)
-    y = _as_labels("y", y, x.shape[0])
-    _check_class_range("y", y, _num_classes(apply_fn, params, x.shape[1], x.dtype))
+    x = finite_matrix("x", x)
+    non_empty("x", x)
+    y = as_labels("y", y, x.shape[0])
+    check_class_range("y", y, num_classes_of(apply_fn, params, x.shape[1], x.dtype))
     for name, value in (("n_rounds", n_rounds), ("n_samples", n_samples), ("n_steps", n_steps)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")

@@ -172,7 +172,7 @@ def make_sgld_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, 
     target = jax.random.randint(t_key, (n,), 0, pool.count.shape[0]).astype(jnp.int32)
     lower, upper = jnp.min(pool.x, axis=(0, 1)), jnp.max(pool.x, axis=(0, 1))
     x0 = jax.random.uniform(init_key, (n, width), x.dtype, minval=lower, maxval=upper)
-    x_neg = metrics._sgld_chains(apply_fn, params, target, sgld_key, x0, config.max_steps, SGLD_STEP_SIZE,
+    x_neg = metrics.sgld_chains(apply_fn, params, target, sgld_key, x0, config.max_steps, SGLD_STEP_SIZE,
                                  SGLD_NOISE)
     x_neg = jnp.where(jnp.isfinite(x_neg), x_neg, x0)  # a diverged chain adds no term rather than a NaN
     x_pos = sample_positives(p_key, pool, target)

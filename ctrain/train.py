@@ -144,6 +144,16 @@ class TrainConfig:
     # them: the unprotected arm of Proposition 3.1 (tests/test_proposition.py).
     protect: bool = True
 
+    def __new__(cls, *args, **kwargs):
+        # Runs before the dataclass's __init__ sees the keywords, so a λ or learning rate passed here is refused
+        # with where it belongs instead of "unexpected keyword argument".
+        moved = [k for k in kwargs if k in _STATE_OWNED]
+        if moved:
+            where = ", ".join(f"{k} → create_train_state(..., {_STATE_OWNED[k]})" for k in moved)
+            raise TypeError(f"TrainConfig does not take {moved}: the loss weights and the optimiser live on the "
+                            f"TrainState so that they cannot disagree with it ({where})")
+        return super().__new__(cls)
+
     def __post_init__(self):
         from ctrain.objective import OBJECTIVES
         if self.objective not in OBJECTIVES:
@@ -178,20 +188,6 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-_dataclass_init = TrainConfig.__init__
-
-
-@functools.wraps(_dataclass_init)
-def _train_config_init(self, *args, **kwargs):
-    moved = [k for k in kwargs if k in _STATE_OWNED]
-    if moved:
-        where = ", ".join(f"{k} → create_train_state(..., {_STATE_OWNED[k]})" for k in moved)
-        raise TypeError(f"TrainConfig does not take {moved}: the loss weights and the optimiser live on the "
-                        f"TrainState so that they cannot disagree with it ({where})")
-    _dataclass_init(self, *args, **kwargs)
-
-
-TrainConfig.__init__ = _train_config_init
 
 
 def _all_finite(tree) -> jax.Array:

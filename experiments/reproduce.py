@@ -248,8 +248,29 @@ def make_ig_table(all_results: list[dict]) -> str:
               "protected features) with the 2.5% and 97.5% quantiles, all seeds' rounds pooled; lower = less "
               "sensitive. CT − BL over seeds: the mean over seeds of CT's median minus BL's (each seed's own rounds) "
               "[99% Student-t interval over seeds]; * = it excludes 0. CT is the model trained with the protected "
-              "features immutable (CT_mut), as in the reference. " + HEALTH_SHORT]
+              "features immutable (CT_mut), as in the reference. " + HEALTH_SHORT, "", table2_verdict(all_results)]
     return _with_notes(lines, notes)
+
+
+def table2_verdict(all_results: list[dict]) -> str:
+    """Returns a sentence saying on which rows CT is less sensitive to the protected features than BL, and why not."""
+    lower, higher, unclear = [], [], []
+    for res in all_results:
+        stat = res.get("ig_difference_over_seeds") or {}
+        if not _finite(stat.get("mean")):
+            continue
+        label = res.get("label", res["dataset"])
+        if stat.get("significant"):
+            (lower if stat["mean"] < 0 else higher).append(label)
+        else:
+            unclear.append(label)
+    if not (lower or higher or unclear):
+        return ""
+    name = lambda rows: ", ".join(rows) if rows else "no row"
+    return (f"Against Table 2's claim (CT less sensitive than BL), over seeds: CT is less sensitive on {name(lower)}, "
+            f"more sensitive on {name(higher)}, and not distinguishable on {name(unclear)}. Why the direction "
+            "turns with the data's geometry and the training search: "
+            "experiments/studies/actionability/README.md.")
 
 
 def _raw_cell(cmp: dict | None, notes: list[str], where: str) -> str:

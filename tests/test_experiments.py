@@ -616,3 +616,17 @@ def test_eval_categorical_sets_the_test_time_search_and_labels_the_row():
     assert protocol.search_config(1.0).categorical == "snap_state"
     assert pipeline.search_config(tested).categorical == "relaxed"  # training keeps its own mode
     assert pipeline.run_label(tested, german) == "german (relaxed, tested snap-state)"
+
+
+def test_table2_and_figure1_say_where_ct_agrees_with_proposition_3_1():
+    results = [{"dataset": "a", "ig_difference_over_seeds": {"mean": -0.3, "significant": True}},
+               {"dataset": "b", "ig_difference_over_seeds": {"mean": 0.4, "significant": True}},
+               {"dataset": "c", "ig_difference_over_seeds": {"mean": -0.1, "significant": False}},
+               {"dataset": "d", "ig_difference_over_seeds": None}]
+    text = reproduce.table2_verdict(results)
+    assert "less sensitive on a, more sensitive on b, and not distinguishable on c." in text
+    assert reproduce.table2_verdict([{"dataset": "d"}]) == ""
+    agrees = reproduce.proposition_sentence(0.1, 0.2, [1.0, 2.0])
+    assert agrees.startswith("This agrees with Proposition 3.1") and "x1 is the more discriminative" in agrees
+    against = reproduce.proposition_sentence(0.3, 0.2, [2.0, 1.0])
+    assert against.startswith("This contradicts Proposition 3.1") and "does not hold" in against

@@ -1,6 +1,7 @@
 """What every study shares: a resumable loop of rows, one JSON file per row under --out, and its settings file."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from typing import Callable, Sequence
@@ -61,3 +62,20 @@ def rewrite_outputs(out: str, write_outputs: Callable[[str, list[dict]], None]) 
                 rows.append(json.load(f))
     write_outputs(out, rows)
     return rows
+
+
+def add_arguments(parser: argparse.ArgumentParser, *, out: str, seeds: Sequence[int]) -> None:
+    """Adds the arguments every study takes: --seeds, --epochs, --out, --quiet and --tables-only."""
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument("--epochs", type=int, default=None, help="default: each dataset config's")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--tables-only", action="store_true", help="rewrite the study's tables from --out's rows")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args) -> None:
+    """Returns None; exits through `parser.error` on repeated or too few seeds, or --epochs below 1."""
+    if len(set(args.seeds)) != len(args.seeds) or len(args.seeds) < 2:
+        parser.error("--seeds must be at least two distinct seeds (the intervals are over seeds)")
+    if args.epochs is not None and args.epochs < 1:
+        parser.error("--epochs must be >= 1")

@@ -234,21 +234,14 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+", default=["linearly_separable", "overlapping"])
     parser.add_argument("--draws", type=int, default=20, help="data draws per synthetic set (real sets have one)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--search", choices=SEARCHES, default="parity", help="the CT arms' training search")
-    parser.add_argument("--epochs", type=int, default=None, help="default: the dataset config's (100)")
-    parser.add_argument("--out", default="results/actionability")
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--tables-only", action="store_true", help="rewrite tables.md and summary.json from --out's rows")
+    common.add_arguments(parser, out="results/actionability", seeds=[0, 1, 2])
     args = parser.parse_args(argv)
     if args.tables_only:
         return common.rewrite_outputs(args.out, write_outputs)
     if args.draws < 1:
         parser.error("--draws must be >= 1")
-    if len(set(args.seeds)) != len(args.seeds) or len(args.seeds) < 2:
-        parser.error("--seeds must be at least two distinct seeds (the figures are means over seeds)")
-    if args.epochs is not None and args.epochs < 1:
-        parser.error("--epochs must be >= 1")
+    common.check_arguments(parser, args)
     pipeline.check_distinct("--datasets", args.datasets)
     for name in args.datasets:
         study_config(name, args.seeds, args.epochs)  # unknown names fail here, before any training

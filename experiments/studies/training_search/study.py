@@ -131,18 +131,11 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--datasets", nargs="+",
                         default=["linearly_separable", "circles", "moons", "overlapping", "adult", "mnist_5k"])
     parser.add_argument("--searches", nargs="+", choices=SEARCHES, default=list(SEARCHES))
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=None, help="default: each dataset config's")
-    parser.add_argument("--out", default="results/training_search")
-    parser.add_argument("--quiet", action="store_true")
-    parser.add_argument("--tables-only", action="store_true", help="rewrite tables.md from --out's rows")
+    common.add_arguments(parser, out="results/training_search", seeds=[0, 1, 2, 3, 4])
     args = parser.parse_args(argv)
     if args.tables_only:
         return common.rewrite_outputs(args.out, write_outputs)
-    if len(set(args.seeds)) != len(args.seeds) or len(args.seeds) < 2:
-        parser.error("--seeds must be at least two distinct seeds (the intervals are over seeds)")
-    if args.epochs is not None and args.epochs < 1:
-        parser.error("--epochs must be >= 1")
+    common.check_arguments(parser, args)
     pipeline.check_distinct("--datasets", args.datasets)
     pipeline.check_distinct("--searches", args.searches)
     for name in args.datasets:

@@ -274,10 +274,13 @@ def table2_verdict(all_results: list[dict]) -> str:
 
 
 def _raw_cell(cmp: dict | None, notes: list[str], where: str) -> str:
+    """Returns "CT / BL [round CI]; Δ mean [interval over seeds]*", or "n/a [note]"."""
     if cmp and _finite(cmp.get("treatment_mean")) and _finite(cmp.get("baseline_mean")):
         ci = (f" [{cmp['ci_low']:.2f}, {cmp['ci_high']:.2f}]"
               if _finite(cmp.get("ci_low")) and _finite(cmp.get("ci_high")) else "")
-        return f"{cmp['treatment_mean']:.2f} / {cmp['baseline_mean']:.2f}{ci}"
+        diff = ((cmp.get("seeds") or {}).get("difference")) or {}
+        over_seeds = f"; Δ {interval_text(diff, 2)}" if _finite(diff.get("mean")) else ""
+        return f"{cmp['treatment_mean']:.2f} / {cmp['baseline_mean']:.2f}{ci}{over_seeds}"
     notes.append(f"{where}: {(cmp or {}).get('note') or 'not computed'}")
     return f"n/a [{len(notes)}]"
 
@@ -300,7 +303,8 @@ def make_table7(all_results: list[dict]) -> str:
                      + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
     lines += ["", "CT / BL means over the bootstrap rounds of valid counterfactuals [99% percentile-bootstrap CI of the "
               "mean of CT − BL over the seeds' pooled rounds: the paper's statistic, which re-samples the test set for "
-              "fixed models; Table 1 gives the interval over seeds]. Cost, protected: the actionability runs (CT_mut vs BL, τ = 0.5, the "
+              "fixed models]; Δ: the mean over seeds of each seed's CT − BL difference [99% Student-t interval over "
+              "seeds], * = it excludes 0. Cost, protected: the actionability runs (CT_mut vs BL, τ = 0.5, the "
               "protected features immutable); IP* and IP: the plausibility runs (CT vs BL). " + HEALTH_SHORT]
     return _with_notes(lines, notes)
 

@@ -165,6 +165,7 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
                 assert re.fullmatch(r"n/a \[\d+\]", row[column]) and c["note"] in t7_notes[int(row[column][5:-1])]
             else:
                 assert row[column].startswith(f"{c['treatment_mean']:.2f} / {c['baseline_mean']:.2f}")
+                assert f"; Δ {c['seeds']['difference']['mean']:.2f}" in row[column]  # the difference over seeds
     assert t7[0]["Cost, protected (paper)"] == "3.75 / 4.48 [-0.80, -0.67]"
     t8, t8_notes = _table(out / "table.md", "Table 8a")
     assert t8[0]["Cost −% (paper)"] == "-27.11±0.75*"

@@ -496,7 +496,6 @@ def search_counterfactuals_jit(apply_fn, params, x, target, key, config: SearchC
     return _search_jit(apply_fn, params, x, target, check_key(key), config, constraints, aux, return_path)
 
 
-
 def sample_targets(key: jax.Array, predicted: jax.Array, num_classes: int) -> jax.Array:
     """Returns targets (N,) drawn uniformly from the classes other than `predicted` (N,)."""
     shift = jax.random.randint(key, predicted.shape, 1, num_classes)

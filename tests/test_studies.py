@@ -26,7 +26,16 @@ def _spy_fit(monkeypatch):
     return seen
 
 
-@pytest.mark.parametrize("search", ["parity", "walk"])
+def test_actionability_searches_are_what_they_say():
+    config = get_config("moons")
+    assert actionability.training_search("parity", config) is None  # train_seeds then uses the config's own
+    assert actionability.training_search("walk", config) == WALK_PAST_TAU.replace(threshold=config.tau)
+    assert actionability.training_search("explain", config).step_rule == "normalized_linf"
+    with pytest.raises(ValueError, match="unknown training search"):
+        actionability.training_search("fast", config)
+
+
+@pytest.mark.parametrize("search", ["walk"])  # parity is the config's own search (the test above)
 def test_actionability_draw_trains_three_arms_with_x0_protected_and_the_asked_search(monkeypatch, search):
     monkeypatch.setattr(actionability, "STUDY_PROTOCOL", TINY_PROTOCOL)
     seen = _spy_fit(monkeypatch)

@@ -72,8 +72,9 @@ class SearchConfig:
     optimizer: str = "sgd"  # "sgd" or "adam" (optax), applied per sample
     loop: str = "while"  # "while" stops once all samples converge; "scan" always runs T steps
     onehot: str = "box"  # relaxation of one-hot groups during the search: "box" [0, 1] or "simplex"
-    # How one-hot groups are searched (see CATEGORICAL_MODES): "relaxed" (reference parity: no snapping),
-    # "straight_through" (snapped forward pass and τ, gradient into the relaxation), "snap" (snap every step).
+    # How one-hot groups are searched (see CATEGORICAL_MODES above): "relaxed" (reference parity: no snapping),
+    # "straight_through" (snapped forward pass and τ, gradient into the relaxation), "snap" (gradient at the
+    # relaxed state, τ checked at its snap) or "snap_state" (the state itself snapped after every step).
     categorical: str = "straight_through"
     # Units-aware by default (the reference: "absolute", "gradient"): step, ε-ball and cost are measured in each
     # feature's training standard deviation (Constraints.scale), and every step has L∞ length η there, so the

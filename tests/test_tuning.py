@@ -90,9 +90,11 @@ def test_grid_fans_out_resumes_and_collects_one_row_per_ct_config(penalties_run)
     assert {r["generator"] for r in rows} == {"revise"}
     for r in rows:  # a reduction or the reason it has none, and mechanism health beside every CT row
         assert r["ip_reduction_pct"] or r["ip_note"]
+        # The reduction is the mean over seeds (its interval beside it); the paper's round s.e. is a column apart.
+        assert {"ip_low", "ip_high", "ip_round_se_pct"} <= set(r)
         assert 0 <= float(r["mature"]) <= 1 and float(r["search_steps"]) <= 30 and r["skipped_updates"] == "0"
     md = open(again["collected"]["md"]).read()
-    assert "mature / steps / skipped" in md and "lambda_reg" in md
+    assert "mature / steps / skipped" in md and "lambda_reg" in md and "interval over seeds" in md
     stored = json.loads(open(f"{first['ran'][0]}/results.json").read(), parse_constant=lambda c: 1 / 0)
     assert stored["configs"] and stored["runs"][0]["summary"]
 

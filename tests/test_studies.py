@@ -134,3 +134,16 @@ def test_training_search_scores_each_candidate_with_both_explainers(monkeypatch)
         for e in training_search.EXPLAINERS:
             assert row["reductions"][label][e]["ip"]["n_seeds"] == 2
     assert "| moons | walk | 2 |" in training_search.tables([row])
+
+
+def test_tables_only_rebuilds_a_studys_tables_from_its_stored_rows_without_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(actionability, "run_draw", lambda *a, **k: pytest.fail("trained"))
+    (tmp_path / "rows").mkdir()
+    rows = [_row("d", [1.0, 2.0], [10.0, 20.0], 0.5, 0.5), _row("d", [2.0, 1.0], [-10.0, -30.0], 2.0, 0.5)]
+    for i, row in enumerate(rows):
+        (tmp_path / "rows" / f"d-draw{i}-parity.json").write_text(json.dumps(row))
+    assert actionability.main(["--out", str(tmp_path), "--tables-only"]) == rows
+    assert "| d | parity | CT | 2 × 2 |" in (tmp_path / "tables.md").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["d/parity/CT"]["draws"] == 2
+    with pytest.raises(FileNotFoundError, match="no rows folder"):
+        training_search.main(["--out", str(tmp_path / "none"), "--tables-only"])

@@ -98,7 +98,7 @@ def run_dataset(name: str, searches, seeds, *, epochs: int | None = None, progre
 def tables(rows: list[dict]) -> str:
     """Returns the study's markdown table: one line per dataset and candidate search."""
     lines = ["| Data | Search | Seeds | IP −% ECCo | IP* −% ECCo | IP −% Wachter | IP* −% Wachter "
-             "| Mature at epoch 10 / 50 / last | Steps | Validity ECCo / Wachter | Accuracy CT / BL |",
+             "| Mature at epoch 10 / 50 / last | Steps / skipped | Validity ECCo / Wachter | Accuracy CT / BL |",
              "|" + "---|" * 11]
     for row in rows:
         for label in row["searches"]:
@@ -108,14 +108,15 @@ def tables(rows: list[dict]) -> str:
             validity = " / ".join(f"{common.mean_or_none(row['validity'][e][label]) or 0:.2f}" for e in EXPLAINERS)
             cells = [interval_text(red[e][m]["reduction"]) for e in EXPLAINERS for m in ("ip", "ip_star")]
             lines.append(f"| {row['dataset']} | {label} | {len(row['seeds'])} | " + " | ".join(cells)
-                         + f" | {at(10)} / {at(50)} / {at(len(curve))} | {common.mean_or_none(mat['search_steps']):.1f} "
+                         + f" | {at(10)} / {at(50)} / {at(len(curve))} | {common.mean_or_none(mat['search_steps']):.1f} / "
+                         f"{sum(mat['skipped'])} "
                          f"| {validity} | {common.mean_or_none(row['accuracy'][label]):.3f} / "
                          f"{common.mean_or_none(row['accuracy']['BL']):.3f} |")
     lines += ["", "IP / IP* −%: CT (trained with the row's search) against BL, in % (positive = CT better): mean over "
               "seeds of each seed's reduction [99% Student-t interval over seeds]; * = the interval excludes 0. ECCo: "
               "the paper's test-time protocol; Wachter: a plain generic search (λ_cost 0.1, τ 0.95). Mature: share "
               "of the epoch's training counterfactuals that reached τ (mean over seeds); steps: their mean search "
-              "steps in the last epoch; validity: share of test-time counterfactuals that reached the target."]
+              "steps in the last epoch; skipped: updates skipped for a non-finite loss, all seeds; validity: share of test-time counterfactuals that reached the target."]
     return "\n".join(lines)
 
 

@@ -7,7 +7,29 @@ import os
 from typing import Callable, Sequence
 
 from ctrain.progress import progress as progress_bar
+from ctrain.search import WALK_PAST_TAU, SearchConfig
 from experiments import pipeline
+
+
+# The training searches the studies compare: the reproduction's (the reference's raw gradient steps in the data's
+# units, stop at τ), the walk past τ (clipped steps in σ units, all T of them; training's default before the
+# training-search study) and explain's (L∞-normalised steps in σ units, stop at τ; training's default since).
+SEARCHES = ("parity", "walk", "explain")
+
+
+def training_search(name: str, tau: float, categorical: str | None = None) -> SearchConfig | None:
+    """Returns the training search `name` at τ (None for "parity": the config's own search, the reference's).
+
+    `categorical` sets the one-hot mode of "walk" and "explain" (None: SearchConfig's default, straight-through).
+    """
+    onehot = {} if categorical is None else {"categorical": categorical}
+    if name == "parity":
+        return None
+    if name == "walk":
+        return WALK_PAST_TAU.replace(threshold=tau, **onehot)
+    if name == "explain":
+        return SearchConfig(threshold=tau, **onehot)
+    raise ValueError(f"unknown training search {name!r}; choose from {SEARCHES}")
 
 
 def check_settings(out: str, settings: dict) -> None:

@@ -26,16 +26,14 @@ import numpy as np
 from ctrain.data import load_dataset
 from ctrain.data.synthetic import BLOB_STD, blob_bayes_accuracy
 from ctrain.evaluate import compare_seeds, evaluate_explainability, seed_interval
-from ctrain.search import WALK_PAST_TAU, SearchConfig
+from ctrain.search import SearchConfig
 from experiments import pipeline
 from experiments.configs import get_config
 from experiments.results_md import interval_text
 from experiments.studies import common
 
 ARMS = ("BL", "CT", "CT_div")
-# The training searches a study can use: the reproduction's (the reference's search, as Table 1's rows), the walk
-# past τ (clipped steps, all T of them) and explain's (L∞-normalised steps, stopping at τ; training's default).
-SEARCHES = ("parity", "walk", "explain")
+SEARCHES = common.SEARCHES
 # Smaller than the paper's protocol (100 rounds × 250 factuals; IG 100 rounds × 2,500 rows) so that 20 draws ×
 # 3 seeds × 3 arms fit a 2-core machine in about an hour: ours, for the budget. The per-draw figures are means
 # over seeds of these smaller protocols, and the claims below are about draws, each one a different data set.
@@ -43,19 +41,20 @@ STUDY_PROTOCOL = dict(eval_rounds=10, eval_individuals=50, ig_rounds=20, ig_samp
 
 
 def training_search(name: str, config) -> SearchConfig | None:
-    """Returns the training search named by `name` at the config's τ (None: the config's own, paper parity)."""
-    if name == "parity":
-        return None
-    if name == "walk":
-        return WALK_PAST_TAU.replace(threshold=config.tau)
-    if name == "explain":
-        return SearchConfig(threshold=config.tau)
-    raise ValueError(f"unknown training search {name!r}; choose from {SEARCHES}")
+    """Returns the training search named by `name` at the config's τ (None: the config's own, paper parity).
+
+    "walk" and "explain" search one-hot groups straight-through (SearchConfig's default) whatever the config's mode.
+    """
+    return common.training_search(name, config.tau)
 
 
 def gradient_share(apply_fn, params, x, feature: int = 0) -> float:
     """Returns the share of mean |∂(logit₁ − logit₀)/∂x| over rows x (N, D) that falls on `feature`."""
-    margin = lambda row: apply_fn(params, row[None])[0, 1] - apply_fn(params, row[None])[0, 0]
+    def margin(row):
+        logits = apply_fn(params, row[None])[0]
+        return logits[1] - logits[0]
+
+
     grads = np.abs(np.asarray(jax.vmap(jax.grad(margin))(jnp.asarray(x)), np.float64)).mean(0)
     return float(grads[feature] / grads.sum()) if grads.sum() > 0 else float("nan")
 
@@ -108,7 +107,8 @@ def run_draw(name: str, draw: int | None, seeds, *, search: str = "parity", epoc
             **({k: health[arm][k] for k in ("converged", "search_steps", "nonfinite")} if arm in health else {}),
         }
     row = {"dataset": name, "draw": draw, "seeds": list(config.seeds), "search": search, "epochs": config.epochs,
-           "protected": protected[0], "protected_index": index, "class_mean_gap_sigma": data.class_mean_gaps().tolist(), "arms": arms,
+           "protected": protected[0], "protected_index": index,
+           "class_mean_gap_sigma": data.class_mean_gaps().tolist(), "arms": arms,
            "cost_reduction": {arm: compare_seeds(summaries, "cost", treatment=arm) for arm in ARMS[1:]}}
     if name in BLOB_STD and draw is not None:
         row["bayes_accuracy"] = blob_bayes_accuracy(draw, BLOB_STD[name])
@@ -150,10 +150,16 @@ def _count(flags) -> str:
     return f"{sum(flags)}/{len(flags)}" if flags else "–"
 
 
+def protected_and_mutable_gaps(row: dict) -> tuple[float, float]:
+    """Returns (the protected feature's class-mean gap, the largest mutable feature's), in σ, of a draw's row."""
+    gaps, index = row["class_mean_gap_sigma"], row.get("protected_index", 0)
+    return gaps[index], max(g for i, g in enumerate(gaps) if i != index)
+
+
 def mutable_feature_leads(row: dict) -> bool:
     """Returns whether some mutable feature's class-mean gap (in σ) exceeds the protected feature's in a draw's row."""
-    gaps, index = row["class_mean_gap_sigma"], row.get("protected_index", 0)
-    return max(g for i, g in enumerate(gaps) if i != index) > gaps[index]
+    protected, mutable = protected_and_mutable_gaps(row)
+    return mutable > protected
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -193,29 +199,29 @@ def tables(rows: list[dict]) -> str:
         cost = interval_text(c)
         lead = lambda side: " / ".join(e[f][side] for f in ("cost", "ig", "gradient_share"))
         matured = "–" if e["matured"] is None else f"{e['matured']:.2f}"
-        lines.append(f"| {name} | {search} | {arm} | {e['draws']} × {e['seeds']} | {cost} | {median} | {e['cost']['all']} "
-                     f"| {e['ig']['all']} "
-                     f"| {e['gradient_share']['all']} | {lead('x1_leads')} | {lead('x0_leads')} "
+        lines.append(f"| {name} | {search} | {arm} | {e['draws']} × {e['seeds']} | {cost} | {median} "
+                     f"| {e['cost']['all']} | {e['ig']['all']} | {e['gradient_share']['all']} "
+                     f"| {lead('x1_leads')} | {lead('x0_leads')} "
                      f"| {matured} / {e['skipped']} |")
     lines += ["", "Each draw is one data set (the generator's seed); its figures are means over the model seeds. Cost "
               "−%: CT's reduction of the cost of valid counterfactuals with x0 fixed against BL's (positive = the "
-              "paper's direction), mean over draws [99% Student-t interval over draws] and median over draws. (draws): in how many draws the "
-              "paper's direction holds: CT's cost lower, its median IG sensitivity to x0 lower, its share of the "
-              "decision gradient on x0 lower. A mutable feature leads: draws where some mutable feature has a larger "
-              "class-mean gap (in pooled σ) than the protected one, the condition of Proposition 3.1 (on the blobs: "
-              "x1 leads). Mature: share of training counterfactuals that "
+              "paper's direction), mean over draws [99% Student-t interval over draws] and median over draws. "
+              "(draws): in how many draws the paper's direction holds: CT's cost lower, its median IG sensitivity "
+              "to x0 lower, its share of the decision gradient on x0 lower. A mutable feature leads: draws where "
+              "some mutable feature has a larger class-mean gap (in pooled σ) than the protected one, the condition "
+              "of Proposition 3.1 (on the blobs: x1 leads). Mature: share of training counterfactuals that "
               "reached τ in the last epoch (mean over draws and seeds); skipped: non-finite updates, all runs.", "",
-              "| Data | Search | Draw | Gap protected / largest mutable (σ) | Arm | Cost −% per seed | over seeds [99% t] | IG CT / BL "
-              "| Gradient share CT / BL | Validity CT / BL | Mature |", "|" + "---|" * 11]
+              "| Data | Search | Draw | Gap protected / largest mutable (σ) | Arm | Cost −% per seed "
+              "| over seeds [99% t] | IG CT / BL | Gradient share CT / BL | Validity CT / BL | Mature |",
+              "|" + "---|" * 11]
     for r in rows:
         v = draw_verdicts(r)
-        gaps, index = r["class_mean_gap_sigma"], r.get("protected_index", 0)
-        gap = f"{gaps[index]:.2f} / {max(g for i, g in enumerate(gaps) if i != index):.2f}"
+        gap = "{:.2f} / {:.2f}".format(*protected_and_mutable_gaps(r))
         show = lambda x, f="{:.2f}": "–" if x is None else f.format(x)
         for arm in ARMS[1:]:
             d = v[arm]
             per_seed = ", ".join(show(x, "{:.0f}") for x in r["cost_reduction"][arm]["per_seed_reduction_pct"])
-            validity = f"{show(common.mean_or_none(r['arms'][arm]['validity']))} / {show(common.mean_or_none(r['arms']['BL']['validity']))}"
+            validity = " / ".join(show(common.mean_or_none(r["arms"][a]["validity"])) for a in (arm, "BL"))
             over_seeds = interval_text(r["cost_reduction"][arm]["reduction"])
             lines.append(f"| {r['dataset']} | {r.get('search', 'parity')} | {r['draw']} | {gap} | {arm} | {per_seed} "
                          f"| {over_seeds} "

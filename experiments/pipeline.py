@@ -449,12 +449,12 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
         compared_over_rounds_and_seeds(cost, config.eval_rounds, "cost", treatment="CT") if cost
         else not_run("cost", "CT", "not run: the dataset has no protected features (set protected=NAME,...)"))
     accuracy = {label: [h[-1]["test_accuracy"] for h in histories[label]] for label in histories}
-    validity = {label: _mean_metric(pooled, label, "validity") for label in labels}
-    means = {label: {m: _mean_metric(pooled, label, m) for m in VERSUS_METRICS} for label in labels}
+    validity = {label: mean_metric(pooled, label, "validity") for label in labels}
+    means = {label: {m: mean_metric(pooled, label, m) for m in VERSUS_METRICS} for label in labels}
     versus = {LABELS[o]: {m: compared_over_rounds_and_seeds(plaus, config.eval_rounds, m, treatment="CT",
                                                             baseline=LABELS[o]) for m in VERSUS_METRICS}
               for o in objectives if o in BASELINES}
-    validity_protected = {label: _mean_metric(pooled_cost, label, "validity") for label in ("CT", "BL")} if cost else {}
+    validity_protected = {label: mean_metric(pooled_cost, label, "validity") for label in ("CT", "BL")} if cost else {}
 
     ig, ig_over_seeds = {}, None
     if protected:
@@ -502,7 +502,8 @@ def _paper_row(dataset: str) -> str:
     return PAPER_ROW.get(dataset, dataset)
 
 
-def _mean_metric(summary: list[dict], model: str, metric: str) -> float | None:
+def mean_metric(summary: list[dict], model: str, metric: str) -> float | None:
+    """Returns the mean of `model`'s finite `metric` values over the round summary's rows, or None if none."""
     vals = [r[metric] for r in summary if r["model"] == model and r[metric] is not None and math.isfinite(r[metric])]
     return float(np.mean(vals)) if vals else None
 

@@ -102,8 +102,8 @@ def run_draw(name: str, draw: int | None, seeds, *, search: str = "parity", epoc
             "accuracy": health["accuracy"][arm],
             "ig_median": ig[arm]["seed_medians"],
             "gradient_share": [gradient_share(*models[arm][i], x_test, index) for i in range(len(config.seeds))],
-            "cost": [pipeline._mean_metric(s, arm, "cost") for s in summaries],
-            "validity": [pipeline._mean_metric(s, arm, "validity") for s in summaries],
+            "cost": [pipeline.mean_metric(s, arm, "cost") for s in summaries],
+            "validity": [pipeline.mean_metric(s, arm, "validity") for s in summaries],
             **({k: health[arm][k] for k in ("converged", "search_steps", "nonfinite")} if arm in health else {}),
         }
     row = {"dataset": name, "draw": draw, "seeds": list(config.seeds), "search": search, "epochs": config.epochs,

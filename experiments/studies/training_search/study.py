@@ -79,7 +79,7 @@ def run_dataset(name: str, searches, seeds, *, epochs: int | None = None, progre
             summaries[e].append(res["summary"])
     reductions = {label: {e: {m: compare_seeds(summaries[e], m, treatment=label) for m in ("ip", "ip_star")}
                           for e in EXPLAINERS} for label in searches}
-    validity = {e: {label: [pipeline._mean_metric(s, label, "validity") for s in summaries[e]] for label in models}
+    validity = {e: {label: [pipeline.mean_metric(s, label, "validity") for s in summaries[e]] for label in models}
                 for e in EXPLAINERS}
     return pipeline.json_safe({"dataset": name, "seeds": list(config.seeds), "epochs": config.epochs,
                                "tau": config.tau, "searches": list(searches), "reductions": reductions,

@@ -2,7 +2,7 @@
 
     python -m experiments.reproduce --datasets linearly_separable     # writes Figure 1 beside the table
 
-Figure 1 (`figure1`): linear classifiers on a 2-D synthetic set, four panels as in the paper: (a) BL, all
+Figure 1 (`experiments.pipeline.train_figure1` trains, `linear_sensitivities` scores): linear classifiers on a 2-D synthetic set, four panels as in the paper: (a) BL, all
 features mutable; (b) CT, all mutable; (c) BL with the protected feature immutable at test time; (d) CT
 trained with the feature protected and immutable at test time. Each panel draws the decision boundary
 (green), the data and the test-time counterfactual paths of the same factuals (all searched towards class
@@ -16,7 +16,6 @@ protected pixel rows outlined.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import jax
@@ -80,35 +79,3 @@ def linear_sensitivities(apply_fn, params, num_features: int) -> list[float]:
     return (magnitude / magnitude.sum()).tolist() if magnitude.sum() > 0 else [0.0] * num_features
 
 
-def figure1(path, config, data: Dataset, *, progress: bool = False) -> dict:
-    """Returns {"path", "protected", "sensitivity": {panel model: shares}} after saving the paper's Figure 1.
-
-    `config` is an ExperimentConfig of a 2-D dataset whose first protected feature is protected; the models
-    are linear and trained with the config's settings on its first seed (the protected-feature CT run with
-    the mutability λ's, as in the actionability experiment). `data` is the loaded dataset.
-    """
-    from experiments import pipeline
-    if data.num_features != 2:
-        raise ValueError(f"Figure 1 needs 2-D data; {data.name!r} has {data.num_features} features")
-    linear = dataclasses.replace(config, model="linear", seeds=config.seeds[:1])
-    free = pipeline.free_schema(data)
-    protected = pipeline.protected_names(linear, data)[:1]
-    if not protected:
-        raise ValueError(f"Figure 1 protects one feature; the config of {data.name!r} names none (set protected=)")
-    held = free.with_mutability(**{protected[0]: "immutable"})
-    models = {}
-    for label, objective, train_data, mutability in (("BL", "vanilla", free, False), ("CT", "full", free, False),
-                                                     ("CT_mut", "full", held, True)):
-        trained, _, _ = pipeline.train_seeds(linear, train_data, objective, mutability=mutability, progress=progress)
-        models[label] = trained[0]
-    search = pipeline.protocol_config(linear, threshold=linear.eval_tau, seed=linear.seeds[0]).search_config(1.0)
-    name = protected[0]
-    panels = {"(a) BL, all mutable": models["BL"], "(b) CT, all mutable": models["CT"],
-              f"(c) BL, {name} immutable": models["BL"], f"(d) CT, {name} protected": models["CT_mut"]}
-    constraints = dict(zip(panels, (free.constraints(), free.constraints(), held.constraints(), held.constraints())))
-    plots.plot_decision_surfaces(path, free, panels, key=jax.random.key(linear.seeds[0]), search_config=search,
-                                 constraints=constraints, ncols=2, boundary=True, target_class=1, show="train",
-                                 n_factuals=10, grid_size=150)
-    return {"path": str(path), "protected": name, "dataset": data.name,
-            "class_mean_gap_sigma": data.class_mean_gaps().tolist(),
-            "sensitivity": {label: linear_sensitivities(*model, data.num_features) for label, model in models.items()}}

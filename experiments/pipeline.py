@@ -21,7 +21,6 @@ import json
 import math
 import os
 import time
-import typing
 
 import jax
 import jax.numpy as jnp
@@ -32,12 +31,12 @@ from ctrain import metrics
 from ctrain.evaluate import (ProtocolConfig, compare, compare_seeds, evaluate_explainability, evaluate_model,
                              seed_interval, write_records)
 from ctrain.models import make_model, train_vae
-from ctrain.objective import LossWeights, check_loss_weights
+from ctrain.objective import LossWeights
 from ctrain.search import SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
 
-if typing.TYPE_CHECKING:  # configs imports this module to validate itself: no import cycle at run time
-    from experiments.configs import ExperimentConfig
+from experiments import figures
+from experiments.configs import PAPER_ROW, ExperimentConfig, replace_path
 
 LABELS = {"vanilla": "BL", "full": "CT", "energy": "CD", "adversarial": "AR", "pgd_at": "PGD-AT", "jem": "JEM"}
 # Baselines beyond the paper (`train_and_evaluate(baselines=True)`, `reproduce --baselines`): Madry et al.'s PGD
@@ -56,18 +55,14 @@ def free_schema(data: Dataset) -> Dataset:
 
 def protected_names(config: ExperimentConfig, data: Dataset) -> tuple[str, ...]:
     """Returns the features protected in the actionability experiment (the loader's immutables if none are set)."""
-    if config.protected:
-        return config.protected
+    if config.data.protected:
+        return config.data.protected
     return tuple(f.name for f in data.schema.features if f.mutability == "immutable")
 
 
 def loss_weights(config: ExperimentConfig, *, mutability: bool = False) -> LossWeights:
-    """Returns the λ's of a run; the mutability runs take mutability_lambda_adv / _reg where they are set."""
-    lambda_adv = config.mutability_lambda_adv if mutability and config.mutability_lambda_adv is not None \
-        else config.lambda_adv
-    lambda_reg = config.mutability_lambda_reg if mutability and config.mutability_lambda_reg is not None \
-        else config.lambda_reg
-    return LossWeights(clf=config.lambda_clf, div=config.lambda_div, reg=lambda_reg, adv=lambda_adv)
+    """Returns the λ's of a run: `config.weights`, or for the actionability runs `config.actionability_weights()`."""
+    return config.actionability_weights() if mutability else config.weights
 
 
 def vae_architecture(num_features: int) -> tuple[int, int]:
@@ -76,24 +71,16 @@ def vae_architecture(num_features: int) -> tuple[int, int]:
 
 
 def search_config(config: ExperimentConfig, num_features: int | None = None) -> SearchConfig:
-    """Returns the training-time search settings of the config (REVISE: the VAE of data with num_features).
-
-    The reproduction searches as the reference does (`SearchConfig.reference`: raw input gradient, steps, ε and
-    cost in the data's own units), except for the one-hot mode, which is the config's `categorical`.
-    """
-    vae = {}
-    if config.generator == "revise" and num_features is not None:
-        vae = dict(zip(("vae_latent", "vae_hidden"), vae_architecture(num_features)))
-    return SearchConfig.reference(generator=config.generator, max_steps=config.max_steps, step_size=config.step_size,
-                                  threshold=config.tau, epsilon=config.epsilon, lambda_cost=config.lambda_cost,
-                                  lambda_energy=config.lambda_energy, categorical=config.categorical, **vae)
+    """Returns `config.train.search`, with REVISE's VAE architecture for data of num_features when it searches so."""
+    search = config.train.search
+    if search.generator == "revise" and num_features is not None:
+        search = search.replace(**dict(zip(("vae_latent", "vae_hidden"), vae_architecture(num_features))))
+    return search
 
 
 def train_config(config: ExperimentConfig, objective: str, num_features: int | None = None) -> TrainConfig:
     """Returns the TrainConfig of one objective (the λ's and learning rate go on the state: `loss_weights`)."""
-    return TrainConfig(objective=objective, search=search_config(config, num_features), n_ce=config.n_ce,
-                       schedule=config.schedule, burnin=config.burnin, epochs=config.epochs,
-                       batch_size=config.batch_size, shuffle=config.shuffle)
+    return config.train.replace(objective=objective, search=search_config(config, num_features))
 
 
 def train_vae_aux(config: ExperimentConfig, data: Dataset) -> dict | None:
@@ -102,7 +89,7 @@ def train_vae_aux(config: ExperimentConfig, data: Dataset) -> dict | None:
     The VAE has the reference's architecture (`vae_architecture`), is fitted to the training inputs with
     `ctrain.models.train_vae`'s defaults (50 epochs, batch 64, Adam 1e-3) and seeded by the config's first seed.
     """
-    if config.generator != "revise":
+    if config.train.search.generator != "revise":
         return None
     latent, hidden = vae_architecture(data.num_features)
     params = train_vae(data.x_train, jax.random.key(config.seeds[0]), latent=latent, hidden=hidden,
@@ -137,13 +124,10 @@ def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, muta
     return models, histories, wall
 
 
-def protocol_config(config: ExperimentConfig, *, threshold: float, seed: int) -> ProtocolConfig:
-    """Returns the test-time protocol settings of the config, with the given τ and seed."""
-    return ProtocolConfig(n_rounds=config.eval_rounds, n_individuals=config.eval_individuals,
-                          lambda_energy=config.eval_lambda_energy, max_steps=config.eval_max_steps,
-                          threshold=threshold, ip_samples=config.ip_samples, mmd_samples=config.mmd_samples,
-                          mmd_length_scale=config.mmd_length_scale,
-                          categorical=config.eval_categorical or config.categorical, seed=seed)
+def protocol_config(config: ExperimentConfig, *, seed: int, actionability: bool = False) -> ProtocolConfig:
+    """Returns `config.protocol` seeded by a training seed; for the cost experiment at `actionability.threshold`."""
+    threshold = config.actionability.threshold if actionability else config.protocol.threshold
+    return dataclasses.replace(config.protocol, threshold=threshold, seed=seed)
 
 
 def pool_rounds(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
@@ -153,7 +137,7 @@ def pool_rounds(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
 
 def load_data(config: ExperimentConfig) -> Dataset:
     """Returns the config's dataset, loaded with its dataset_kwargs and checked against the config (`check_run`)."""
-    data = load_dataset(config.dataset, **dict(config.dataset_kwargs))
+    data = load_dataset(config.data.name, **dict(config.data.kwargs))
     check_run(config, data)
     return data
 
@@ -161,31 +145,26 @@ def load_data(config: ExperimentConfig) -> Dataset:
 def check_run(config: ExperimentConfig, data: Dataset) -> None:
     """Raises ValueError naming the config field that does not fit the loaded data; trains nothing."""
     names = list(data.schema.names)
-    missing = [p for p in config.protected if p not in names]
+    missing = [p for p in config.data.protected if p not in names]
     if missing:
         shown = names if len(names) <= 30 else names[:30] + [f"... ({len(names)} in all)"]
-        raise ValueError(f"ExperimentConfig.protected names {missing}, which {data.name} does not have; "
-                         f"its features: {shown} (or set protected= to use the loader's immutable features)")
+        raise ValueError(f"ExperimentConfig.data.protected names {missing}, which {data.name} does not have; "
+                         f"its features: {shown} (or set data.protected= to use the loader's immutable features)")
     extra = {"image_shape": data.image_shape} if config.model == "lenet5" and data.image_shape else {}
     try:
         make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     except ValueError as err:
         raise ValueError(f"ExperimentConfig.model {config.model!r} does not fit {data.name}: {err}") from err
-    for mutability in (False, True):
-        try:
-            check_loss_weights(loss_weights(config, mutability=mutability))
-        except (TypeError, ValueError) as err:
-            fields = "mutability_lambda_adv/reg" if mutability else "lambda_clf/div/reg/adv"
-            raise ValueError(f"ExperimentConfig.{fields}: {err}") from err
-    if config.batch_size > len(data.x_train):
-        raise ValueError(f"ExperimentConfig.batch_size {config.batch_size} exceeds the {len(data.x_train)} "
-                         f"training samples of {data.name}; lower it or load more data (dataset_kwargs)")
+    if config.train.batch_size > len(data.x_train):
+        raise ValueError(f"ExperimentConfig.train.batch_size {config.train.batch_size} exceeds the "
+                         f"{len(data.x_train)} training samples of {data.name}; lower it or load more data "
+                         "(data.kwargs)")
     for split in ("train", "test"):
         y = np.asarray(getattr(data, f"y_{split}"))
         absent = [k for k in range(data.num_classes) if not (y == k).any()]
         if absent:
             raise ValueError(f"the {split} split of {data.name} has no samples of class(es) {absent}: training "
-                             "and the evaluation's IP / IP* need every class; load more data (dataset_kwargs)")
+                             "and the evaluation's IP / IP* need every class; load more data (data.kwargs)")
 
 
 def json_safe(obj, notes: list[str] | None = None, path: str = ""):
@@ -298,12 +277,12 @@ CATEGORICAL_LABELS = {"relaxed": "relaxed", "straight_through": "straight-throug
 def run_label(config: ExperimentConfig, data: Dataset) -> str:
     """Returns the row label of a run: the dataset, with the one-hot search mode when the data has one-hot groups."""
     if not data.schema.groups:
-        return config.dataset
-    mode = CATEGORICAL_LABELS.get(config.categorical, config.categorical)
-    tested = config.eval_categorical
-    if tested is not None and tested != config.categorical:
+        return config.data.name
+    trained, tested = config.train.search.categorical, config.protocol.categorical
+    mode = CATEGORICAL_LABELS.get(trained, trained)
+    if tested != trained:
         mode += f", tested {CATEGORICAL_LABELS.get(tested, tested)}"
-    return f"{config.dataset} ({mode})"
+    return f"{config.data.name} ({mode})"
 
 
 def robust_spread(per_seed: list[dict]) -> dict:
@@ -326,11 +305,11 @@ def _spread(values) -> dict:
 
 def robustness_over_seeds(config: ExperimentConfig, data: Dataset, trained: dict, labels) -> dict:
     """Returns {label: robust_spread(...) with "per_seed"}: every seed's FGSM/PGD curves on the same test rows."""
-    x_r, y_r = data.x_test[: config.robust_samples], data.y_test[: config.robust_samples]
+    x_r, y_r = data.x_test[: config.robustness.samples], data.y_test[: config.robustness.samples]
     out = {}
     for label in labels:
         per_seed = [evaluate_model(apply_fn, params, x_r, y_r, key=jax.random.key(seed),
-                                   max_samples=config.robust_samples)
+                                   max_samples=config.robustness.samples)
                     for (apply_fn, params), seed in zip(trained[label], config.seeds)]
         out[label] = {**robust_spread(per_seed), "per_seed": per_seed}
     return out
@@ -352,8 +331,8 @@ def ig_sensitivity(config: ExperimentConfig, data: Dataset, models: dict[str, li
         for label, per_seed in models.items():
             apply_fn, params = per_seed[i]
             _, values = metrics.ig_sensitivity_rounds(apply_fn, params, data.x_test, data.y_test, protected_mask, key,
-                                                      n_rounds=config.ig_rounds, n_samples=config.ig_samples,
-                                                      n_steps=config.ig_steps)
+                                                      n_rounds=config.sensitivity.rounds, n_samples=config.sensitivity.samples,
+                                                      n_steps=config.sensitivity.steps)
             rounds[label] += np.asarray(values, np.float64).tolist()
             seed_medians[label].append(float(np.median(np.asarray(values, np.float64))))
     return {label: {**median_ci(values), "seed_medians": seed_medians[label]} for label, values in rounds.items()}, \
@@ -425,7 +404,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
         seed_dir = os.path.join(workdir, f"seed_{seed}")
         models = {label: trained[label][i] for label in labels}
         res = evaluate_explainability(models, data.x_test, data.y_test, num_classes=data.num_classes,
-                                      protocol=protocol_config(config, threshold=config.eval_tau, seed=seed),
+                                      protocol=protocol_config(config, seed=seed),
                                       constraints=data.constraints(), progress=progress)
         write_records(os.path.join(seed_dir, "plausibility_rounds.csv"), res["rounds"])
         write_records(os.path.join(seed_dir, "plausibility_summary.csv"), res["summary"])
@@ -433,25 +412,24 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
         if protected:
             res_mut = evaluate_explainability({"BL": trained["BL"][i], "CT": trained["CT_mut"][i]}, data.x_test,
                                               data.y_test, num_classes=data.num_classes,
-                                              protocol=protocol_config(config, threshold=config.eval_cost_tau,
-                                                                       seed=seed),
+                                              protocol=protocol_config(config, seed=seed, actionability=True),
                                               constraints=data_protected.constraints(), progress=progress)
             write_records(os.path.join(seed_dir, "actionability_summary.csv"), res_mut["summary"])
             cost.append(res_mut["summary"])
     timings["evaluate_s"] = time.perf_counter() - t0
 
-    pooled, pooled_cost = pool_rounds(plaus, config.eval_rounds), pool_rounds(cost, config.eval_rounds)
+    pooled, pooled_cost = pool_rounds(plaus, config.protocol.n_rounds), pool_rounds(cost, config.protocol.n_rounds)
     comparisons = {}
     for label in labels[1:]:
-        comparisons[label] = {m: compared_over_rounds_and_seeds(plaus, config.eval_rounds, m, treatment=label)
+        comparisons[label] = {m: compared_over_rounds_and_seeds(plaus, config.protocol.n_rounds, m, treatment=label)
                               for m in ("ip", "ip_star", "cost", "validity")}
     comparisons["CT"]["cost_protected"] = (
-        compared_over_rounds_and_seeds(cost, config.eval_rounds, "cost", treatment="CT") if cost
+        compared_over_rounds_and_seeds(cost, config.protocol.n_rounds, "cost", treatment="CT") if cost
         else not_run("cost", "CT", "not run: the dataset has no protected features (set protected=NAME,...)"))
     accuracy = {label: [h[-1]["test_accuracy"] for h in histories[label]] for label in histories}
     validity = {label: mean_metric(pooled, label, "validity") for label in labels}
     means = {label: {m: mean_metric(pooled, label, m) for m in VERSUS_METRICS} for label in labels}
-    versus = {LABELS[o]: {m: compared_over_rounds_and_seeds(plaus, config.eval_rounds, m, treatment="CT",
+    versus = {LABELS[o]: {m: compared_over_rounds_and_seeds(plaus, config.protocol.n_rounds, m, treatment="CT",
                                                             baseline=LABELS[o]) for m in VERSUS_METRICS}
               for o in objectives if o in BASELINES}
     validity_protected = {label: mean_metric(pooled_cost, label, "validity") for label in ("CT", "BL")} if cost else {}
@@ -468,7 +446,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
         timings["ig_s"] = time.perf_counter() - t0
 
     robustness = {}
-    if config.robustness or baselines:  # the baselines' claim is robustness: measure it on every dataset
+    if config.robustness.enabled or baselines:  # the baselines' claim is robustness: measure it on every dataset
         t0 = time.perf_counter()
         robustness = robustness_over_seeds(config, data, trained, labels)
         timings["robustness_s"] = time.perf_counter() - t0
@@ -481,13 +459,13 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
     timings["total_s"] = time.perf_counter() - t_start
     mechanism = mechanism_health(histories)
     robust_summary = {label: {k: v for k, v in r.items() if k != "per_seed"} for label, r in robustness.items()}
-    results = {"dataset": config.dataset, "label": run_label(config, data), "categorical": config.categorical,
-               "one_hot_groups": len(data.schema.groups), "generator": config.generator,
-               "paper_row": _paper_row(config.dataset), "seeds": list(config.seeds), "protected": list(protected),
+    results = {"dataset": config.data.name, "label": run_label(config, data),
+               "categorical": config.train.search.categorical, "one_hot_groups": len(data.schema.groups),
+               "generator": config.train.search.generator, "paper_row": PAPER_ROW.get(config.data.name, config.data.name), "seeds": list(config.seeds), "protected": list(protected),
                "ablation": ablation, "comparisons": comparisons, "accuracy": accuracy, "validity": validity,
                "validity_protected": validity_protected, "means": means, "versus": versus,
                "skipped_updates": {label: skipped_updates(runs) for label, runs in histories.items()},
-               "ig": ig, "ig_difference_over_seeds": ig_over_seeds, "mmd_length_scale": config.mmd_length_scale,
+               "ig": ig, "ig_difference_over_seeds": ig_over_seeds, "mmd_length_scale": config.protocol.mmd_length_scale,
                "robustness": robust_summary, "figures": figures, "timings": timings,
                "convergence": {label: mechanism[label]["converged"] for label in mechanism}, "mechanism": mechanism}
     notes = [f"histories.json: {n}" for n in history_notes]
@@ -495,11 +473,6 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
     results["notes"] = notes
     write_json(os.path.join(workdir, "results.json"), results)
     return results
-
-
-def _paper_row(dataset: str) -> str:
-    from experiments.configs import PAPER_ROW
-    return PAPER_ROW.get(dataset, dataset)
 
 
 def mean_metric(summary: list[dict], model: str, metric: str) -> float | None:
@@ -510,13 +483,13 @@ def mean_metric(summary: list[dict], model: str, metric: str) -> float | None:
 
 def _plots(config, data, data_protected, trained, labels, robustness, histories, workdir) -> dict[str, str]:
     """Writes the dataset's figures; returns {figure: path}."""
-    from experiments import figures, plots
+    from experiments import plots
     out = {}
     first = {label: trained[label][0] for label in labels}
     out["training_curves"] = plots.plot_training_curves(os.path.join(workdir, "training_curves.png"),
                                                         {label: histories[label][0] for label in labels})
     # The test-time search of the protocol (ECCo, λ_energy 1, the protocol's τ and one-hot mode): what is evaluated.
-    search = protocol_config(config, threshold=config.eval_tau, seed=config.seeds[0]).search_config(1.0)
+    search = protocol_config(config, seed=config.seeds[0]).search_config(1.0)
     if data.num_features == 2:
         out["decision_surfaces"] = plots.plot_decision_surfaces(
             os.path.join(workdir, "decision_surfaces.png"), data, first, key=jax.random.key(0), search_config=search,
@@ -524,7 +497,7 @@ def _plots(config, data, data_protected, trained, labels, robustness, histories,
     if robustness:
         out["robust_accuracy"] = plots.plot_robust_accuracy(
             os.path.join(workdir, "robust_accuracy.png"), robustness,
-            title=f"{config.dataset}: robust accuracy, mean and range over seeds {list(config.seeds)}")
+            title=f"{config.data.name}: robust accuracy, mean and range over seeds {list(config.seeds)}")
     if data.image_shape:
         from ctrain.search import explain, predict
         x = data.x_test[:10]
@@ -538,7 +511,7 @@ def _plots(config, data, data_protected, trained, labels, robustness, histories,
             out["ig_maps"] = figures.ig_maps_figure(
                 os.path.join(workdir, "ig_maps.png"), data, {"BL": trained["BL"][0], "CT": trained["CT_mut"][0]},
                 protected_mask=data_protected.schema.protected(), key=jax.random.key(config.seeds[0]),
-                n_steps=config.ig_steps, title=f"{config.dataset}: mean integrated gradients per class "
+                n_steps=config.sensitivity.steps, title=f"{config.data.name}: mean integrated gradients per class "
                                                f"(seed {config.seeds[0]}; CT trained with the protected rows)")
     return out
 
@@ -575,11 +548,11 @@ def run_metadata() -> dict:
 
 
 def check_flags(config: ExperimentConfig, flags: dict[str, tuple[str, object]]) -> ExperimentConfig:
-    """Returns `config` with each flag's value set on its field ({flag: (field, value)}), checked by the config's
-    own rules (the ones --set goes through); raises ValueError naming the flag of the first bad value."""
-    for flag, (field, value) in flags.items():
+    """Returns `config` with each flag's value set at its dotted path ({flag: (path, value)}), checked by the
+    config's own rules (the ones --set goes through); raises ValueError naming the flag of the first bad value."""
+    for flag, (path, value) in flags.items():
         try:
-            config = dataclasses.replace(config, **{field: value})
+            config = replace_path(config, path, value)
         except (TypeError, ValueError) as err:
             raise ValueError(f"{flag} {value!r}: {err}") from None
     return config
@@ -613,3 +586,37 @@ def refuse_overwrite(out: str, finished, how: str = "pass --overwrite to replace
     if finished:
         raise ValueError(f"{out!r} already holds finished results for {', '.join(map(str, finished))}; nothing was "
                          f"trained: {how}")
+
+
+def train_figure1(path, config, data: Dataset, *, progress: bool = False) -> dict:
+    """Returns {"path", "protected", "sensitivity": {panel model: shares}} after saving the paper's Figure 1.
+
+    `config` is an ExperimentConfig of a 2-D dataset whose first protected feature is protected; the models
+    are linear and trained with the config's settings on its first seed (the protected-feature CT run with
+    the mutability λ's, as in the actionability experiment). `data` is the loaded dataset.
+    """
+    if data.num_features != 2:
+        raise ValueError(f"Figure 1 needs 2-D data; {data.name!r} has {data.num_features} features")
+    linear = config.replace(model="linear", seeds=config.seeds[:1])
+    free = free_schema(data)
+    protected = protected_names(linear, data)[:1]
+    if not protected:
+        raise ValueError(f"Figure 1 protects one feature; the config of {data.name!r} names none (set data.protected=)")
+    held = free.with_mutability(**{protected[0]: "immutable"})
+    models = {}
+    for label, objective, train_data, mutability in (("BL", "vanilla", free, False), ("CT", "full", free, False),
+                                                     ("CT_mut", "full", held, True)):
+        trained, _, _ = train_seeds(linear, train_data, objective, mutability=mutability, progress=progress)
+        models[label] = trained[0]
+    search = protocol_config(linear, seed=linear.seeds[0]).search_config(1.0)
+    name = protected[0]
+    panels = {"(a) BL, all mutable": models["BL"], "(b) CT, all mutable": models["CT"],
+              f"(c) BL, {name} immutable": models["BL"], f"(d) CT, {name} protected": models["CT_mut"]}
+    constraints = dict(zip(panels, (free.constraints(), free.constraints(), held.constraints(), held.constraints())))
+    from experiments import plots
+    plots.plot_decision_surfaces(path, free, panels, key=jax.random.key(linear.seeds[0]), search_config=search,
+                                 constraints=constraints, ncols=2, boundary=True, target_class=1, show="train",
+                                 n_factuals=10, grid_size=150)
+    return {"path": str(path), "protected": name, "dataset": data.name,
+            "class_mean_gap_sigma": data.class_mean_gaps().tolist(),
+            "sensitivity": {label: figures.linear_sensitivities(*model, data.num_features) for label, model in models.items()}}

@@ -244,3 +244,36 @@ def plot_training_curves(path, histories, *, keys=("loss", "test_accuracy")):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_ablation(path, rows, *, models=("CD", "AR", "CT"), metrics=(("ip", "IP"), ("ip_star", "IP*"))):
+    """Returns path after saving the paper's Figure 5: per dataset, each model's reduction vs BL in % with its
+    interval over seeds. `rows` are (label, {model: {metric: seed_interval dict}}) pairs."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("plot_ablation needs at least one dataset row with CD, AR and CT comparisons")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 0.55 * len(rows) * len(models) + 1.5),
+                             squeeze=False)
+    colors = dict(zip(models, ("tab:orange", "tab:green", "tab:blue")))
+    height = 0.8 / len(models)
+    for ax, (metric, name) in zip(axes[0], metrics):
+        for j, model in enumerate(models):
+            ys, means, lows, highs = [], [], [], []
+            for i, (_, stats) in enumerate(rows):
+                stat = stats.get(model, {}).get(metric) or {}
+                if stat.get("mean") is None:
+                    continue
+                ys.append(i + (j - (len(models) - 1) / 2) * height)
+                means.append(stat["mean"])
+                low, high = stat.get("low"), stat.get("high")
+                lows.append(stat["mean"] - low if low is not None else 0.0)
+                highs.append(high - stat["mean"] if high is not None else 0.0)
+            ax.barh(ys, means, height=height, color=colors.get(model), label=model,
+                    xerr=np.array([lows, highs]) if ys else None, capsize=2)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{name} reduction vs BL (%), mean over seeds, 99% interval")
+        ax.set_title(f"{name}: CD, AR and CT against BL")
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    return _save(fig, path)

@@ -2,7 +2,7 @@
 
     python -m experiments.reproduce                      # four synthetic sets, 5 seeds (a few minutes, 2-core CPU)
     python -m experiments.reproduce --full               # every dataset whose data is available offline or locally
-    python -m experiments.reproduce --datasets adult --set seeds=0 --set epochs=50 --ablation
+    python -m experiments.reproduce --datasets adult --set seeds=0 --set train.epochs=50 --ablation
     python -m experiments.reproduce --datasets adult german --categorical-modes relaxed straight_through
     python -m experiments.reproduce --full --categorical-modes relaxed straight_through --results-md RESULTS.md
     python -m experiments.reproduce --datasets moons digits --baselines   # + PGD-AT and JEM rows, CT vs each
@@ -42,14 +42,14 @@ import shlex
 import shutil
 import sys
 import time
-import types
 
+from ctrain.evaluate import seed_interval
 from ctrain.search import CATEGORICAL_MODES
-from experiments import paper_results
-from experiments.configs import CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, get_config, override
-from experiments.pipeline import (check_distinct, check_output_file, load_data, refuse_overwrite, run_label,
+from experiments import paper_results, plots
+from experiments.configs import CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, get_config, override, replace_path
+from experiments.pipeline import (train_figure1, check_distinct, check_output_file, load_data, refuse_overwrite, run_label,
                                  run_metadata, train_and_evaluate, write_json)
-from experiments.results_md import interval_text, marked_sections
+from experiments.results_md import interval_text, marked_sections, write_section
 
 NOTES = """\
 - Seeds: the paper trains one model per configuration (global seed 2025) and its ± and * come from bootstrap
@@ -83,7 +83,7 @@ NOTES = """\
   search: experiments/studies/actionability/README.md measures it over 20 draws per blob set, with the
   reason, and tests/test_proposition.py pins Proposition 3.1 down on Gaussian classes.
 - Adult's robust accuracy depends on the one-hot columns' domain. Bounded to [0, 1], CT's FGSM/PGD accuracy at
-  ε 0.1 is 0.44/0.21 (`--datasets adult --categorical-modes relaxed --set dataset_kwargs.onehot_bounds=unit`,
+  ε 0.1 is 0.44/0.21 (`--datasets adult --categorical-modes relaxed --set data.kwargs.onehot_bounds=unit`,
   the run at commit 885a0d2); in the reference's domain 0.76/0.71 (paper 0.75/0.70): the attacks push one-hot
   columns below 0, and only the wider domain lets CT's adversarial examples go there too. The ablation keeps
   the paper's order: CT 0.75/0.70, AR 0.73/0.69, CD 0.62/0.42, BL 0.01/0.01 (paper 0.75/0.70, 0.70/0.64,
@@ -91,7 +91,7 @@ NOTES = """\
 - Adult's validity and cost without constraints (Tables 1, 3 and 8a) depend on the test-time search. Tested
   snap-state, as the reference does (the table's row), CT's validity is 0.84 and its cost −6.8% against BL
   (paper 0.68 and −4.6%), validity under constraints 0.77 (paper 0.70); the same training tested relaxed
-  gives 0.98 and −61.5% (`--datasets adult --categorical-modes relaxed --set eval_categorical=relaxed`, one
+  gives 0.98 and −61.5% (`--datasets adult --categorical-modes relaxed --set protocol.categorical=relaxed`, one
   NVIDIA H200). The reference's loader (TaijaData) also puts `education_num` into the `education` one-hot
   group (it groups columns by name), which pins it during the snapped search; we do not copy that, and our
   validity stays above the paper's.
@@ -101,12 +101,12 @@ NOTES = """\
   constraints (0.99, −70.0%) are close to the relaxed test's. The paper has no such row: its cost columns
   compare CT and BL searched with real categories, which the paper never measures.
 - MNIST (5k subset), Table 8a: the subset has 4 batches per epoch against MNIST's 10, so 100 epochs make 400
-  parameter updates instead of the reference's 1,000. With `--set epochs=250` (1,000 updates) CT's cost
+  parameter updates instead of the reference's 1,000. With `--set train.epochs=250` (1,000 updates) CT's cost
   without constraints is −51.0% against BL (paper −40.7%), accuracy 0.90/0.91 and FGSM/PGD 0.65/0.55 (paper
-  0.90/0.92 and 0.65/0.60) (`--datasets mnist_5k --set epochs=250`, one NVIDIA H200).
+  0.90/0.92 and 0.65/0.60) (`--datasets mnist_5k --set train.epochs=250`, one NVIDIA H200).
 - Adult's cost with protected feature (paper +4.0%, not significant) takes its sign from the test-time
   one-hot search: −16.2% tested snap-state (the table's row), +12.8% for the same training tested relaxed
-  (`--set eval_categorical=relaxed`, one NVIDIA H200); the reference's snapped search also pins
+  (`--set protocol.categorical=relaxed`, one NVIDIA H200); the reference's snapped search also pins
   `education_num` (above), which moves the costs of both models.
 - Robust accuracy is read at ε = 0.1 of each dataset's own units; on the synthetic sets (feature scales of
   several units) no model loses accuracy there, so those rows carry no information about robustness.
@@ -187,6 +187,106 @@ def _paper_pair(table: dict, row: str) -> str:
     return "%.2f / %.2f" % value if value else "–"
 
 
+# Table 1's reduction columns: (comparison key, name, column of paper_results.TABLE1).
+REDUCTIONS = (("ip", "IP", 0), ("ip_star", "IP*", 1), ("cost_protected", "cost with protected features", 2))
+
+
+def average_over_rows(rows: list[dict], metric: str) -> dict:
+    """Returns the `seed_interval` of the rows' average reduction: per training seed that every row has, the mean
+    over rows of that seed's reduction (each seed trains every row afresh, so it replicates the whole average)."""
+    per_row = []
+    for res in rows:
+        seeds = ((res["comparisons"].get("CT", {}).get(metric) or {}).get("seeds") or {})
+        per_row.append({s: v for s, v in zip(res.get("seeds", []), seeds.get("per_seed_reduction_pct") or [])
+                        if _finite(v)})
+    common = sorted(set.intersection(*(set(d) for d in per_row))) if per_row else []
+    out = seed_interval([sum(d[s] for d in per_row) / len(per_row) for s in common])
+    return {**out, "seeds": common, "rows": len(per_row)}
+
+
+def paper_average(rows: list[dict], column: int) -> float | None:
+    """Returns the mean of the paper's Table 1 reductions in `column` over the paper rows of `rows` (None if none)."""
+    values = [paper_results.TABLE1[paper_results.row(r["dataset"])][column][0] for r in rows
+              if paper_results.row(r["dataset"]) in paper_results.TABLE1]
+    return sum(values) / len(values) if values else None
+
+
+def paper_rows(all_results: list[dict]) -> list[dict]:
+    """Returns one result per paper data set run: the row of the config's own one-hot modes where there are several."""
+    chosen = {}
+    for res in all_results:
+        key = paper_results.row(res["dataset"])
+        if key not in paper_results.TABLE1:
+            continue
+        own = get_config(res["dataset"])
+        is_own = (not res.get("one_hot_groups")
+                  or res.get("categorical") == own.train.search.categorical)
+        if key not in chosen or is_own:
+            chosen[key] = res
+    return [chosen[k] for k in paper_results.TABLE1 if k in chosen]
+
+
+def _average_line(rows: list[dict], n_columns: int) -> str:
+    """Returns Table 1's "Avg." row over the paper rows run: ours over seeds beside the paper's over the same rows."""
+    cells = []
+    for metric, _, column in REDUCTIONS:
+        stat = average_over_rows(rows, metric)
+        paper = paper_average(rows, column)
+        cells += [interval_text(stat), "–" if paper is None else f"{paper:.2f}"]
+    seeds = average_over_rows(rows, "ip")["seeds"]
+    return (f"| Avg. over the {len(rows)} paper rows above | {len(seeds)} | " + " | ".join(cells)
+            + " |" + " |" * (n_columns - 8))
+
+
+PAPER_AVERAGE_TEXT = ("Avg.: ours is the mean over the paper rows run (one per paper data set: its config's own one-hot "
+                      "mode), per training seed that every row has, [99% Student-t interval over those seeds]; the "
+                      "paper's is its own reductions averaged over the same rows. The paper's average over all nine "
+                      "of its rows is {ip:.1f} / {ip_star:.1f} / {cost:.1f} (IP / IP* / cost, protected).")
+
+
+def paper_all_rows_average() -> dict:
+    """Returns the paper's Table 1 averages over its nine rows: {"ip", "ip_star", "cost"}."""
+    rows = list(paper_results.TABLE1.values())
+    return {name: sum(r[i][0] for r in rows) / len(rows) for i, name in enumerate(("ip", "ip_star", "cost"))}
+
+
+def make_headline(all_results: list[dict]) -> str:
+    """Returns the README's results table: per paper data set run, IP, IP* and cost with protected features, ours
+    (over seeds) beside the paper's, the seeds and the mechanism's health; then the average row."""
+    rows = paper_rows(all_results)
+    if not rows:
+        return "No paper data set in these results."
+    lines = ["| Data | Seeds | IP −% (ours) | IP −% (paper) | IP* −% (ours) | IP* −% (paper) | Cost, protected −% "
+             "(ours) | Cost −% (paper) | Mature / steps / skipped (CT; CT_mut) |", "|" + "---|" * 9]
+    notes: list[str] = []
+    for res in rows:
+        label = res.get("label", res["dataset"])
+        if paper_results.row(res["dataset"]) != res["dataset"]:
+            label += f" (the paper's {paper_results.row(res['dataset'])} row)"
+        ct = res["comparisons"].get("CT", {})
+        cells = []
+        for metric, name, column in REDUCTIONS:
+            cells += [_cell(ct.get(metric), notes, f"{label}, {name}"), paper_results.reduction(res["dataset"], column)]
+        lines.append(f"| {label} | {len(res.get('seeds', []))} | " + " | ".join(cells)
+                     + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
+    lines.append(_average_line(rows, 9))
+    lines += ["", REDUCTION_TEXT + " " + PAPER_AVERAGE_TEXT.format(**paper_all_rows_average()) + " " + HEALTH_TEXT
+              + " Every table, and where and why ours differ from the paper: RESULTS.md."]
+    return _with_notes(lines, notes)
+
+
+def write_readme_headline(path: str, headline: str, meta: dict) -> None:
+    """Rewrites the README's <!-- headline --> section with the headline table and the command that made it."""
+    command = meta.get("tables_command") or meta["command"]
+    text = (f"{headline}\n\nMade by `{command}` at commit `{meta['git_commit'][:10]}`"
+            f"{' (with uncommitted changes)' if meta.get('git_dirty') else ''} on {meta['started'][:10]}, "
+            f"{meta['cpu_count']} CPUs ({meta['device']}).")
+    body = open(path).read()
+    if "<!-- headline:start -->" not in body or "<!-- headline:end -->" not in body:
+        raise ValueError(f"--readme {path!r} has no <!-- headline:start --> / <!-- headline:end --> markers to fill")
+    write_section(path, "headline", text)
+
+
 def make_table(all_results: list[dict]) -> str:
     """Returns the markdown table in the layout of the paper's Table 1, ours beside the paper's, with its notes."""
     head = ("| Data | Seeds | IP −% (ours) | IP −% (paper) | IP* −% (ours) | IP* −% (paper) "
@@ -205,9 +305,13 @@ def make_table(all_results: list[dict]) -> str:
             f"| {_pair(res['validity'], fmt='{:.2f}')} | {_paper_pair(paper_results.VALIDITY, d)} "
             f"| {_pair(res['accuracy'])} | {_paper_pair(paper_results.ACCURACY, d)} "
             f"| {_mechanism_cell(res, ('CT',))} | {_mechanism_cell(res, ('CT_mut',))} |")
+    rows = paper_rows(all_results)
+    if rows:
+        lines.append(_average_line(rows, 14))
     lines.append("")
     lines.append(REDUCTION_TEXT + " The paper's columns are its own: its ± and * come from one trained model's "
-                 "bootstrap rounds. " + HEALTH_TEXT)
+                 "bootstrap rounds. " + (PAPER_AVERAGE_TEXT.format(**paper_all_rows_average()) + " " if rows else "")
+                 + HEALTH_TEXT)
     return _with_notes(lines, notes)
 
 
@@ -510,16 +614,17 @@ def run_plan(configs, loaded: dict, modes) -> list[tuple]:
     """Returns [(config, data, folder name)]: each config once, or once per one-hot mode if its data has one-hot groups."""
     plan = []
     for config in configs:
-        data = loaded[config.dataset]
+        data = loaded[config.data.name]
         if modes and data.schema.groups:
             for mode in modes:
-                # A mode other than the config's own is tested in that mode (eval_categorical belongs to the
+                # A mode other than the config's own is tested in that mode (protocol.categorical belongs to the
                 # config's own training mode: the reference's snapped test-time search for its relaxed training).
-                tested = config.eval_categorical if mode == config.categorical else None
-                plan.append((dataclasses.replace(config, categorical=mode, eval_categorical=tested), data,
-                             f"{config.dataset}-{mode}"))
+                tested = config.protocol.categorical if mode == config.train.search.categorical else mode
+                moded = replace_path(replace_path(config, "train.search.categorical", mode),
+                                     "protocol.categorical", tested)
+                plan.append((moded, data, f"{config.data.name}-{mode}"))
         else:
-            plan.append((config, data, config.dataset))
+            plan.append((config, data, config.data.name))
     return plan
 
 
@@ -530,15 +635,18 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--datasets", nargs="+", default=None, help=f"any of {sorted(CONFIGS)}")
     parser.add_argument("--full", action="store_true", help="every dataset whose data can be loaded")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override applied to every dataset (repeatable), e.g. --set seeds=0,1")
+                        help="config override at a dotted path, applied to every dataset (repeatable), e.g. "
+                             "--set seeds=0,1 --set train.epochs=50 (experiments/configs.py lists the tree)")
     parser.add_argument("--categorical-modes", nargs="+", default=None, choices=CATEGORICAL_MODES, metavar="MODE",
                         help="run the datasets with one-hot groups once per mode (rows labelled by mode), e.g. "
-                             "relaxed straight_through; default: each config's own `categorical`")
+                             "relaxed straight_through; default: each config's own train.search.categorical")
     parser.add_argument("--ablation", action="store_true", help="also train CD (no adversarial) and AR (no div/reg)")
     parser.add_argument("--baselines", action="store_true",
                         help="also train PGD adversarial training and JEM-style training, compared with CT")
     parser.add_argument("--out", default=os.path.join("results", "reproduce"))
     parser.add_argument("--results-md", default=None, help="also write this RESULTS.md (and copy the figures beside it)")
+    parser.add_argument("--readme", default=None,
+                        help="also fill this README's headline table (between <!-- headline:start/end --> markers)")
     parser.add_argument("--no-plots", action="store_true", help="no figures (Figure 1 and the per-dataset plots)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--tables-only", action="store_true",
@@ -547,28 +655,31 @@ def main(argv=None) -> list[dict]:
                         help="rerun rows that --out already holds, replacing them (default: refused before training)")
     args = parser.parse_args(argv)
     check_output_file("--results-md", args.results_md)
+    if args.readme is not None and not os.path.isfile(args.readme):
+        raise ValueError(f"--readme {args.readme!r} is not a file: the headline table is written into an existing "
+                         "README between <!-- headline:start --> and <!-- headline:end -->")
     if args.tables_only:
-        return rebuild_tables(args.out, args.results_md)
+        return rebuild_tables(args.out, args.results_md, args.readme)
 
     names = args.datasets or (list(CONFIGS) if args.full else list(SYNTHETIC_NAMES))
     t0 = time.perf_counter()
     # Every config is checked, and its data loaded and checked, before the first training: a typo fails at once.
     configs = [override(get_config(n), args.overrides) for n in names]
-    check_distinct("--datasets", [c.dataset for c in configs])  # by config name: an alias repeats its dataset too
+    check_distinct("--datasets", [c.data.name for c in configs])  # by config name: an alias repeats its dataset too
     if args.categorical_modes:
         check_distinct("--categorical-modes", args.categorical_modes)
         for mode in args.categorical_modes:
-            dataclasses.replace(configs[0], categorical=mode)  # the configs' own check of the mode
+            replace_path(configs[0], "train.search.categorical", mode)  # the configs' own check of the mode
     loaded, skipped = {}, {}
     for config in configs:
         try:
-            loaded[config.dataset] = load_data(config)
+            loaded[config.data.name] = load_data(config)
         except FileNotFoundError as err:
-            if not (args.full and config.dataset not in OFFLINE_NAMES):
+            if not (args.full and config.data.name not in OFFLINE_NAMES):
                 raise
-            skipped[config.dataset] = str(err).splitlines()[0]
-            print(f"== {config.dataset}: skipped: {skipped[config.dataset]}", flush=True)
-    plan = run_plan([c for c in configs if c.dataset in loaded], loaded, args.categorical_modes)
+            skipped[config.data.name] = str(err).splitlines()[0]
+            print(f"== {config.data.name}: skipped: {skipped[config.data.name]}", flush=True)
+    plan = run_plan([c for c in configs if c.data.name in loaded], loaded, args.categorical_modes)
     # The rows --out holds already stay; one asked for again is refused now, before anything trains.
     earlier, folders, _ = stored_runs(args.out)
     labels = [run_label(config, data) for config, data, _ in plan]
@@ -586,8 +697,8 @@ def main(argv=None) -> list[dict]:
     meta = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **run_metadata()}
     new = []
     for (config, data, folder), label in zip(plan, labels):
-        mode = f", one-hot mode {config.categorical}" if data.schema.groups else ""
-        print(f"== {folder}: seeds {list(config.seeds)}, {config.epochs} epochs{mode} "
+        mode = f", one-hot mode {config.train.search.categorical}" if data.schema.groups else ""
+        print(f"== {folder}: seeds {list(config.seeds)}, {config.train.epochs} epochs{mode} "
               f"(expected ~{config.expected_minutes:g} min on a 2-core CPU)", flush=True)
         # --overwrite: the replaced row's folder goes (files of the old run, e.g. a seed it had and this run has
         # not, would otherwise sit beside the new ones), only now, so a failure before this row keeps it.
@@ -597,17 +708,16 @@ def main(argv=None) -> list[dict]:
                                       ablation=args.ablation, baselines=args.baselines, progress=not args.quiet,
                                       plots=not args.no_plots))
     figure1 = None
-    ls = [(c, d) for c, d, _ in plan if c.dataset == "linearly_separable"]
+    ls = [(c, d) for c, d, _ in plan if c.data.name == "linearly_separable"]
     if ls and not args.no_plots:
-        from experiments import figures
         t1 = time.perf_counter()
-        figure1 = figures.figure1(os.path.join(args.out, "figures", "figure1_linear.png"), *ls[0],
+        figure1 = train_figure1(os.path.join(args.out, "figures", "figure1_linear.png"), *ls[0],
                                   progress=not args.quiet)
         figure1["wall_s"] = time.perf_counter() - t1
     meta.update(wall_time_s=time.perf_counter() - t0, skipped=skipped, figure1=figure1,
                 per_dataset_wall_s={r["label"]: r["timings"]["total_s"] for r in new})
     results = merge_results(earlier, new, replaced)
-    meta = merge_metadata(earlier_meta, meta, replaced, ran={c.dataset for c in configs})
+    meta = merge_metadata(earlier_meta, meta, replaced, ran={c.data.name for c in configs})
     table = all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta["figure1"])
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")
@@ -617,11 +727,14 @@ def main(argv=None) -> list[dict]:
     if skipped:
         print("\nSkipped (data not available): " + ", ".join(sorted(skipped)))
     if args.results_md:
-        write_results_md(args.results_md, table, meta, results, configs=[c for c, _, _ in plan])
+        write_results_md(args.results_md, table, meta, results,
+                         sensitivity=dataclasses.asdict(plan[0][0].sensitivity) if plan else None)
+    if args.readme:
+        write_readme_headline(args.readme, make_headline(results), meta)
     return results
 
 
-def rebuild_tables(out: str, results_md: str | None = None) -> list[dict]:
+def rebuild_tables(out: str, results_md: str | None = None, readme: str | None = None) -> list[dict]:
     """Returns the results stored in `out` after rewriting its table.md (and results_md) from them; trains nothing.
 
     A finished dataset folder whose row results.json lacks (dropped by a version that replaced the file on every
@@ -641,15 +754,18 @@ def rebuild_tables(out: str, results_md: str | None = None) -> list[dict]:
         f.write(table + "\n")
     print(table)
     if results_md:
-        configs = []
+        sensitivity = None
         for name in sorted(os.listdir(out)):  # the runs' own configs (IG settings for the notes)
             path = os.path.join(out, name, "config.json")
-            if os.path.isfile(path):
-                with open(path) as f:
-                    configs.append(types.SimpleNamespace(**json.load(f)))
+            if os.path.isfile(path) and sensitivity is None:
+                sensitivity = _read_json(path).get("sensitivity")
         meta = {**meta, "tables_command": "python -m experiments.reproduce --tables-only --out "
                                           f"{shlex.quote(out)} --results-md {shlex.quote(results_md)}"}
-        write_results_md(results_md, table, meta, results, configs=configs)
+        write_results_md(results_md, table, meta, results, sensitivity=sensitivity)
+    if readme:
+        meta = {**meta, "tables_command": "python -m experiments.reproduce --tables-only --out "
+                                          f"{shlex.quote(out)} --readme {shlex.quote(readme)}"}
+        write_readme_headline(readme, make_headline(results), meta)
     return results
 
 
@@ -779,9 +895,21 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
     if meta.get("figure1"):
         lines.append(f"- Figure 1 (linear models, CT vs BL, paths and decision boundary): "
                      f"![Figure 1]({copy(meta['figure1']['path'], 'figure1_linear.png')})")
+    ablation = [(res.get("label", res["dataset"]),
+                 {m: {metric: ((res["comparisons"].get(m, {}).get(metric) or {}).get("seeds") or {}).get("reduction")
+                      or {} for metric in ("ip", "ip_star")} for m in ("CD", "AR", "CT")})
+                for res in results if res.get("ablation")]
+    if ablation:
+        plots.plot_ablation(os.path.join(out_dir, "figure5_ablation.png"), ablation)
+        lines.append("- Figure 5 (ablation: CD, AR and CT against BL on IP and IP*, intervals over seeds; the table "
+                     f"above): ![Figure 5]({rel(os.path.join(out_dir, 'figure5_ablation.png'))})")
     for res in results:
         figs = res.get("figures") or {}
         slug = os.path.basename(os.path.dirname(figs.get("training_curves", ""))) or res["dataset"]
+        if "counterfactual_grid" in figs:
+            lines.append(f"- Figure 2, {res['label']} (counterfactuals of the same factuals and targets, BL and CT "
+                         f"of the first seed): ![Figure 2 {res['label']}]"
+                         f"({copy(figs['counterfactual_grid'], f'figure2_counterfactuals_{slug}.png')})")
         if "ig_maps" in figs:
             lines.append(f"- Figure 3, {res['label']} (IG maps per class, CT vs BL): "
                          f"![IG maps {res['label']}]({copy(figs['ig_maps'], f'figure3_ig_{slug}.png')})")
@@ -791,10 +919,13 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
     return lines
 
 
-def write_results_md(path: str, table: str, meta: dict, results: list[dict], configs=()) -> None:
-    """Writes RESULTS.md: the tables beside the paper's, the figures, the command, commit, machine and the differences."""
+def write_results_md(path: str, table: str, meta: dict, results: list[dict], sensitivity: dict | None = None) -> None:
+    """Writes RESULTS.md: the tables beside the paper's, the figures, the command, commit, machine and the differences.
+
+    `sensitivity` is the runs' IG settings (ExperimentConfig.sensitivity as a dict), quoted in the notes.
+    """
     scales = sorted({str(r["mmd_length_scale"]) for r in results})
-    ig = next(iter(configs), None)
+    ig = sensitivity or {}
     body = [
         "# Reproduced results", "",
         "Generated by `experiments/reproduce.py`; do not edit by hand. Refresh with the command below.", "",
@@ -814,8 +945,8 @@ def write_results_md(path: str, table: str, meta: dict, results: list[dict], con
     if links:
         body += ["## Figures", "", *links, ""]
     body += ["## Where this differs from the paper, and why", "",
-             NOTES.format(length_scale=", ".join(scales), ig_rounds=getattr(ig, "ig_rounds", "n/a"),
-                          ig_samples=getattr(ig, "ig_samples", "n/a"))]
+             NOTES.format(length_scale=", ".join(scales), ig_rounds=ig.get("rounds", "n/a"),
+                          ig_samples=ig.get("samples", "n/a"))]
     body += ["## Agreement with the paper, column by column", "", *agreement_lines(results), ""]
     if meta.get("skipped"):
         body += ["Datasets not run (their data is not available offline): "

@@ -1,4 +1,4 @@
-"""The paper's tuning grids (App. C–D) as programs: static settings compile once; λ's, learning rate, seeds vmap.
+"""The one grid driver: the paper's tuning grids (App. C–D) or any axes, as programs that compile once per static group.
 
     python -m experiments.tuning --grid generator --datasets moons       # the reference's 270-config grid, one dataset
     python -m experiments.tuning --grid penalties --datasets circles     # 270 configs as 6 compiled programs
@@ -6,11 +6,13 @@
     python -m experiments.tuning --grid generator --datasets moons --task-index $SLURM_ARRAY_TASK_ID \\
         --num-tasks $SLURM_ARRAY_TASK_COUNT                              # fan out; then:
     python -m experiments.tuning --grid generator --datasets moons --collect   # one CSV + markdown of every config
-    python -m experiments.tuning --grid generator --datasets moons --axis generator=ecco --axis max_steps=5,50
+    python -m experiments.tuning --grid generator --datasets moons --axis train.search.generator=ecco \
+        --axis train.search.max_steps=5,50                               # a grid's axis replaced
+    python -m experiments.tuning --grid custom --datasets circles --axis weights.reg=0.1,0.5 --axis train.epochs=50,100
 
-Expected time on a 2-core CPU (measured, `experiments/benchmarks/tuning_grid.py`): see the README; the
+Expected time on a 2-core CPU (measured, `experiments/benchmarks/tuning_grid.py`): docs/performance.md; the
 generator grid of one synthetic dataset is the reference's 270-configuration grid (49 min–3 h 52 min on
-34 CPUs there). A tiny run (`--axis ... --set epochs=1 ...`, as in the tests) takes well under a minute.
+34 CPUs there). A tiny run (`--axis ... --set train.epochs=1 ...`, as in the tests) takes well under a minute.
 
 Grids (paper App. C–D, Notes 3–9; each crosses its axes with the objective ∈ {full, vanilla}):
 
@@ -20,13 +22,14 @@ Grids (paper App. C–D, Notes 3–9; each crosses its axes with the objective �
   = 135 (+ 135 BL);
 - other (synthetic): generator × burn-in {0, 0.5} × n_ce {100, 1000} × epochs {50, 100} = 24 (+ 24 BL);
 - tuning (every dataset): τ {0.5, 0.75, 0.9} × λ_reg {0.1, 0.25, 0.5} = 9 (+ 9 BL);
+- custom (every dataset): no axes of its own; the --axis options are the grid (any dotted config path);
 - tune_lr (every dataset): the search's step size {0.1, 0.5, 1} × λ_reg {0.01, 0.1, 0.5} at τ 0.5 = 9 (+ 9 BL). The
   reference's counterfactual learning rate was a no-op (its optimiser ignored the setting); here it is the
   search's SGD step, so this grid measures what the reference meant to.
 
 Everything not on an axis takes the appendix's training defaults (τ 0.75, λ_reg 0.1, T 30, λ_energy 5, λ_div
 0.5, λ_adv 0.25, 100 epochs; `GRID_DEFAULTS`) with each dataset's data, model, batch size and n_ce, and one seed
-(the reference's single run); `--set` overrides any of them, `--axis key=v1,v2` replaces (or adds) an axis.
+(the reference's single run); `--set` overrides any of them, `--axis dotted.path=v1,v2` replaces (or adds) an axis.
 Every configuration is scored by the tuning protocol (App. Note 2; `TUNING_PROTOCOL`): factuals drawn from the
 *training* data, τ 0.95, T 50, 100 individuals, 5 rounds, test-time λ_energy {0.1, 0.5, 1, 5, 10}.
 
@@ -67,7 +70,8 @@ from ctrain.evaluate import evaluate_explainability
 from ctrain.models import make_model
 from ctrain.objective import LossWeights
 from ctrain.train import create_train_states, fit_many
-from experiments.configs import OFFLINE_NAMES, SYNTHETIC_NAMES, ExperimentConfig, get_config, override
+from experiments.configs import (OFFLINE_NAMES, SYNTHETIC_NAMES, ExperimentConfig, flat_dict, from_dict, get_config,
+                                 get_path, leaf_paths, override, replace_path)
 from experiments.pipeline import (check_distinct, compared_over_rounds_and_seeds, free_schema, json_safe, load_data,
                                   protocol_config, skipped_updates, train_config, train_vae_aux, write_json)
 from experiments.results_md import interval_text
@@ -84,33 +88,42 @@ class Grid:
 
 
 GENERATORS = ("ecco", "generic", "revise")
+SEARCH = "train.search."
 GRIDS = {
-    "generator": Grid((("generator", GENERATORS), ("max_steps", ("5", "25", "50")),
-                       ("lambda_energy", ("0.1", "0.5", "5.0", "10.0", "20.0")), ("tau", ("0.75", "0.9", "0.95"))),
+    "generator": Grid(((SEARCH + "generator", GENERATORS), (SEARCH + "max_steps", ("5", "25", "50")),
+                       (SEARCH + "lambda_energy", ("0.1", "0.5", "5.0", "10.0", "20.0")),
+                       (SEARCH + "threshold", ("0.75", "0.9", "0.95"))),
                       SYNTHETIC_NAMES, about="App. C, Note 3: the training generator and its search"),
-    "penalties": Grid((("generator", GENERATORS), ("lambda_adv", ("0.1", "0.25", "1.0")),
-                       ("lambda_div", ("0.01", "0.1", "1.0")), ("lambda_reg", ("0.0", "0.01", "0.1", "0.25", "0.5"))),
+    "penalties": Grid(((SEARCH + "generator", GENERATORS), ("weights.adv", ("0.1", "0.25", "1.0")),
+                       ("weights.div", ("0.01", "0.1", "1.0")), ("weights.reg", ("0.0", "0.01", "0.1", "0.25", "0.5"))),
                       SYNTHETIC_NAMES, about="App. C, Note 5: the loss weights"),
-    "other": Grid((("generator", GENERATORS), ("burnin", ("0.0", "0.5")), ("n_ce", ("100", "1000")),
-                   ("epochs", ("50", "100"))), SYNTHETIC_NAMES, about="App. C, Note 7: burn-in, n_ce and epochs"),
-    "tuning": Grid((("tau", ("0.5", "0.75", "0.9")), ("lambda_reg", ("0.1", "0.25", "0.5"))), OFFLINE_NAMES,
-                   about="App. D, Note 9: τ and λ_reg per dataset"),
-    "tune_lr": Grid((("step_size", ("0.1", "0.5", "1.0")), ("lambda_reg", ("0.01", "0.1", "0.5"))), OFFLINE_NAMES,
-                    fixed=("tau=0.5",), about="App. D: the search's step size and λ_reg at τ 0.5"),
+    "other": Grid(((SEARCH + "generator", GENERATORS), ("train.burnin", ("0.0", "0.5")), ("train.n_ce", ("100", "1000")),
+                   ("train.epochs", ("50", "100"))), SYNTHETIC_NAMES, about="App. C, Note 7: burn-in, n_ce and epochs"),
+    "tuning": Grid(((SEARCH + "threshold", ("0.5", "0.75", "0.9")), ("weights.reg", ("0.1", "0.25", "0.5"))),
+                   OFFLINE_NAMES, about="App. D, Note 9: τ and λ_reg per dataset"),
+    "custom": Grid((), OFFLINE_NAMES, about="the --axis options alone"),
+    "tune_lr": Grid(((SEARCH + "step_size", ("0.1", "0.5", "1.0")), ("weights.reg", ("0.01", "0.1", "0.5"))),
+                    OFFLINE_NAMES, fixed=(SEARCH + "threshold=0.5",),
+                    about="App. D: the search's step size and λ_reg at τ 0.5"),
 }
 OBJECTIVES = ("full", "vanilla")
 # The appendix's training defaults (Note 1) for every setting a grid does not vary; data settings stay per dataset.
-GRID_DEFAULTS = ("tau=0.75", "lambda_reg=0.1", "seeds=0")
+GRID_DEFAULTS = (SEARCH + "threshold=0.75", "weights.reg=0.1", "seeds=0")
 # The tuning protocol (App. Note 2); factuals come from the training split (`evaluate_group`).
-TUNING_PROTOCOL = ("eval_rounds=5", "eval_individuals=100", "eval_tau=0.95", "eval_max_steps=50")
+TUNING_PROTOCOL = ("protocol.n_rounds=5", "protocol.n_individuals=100", "protocol.threshold=0.95",
+                   "protocol.max_steps=50")
 # Leaves of the TrainState: configurations differing only here train in one vmapped program.
-VMAPPABLE = ("lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", "learning_rate")
-# Settings the vanilla objective never reads: its configurations that differ only here are one model.
-CT_ONLY = ("tau", "n_ce", "lambda_div", "lambda_reg", "lambda_adv", "epsilon", "generator", "max_steps", "step_size",
-           "lambda_cost", "lambda_energy", "schedule", "burnin", "mutability_lambda_adv", "mutability_lambda_reg")
+VMAPPABLE = ("weights.clf", "weights.div", "weights.reg", "weights.adv", "learning_rate")
+# Settings (dotted paths; a trailing "." is a whole branch) the vanilla objective never reads: its configurations
+# that differ only here are one model.
+CT_ONLY = ("train.search.", "train.n_ce", "train.schedule", "train.burnin", "train.protect", "weights.div",
+           "weights.reg", "weights.adv", "actionability.")
 # Settings that change nothing a grid run computes (no actionability runs, IG or robustness in a grid).
-UNUSED = ("expected_minutes", "protected", "mutability_lambda_adv", "mutability_lambda_reg", "eval_cost_tau",
-          "ig_rounds", "ig_samples", "ig_steps", "robustness", "robust_samples")
+UNUSED = ("expected_minutes", "data.protected", "actionability.", "sensitivity.", "robustness.")
+
+
+def _matches(path: str, prefixes) -> bool:
+    return any(path == p or (p.endswith(".") and path.startswith(p)) for p in prefixes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,10 +148,8 @@ class Group:
 
 
 def _settings(config: ExperimentConfig, drop=()) -> dict:
-    settings = json.loads(json.dumps(config.to_dict()))
-    for name in UNUSED + tuple(drop):
-        settings.pop(name, None)
-    return settings
+    settings = json.loads(json.dumps(flat_dict(config)))
+    return {k: v for k, v in settings.items() if not _matches(k, UNUSED + tuple(drop))}
 
 
 def _hash(obj) -> str:
@@ -150,7 +161,7 @@ def parse_axes(items) -> dict[str, tuple[str, ...]]:
     axes = {}
     for item in items:
         if "=" not in item or not item.split("=", 1)[1].strip(", "):
-            raise ValueError(f"--axis {item!r} must look like key=v1,v2,... (e.g. max_steps=5,50)")
+            raise ValueError(f"--axis {item!r} must look like path=v1,v2,... (e.g. train.search.max_steps=5,50)")
         key, values = item.split("=", 1)
         if key.strip() in axes:
             raise ValueError(f"--axis {key.strip()}=... is given twice; give every value of an axis in one --axis")
@@ -170,8 +181,11 @@ def canonical(config: ExperimentConfig, objective: str) -> ExperimentConfig:
     """Returns the config as its objective reads it: for vanilla, every CT-only setting reset to the dataset's base."""
     if objective != "vanilla":
         return config
-    base = get_config(config.dataset)
-    return dataclasses.replace(config, **{name: getattr(base, name) for name in CT_ONLY})
+    base = get_config(config.data.name)
+    for path in leaf_paths():
+        if _matches(path, CT_ONLY):
+            config = replace_path(config, path, get_path(base, path))
+    return config
 
 
 def grid_points(grid: str, datasets, *, overrides=(), axes=None) -> list[Point]:
@@ -279,9 +293,9 @@ def train_group(group: Group, data, *, aux=None, progress: bool = False):
     apply_fn, _ = make_model(c0.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = {s: make_model(c0.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1]
              for s in c0.seeds}
-    column = lambda name: np.array([getattr(c, name) for c, _ in runs], np.float32)
-    weights = LossWeights(clf=column("lambda_clf"), div=column("lambda_div"), reg=column("lambda_reg"),
-                          adv=column("lambda_adv"))
+    column = lambda path: np.array([get_path(c, path) for c, _ in runs], np.float32)
+    weights = LossWeights(clf=column("weights.clf"), div=column("weights.div"), reg=column("weights.reg"),
+                          adv=column("weights.adv"))
     states = create_train_states(apply_fn, _stack([inits[s] for _, s in runs]), weights=weights,
                                  learning_rate=column("learning_rate"))
     tc = train_config(c0, group.objective, data.num_features)
@@ -298,7 +312,7 @@ def evaluate_group(group: Group, data, runs, models, *, progress: bool = False) 
     for seed in c0.seeds:
         chosen = {f"run{i}": model for i, ((_, s), model) in enumerate(zip(runs, models)) if s == seed}
         res = evaluate_explainability(chosen, data.x_train, data.y_train, num_classes=data.num_classes,
-                                      protocol=protocol_config(c0, threshold=c0.eval_tau, seed=seed),
+                                      protocol=protocol_config(c0, seed=seed),
                                       constraints=data.constraints(), progress=progress)
         for row in res["summary"]:
             summaries[int(row["model"][3:])].append({k: v for k, v in row.items() if k != "model"})
@@ -347,7 +361,7 @@ def run(grid: str, datasets, *, out: str, overrides=(), axes=None, task_index: i
     loaded, vaes = {}, {}
     for group in mine:
         for config in group.configs:
-            source = (config.dataset, config.dataset_kwargs)
+            source = (config.data.name, config.data.kwargs)
             if source not in loaded:
                 loaded[source] = free_schema(load_data(config))
     t0 = time.perf_counter()
@@ -364,10 +378,10 @@ def run(grid: str, datasets, *, out: str, overrides=(), axes=None, task_index: i
                 "there, kept")
             group = dataclasses.replace(group, configs=missing)
         c0 = group.configs[0]
-        data = loaded[(c0.dataset, c0.dataset_kwargs)]
+        data = loaded[(c0.data.name, c0.data.kwargs)]
         aux = None
-        if c0.generator == "revise" and group.objective != "vanilla":
-            vae_key = (c0.dataset, c0.dataset_kwargs, c0.seeds[0])
+        if c0.train.search.generator == "revise" and group.objective != "vanilla":
+            vae_key = (c0.data.name, c0.data.kwargs, c0.seeds[0])
             if vae_key not in vaes:  # one VAE per dataset serves every REVISE configuration, as in the reference
                 t_vae = time.perf_counter()
                 vaes[vae_key] = train_vae_aux(c0, data)
@@ -395,7 +409,7 @@ def _load_groups(out: str, grid: str) -> list[dict]:
 
 def _bl_key(stored: dict) -> str:
     """Returns the key of the BL a stored configuration is compared with: its canonical vanilla settings."""
-    return _hash(_settings(canonical(ExperimentConfig(**stored), "vanilla")))
+    return _hash(_settings(canonical(from_dict(stored), "vanilla")))
 
 
 def _mean(values):
@@ -418,14 +432,16 @@ def collect(out: str, grid: str) -> dict:
         for index, config in enumerate(g["configs"]):
             runs = [r for r in g["runs"] if r["config"] == index]
             bl = [baselines.get((_bl_key(config), r["seed"])) for r in runs]
-            row = {"dataset": config["dataset"], "group": g["group"], "config": _hash(config), "n_seeds": len(runs)}
-            row.update({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in config.items()
-                        if k != "dataset"})
+            row = {"dataset": config["data"]["name"], "group": g["group"], "config": _hash(config),
+                   "n_seeds": len(runs)}
+            row.update({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in flat_dict(config).items()
+                        if k != "data.name"})
             if all(b is not None for b in bl):
                 per_seed = [[{**x, "model": "CT"} for x in r["summary"]] + [{**x, "model": "BL"} for x in b["summary"]]
                             for r, b in zip(runs, bl)]
                 for metric in ("ip", "ip_star", "cost"):
-                    c = compared_over_rounds_and_seeds(per_seed, config["eval_rounds"], metric, treatment="CT")
+                    c = compared_over_rounds_and_seeds(per_seed, config["protocol"]["n_rounds"], metric,
+                                                       treatment="CT")
                     seeds = c["seeds"]["reduction"]
                     # The reduction and its mark are over seeds; the paper's round s.e. is kept beside them.
                     row[f"{metric}_reduction_pct"] = seeds["mean"]
@@ -512,7 +528,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every configuration (repeatable), e.g. --set seeds=0,1,2")
     parser.add_argument("--axis", dest="axes", action="append", default=[], metavar="KEY=V1,V2",
-                        help="replace (or add) a grid axis, e.g. --axis generator=ecco")
+                        help="replace (or add) a grid axis, e.g. --axis train.search.generator=ecco")
     parser.add_argument("--task-index", type=int, default=0)
     parser.add_argument("--num-tasks", type=int, default=1)
     parser.add_argument("--out", default=os.path.join("results", "tuning"))

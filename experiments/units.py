@@ -4,7 +4,7 @@
     python -m experiments.units --datasets circles --copies raw standardized --arms paper units --seeds 0
     python -m experiments.units --quick                  # circles only, 2 copies, 20 epochs (~2 min, 2-core CPU)
     python -m experiments.units --datasets adult --copies raw standardized   # ~8 min, 2-core CPU
-    python -m experiments.units --datasets linearly_separable --copies raw standardized --set lambda_reg=0.1
+    python -m experiments.units --datasets linearly_separable --copies raw standardized --set weights.reg=0.1
 
 For each dataset it trains BL and CT with the same seeds and initial weights on copies of the same data in
 different units (`raw`: the units the data comes in; `standardized`: mean 0 and sd 1 per continuous feature;
@@ -47,6 +47,7 @@ seeds, rounds and settings, so another run's rows cannot join them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -58,10 +59,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctrain.data import load_dataset
-from ctrain.evaluate import ProtocolConfig, bootstrap_mean_ci, compare, evaluate_explainability, paired_rounds
+from ctrain.evaluate import bootstrap_mean_ci, compare, evaluate_explainability, paired_rounds
 from ctrain.models import make_model
 from ctrain.search import CATEGORICAL_MODES, TRAINING_SEARCH, SearchConfig
-from ctrain.train import TrainConfig, create_train_states, fit_many
+from ctrain.train import create_train_states, fit_many
 from experiments.configs import ExperimentConfig, get_config, override
 from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, loss_weights,
                                  refuse_overwrite)
@@ -93,23 +94,31 @@ ARMS = {
     "units_clipped": dict(search=dict(units="std", step_rule="clipped", convergence="max_steps"),
                           normalize_inputs=True),
 }
-# The ExperimentConfig fields this study reads (training and the evaluator). A --set of any other field is
-# refused, not ignored, so a field added to ExperimentConfig later cannot silently do nothing here.
-READS = frozenset({
-    "dataset_kwargs", "model", "epochs", "batch_size", "learning_rate", "shuffle", "schedule", "burnin", "tau",
-    "n_ce", "lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", "epsilon", "generator", "max_steps",
-    "step_size", "lambda_cost", "lambda_energy", "eval_individuals", "eval_lambda_energy", "eval_max_steps",
-    "eval_tau", "ip_samples", "mmd_samples", "mmd_length_scale"})
-# Why some of the others do nothing here, or what to use instead.
+# The ExperimentConfig paths this study reads (training and the evaluator), as prefixes. A --set anywhere else is
+# refused, not ignored, so a field added to the config tree later cannot silently do nothing here.
+READS = ("data.kwargs", "model", "learning_rate", "train.", "weights.", "protocol.")
+# Paths that would do nothing here, or that a flag or an arm sets: checked before READS.
 NOT_READ_BECAUSE = {
-    "protected": "every feature is free in this study", "mutability_lambda_adv": "there is no actionability run",
-    "mutability_lambda_reg": "there is no actionability run", "eval_rounds": "use --rounds", "seeds": "use --seeds",
-    "eval_cost_tau": "the study scores no cost-at-τ", "categorical": "use --categorical",
-    "eval_categorical": "use --eval-categorical", "ig_rounds": "there is no IG run", "ig_samples": "there is no IG run",
-    "ig_steps": "there is no IG run", "robustness": "there is no robustness run",
-    "robust_samples": "there is no robustness run", "expected_minutes": "it only documents the reproduction",
-    "dataset": "use --datasets",
+    "data.name": "use --datasets", "data.protected": "every feature is free in this study", "seeds": "use --seeds",
+    "actionability.": "there is no actionability run", "sensitivity.": "there is no IG run",
+    "robustness.": "there is no robustness run", "expected_minutes": "it only documents the reproduction",
+    "train.search.units": "each arm sets it (--arms)", "train.search.step_rule": "each arm sets it (--arms)",
+    "train.search.convergence": "each arm sets it (--arms)", "train.search.categorical": "use --categorical",
+    "protocol.n_rounds": "use --rounds", "protocol.units": "the study's evaluator measures in standard deviations",
+    "protocol.step_rule": "use --eval-step-rule", "protocol.categorical": "use --eval-categorical",
 }
+
+
+def unread_reason(path: str) -> str | None:
+    """Returns why a --set of `path` would change nothing in this study (or which flag to use), None if it is read."""
+    for prefix, why in NOT_READ_BECAUSE.items():
+        if path == prefix or (prefix.endswith(".") and path.startswith(prefix)):
+            return why
+    if not any(path == p or (p.endswith(".") and path.startswith(p)) or path.startswith(p + ".") for p in READS):
+        return "the study does not read that field"
+    return None
+
+
 # `--categorical arm`: each arm trains one-hot groups in its own configuration's mode.
 ARM_CATEGORICAL = {arm: (SearchConfig.reference().categorical if arm == "paper" else TRAINING_SEARCH.categorical)
                    for arm in ARMS}
@@ -118,7 +127,7 @@ HEALTH = ("converged", "search_steps", "one_step", "ae_moved", "cf_in_ball", "en
 
 def data_copy(config: ExperimentConfig, which: str):
     """Returns the config's dataset in the units `which` (see COPIES), with every feature free (plausibility runs)."""
-    base = load_dataset(config.dataset, **dict(config.dataset_kwargs))
+    base = load_dataset(config.data.name, **dict(config.data.kwargs))
     base = free_schema(base).in_original_units()
     if which == "raw":
         return base
@@ -146,17 +155,11 @@ def train_pair(config: ExperimentConfig, data, arm: str, seeds, epochs: int | No
     apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = jax.tree.map(lambda *a: jnp.stack(a), *[
         make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1] for s in seeds])
-    search = SearchConfig(**{**dict(generator=config.generator, max_steps=config.max_steps,
-                                    step_size=config.step_size, threshold=config.tau, epsilon=config.epsilon,
-                                    lambda_cost=config.lambda_cost, lambda_energy=config.lambda_energy,
-                                    categorical=categorical),
-                             **spec["search"]})
+    search = config.train.search.replace(categorical=categorical, **spec["search"])
     weights = loss_weights(config)
     models, histories = {}, {}
     for label, objective in (("BL", "vanilla"), ("CT", "full")):
-        tc = TrainConfig(objective=objective, search=search, n_ce=config.n_ce, epochs=epochs or config.epochs,
-                         batch_size=config.batch_size, shuffle=config.shuffle, schedule=config.schedule,
-                         burnin=config.burnin)
+        tc = config.train.replace(objective=objective, search=search, epochs=epochs or config.train.epochs)
         states = create_train_states(apply_fn, inits, weights=weights, learning_rate=config.learning_rate)
         states, hist = fit_many(states, data, tc, seeds=seeds, progress=progress)
         models[label] = [(apply_fn, jax.tree.map(lambda a, i=i: a[i], states.params)) for i in range(len(seeds))]
@@ -174,14 +177,13 @@ def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int, st
     `categorical` is its one-hot mode (the reference's "relaxed", or e.g. "snap_state").
     """
     out, ratios = {}, {}
-    for key, scale in (("median", "median"), ("fixed", config.mmd_length_scale)):
+    for key, scale in (("median", "median"), ("fixed", config.protocol.mmd_length_scale)):
         summaries = []
         for i, seed in enumerate(seeds):
-            protocol = ProtocolConfig(n_rounds=rounds, n_individuals=min(config.eval_individuals, 100),
-                                      lambda_energy=config.eval_lambda_energy, max_steps=config.eval_max_steps,
-                                      threshold=config.eval_tau, ip_samples=config.ip_samples,
-                                      mmd_samples=config.mmd_samples, mmd_length_scale=scale, seed=seed, units="std",
-                                      step_rule=step_rule, categorical=categorical)
+            protocol = dataclasses.replace(config.protocol, n_rounds=rounds,
+                                           n_individuals=min(config.protocol.n_individuals, 100),
+                                           mmd_length_scale=scale, seed=seed, units="std", step_rule=step_rule,
+                                           categorical=categorical)
             res = evaluate_explainability({"BL": models["BL"][i], "CT": models["CT"][i]}, data.x_test, data.y_test,
                                           num_classes=data.num_classes, protocol=protocol,
                                           constraints=data.constraints())
@@ -365,16 +367,16 @@ def main(argv=None) -> list[dict]:
     # Checked before anything trains: a bad argument, --set or dataset name fails at once.
     for flag in ("datasets", "copies", "arms"):  # --seeds: the config's own rule, as for reproduce's seeds=
         check_distinct(f"--{flag}", getattr(args, flag))
+    configs = {name: override(get_config(name), args.overrides) for name in args.datasets}  # unknown paths fail
     for item in args.overrides:
-        key = item.split("=", 1)[0].strip().split(".", 1)[0]  # dataset_kwargs.NAME sets a loader keyword
-        if key not in READS:
-            raise ValueError(f"--set {key}=... would change nothing in the units study "
-                             f"({NOT_READ_BECAUSE.get(key, 'the study does not read that field')})")
-    configs = {name: override(get_config(name), args.overrides) for name in args.datasets}
+        key = item.split("=", 1)[0].strip()
+        why = unread_reason(key)
+        if why:
+            raise ValueError(f"--set {key}=... would change nothing in the units study ({why})")
     for config in configs.values():
         # The config's own rules for its seeds, epochs and rounds (--epochs 0 would otherwise train its default).
-        check_flags(config, {"--seeds": ("seeds", tuple(args.seeds)), "--rounds": ("eval_rounds", args.rounds),
-                             "--epochs": ("epochs", config.epochs if args.epochs is None else args.epochs)})
+        check_flags(config, {"--seeds": ("seeds", tuple(args.seeds)), "--rounds": ("protocol.n_rounds", args.rounds),
+                             "--epochs": ("train.epochs", config.train.epochs if args.epochs is None else args.epochs)})
     if not args.overwrite and os.path.isfile(os.path.join(args.out, "units.json")):
         refuse_overwrite(args.out, ["a units study (units.json)"],
                          "pass --overwrite to replace it, or choose another --out")

@@ -31,20 +31,17 @@ from experiments.pipeline import free_schema, loss_weights
 
 def _train_search(config, mode: str) -> SearchConfig:
     # The reference's search in everything but the one-hot mode, so the modes are compared on its ground.
-    return SearchConfig.reference(generator=config.generator, max_steps=config.max_steps,
-                                  step_size=config.step_size, threshold=config.tau, epsilon=config.epsilon,
-                                  lambda_cost=config.lambda_cost, lambda_energy=config.lambda_energy, categorical=mode)
+    return config.train.search.replace(categorical=mode)
 
 
 def training_maturity(name: str, mode: str, epochs: int, seed: int = 0) -> dict:
     """Returns per-epoch maturity shares, steps and times of a CT run on `name` with one-hot mode `mode`."""
     config = get_config(name)
-    data = free_schema(load_dataset(name, **dict(config.dataset_kwargs)))
+    data = free_schema(load_dataset(name, **dict(config.data.kwargs)))
     apply_fn, params = make_model(config.model, data.num_features, data.num_classes, jax.random.key(seed))
     state = create_train_state(apply_fn, params, learning_rate=config.learning_rate,
                                weights=loss_weights(config))
-    tc = TrainConfig(search=_train_search(config, mode), n_ce=config.n_ce, epochs=epochs,
-                     batch_size=config.batch_size, seed=seed)
+    tc = config.train.replace(search=_train_search(config, mode), epochs=epochs, seed=seed)
     _, history = fit(state, data, tc, progress=False)
     return {"mature": [h["converged"] for h in history], "steps": [h["search_steps"] for h in history],
             "epoch_s": [h["time_s"] for h in history], "test_accuracy": history[-1].get("test_accuracy")}
@@ -53,10 +50,10 @@ def training_maturity(name: str, mode: str, epochs: int, seed: int = 0) -> dict:
 def test_time(name: str, modes, n: int, bl_epochs: int, seed: int = 0) -> dict[str, dict]:
     """Returns, per mode, the protocol search's outcome on n test factuals of a baseline trained bl_epochs."""
     config = get_config(name)
-    data = free_schema(load_dataset(name, **dict(config.dataset_kwargs)))
+    data = free_schema(load_dataset(name, **dict(config.data.kwargs)))
     apply_fn, params = make_model(config.model, data.num_features, data.num_classes, jax.random.key(seed))
     state, _ = fit(create_train_state(apply_fn, params), data,
-                   TrainConfig(objective="vanilla", epochs=bl_epochs, batch_size=config.batch_size), progress=False)
+                   TrainConfig(objective="vanilla", epochs=bl_epochs, batch_size=config.train.batch_size), progress=False)
     x = data.x_test[np.random.default_rng(seed).choice(len(data.x_test), min(n, len(data.x_test)), replace=False)]
     c = data.constraints()
     out = {}

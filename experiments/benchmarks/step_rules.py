@@ -29,16 +29,16 @@ from experiments.pipeline import free_schema, loss_weights
 def trained_models(name: str, epochs: int, seed: int = 0):
     """Returns (data, {"BL": (apply_fn, params), "CT": ...}) trained `epochs` on `name` with every feature free."""
     config = get_config(name)
-    data = free_schema(load_dataset(name, **dict(config.dataset_kwargs)))
+    data = free_schema(load_dataset(name, **dict(config.data.kwargs)))
     apply_fn, params = make_model(config.model, data.num_features, data.num_classes, jax.random.key(seed),
                                   input_stats=data.input_stats())
     weights = loss_weights(config)
-    search = TRAINING_SEARCH.replace(threshold=config.tau)
+    search = TRAINING_SEARCH.replace(threshold=config.train.search.threshold)
     models = {}
     for label, objective in (("BL", "vanilla"), ("CT", "full")):
         state = create_train_state(apply_fn, params, weights=weights, learning_rate=config.learning_rate)
-        tc = TrainConfig(objective=objective, search=search, n_ce=config.n_ce, epochs=epochs,
-                         batch_size=config.batch_size, seed=seed)
+        tc = TrainConfig(objective=objective, search=search, n_ce=config.train.n_ce, epochs=epochs,
+                         batch_size=config.train.batch_size, seed=seed)
         state, _ = fit(state, data, tc, progress=False)
         models[label] = (state.apply_fn, state.params)
     return data, models

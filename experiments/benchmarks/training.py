@@ -26,7 +26,7 @@ from experiments.pipeline import free_schema, loss_weights, train_config
 
 def _setup(name: str, objective: str):
     config = get_config(name)
-    data = free_schema(load_dataset(name, **dict(config.dataset_kwargs)))
+    data = free_schema(load_dataset(name, **dict(config.data.kwargs)))
     tc = train_config(config, objective)
     nb = len(data.x_train) // tc.batch_size
     tc = tc.replace(ce_per_batch=-(-tc.n_ce // nb)) if tc.needs_counterfactuals else tc
@@ -55,11 +55,11 @@ def epoch_times(name: str, repeats: int) -> dict:
         if use_ct:
             def full_run():
                 s = state
-                for e in range(config.epochs):
+                for e in range(config.train.epochs):
                     s, _ = epoch(s, x, y, pool, key, e, True)
                 return s.params
             out["ct_full_run_s"] = measure(full_run, repeats=max(1, repeats // 3), warmup=0)
-            out["epochs"] = config.epochs
+            out["epochs"] = config.train.epochs
     out["ct_over_vanilla_epoch"] = out["ct_epoch_s"]["median"] / out["vanilla_epoch_s"]["median"]
     return out
 
@@ -100,14 +100,14 @@ def many_vs_sequential(name: str, k: int, epochs: int, repeats: int) -> dict:
 
     # End to end, as a researcher runs it: `fit` once per seed (each compiles its own program and
     # evaluates every epoch) vs one `fit_many` call, both for the config's full number of epochs.
-    full = tc.replace(epochs=config.epochs)
+    full = tc.replace(epochs=config.train.epochs)
     fit_seq = measure(lambda: [fit(s, data, full.replace(seed=i), progress=False)[0].params
                                for i, s in enumerate(singles)], repeats=1, warmup=0)
     fit_vmap = measure(lambda: fit_many(states, data, full, seeds=range(k), progress=False)[0].params,
                        repeats=1, warmup=0)
     return {"dataset": name, "k": k, "epochs": epochs, "vmapped_s": t_many, "sequential_s": t_seq,
             "vmapped_compile_s": compile_many, "speedup": t_seq["median"] / t_many["median"],
-            "fit_epochs": config.epochs, "fit_sequential_s": fit_seq, "fit_many_s": fit_vmap,
+            "fit_epochs": config.train.epochs, "fit_sequential_s": fit_seq, "fit_many_s": fit_vmap,
             "fit_speedup": fit_seq["median"] / fit_vmap["median"]}
 
 

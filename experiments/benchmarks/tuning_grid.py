@@ -32,7 +32,7 @@ from experiments.benchmarks.common import write_json
 REFERENCE_MINUTES = {"moons": 49, "linearly_separable": 64, "circles": 109, "overlapping": 232}
 REFERENCE_CPUS = 34
 QUICK_AXES = {"generator": ("ecco", "generic"), "max_steps": ("5",), "lambda_energy": ("5.0",), "tau": ("0.75",)}
-QUICK_SET = ("epochs=2", "eval_rounds=2", "eval_individuals=20", "eval_lambda_energy=1.0")
+QUICK_SET = ("train.epochs=2", "protocol.n_rounds=2", "protocol.n_individuals=20", "protocol.lambda_energy=1.0")
 
 
 def benchmark(dataset: str, *, out: str, axes=None, overrides=(), progress: bool = False) -> dict:

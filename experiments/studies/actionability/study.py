@@ -15,7 +15,6 @@ per draw under --out (a finished draw is not trained again), then summarised int
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 
@@ -28,7 +27,7 @@ from ctrain.data.synthetic import BLOB_STD, blob_bayes_accuracy
 from ctrain.evaluate import compare_seeds, evaluate_explainability, seed_interval
 from ctrain.search import SearchConfig
 from experiments import pipeline
-from experiments.configs import get_config
+from experiments.configs import ActionabilityConfig, get_config, replace_path
 from experiments.results_md import interval_text
 from experiments.studies import common
 
@@ -37,7 +36,8 @@ SEARCHES = common.SEARCHES
 # Smaller than the paper's protocol (100 rounds × 250 factuals; IG 100 rounds × 2,500 rows) so that 20 draws ×
 # 3 seeds × 3 arms fit a 2-core machine in about an hour: ours, for the budget. The per-draw figures are means
 # over seeds of these smaller protocols, and the claims below are about draws, each one a different data set.
-STUDY_PROTOCOL = dict(eval_rounds=10, eval_individuals=50, ig_rounds=20, ig_samples=500, ig_steps=20)
+STUDY_PROTOCOL = {"protocol.n_rounds": 10, "protocol.n_individuals": 50, "sensitivity.rounds": 20,
+                  "sensitivity.samples": 500, "sensitivity.steps": 20}
 
 
 def training_search(name: str, config) -> SearchConfig | None:
@@ -45,7 +45,7 @@ def training_search(name: str, config) -> SearchConfig | None:
 
     "walk" and "explain" search one-hot groups straight-through (SearchConfig's default) whatever the config's mode.
     """
-    return common.training_search(name, config.tau)
+    return common.training_search(name, config.train.search.threshold)
 
 
 def gradient_share(apply_fn, params, x, feature: int = 0) -> float:
@@ -61,11 +61,11 @@ def gradient_share(apply_fn, params, x, feature: int = 0) -> float:
 
 def study_config(name: str, seeds, epochs: int | None):
     """Returns the dataset's ExperimentConfig with x0 protected, the study's seeds, protocol sizes and epochs."""
+    changes = dict(seeds=tuple(seeds), **STUDY_PROTOCOL, **({} if epochs is None else {"train.epochs": epochs}))
     config = get_config(name)
-    changes = dict(seeds=tuple(seeds), **STUDY_PROTOCOL)
-    if epochs is not None:
-        changes["epochs"] = epochs
-    return dataclasses.replace(config, **changes)
+    for path, value in changes.items():
+        config = replace_path(config, path, value)
+    return config
 
 
 def run_draw(name: str, draw: int | None, seeds, *, search: str = "parity", epochs: int | None = None,
@@ -77,8 +77,8 @@ def run_draw(name: str, draw: int | None, seeds, *, search: str = "parity", epoc
     data = pipeline.free_schema(data).with_mutability(**{p: "immutable" for p in protected})
     index = data.schema.names.index(protected[0])
     override = training_search(search, config)
-    weights = {"BL": config, "CT": dataclasses.replace(config, mutability_lambda_reg=None, mutability_lambda_adv=None),
-               "CT_div": dataclasses.replace(config, mutability_lambda_reg=0.0, mutability_lambda_adv=0.0)}
+    weights = {"BL": config, "CT": config.replace(actionability=ActionabilityConfig(adv=None, reg=None)),
+               "CT_div": config.replace(actionability=ActionabilityConfig(adv=0.0, reg=0.0))}
     models, health = {}, {}
     for arm in ARMS:
         objective = "vanilla" if arm == "BL" else "full"
@@ -91,8 +91,7 @@ def run_draw(name: str, draw: int | None, seeds, *, search: str = "parity", epoc
     for i, seed in enumerate(config.seeds):
         res = evaluate_explainability({arm: models[arm][i] for arm in ARMS}, data.x_test, data.y_test,
                                       num_classes=data.num_classes, constraints=data.constraints(), progress=False,
-                                      protocol=pipeline.protocol_config(config, threshold=config.eval_cost_tau,
-                                                                        seed=seed))
+                                      protocol=pipeline.protocol_config(config, seed=seed, actionability=True))
         summaries.append(res["summary"])
     ig, _ = pipeline.ig_sensitivity(config, data, models, data.schema.protected())
     x_test = data.x_test[:1000]
@@ -106,7 +105,7 @@ def run_draw(name: str, draw: int | None, seeds, *, search: str = "parity", epoc
             "validity": [pipeline.mean_metric(s, arm, "validity") for s in summaries],
             **({k: health[arm][k] for k in ("converged", "search_steps", "nonfinite")} if arm in health else {}),
         }
-    row = {"dataset": name, "draw": draw, "seeds": list(config.seeds), "search": search, "epochs": config.epochs,
+    row = {"dataset": name, "draw": draw, "seeds": list(config.seeds), "search": search, "epochs": config.train.epochs,
            "protected": protected[0], "protected_index": index,
            "class_mean_gap_sigma": data.class_mean_gaps().tolist(), "arms": arms,
            "cost_reduction": {arm: compare_seeds(summaries, "cost", treatment=arm) for arm in ARMS[1:]}}

@@ -157,7 +157,9 @@ def test_missing_data_fails_fast_with_instructions(isolated, name, explicit_dir)
     # "Fast" without a clock: the module's autouse guard refuses every connection, so a loader that tried to fetch
     # before failing would fail with that instead; and it fails before creating anything in the folder it names.
     with pytest.raises(FileNotFoundError) as err:
-        loader(data_dir=empty) if explicit_dir else loader()
+        # The reference-archive sets would fetch by default; download=False is the offline contract tested here.
+        offline = {"download": False} if name in ("california_housing", "credit_default", "gmsc") else {}
+        loader(data_dir=empty) if explicit_dir else loader(**offline)
     assert list(empty.iterdir()) == []
     assert isinstance(err.value, DataNotFoundError)
     msg = str(err.value)

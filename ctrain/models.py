@@ -1,8 +1,15 @@
-"""Classifiers as pure `apply_fn(params, x) -> logits` pairs.
+"""Classifiers as pure `apply_fn(params, x) -> logits` pairs, and models with state and randomness.
 
 Everything downstream (search, objective, train step, metrics) takes `apply_fn(params, x)` with
 x of shape (N, D) and logits of shape (N, K), so any JAX model plugs in: Flax linen or nnx,
 Equinox, or a plain function of a params pytree.
+
+Models with mutable collections (BatchNorm's `batch_stats`) and RNG streams (dropout) are wrapped in a
+`StatefulModuleApply` (`stateful_model(module, num_features, key)`, or `make_model("cnn_bn", ...)`). It is
+still a valid `apply_fn(variables, x)` – inference mode, on the full variables (params and statistics) – so
+evaluation and `explain` take `(apply_fn, variables)` as for any model; training uses its `.apply(params,
+model_state, x, train=True, rng=...)`, which returns the new statistics too. `create_train_state` splits the
+variables into the trainable `params` and the `model_state` the optimiser never sees.
 """
 from __future__ import annotations
 
@@ -72,22 +79,52 @@ class LeNet5(nn.Module):
         return nn.Dense(self.num_classes)(x)
 
 
-MODELS = ("mlp", "linear", "lenet5")
+class CNNBN(nn.Module):
+    """A BatchNorm + dropout CNN: x (N, H·W) → [conv3x3, BN, ReLU, pool]×2 → dense → dropout → (N, K) logits.
+
+    `train=True` normalises with the batch's statistics (and updates `batch_stats`) and applies dropout (RNG
+    stream "dropout"); `train=False` (the default) uses the running statistics and no dropout.
+    """
+
+    num_classes: int
+    image_shape: tuple[int, int] = (8, 8)
+    features: tuple[int, int] = (16, 32)
+    hidden: int = 64
+    dropout: float = 0.3
+    momentum: float = 0.9
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape(x.shape[:-1] + tuple(self.image_shape) + (1,))
+        for width in self.features:
+            x = nn.Conv(width, (3, 3), padding="SAME", use_bias=False)(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum)(x)
+            x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+        x = x.reshape(x.shape[:-3] + (-1,))
+        x = nn.relu(nn.Dense(self.hidden)(x))
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x)
+
+
+MODELS = ("mlp", "linear", "lenet5", "cnn_bn")
 
 
 def make_model(name: str, num_features: int, num_classes: int, key: jax.Array, *, input_stats=None,
                **kwargs) -> tuple[ApplyFn, Any]:
-    """Returns (apply_fn, params) for "mlp", "linear" or "lenet5"; apply_fn maps (N, D) inputs to (N, K) logits.
+    """Returns (apply_fn, params) for "mlp", "linear", "lenet5", "cnn_bn"; apply_fn maps (N, D) inputs to (N, K) logits.
+
+    "cnn_bn" (`CNNBN`: BatchNorm and dropout, `image_shape` default (8, 8)) returns a `StatefulModuleApply` and
+    its full variables {"params", "batch_stats"}; `create_train_state(apply_fn, variables)` splits them.
 
     `input_stats=(mean, std)`, each (D,), makes an MLP or linear model standardise its inputs with them
     (e.g. the training split's), so that what it learns does not depend on the units of the features.
     """
-    modules = {"mlp": MLP, "linear": Linear, "lenet5": LeNet5}
+    modules = {"mlp": MLP, "linear": Linear, "lenet5": LeNet5, "cnn_bn": CNNBN}
     if name not in modules:
         raise ValueError(f"unknown model {name!r}; choose from {sorted(modules)}")
     if input_stats is not None:
-        if name == "lenet5":
-            raise ValueError("input_stats applies to 'mlp' and 'linear'; LeNet-5 takes pixels as they are")
+        if name in ("lenet5", "cnn_bn"):
+            raise ValueError(f"input_stats applies to 'mlp' and 'linear'; {name} takes pixels as they are")
         mean, std = (np.asarray(v, np.float64).reshape(-1) for v in input_stats)
         if mean.shape != (num_features,) or std.shape != (num_features,) or not np.all(np.isfinite(mean)) \
                 or not np.all(np.isfinite(std)) or np.any(std < 0):
@@ -96,11 +133,13 @@ def make_model(name: str, num_features: int, num_classes: int, key: jax.Array, *
         kwargs.update(input_mean=tuple(float(v) for v in mean), input_scale=tuple(float(v) for v in std))
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-    if name == "lenet5":
-        shape = tuple(kwargs.get("image_shape", (28, 28)))
+    if name in ("lenet5", "cnn_bn"):
+        shape = tuple(kwargs.get("image_shape", (28, 28) if name == "lenet5" else (8, 8)))
         if shape[0] * shape[1] != num_features:
-            raise ValueError(f"lenet5 needs {shape[0]}x{shape[1]}={shape[0] * shape[1]} features, got {num_features}")
+            raise ValueError(f"{name} needs {shape[0]}x{shape[1]}={shape[0] * shape[1]} features, got {num_features}")
     module = modules[name](num_classes=num_classes, **kwargs)
+    if name == "cnn_bn":
+        return stateful_model(module, num_features, key)
     params = module.init(key, jnp.zeros((1, num_features), jnp.float32))
     return ModuleApply(module), params
 
@@ -143,6 +182,76 @@ class ModuleApply:
 
     def __call__(self, params, x):
         return self.module.apply(params, x)
+
+
+def is_stateful(apply_fn) -> bool:
+    """Returns True if `apply_fn` is a model with state and randomness (a `StatefulModuleApply` or alike)."""
+    return bool(getattr(apply_fn, "stateful", False))
+
+
+@dataclasses.dataclass(frozen=True)
+class StatefulModuleApply:
+    """A Flax module with mutable collections (e.g. BatchNorm's "batch_stats") and RNG streams (e.g. "dropout").
+
+    Called as `apply_fn(variables, x)` it is the inference-mode model (running statistics, no dropout) on the
+    full variables {"params", "batch_stats", ...}: (N, D) → (N, K) logits, usable wherever a pure apply_fn is.
+    The module takes a boolean keyword `train_arg` (default "train"). Equal modules give equal (hashable)
+    objects, so jit reuses compiles. Any object with the attributes `stateful = True`, `mutable`,
+    `split(variables)`, `variables(params, model_state)`, `apply(...)` and `__call__(variables, x)` can stand in.
+    """
+
+    module: nn.Module
+    mutable: tuple[str, ...] = ("batch_stats",)
+    rngs: tuple[str, ...] = ("dropout",)
+    train_arg: str = "train"
+    stateful = True  # class attribute, not a field
+
+    def __call__(self, variables, x):
+        """Returns (N, K) inference-mode logits of x (N, D) for the full variables (params and model state)."""
+        missing = [c for c in self.mutable if c not in variables]
+        if missing:
+            raise ValueError(f"this model needs its {missing} as well as its params: call it with the full variables "
+                             "(ctrain.train.inference_model(state) returns (apply_fn, variables))")
+        return self.module.apply(variables, x, **{self.train_arg: False})
+
+    def split(self, variables) -> tuple[Any, Any]:
+        """Returns (params, model_state): the variables' trainable collections and its mutable ones (dicts)."""
+        params = {k: v for k, v in variables.items() if k not in self.mutable}
+        state = {k: v for k, v in variables.items() if k in self.mutable}
+        return params, state
+
+    def variables(self, params, model_state) -> dict:
+        """Returns the full variables dict {**params, **model_state} that `__call__` and `module.apply` take."""
+        return {**params, **model_state}
+
+    def apply(self, params, model_state, x, *, train: bool, rng: jax.Array | None = None) -> tuple[jax.Array, Any]:
+        """Returns ((N, K) logits, new model_state); train=True uses batch statistics and the RNG streams of `rng`."""
+        variables = self.variables(params, model_state)
+        if not train:
+            return self.module.apply(variables, x, **{self.train_arg: False}), model_state
+        if rng is None and self.rngs:
+            raise ValueError(f"training mode needs a key for the RNG streams {list(self.rngs)}")
+        rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(self.rngs)}
+        logits, updates = self.module.apply(variables, x, rngs=rngs, mutable=list(self.mutable),
+                                            **{self.train_arg: True})
+        return logits, {**model_state, **updates}
+
+
+def stateful_model(module: nn.Module, num_features: int, key: jax.Array, *, mutable: Sequence[str] = ("batch_stats",),
+                   rngs: Sequence[str] = ("dropout",), train_arg: str = "train") -> tuple[StatefulModuleApply, dict]:
+    """Returns (apply_fn, variables) of a Flax module with BatchNorm/dropout, initialised on a (1, num_features) input.
+
+    `apply_fn` is a `StatefulModuleApply` (inference mode when called as `apply_fn(variables, x)`), and
+    `variables` holds "params" plus the mutable collections; hand both to `create_train_state`.
+    """
+    wrapped = StatefulModuleApply(module, tuple(mutable), tuple(rngs), train_arg)
+    variables = module.init({"params": key, **{name: key for name in rngs}},
+                            jnp.zeros((1, num_features), jnp.float32), **{train_arg: False})
+    variables = dict(variables)
+    absent = [c for c in wrapped.mutable if c not in variables]
+    if absent:
+        raise ValueError(f"the module has no {absent} collection(s); for a model without state use its plain apply_fn")
+    return wrapped, variables
 
 
 class VAE(nn.Module):

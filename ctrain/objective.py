@@ -151,7 +151,7 @@ def make_adversarial_batch(apply_fn, params, x, y, key: jax.Array, config: Searc
     x_adv = attacks.pgd(apply_fn, params, x, y, key, epsilon=radius, step_size=2.5 * radius / config.max_steps,
                         n_steps=config.max_steps, random_start=True)
     # Clipping into the feasible box keeps the point in the ball, since the box contains x.
-    x_adv = cons.project(x_adv, x, constraints, simplex=False)
+    x_adv = cons.project(x_adv, x, constraints)
     n = x.shape[0]
     return CounterfactualBatch(
         x_cf=x, x_pos=x, target=y.astype(jnp.int32), x_ae=x_adv, y=y.astype(jnp.int32), converged=jnp.zeros(n, bool),
@@ -194,14 +194,39 @@ def make_training_batch(objective: str, apply_fn, params, x, y, pool: PositivePo
 
 def composite_loss(params, apply_fn, x, y, cf: CounterfactualBatch | None, weights: LossWeights):
     """Returns (loss scalar, dict of the unweighted terms and accuracy) for a batch x (B, D), y (B,)."""
-    logits = apply_fn(params, x)
+    return _loss_from_logits(apply_fn(params, x), lambda xs: apply_fn(params, xs), y, cf, weights)
+
+
+def stateful_composite_loss(params, model, model_state, rng: jax.Array, x, y, cf: CounterfactualBatch | None,
+                            weights: LossWeights):
+    """Returns (loss scalar, (terms dict, new model_state)): `composite_loss` of a stateful model in training mode.
+
+    `model` is a `ctrain.models.StatefulModuleApply` (or alike). Every loss term – CE on x, the energies of
+    x⁺ and x', CE on x_AE – is computed in training mode (dropout on, BatchNorm on the statistics of the batch),
+    as Flax's examples compute the loss of BatchNorm models, and as JEM does: its SGLD sampler runs the model
+    in eval mode (`sample_q`: f.eval() … f.train()) and its loss on real and sampled points in train mode.
+    Here likewise the points x', x_AE (the search) and the targets come from the inference-mode model (the
+    one deployed and explained, deterministic), while the gradient acts on the function being trained.
+    Only the pass over the data x updates the running statistics (the new model_state returned): they
+    normalise real inputs at inference, so they should estimate the data's distribution, not that of the
+    synthetic x' and x_AE. The pass over [x', x⁺, x_AE] is normalised with that batch's own statistics, so
+    E(x⁺) and E(x') share one normalisation. The two passes draw independent dropout masks from `rng`.
+    """
+    logits, new_state = model.apply(params, model_state, x, train=True, rng=jax.random.fold_in(rng, 0))
+    forward = lambda xs: model.apply(params, model_state, xs, train=True, rng=jax.random.fold_in(rng, 1))[0]
+    loss, terms = _loss_from_logits(logits, forward, y, cf, weights)
+    return loss, (terms, new_state)
+
+
+def _loss_from_logits(logits, forward, y, cf: CounterfactualBatch | None, weights: LossWeights):
+    """Returns (loss, terms) from the logits of x (B, K); `forward` maps stacked [x', x⁺, x_AE] (3n, D) to logits."""
     clf = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     terms = {"clf": clf, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
     if cf is None:
         return weights.clf * clf, terms
     n = cf.x_cf.shape[0]
     # One forward pass over [x', x⁺, x_AE] instead of three.
-    out = apply_fn(params, jnp.concatenate([cf.x_cf, cf.x_pos, cf.x_ae]))
+    out = forward(jnp.concatenate([cf.x_cf, cf.x_pos, cf.x_ae]))
     e_cf = energy_from_logits(out[:n], cf.target)
     e_pos = energy_from_logits(out[n:2 * n], cf.target)
     terms["div"] = jnp.mean(e_pos - e_cf)

@@ -27,32 +27,66 @@ from ctrain import constraints as cons
 from ctrain.energy import energy_from_logits
 
 
-# How a search treats one-hot groups:
+# How a search treats one-hot groups (`SearchConfig.categorical`); during the search a group's columns are relaxed,
+# each kept within its bounds:
 #  "relaxed"           the reference's parity: group columns are continuous features kept in their box, never
 #                      snapped, so a counterfactual may hold a fractional category;
 #  "straight_through"  the model is evaluated, and τ checked, at the snapped point (real categories) while its
 #                      gradient moves the relaxed state: returns real categories and keeps converging;
-#  "snap"              the gradient is taken at the relaxed state and τ at its snap (the first design; the
-#                      snapped category rarely flips, so searches stall);
 #  "snap_state"        the state itself is snapped after every step and the gradient taken there: the reference's
 #                      test-time search (CounterfactualExplanations.jl re-encodes the snapped point as the new
 #                      state when the data declares categorical features), where a category changes only when a
 #                      single step moves another one past it (step · gradient gap > 1).
-STEP_RULES = ("gradient", "normalized", "normalized_linf", "clipped")
-CATEGORICAL_MODES = ("relaxed", "straight_through", "snap", "snap_state")
+CATEGORICAL_MODES = ("relaxed", "straight_through", "snap_state")
+
+
+# Step rules, in the style of optax's gradient transformations: each maps the gradient g (N, D) in search units to
+# the step direction Δ/η, and names the norm its steps are measured in (`clip_by_norm` of that norm is the walk's
+# step past τ).
+def _norm(g: jax.Array, ord: float) -> jax.Array:
+    if ord == 2:
+        return jnp.linalg.norm(g, axis=-1, keepdims=True)
+    return jnp.max(jnp.abs(g), axis=-1, keepdims=True)
+
+
+def scale_by_norm(ord: float, floor: float = 1e-12) -> Callable[[jax.Array], jax.Array]:
+    """Returns g ↦ g / max(‖g‖_ord, floor) on rows: steps of length 1 in that norm (a zero gradient stays zero)."""
+    return lambda g: g / jnp.maximum(_norm(g, ord), floor)
+
+
+def clip_by_norm(ord: float) -> Callable[[jax.Array], jax.Array]:
+    """Returns g ↦ g / max(‖g‖_ord, 1) on rows: g itself where it is shorter than 1, else its direction at length 1."""
+    return scale_by_norm(ord, floor=1.0)
+
+
+# name: (the norm of its steps, gradient -> step direction). Δ = −η·direction(g):
+#  "gradient"         g (the reference's SGD step);
+#  "normalized"       g/‖g‖₂, L2 length η: a feature's share shrinks like 1/√D (on Adult's 104 columns `explain`
+#                     reached τ for 0.36 of a BL model's factuals in T = 30);
+#  "normalized_linf"  g/‖g‖∞, the steepest feature moves η, the ε-ball's norm (there 1.00);
+#  "clipped"          g/max(‖g‖∞, 1), gradient steps of at most L∞ length η (the walk past τ).
+# Figures: `python -m experiments.benchmarks.step_rules`.
+_STEP_RULES: dict[str, tuple[float, Callable[[jax.Array], jax.Array]]] = {
+    "gradient": (2, lambda g: g),
+    "normalized": (2, scale_by_norm(2)),
+    "normalized_linf": (math.inf, scale_by_norm(math.inf)),
+    "clipped": (math.inf, clip_by_norm(math.inf)),
+}
+STEP_RULES = tuple(_STEP_RULES)
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
     """Hyperparameters of the search (hashable, so it can be a static jit argument).
 
-    Defaults are the reference's training-time ECCo search (T = 30 SGD steps of size 0.1, λ_cost = 0.001,
-    λ_energy = 5 with the decaying schedule, AE ball ε = 0.3 L∞, stop at τ) made units-aware: the step, the ball
-    and the cost are measured in feature standard deviations and each step moves the steepest feature by 0.1 there
-    (L∞ length 0.1, the ball's norm, so the steps do not shrink with the number of features); one-hot groups
-    are searched straight-through, so counterfactuals hold real categories. Training and explanations share these
-    defaults (`TRAINING_SEARCH` is `SearchConfig()`); `WALK_PAST_TAU` walks on past τ with clipped gradient steps
-    instead, and `SearchConfig.reference()` gives the reference implementation's search exactly (paper parity).
+    `SearchConfig()` is the reference's training-time ECCo search (T = 30 SGD steps of size 0.1, λ_cost = 0.001,
+    λ_energy = 5 with the decaying schedule, AE ball ε = 0.3 L∞, stop at τ) made units-aware and categorical:
+    the fields below say how. The named searches (`PRESETS`, or `SearchConfig.preset(name, **changes)`):
+      "training"       `TRAINING_SEARCH`, `TrainConfig`'s default: `SearchConfig()` itself;
+      "explain"        `EXPLAIN_SEARCH`, the default of `explain`: the same search as training's;
+      "reference"      `REFERENCE_SEARCH`, also `SearchConfig.reference(**changes)`: the reference
+                       implementation's search exactly (paper parity), `SearchConfig()` with `PAPER_PARITY`;
+      "walk_past_tau"  `WALK_PAST_TAU`: walks on past τ with clipped gradient steps (training's former default).
     """
 
     generator: str = "ecco"
@@ -61,30 +95,19 @@ class SearchConfig:
     threshold: float = 0.75
     epsilon: float = 0.3
     lambda_cost: float = 0.001
-    lambda_energy: float = 5.0
-    energy_schedule: str = "decay"  # "decay" (reference φ_k) or "constant" (φ = 1)
+    lambda_energy: float = 5.0  # weighted by the reference's decaying schedule φ_k (`energy_weight`)
     energy_reg: float = 1e-3
     lambda_conformal: float = 1.0
     conformal_temperature: float = 0.1
     conformal_kappa: float = 1.0
-    init: str = "identity"  # or "noise": x + init_noise·N(0, I), projected
-    init_noise: float = 0.01
-    optimizer: str = "sgd"  # "sgd" or "adam" (optax), applied per sample
     loop: str = "while"  # "while" stops once all samples converge; "scan" always runs T steps
-    onehot: str = "box"  # relaxation of one-hot groups during the search: "box" [0, 1] or "simplex"
-    # How one-hot groups are searched (see CATEGORICAL_MODES above): "relaxed" (reference parity: no snapping),
-    # "straight_through" (snapped forward pass and τ, gradient into the relaxation), "snap" (gradient at the
-    # relaxed state, τ checked at its snap) or "snap_state" (the state itself snapped after every step).
+    # How one-hot groups are searched: one of CATEGORICAL_MODES (see there); "relaxed" is the reference's.
     categorical: str = "straight_through"
-    # Units-aware by default (the reference: "absolute", "gradient"): step, ε-ball and cost are measured in each
-    # feature's training standard deviation (Constraints.scale), and every step has L∞ length η there, so the
-    # search walks to τ in the same number of steps whatever the units of the data (README: "Defaults").
+    # The units of steps, the ε-ball and the cost: "std" measures them in each feature's training standard deviation
+    # (Constraints.scale), so the search walks to τ in the same number of steps whatever the units of the data
+    # (README: "Defaults"); "absolute" (the reference) in the data's own units.
     units: str = "std"
-    # Δ = −η·∇ / n(∇) in search units: "gradient" n = 1 (the reference), "normalized" n = ‖∇‖₂ (L2 length η; a
-    # feature's share shrinks like 1/√D: on Adult's 104 columns `explain` reached τ for 0.36 of a BL model's
-    # factuals in T = 30), "normalized_linf" n = ‖∇‖∞ (the steepest feature moves η; there 1.00, the default for
-    # explanations), "clipped" n = max(‖∇‖∞, 1) (gradient steps of at most L∞ length η, training's default).
-    # Figures: `python -m experiments.benchmarks.step_rules`.
+    # How a gradient becomes a step: one of STEP_RULES (see there); "gradient" is the reference's.
     step_rule: str = "normalized_linf"
     # When a search stops: "threshold" (reference) once p(t | x') >= τ; "max_steps" after all T steps (CE.jl's
     # MaxIterConvergence): past τ the walk goes on descending the generator's loss with steps clipped to length
@@ -108,8 +131,7 @@ class SearchConfig:
             raise ValueError(f"max_steps T must be an integer >= 1, got {self.max_steps}")
         if not number("step_size") > 0:
             raise ValueError(f"step_size must be > 0, got {self.step_size}")
-        for name in ("epsilon", "lambda_cost", "lambda_energy", "energy_reg", "lambda_conformal", "init_noise",
-                     "conformal_kappa"):
+        for name in ("epsilon", "lambda_cost", "lambda_energy", "energy_reg", "lambda_conformal", "conformal_kappa"):
             if number(name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not number("conformal_temperature") > 0:
@@ -118,9 +140,7 @@ class SearchConfig:
             if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), (int, np.integer)) \
                     or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
-        choices = {"energy_schedule": ("decay", "constant"), "init": ("identity", "noise"),
-                   "optimizer": ("sgd", "adam"), "loop": ("while", "scan"), "onehot": ("box", "simplex"),
-                   "categorical": CATEGORICAL_MODES, "units": ("absolute", "std"),
+        choices = {"loop": ("while", "scan"), "categorical": CATEGORICAL_MODES, "units": ("absolute", "std"),
                    "step_rule": STEP_RULES, "convergence": ("threshold", "max_steps")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -132,29 +152,45 @@ class SearchConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
+    def preset(cls, name: str, **changes) -> "SearchConfig":
+        """Returns the named search of `PRESETS` with `changes` applied."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown search preset {name!r}; presets: {sorted(PRESETS)}")
+        return PRESETS[name].replace(**changes)
+
+    @classmethod
     def reference(cls, **changes) -> "SearchConfig":
         """Returns the reference implementation's training search (paper parity), with `changes` applied.
 
         ECCo, T = 30 SGD steps of 0.1 on the raw input gradient, λ_cost 0.001, λ_energy 5, ε = 0.3, all in
         the data's own units, and one-hot groups searched as continuous columns (no snapping).
         """
-        return cls(**{**PAPER_PARITY, **changes})
+        return cls.preset("reference", **changes)
 
 
-# The settings in which the reference implementation differs from ctrain's defaults.
+# --------------------------------------------------------------------------------------------------
+# Presets: the named searches, all in this one place (`SearchConfig.preset(name, **changes)`).
+
+# The settings in which the reference implementation differs from `SearchConfig()`.
 PAPER_PARITY = dict(categorical="relaxed", units="absolute", step_rule="gradient", convergence="threshold")
+REFERENCE_SEARCH = SearchConfig(**PAPER_PARITY)
 
-# Training's search (`TrainConfig`'s default) is explain's: L∞-normalised steps of 0.1 σ that stop at τ. Chosen by
-# the training-search study (experiments/studies/training_search/README.md) on criteria fixed before it ran: the
-# mechanism engages on every data type (>= 0.5 of the training counterfactuals mature, MNIST-5k included) and CT is
-# not worse than BL on any synthetic set under either of two explainers (the paper's ECCo protocol and a plain
-# Wachter search). The walk past τ failed both (0.37 mature on moons, 0.42 on Adult; IP* −49% under Wachter on
-# linearly separable); paper parity failed the first (0.34 on Adult, 0.39 on overlapping). What it gives up:
-# Adult's IP* gain (+12% n.s. against the walk's +40%, ECCo). Change it with `TRAINING_SEARCH.replace(...)`.
+# Training's search (`TrainConfig`'s default) is explain's, `SearchConfig()`. Chosen by the training-search study
+# (experiments/studies/training_search/README.md) on criteria fixed before it ran: the mechanism engages on every
+# data type (>= 0.5 of the training counterfactuals mature, MNIST-5k included) and CT is not worse than BL on any
+# synthetic set under either of two explainers (the paper's ECCo protocol and a plain Wachter search). The walk past
+# τ failed both (0.37 mature on moons, 0.42 on Adult; IP* −49% under Wachter on linearly separable); paper parity
+# failed the first (0.34 on Adult, 0.39 on overlapping). What it gives up: Adult's IP* gain (+12% n.s. against the
+# walk's +40%, ECCo). Being `SearchConfig()` itself, a TrainConfig given a bare `SearchConfig(...)` trains with this
+# step rule and convergence too (tests/test_search.py holds the identities). Change it with `.replace(...)`.
 TRAINING_SEARCH = SearchConfig()
+EXPLAIN_SEARCH = TRAINING_SEARCH  # `explain`'s default: training and explanations search alike
 # The walk past τ (training's default before the study): every sample takes all T steps, clipped gradient steps of
 # at most L∞ length η, and x' is its last iterate with p >= τ.
 WALK_PAST_TAU = SearchConfig(convergence="max_steps", step_rule="clipped")
+
+PRESETS: dict[str, SearchConfig] = {"training": TRAINING_SEARCH, "explain": EXPLAIN_SEARCH,
+                                    "reference": REFERENCE_SEARCH, "walk_past_tau": WALK_PAST_TAU}
 
 # --------------------------------------------------------------------------------------------------
 # Generators
@@ -202,8 +238,6 @@ def energy_weight(step: jax.Array, config: SearchConfig) -> jax.Array:
 
     The reference's b is 0 for T < 13, which silently switches the penalty off; b is at least 1 here.
     """
-    if config.energy_schedule == "constant":
-        return jnp.ones_like(step, dtype=jnp.float32)
     b = max(1, round(config.max_steps / 25))
     return (b / 10) * (b + step + 1.0) ** -0.9
 
@@ -332,13 +366,15 @@ def _check_inputs(apply_fn, params, x, target, constraints: cons.Constraints) ->
 
 
 def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, key: jax.Array,
-                           config: SearchConfig = SearchConfig(), constraints: cons.Constraints | None = None,
+                           config: SearchConfig = EXPLAIN_SEARCH, constraints: cons.Constraints | None = None,
                            aux: Any = None, return_path: bool = False):
     """Returns a SearchResult for factuals x (N, D) and target classes (N,); pure and jit-compatible.
 
     The outputs carry no gradient: they are constants for whatever loss uses them. With
     `return_path=True` (static) it returns (result, path) where path (T + 1, N, D) holds every
-    iterate starting from the initial point (frozen rows repeat), for plots.
+    iterate starting from the initial point (frozen rows repeat), for plots. Every search starts at x (projected)
+    and draws no randomness: `key` is checked but unused, kept in the signature that `explain`, training and
+    `ctrain.sharding.per_device_search` share.
     """
     if not isinstance(config, SearchConfig):
         raise TypeError(f"config must be a SearchConfig, got {type(config).__name__}")
@@ -368,24 +404,18 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     unit = search_units(config, c)
     movable = (c.mutability != cons.IMMUTABLE).astype(x.dtype)
     box = cons.feasible_box(x, c)
-    simplex = config.onehot == "simplex"
     s0 = encode(x)
-    if config.init == "noise":
-        noise = config.init_noise * jax.random.normal(key, s0.shape, s0.dtype)
-        s0 = s0 + (noise if gen.latent else noise * unit)
     if not gen.latent:
-        s0 = cons.project(s0, x, c, box, simplex=simplex)
+        s0 = cons.project(s0, x, c, box)
         if snap_state:
             s0 = cons.snap(s0, x, c)
-    tx = optax.sgd(config.step_size) if config.optimizer == "sgd" else optax.adam(config.step_size)
-    opt0 = jax.vmap(tx.init)(s0)
 
     def sample_objective(s, x_i, t_i, step):
         x_cf = decode_one(s)
         if gen.latent:
             # The objective belongs to the counterfactual that is returned, the decoded point made feasible,
             # not to the raw decoding (whose immutable copy may drift and saturate the loss).
-            x_cf = cons.project(x_cf, x_i, c, simplex=False)
+            x_cf = cons.project(x_cf, x_i, c)
         logits = apply_fn(params, x_cf[None])[0]
         if config.units != "absolute":
             # Generators see x' and x in search units, so their distance terms are measured in them too. x' is
@@ -398,9 +428,9 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     grad_fn = jax.vmap(jax.value_and_grad(sample_objective, has_aux=True), in_axes=(0, 0, 0, None))
     # Straight-through: the objective is evaluated at the snapped point, its gradient moves the relaxed state.
     grad_at_view = config.categorical in ("straight_through", "snap_state") and c.has_groups and not gen.latent
-    view_needs_forward = gen.latent or (c.has_groups and config.categorical == "snap")
 
     stop_at_threshold = config.convergence == "threshold"
+    step_norm, direction = _STEP_RULES[config.step_rule]
 
     def check(view, logits, reached, x_ae, x_mature):
         p = jnp.take_along_axis(jax.nn.softmax(logits, -1), target[:, None], -1)[:, 0]
@@ -411,43 +441,33 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         return reached | mature, jnp.where(in_ball[:, None], view, x_ae), x_mature, p
 
     def step_fn(carry):
-        k, s, view, reached, steps, x_ae, x_mature, opt, _ = carry
+        k, s, view, reached, steps, x_ae, x_mature, _ = carry
         (_, logits), g = grad_fn(view if grad_at_view else s, x, target, k)
-        if view_needs_forward:
+        if gen.latent:  # τ is checked at the view, the decoding made feasible and snapped, not at the objective's
             logits = apply_fn(params, view)
         reached, x_ae, x_mature, p = check(view, logits, reached, x_ae, x_mature)
         done = reached if stop_at_threshold else jnp.zeros_like(reached)
         g = jnp.where(jnp.isfinite(g), g, 0.0)
         if not gen.latent:
             g = g * unit * movable  # the gradient in search units (chain rule); fixed features add no length
-        # A step's length is measured in the norm of its rule: L∞ (the ε-ball's) except for the L2 "normalized".
-        norm = (jnp.linalg.norm(g, axis=-1, keepdims=True) if config.step_rule in ("normalized", "gradient")
-                else jnp.max(jnp.abs(g), axis=-1, keepdims=True))
-        if config.step_rule == "gradient":
-            step = g
-        elif config.step_rule == "clipped":
-            step = g / jnp.maximum(norm, 1.0)
-        else:
-            step = g / jnp.maximum(norm, 1e-12)
+        step = direction(g)
         if not stop_at_threshold:
             # Past τ the walk settles at a mode of its loss: the step shrinks with g there, where a fixed-length
             # step would circle the mode and turn rounding noise into steps of η. In std units g is in loss units
             # per standard deviation, so the clip at norm 1 is unit-free.
-            step = jnp.where(reached[:, None], g / jnp.maximum(norm, 1.0), step)
-        updates, new_opt = jax.vmap(tx.update)(step, opt, s)
+            step = jnp.where(reached[:, None], clip_by_norm(step_norm)(g), step)
+        updates = -config.step_size * step  # plain SGD, per sample
         s_new = s + (updates if gen.latent else updates * unit)
         if not gen.latent:
-            s_new = cons.project(s_new, x, c, box, simplex=simplex)
+            s_new = cons.project(s_new, x, c, box)
         if snap_state:
             s_new = cons.snap(s_new, x, c)
-        keep = lambda new, old: jnp.where(done.reshape(done.shape + (1,) * (new.ndim - 1)), old, new)
-        s = keep(s_new, s)
-        opt = jax.tree.map(keep, new_opt, opt)
+        s = jnp.where(done[:, None], s, s_new)
         steps = steps + (~reached).astype(jnp.int32)  # the steps it took to reach τ, whether or not it goes on
-        return k + 1, s, view_of(s), reached, steps, x_ae, x_mature, opt, p
+        return k + 1, s, view_of(s), reached, steps, x_ae, x_mature, p
 
     n = x.shape[0]
-    carry = (jnp.zeros((), jnp.int32), s0, view_of(s0), jnp.zeros(n, bool), jnp.zeros(n, jnp.int32), x, x, opt0,
+    carry = (jnp.zeros((), jnp.int32), s0, view_of(s0), jnp.zeros(n, bool), jnp.zeros(n, jnp.int32), x, x,
              jnp.zeros(n, x.dtype))
     path = None
     if config.loop == "while" and not return_path:
@@ -462,7 +482,7 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         carry, path = jax.lax.scan(scan_step, carry, None, length=config.max_steps)
         if return_path:
             path = jnp.concatenate([start[None], path])
-    _, _, view, reached, steps, x_ae, x_mature, _, _ = carry
+    _, _, view, reached, steps, x_ae, x_mature, _ = carry
     logits = apply_fn(params, view)
     reached, x_ae, x_mature, p = check(view, logits, reached, x_ae, x_mature)
     if not stop_at_threshold:
@@ -484,7 +504,7 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
 _search_jit = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config", "return_path"))
 
 
-def search_counterfactuals_jit(apply_fn, params, x, target, key, config: SearchConfig = SearchConfig(),
+def search_counterfactuals_jit(apply_fn, params, x, target, key, config: SearchConfig = EXPLAIN_SEARCH,
                                constraints: cons.Constraints | None = None, aux: Any = None,
                                return_path: bool = False):
     """Returns `search_counterfactuals(...)` compiled once per (apply_fn, config, shapes), after checking the inputs.
@@ -566,7 +586,7 @@ def _check_targets(target, n: int, num_classes: int) -> np.ndarray:
     return t.astype(np.int32)
 
 
-def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchConfig = SearchConfig(),
+def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchConfig = EXPLAIN_SEARCH,
             constraints: cons.Constraints | None = None, chunk_size: int = 256, allow_same_class: bool = False,
             aux: Any = None) -> Explanation:
     """Returns an Explanation for factuals x (N, D): targets random ≠ predicted class unless given (N,) or scalar."""

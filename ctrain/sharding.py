@@ -178,8 +178,8 @@ def per_device_search(mesh: Mesh, search_fn: Callable | None = None, axis_name: 
     `search_fn` (default `search_counterfactuals`) under `jax.shard_map`. On a sharded batch the search's `lax.while_loop` stops when *every* sample has converged; under plain
     `jit` that test is an all-reduce across the devices at every iteration. Here each device loops over its own
     rows and stops on its own: converged rows are frozen, so the results equal one search over all N rows
-    (up to float rounding). N must be a multiple of the device count. `init="noise"` draws its noise per device
-    (the key has the device index folded in), so it differs from the one-device draw while keeping its law.
+    (up to float rounding). N must be a multiple of the device count. Each device's search gets the key with its
+    device index folded in, so a search that draws randomness (no built-in one does) draws independently per device.
     """
     if search_fn is None:
         from ctrain.search import search_counterfactuals as search_fn

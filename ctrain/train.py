@@ -7,6 +7,11 @@ ablations), all inside one `jax.jit`. Researchers can call the step in their own
 (`axis_name=` under `jax.pmap`/`jax.shard_map`, or `mesh=` under `jax.jit` on a sharded batch; helpers in
 `ctrain.sharding`); `fit` is the ready loop with progress, per-epoch logs, checkpoints and resume, and
 `fit_many` trains K runs as one vmapped program.
+
+Models with state and randomness (BatchNorm statistics, dropout; `ctrain.models.stateful_model`) plug into all
+of these: `create_train_state(apply_fn, variables)` puts their statistics on the state (`model_state`) with a
+dropout key (`rng`); the loss runs them in training mode and the searches in inference mode, and
+`inference_model(state)` gives the (apply_fn, params) pair to evaluate or explain them with.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any, Callable, TextIO
 
 import flax.struct
@@ -27,9 +33,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 
 from ctrain import constraints as cons
-from ctrain.models import check_model
+from ctrain.models import check_model, is_stateful
 from ctrain.objective import (CounterfactualBatch, LossWeights, PositivePool, check_loss_weights, composite_loss,
-                              make_training_batch, objective_weights, positive_pool)
+                              make_training_batch, objective_weights, positive_pool, stateful_composite_loss)
 from ctrain.search import TRAINING_SEARCH, SearchConfig
 from ctrain import sharding
 from ctrain.progress import PLAIN_LINES, progress as progress_display
@@ -41,6 +47,11 @@ class TrainState:
 
     The state is the one home of the loss weights and the optimiser (with its learning rate): the step
     reads them from here, so what a run trains with is what its state says.
+
+    A model with state and randomness (`ctrain.models.is_stateful(apply_fn)`, e.g. BatchNorm and dropout)
+    also carries `model_state` (its mutable collections, e.g. {"batch_stats": ...}, updated by every step
+    and never seen by the optimiser) and `rng` (the (2,) uint32 key data its dropout masks derive from: step
+    s uses `fold_in(rng, s)`). Both are None for a pure `apply_fn(params, x)`.
     """
 
     step: jax.Array  # () int32, number of steps taken (skipped ones included)
@@ -50,6 +61,8 @@ class TrainState:
     skipped: jax.Array  # () int32, updates skipped because the loss or a gradient was not finite
     apply_fn: Callable = flax.struct.field(pytree_node=False)
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+    model_state: Any = None  # mutable collections of a stateful model (e.g. {"batch_stats": ...}), else None
+    rng: jax.Array | None = None  # (2,) uint32 key data of a stateful model's RNG streams (dropout), else None
 
 
 DEFAULT_LEARNING_RATE = 1e-3  # the reference's Adam()
@@ -85,21 +98,81 @@ def _set_learning_rate(opt_state, lr: jax.Array):
     return opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": lr})
 
 
+def _split_model(apply_fn, params, rng, k: int | None = None) -> tuple[Any, Any, jax.Array | None]:
+    """Returns (params, model_state, rng key data (2,) or (k, 2)) of a stateful model; (params, None, None) else.
+
+    Without `rng` a stateful model's key is `jax.random.key(0)`, with the run index folded in for k stacked runs.
+    """
+    if not is_stateful(apply_fn):
+        if rng is not None:
+            raise ValueError("rng is the key of a stateful model's RNG streams (dropout); this apply_fn has none")
+        return params, None, None
+    if not isinstance(params, Mapping):
+        raise TypeError(f"a stateful model takes its full variables dict (params and {list(apply_fn.mutable)}), "
+                        f"got {type(params).__name__}")
+    params, model_state = apply_fn.split(params)
+    missing = [c for c in apply_fn.mutable if c not in model_state]
+    if missing:
+        raise ValueError(f"the variables lack the model's mutable collection(s) {missing}: pass the full variables "
+                         "that ctrain.models.stateful_model (or module.init) returned")
+    if rng is None:
+        rng = jax.random.key(0)
+    if isinstance(rng, (int, np.integer)):
+        rng = jax.random.key(int(rng))
+    rng = jnp.asarray(rng)
+    rng = jnp.asarray(jax.random.key_data(rng) if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng,
+                      jnp.uint32)
+    if k is not None and rng.ndim == 1:
+        rng = jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(jax.random.wrap_key_data(rng), i)))(
+            jnp.arange(k))
+    want = (2,) if k is None else (k, 2)
+    if rng.shape != want:
+        raise ValueError(f"rng must be one key{'' if k is None else f' or {k} keys (one per run)'}, got key data of "
+                         f"shape {rng.shape}")
+    return params, model_state, rng
+
+
 def create_train_state(apply_fn, params, *, weights: LossWeights | None = None, learning_rate: float | None = None,
-                       tx: optax.GradientTransformation | None = None) -> TrainState:
+                       tx: optax.GradientTransformation | None = None, rng: jax.Array | int | None = None
+                       ) -> TrainState:
     """Returns a fresh TrainState: Adam(learning_rate, default 1e-3) unless an optax `tx` is given, and λ's `weights`.
 
-    The loss weights default to `LossWeights()` (λ_clf 1, λ_div 0.5, λ_reg 0.1, λ_adv 0.25).
+    The loss weights default to `LossWeights()` (λ_clf 1, λ_div 0.5, λ_reg 0.1, λ_adv 0.25). For a stateful
+    model (`ctrain.models.stateful_model`, `make_model("cnn_bn", ...)`) `params` are its full variables: they
+    are split into the trainable params and the `model_state` (e.g. batch_stats), and `rng` (a key or an int
+    seed, default 0) seeds its dropout.
     """
     weights = check_loss_weights(LossWeights() if weights is None else weights)
     if any(np.ndim(w) for w in jax.tree.leaves(weights)):
         raise ValueError("create_train_state takes scalar λ's; for a grid of λ's use create_train_states")
+    params, model_state, rng = _split_model(apply_fn, params, rng)
     tx, lr = _optimizer(tx, learning_rate)
     opt_state = tx.init(params)
     if lr is not None:
         opt_state = _set_learning_rate(opt_state, jnp.asarray(_check_learning_rate(lr), jnp.float32))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, weights=weights,
-                      skipped=jnp.zeros((), jnp.int32), apply_fn=apply_fn, tx=tx)
+                      skipped=jnp.zeros((), jnp.int32), apply_fn=apply_fn, tx=tx, model_state=model_state, rng=rng)
+
+
+def inference_model(state: TrainState) -> tuple[Callable, Any]:
+    """Returns (apply_fn, params) of the state's model in inference mode: apply_fn(params, x (N, D)) -> (N, K) logits.
+
+    For a pure model these are the state's own; for a stateful one, params are the full variables (params and
+    running statistics) and apply_fn uses the running statistics without dropout. Stacked states give stacked
+    params (leading run axis). This is the pair to evaluate or explain a trained model with.
+    """
+    return state.apply_fn, _inference_params(state)
+
+
+def _inference_params(state: TrainState):
+    if state.model_state is None:
+        return state.params
+    return state.apply_fn.variables(state.params, state.model_state)
+
+
+def _step_rng(state: TrainState, axis_name: str | None) -> jax.Array:
+    """Returns this step's key for the model's RNG streams: fold_in(state.rng, step), and the device index if mapped."""
+    return sharding.device_key(jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step), axis_name)
 
 
 def learning_rate_of(state: TrainState) -> jax.Array | None:
@@ -214,28 +287,43 @@ def apply_loss(state: TrainState, x, y, cf: CounterfactualBatch | None, objectiv
 
     With `axis_name` (inside `jax.pmap`/`jax.shard_map`), the gradients and metrics are averaged over that axis
     first, so every replica applies the same update, and an update is skipped on all replicas when any of them
-    saw a non-finite loss or gradient.
+    saw a non-finite loss or gradient. A stateful model's loss runs in training mode with the dropout key
+    fold_in(state.rng, state.step) (and the device index), and its new batch statistics, averaged over the
+    axis, go on the new state.
     """
     weights = objective_weights(objective, state.weights)
-    grad_fn = jax.value_and_grad(composite_loss, has_aux=True)
-    (loss, terms), grads = grad_fn(sharding.as_device_local(state.params, x, axis_name), state.apply_fn, x, y, cf,
-                                   weights)
+    params = sharding.as_device_local(state.params, x, axis_name)
+    if state.model_state is None:
+        grad_fn = jax.value_and_grad(composite_loss, has_aux=True)
+        (loss, terms), grads = grad_fn(params, state.apply_fn, x, y, cf, weights)
+        model_state = None
+    else:
+        # Training mode for every loss term, and new batch statistics from the pass over x
+        # (`objective.stateful_composite_loss` says why); the dropout key is fold_in(rng, step).
+        grad_fn = jax.value_and_grad(stateful_composite_loss, has_aux=True)
+        (loss, (terms, model_state)), grads = grad_fn(params, state.apply_fn, state.model_state,
+                                                       _step_rng(state, axis_name), x, y, cf, weights)
+        finite_state = _all_finite(model_state)
     finite = jnp.isfinite(loss) & _all_finite(grads)
+    if model_state is not None:
+        finite = finite & finite_state
     searched = {} if cf is None else dict(
         converged=cf.converged.mean(), search_steps=cf.steps.mean(), ae_moved=cf.ae_moved.mean(),
         cf_in_ball=cf.cf_in_ball.mean(), one_step=jnp.mean(cf.steps <= 1))
     # One all-reduce for everything. Each term is a mean over equally sized shards, so the mean of the shard
     # means is the whole batch's; the finite flags' mean is exactly 1 only if every device's update is finite,
-    # so every replica takes the same skip decision.
-    loss, terms, grads, searched, finite_share = sharding.mean_over(
-        (loss, terms, grads, searched, finite.astype(jnp.float32)), axis_name)
+    # so every replica takes the same skip decision. A stateful model's new batch statistics are averaged
+    # the same way (as Flax's ImageNet example syncs them with a cross-replica mean), so replicas stay equal.
+    loss, terms, grads, searched, finite_share, model_state = sharding.mean_over(
+        (loss, terms, grads, searched, finite.astype(jnp.float32), model_state), axis_name)
     finite = finite_share == 1.0
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     keep = lambda new, old: jnp.where(finite, new, old)
     state = state.replace(step=state.step + 1, params=jax.tree.map(keep, params, state.params),
                           opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-                          skipped=state.skipped + (~finite).astype(jnp.int32))
+                          skipped=state.skipped + (~finite).astype(jnp.int32),
+                          model_state=jax.tree.map(keep, model_state, state.model_state))
     metrics = {"loss": loss, **terms, "nonfinite": (~finite).astype(jnp.int32), **searched}
     return state, metrics
 
@@ -310,8 +398,10 @@ def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Const
                 m = min(config.ce_per_batch or x.shape[0], x.shape[0])
                 f_key, s_key = jax.random.split(sharding.device_key(key, axis_name))
                 idx = jax.random.choice(f_key, x.shape[0], (m,), replace=False)
-                cf = counterfactual_batch(state.apply_fn, state.params, x[idx], y[idx], batch["pool"], s_key,
-                                          config.search, constraints, aux)
+                # The search (and x_AE, x⁺'s targets) uses the inference-mode model: running statistics, no
+                # dropout, so a counterfactual is valid for the model that will be deployed and explained.
+                cf = counterfactual_batch(state.apply_fn, _inference_params(state), x[idx], y[idx], batch["pool"],
+                                          s_key, config.search, constraints, aux)
         return update(state, x, y, cf)
 
     return step
@@ -344,7 +434,8 @@ def epoch_counterfactuals(state: TrainState, x_train, y_train, pool: PositivePoo
     f_key, s_key = jax.random.split(key)
     n = x_train.shape[0]
     idx = jax.random.choice(f_key, n, (n_batches * m,), replace=n_batches * m > n)
-    cf = _training_batch(config, mesh)(state.apply_fn, state.params, x_train[idx], y_train[idx], pool, s_key, config.search, constraints, aux)
+    cf = _training_batch(config, mesh)(state.apply_fn, _inference_params(state), x_train[idx], y_train[idx], pool,
+                                       s_key, config.search, constraints, aux)
     return jax.tree.map(lambda a: a.reshape((n_batches, m) + a.shape[1:]), cf)
 
 
@@ -415,7 +506,8 @@ def _prepare_run(state: TrainState, dataset, config: TrainConfig, constraints):
     if not np.all(np.isfinite(dataset.x_train)):
         raise ValueError(f"{dataset.name}: training inputs contain NaN/inf; clean them before training")
     # Abstract shapes only: a model that does not fit the data fails here, before anything compiles.
-    check_model(state.apply_fn, jax.tree.map(lambda a: a[0], state.params) if np.ndim(state.step) else state.params,
+    params = _inference_params(state)
+    check_model(state.apply_fn, jax.tree.map(lambda a: a[0], params) if np.ndim(state.step) else params,
                 dataset.num_features, dataset.num_classes)
     n_batches = len(dataset.x_train) // config.batch_size
     if n_batches < 1:
@@ -545,7 +637,7 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
         use_ct = config.needs_counterfactuals and epoch >= config.burnin_epochs
         state, metrics = epoch_fn(state, x_dev, y_dev, pool, key, epoch, use_ct)
         log = {"epoch": epoch + 1, **_epoch_log(metrics)}
-        log.update({k: float(v) for k, v in _accuracies(accuracy, state.params, splits).items()})
+        log.update({k: float(v) for k, v in _accuracies(accuracy, _inference_params(state), splits).items()})
         log["time_s"] = time.perf_counter() - t0
         history.append(log)
         if log["nonfinite"]:
@@ -575,13 +667,16 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
 
 
 def create_train_states(apply_fn, params, *, weights: LossWeights | None = None, learning_rate=None,
-                        tx: optax.GradientTransformation | None = None) -> TrainState:
+                        tx: optax.GradientTransformation | None = None, rng=None) -> TrainState:
     """Returns K TrainStates stacked on a leading axis, for params whose leaves have a leading axis K.
 
     `weights` may hold per-run λ's as (K,) arrays (e.g. a λ_reg grid) and `learning_rate` may be a (K,)
-    array (Adam only); scalars apply to every run.
+    array (Adam only); scalars apply to every run. For a stateful model `params` are its stacked full
+    variables; `model_state` and `rng` get the leading run axis too (`rng`: one key, whose run index is
+    folded in per run, or K keys; default key 0).
     """
     k = jax.tree.leaves(params)[0].shape[0]
+    params, model_state, rng = _split_model(apply_fn, params, rng, k)
     weights = check_loss_weights(LossWeights() if weights is None else weights)
     for name, w in dataclasses.asdict(weights).items():
         if np.ndim(w) == 1 and np.shape(w)[0] != k:
@@ -593,7 +688,8 @@ def create_train_states(apply_fn, params, *, weights: LossWeights | None = None,
         lr = jnp.broadcast_to(jnp.asarray(_check_learning_rate(lr, k), jnp.float32), (k,))
         opt_state = _set_learning_rate(opt_state, lr)
     return TrainState(step=jnp.zeros((k,), jnp.int32), params=params, opt_state=opt_state,
-                      weights=weights, skipped=jnp.zeros((k,), jnp.int32), apply_fn=apply_fn, tx=tx)
+                      weights=weights, skipped=jnp.zeros((k,), jnp.int32), apply_fn=apply_fn, tx=tx,
+                      model_state=model_state, rng=rng)
 
 
 def _split_runs(tree, size: int) -> list:
@@ -709,7 +805,7 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
         for i, chunk in enumerate(chunks):
             chunks[i], metrics = program(use_ct, size)(chunk, chunk_keys[i], e)
             parts.append(metrics)
-            accs.append(_accuracies(accuracy, chunks[i].params, splits))
+            accs.append(_accuracies(accuracy, _inference_params(chunks[i]), splits))
         join = lambda *a: np.concatenate([np.asarray(x) for x in a])[:k]
         logs = _epoch_logs(jax.tree.map(join, *parts), k)
         logs.update(jax.tree.map(join, *accs))

@@ -270,8 +270,7 @@ def mechanism_health(histories: dict[str, list[list[dict]]]) -> dict:
     return out
 
 
-CATEGORICAL_LABELS = {"relaxed": "relaxed", "straight_through": "straight-through", "snap": "snap",
-                      "snap_state": "snap-state"}
+CATEGORICAL_LABELS = {"relaxed": "relaxed", "straight_through": "straight-through", "snap_state": "snap-state"}
 
 
 def run_label(config: ExperimentConfig, data: Dataset) -> str:
@@ -425,7 +424,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
                               for m in ("ip", "ip_star", "cost", "validity")}
     comparisons["CT"]["cost_protected"] = (
         compared_over_rounds_and_seeds(cost, config.protocol.n_rounds, "cost", treatment="CT") if cost
-        else not_run("cost", "CT", "not run: the dataset has no protected features (set protected=NAME,...)"))
+        else not_run("cost", "CT", "not run: the dataset has no protected features (set data.protected=NAME,...)"))
     accuracy = {label: [h[-1]["test_accuracy"] for h in histories[label]] for label in histories}
     validity = {label: mean_metric(pooled, label, "validity") for label in labels}
     means = {label: {m: mean_metric(pooled, label, m) for m in VERSUS_METRICS} for label in labels}

@@ -82,32 +82,18 @@ NOTES = """\
 - Actionability (the cost column, Table 2, Figure 1) depends on each data draw's geometry and on the training
   search: experiments/studies/actionability/README.md measures it over 20 draws per blob set, with the
   reason, and tests/test_proposition.py pins Proposition 3.1 down on Gaussian classes.
-- Adult's robust accuracy depends on the one-hot columns' domain. Bounded to [0, 1], CT's FGSM/PGD accuracy at
-  ε 0.1 is 0.44/0.21 (`--datasets adult --categorical-modes relaxed --set data.kwargs.onehot_bounds=unit`,
-  the run at commit 885a0d2); in the reference's domain 0.76/0.71 (paper 0.75/0.70): the attacks push one-hot
-  columns below 0, and only the wider domain lets CT's adversarial examples go there too. The ablation keeps
-  the paper's order: CT 0.75/0.70, AR 0.73/0.69, CD 0.62/0.42, BL 0.01/0.01 (paper 0.75/0.70, 0.70/0.64,
-  0.38/0.19, 0.00/0.00; `--datasets adult --categorical-modes relaxed --ablation`, one NVIDIA H200).
-- Adult's validity and cost without constraints (Tables 1, 3 and 8a) depend on the test-time search. Tested
-  snap-state, as the reference does (the table's row), CT's validity is 0.84 and its cost −6.8% against BL
-  (paper 0.68 and −4.6%), validity under constraints 0.77 (paper 0.70); the same training tested relaxed
-  gives 0.98 and −61.5% (`--datasets adult --categorical-modes relaxed --set protocol.categorical=relaxed`, one
-  NVIDIA H200). The reference's loader (TaijaData) also puts `education_num` into the `education` one-hot
-  group (it groups columns by name), which pins it during the snapped search; we do not copy that, and our
-  validity stays above the paper's.
-- Adult (straight-through) differs from the relaxed row by its one-hot mode alone (same seeds): its snapped
-  adversarial examples never leave {{0, 1}}, so its FGSM/PGD accuracy (0.17/0.04) is that of the [0, 1]
-  domain above; tested in its own mode, which changes categories freely, its validity and cost without
-  constraints (0.99, −70.0%) are close to the relaxed test's. The paper has no such row: its cost columns
-  compare CT and BL searched with real categories, which the paper never measures.
-- MNIST (5k subset), Table 8a: the subset has 4 batches per epoch against MNIST's 10, so 100 epochs make 400
-  parameter updates instead of the reference's 1,000. With `--set train.epochs=250` (1,000 updates) CT's cost
-  without constraints is −51.0% against BL (paper −40.7%), accuracy 0.90/0.91 and FGSM/PGD 0.65/0.55 (paper
-  0.90/0.92 and 0.65/0.60) (`--datasets mnist_5k --set train.epochs=250`, one NVIDIA H200).
-- Adult's cost with protected feature (paper +4.0%, not significant) takes its sign from the test-time
-  one-hot search: −16.2% tested snap-state (the table's row), +12.8% for the same training tested relaxed
-  (`--set protocol.categorical=relaxed`, one NVIDIA H200); the reference's snapped search also pins
-  `education_num` (above), which moves the costs of both models.
+- Settings that move Adult's and MNIST's figures, and what they do, are stated here without numbers: only
+  the tables above, made by the command at the top from this commit, carry figures. The one-hot columns'
+  domain (`--set data.kwargs.onehot_bounds=unit` keeps them in [0, 1] instead of the reference's μ ± 2σ
+  domain) decides whether CT's adversarial examples reach where FGSM/PGD push Adult's inputs, so it moves
+  CT's robust accuracy there. The test-time one-hot search (`--set protocol.categorical=relaxed` against the
+  reference's snapped "snap_state") moves Adult's validity and both models' costs; the reference's loader
+  (TaijaData) also puts `education_num` into the `education` one-hot group, which pins it during the snapped
+  search, and we do not copy that. The straight-through Adult row differs from the relaxed one by its
+  one-hot mode alone: its adversarial examples never leave {{0, 1}}. MNIST's 5k subset has 4 batches per epoch
+  against MNIST's 10, so 100 epochs make 400 parameter updates instead of the reference's 1,000
+  (`--set train.epochs=250` matches them). Each of these is a one-line rerun of `experiments.reproduce`
+  with the `--set` shown.
 - Robust accuracy is read at ε = 0.1 of each dataset's own units; on the synthetic sets (feature scales of
   several units) no model loses accuracy there, so those rows carry no information about robustness.
 """

@@ -474,8 +474,9 @@ def collect(out: str, grid: str) -> dict:
 
 
 def _varying(rows: list[dict]) -> list[str]:
-    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k in ExperimentConfig.__dataclass_fields__
-            and k != "dataset"]
+    # The rows' settings are dotted paths of the config tree (flat_dict), loader keywords as data.kwargs.NAME.
+    paths = set(leaf_paths())
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k in paths or k.startswith("data.kwargs.")]
     return [k for k in keys if len({json.dumps(r.get(k)) for r in rows}) > 1]
 
 

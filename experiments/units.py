@@ -337,7 +337,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="circles, raw and standardized, 20 epochs, 10 rounds")
     parser.add_argument("--out", default=os.path.join("results", "units"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="ExperimentConfig override for every dataset (repeatable), e.g. --set lambda_reg=0.1")
+                        help="ExperimentConfig override at a dotted path for every dataset (repeatable), "
+                             "e.g. --set weights.reg=0.1")
     parser.add_argument("--eval-step-rule", choices=("gradient", "normalized"), default="gradient",
                         help="the evaluator's search step: the reference's gradient steps, or fixed-length steps")
     parser.add_argument("--categorical", choices=CATEGORICAL_MODES + ("arm",), default=TRAINING_SEARCH.categorical,

@@ -1,7 +1,6 @@
 import dataclasses
 import json
 import math
-import os
 import re
 
 import numpy as np
@@ -9,11 +8,13 @@ import pytest
 
 from ctrain.data import load_dataset
 from ctrain import metrics
-from experiments import grid, paper_results, pipeline, reproduce
-from experiments.configs import CONFIGS, ExperimentConfig, get_config, override
+from experiments import paper_results, pipeline, reproduce
+from experiments.configs import (CONFIGS, MOVED, ExperimentConfig, flat_dict, from_dict, get_config, leaf_paths,
+                                 override, replace_path)
 
-TINY = ["epochs=2", "seeds=0", "eval_rounds=3", "eval_individuals=6", "eval_lambda_energy=1.0", "n_ce=60",
-        "eval_max_steps=20", "ip_samples=50", "mmd_samples=8", "ig_rounds=6", "ig_samples=40", "ig_steps=4"]
+TINY = ["train.epochs=2", "seeds=0", "protocol.n_rounds=3", "protocol.n_individuals=6", "protocol.lambda_energy=1.0",
+        "train.n_ce=60", "protocol.max_steps=20", "protocol.ip_samples=50", "protocol.mmd_samples=8",
+        "sensitivity.rounds=6", "sensitivity.samples=40", "sensitivity.steps=4"]
 
 
 def _sets(items) -> list[str]:
@@ -113,6 +114,7 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
                  ds / "config.json", ds / "ig_rounds.json"):
         _strict_json(path)
     rows, notes = _table(out / "table.md", "Table 1")
+    rows = [r for r in rows if not r["Data"].startswith("Avg. over")]  # the average row (reproduce's own)
     assert list(rows[0])[:5] == ["Data", "Seeds", "IP −% (ours)", "IP −% (paper)", "IP* −% (ours)"]
     assert rows[0]["Seeds"] == str(len(results[0]["seeds"]))
     assert "Accuracy CT / BL (ours)" in rows[0] and "Cost, protected −% (ours)" in rows[0]
@@ -180,7 +182,10 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
     assert {"versions", "git_commit", "device", "wall_time_s", "command"} <= set(meta)
     assert meta["figure1"]["protected"] == "x0" and set(meta["figure1"]["sensitivity"]) == {"BL", "CT", "CT_mut"}
     config = json.loads((ds / "config.json").read_text())
-    assert config["epochs"] == 2 and config["seeds"] == [0] and config["categorical"] == "relaxed"
+    assert config["train"]["epochs"] == 2 and config["seeds"] == [0]
+    assert config["train"]["search"]["categorical"] == "relaxed"
+    # config.json is the whole tree: it reads back as the config that ran.
+    assert from_dict(config) == override(get_config("linearly_separable"), TINY)
     md = (tmp_path / "RESULTS.md").read_text()
     assert "python -m experiments.reproduce" in md and "differs from the paper" in md
     assert "search steps" in md and "german (straight-through)" in md
@@ -210,7 +215,7 @@ def test_a_metric_that_cannot_be_computed_is_null_with_its_reason(tmp_path, monk
     out = tmp_path / "run"
     reproduce.main(["--datasets", "linearly_separable", "--quiet", "--no-plots", "--out", str(out),
                     "--results-md", str(tmp_path / "RESULTS.md"),
-                    *_sets(TINY + ["epochs=1", "eval_rounds=2", "eval_individuals=1"])])
+                    *_sets(TINY + ["train.epochs=1", "protocol.n_rounds=2", "protocol.n_individuals=1"])])
     ds = out / "linearly_separable"
     results = _strict_json(ds / "results.json")
     assert _strict_json(out / "results.json") == [results]
@@ -248,7 +253,7 @@ def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats
     # The same protocol rounds score every model; CT is compared with each baseline on them.
     summary = (out / "linearly_separable" / "seed_0" / "plausibility_summary.csv").read_text()
     for model in ("BL", "CT", "PGD-AT", "JEM"):
-        assert summary.count(f"\n{model},") == 3, model  # eval_rounds=3
+        assert summary.count(f"\n{model},") == 3, model  # protocol.n_rounds=3
     assert set(res["versus"]) == {"PGD-AT", "JEM"}
     for baseline, cmps in res["versus"].items():
         assert set(cmps) == {"ip", "ip_star", "cost", "validity"}
@@ -306,63 +311,76 @@ def test_a_verdict_needs_a_confidence_interval_that_excludes_zero():
     assert verdict(None, None, "ip", "one seed").startswith("not computable (one seed")
 
 
-# One bad value (or more) per ExperimentConfig field; the test below fails if a field has none.
+# One bad value (or more) per setting of the config tree that the old flat config had (MOVED's paths) and per
+# top-level leaf; the test below fails if one has none.
 BAD_VALUES = {
-    "dataset": ["nope", 3], "dataset_kwargs": [(("standardize", "false"),), (("nope", 1),), (("n_train", 1.5),)],
-    "protected": [("x0", "x0"), (3,)], "model": ["cnn"], "epochs": [0, 1.5, True], "batch_size": [0],
-    "learning_rate": [0.0, float("nan"), float("inf"), -1e-3], "shuffle": ["false", 1], "schedule": ["weird"],
-    "burnin": [1.0, -0.1, float("nan")], "tau": [1.0, 0.0, float("nan")], "n_ce": [0],
-    "lambda_clf": [-1.0, float("nan")], "lambda_div": [float("inf")], "lambda_reg": [-0.1],
-    "lambda_adv": [float("nan")], "epsilon": [-1.0], "generator": ["nope", "eccco"], "max_steps": [0],
-    "step_size": [0.0, float("inf")], "lambda_cost": [float("nan")], "lambda_energy": [-1.0],
-    "mutability_lambda_adv": [float("nan"), -1.0], "mutability_lambda_reg": [-1.0, "0"], "eval_rounds": [0],
-    "eval_individuals": [0], "eval_lambda_energy": [(), (float("nan"),), (-1.0,)], "eval_max_steps": [0],
-    "eval_tau": [0.0], "eval_cost_tau": [1.0], "ip_samples": [0], "mmd_samples": [1],
-    "mmd_length_scale": [0.0, float("nan"), float("inf"), -5.0, "mean", True], "robustness": ["yes"],
-    "robust_samples": [0], "categorical": ["nope", 1, "box"], "eval_categorical": ["nope", 1],
-    "ig_rounds": [0, 1.5], "ig_samples": [0],
-    "ig_steps": [0, True],
+    "data.name": ["nope", 3],
+    "data.kwargs": [(("standardize", "false"),), (("nope", 1),), (("n_train", 1.5),)],
+    "data.protected": [("x0", "x0"), (3,)], "model": ["cnn"], "train.epochs": [0, 1.5, True],
+    "train.batch_size": [0], "learning_rate": [0.0, float("nan"), float("inf"), -1e-3],
+    "train.shuffle": ["false", 1], "train.schedule": ["weird"], "train.burnin": [1.0, -0.1, float("nan")],
+    "train.search.threshold": [1.0, 0.0, float("nan")], "train.n_ce": [0],
+    "weights.clf": [-1.0, float("nan")], "weights.div": [float("inf")], "weights.reg": [-0.1],
+    "weights.adv": [float("nan")], "train.search.epsilon": [-1.0], "train.search.generator": ["nope", "eccco"],
+    "train.search.max_steps": [0], "train.search.step_size": [0.0, float("inf")],
+    "train.search.lambda_cost": [float("nan")], "train.search.lambda_energy": [-1.0],
+    "actionability.adv": [float("nan"), -1.0], "actionability.reg": [-1.0, "0"], "protocol.n_rounds": [0],
+    "protocol.n_individuals": [0], "protocol.lambda_energy": [(), (float("nan"),), (-1.0,)],
+    "protocol.max_steps": [0], "protocol.threshold": [0.0], "actionability.threshold": [1.0],
+    "protocol.ip_samples": [0], "protocol.mmd_samples": [1],
+    "protocol.mmd_length_scale": [0.0, float("nan"), float("inf"), -5.0, "mean", True],
+    "robustness.enabled": ["yes"], "robustness.samples": [0], "train.search.categorical": ["nope", 1, "box"],
+    "protocol.categorical": ["nope", 1], "sensitivity.rounds": [0, 1.5], "sensitivity.samples": [0],
+    "sensitivity.steps": [0, True],
     "seeds": [(), (-1,), (0, 0), (1.5,)], "expected_minutes": [-1.0, float("nan")],
 }
 
 
-def test_every_config_field_is_checked_when_the_config_is_built():
-    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    assert set(BAD_VALUES) == fields, "every ExperimentConfig field needs a bad value here"
+def test_every_config_setting_is_checked_when_the_config_is_built():
+    top = {f.name for f in dataclasses.fields(ExperimentConfig)} & set(leaf_paths())  # the top-level leaves
+    moved = {path.split(" ")[0].removesuffix(".NAME") for path in MOVED.values()}
+    assert set(BAD_VALUES) == moved | top, "every setting needs a bad value here"
     base = get_config("circles")
-    for name, values in BAD_VALUES.items():
+    for path, values in BAD_VALUES.items():
+        leaf = path.rsplit(".", 1)[-1]
         for value in values:
-            with pytest.raises(ValueError, match=rf"ExperimentConfig\.{name}\b"):
-                dataclasses.replace(base, **{name: value})
-    ok = dataclasses.replace(base, mutability_lambda_reg=None, seeds=[3, 1], dataset_kwargs={"standardize": True})
-    assert (ok.seeds, ok.dataset_kwargs) == ((3, 1), (("standardize", True),))
+            # Named by the tree's path (the experiment's own branches) or by the library config's field.
+            with pytest.raises(ValueError, match=rf"ExperimentConfig\.{re.escape(path)}\b|\b{leaf}\b|λ_{leaf}\b"):
+                replace_path(base, path, value)
+    ok = replace_path(replace_path(replace_path(base, "actionability.reg", None), "seeds", [3, 1]), "data.kwargs",
+                      {"standardize": True})
+    assert (ok.seeds, ok.data.kwargs, ok.actionability.reg) == ((3, 1), (("standardize", True),), None)
 
 
-def test_config_building_runs_the_library_configs_checks(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise ValueError("mmd_length_scale refused by the library")
-    monkeypatch.setattr(pipeline, "ProtocolConfig", refuse)
-    with pytest.raises(ValueError, match="ProtocolConfig.*refused by the library"):
-        dataclasses.replace(get_config("circles"), epochs=3)
+def test_config_building_runs_the_library_configs_checks():
+    # The branches are the library's own configs: building the tree runs their checks, named by the library.
+    with pytest.raises(ValueError, match=r"ProtocolConfig\.mmd_length_scale must be a finite number > 0"):
+        replace_path(get_config("circles"), "protocol.mmd_length_scale", "mean")
+    with pytest.raises(ValueError, match=r"schedule must be 'per_epoch' or 'per_batch'"):
+        replace_path(get_config("circles"), "train.schedule", "weird")
+    with pytest.raises(TypeError, match=r"ExperimentConfig\.protocol must be a ProtocolConfig"):
+        get_config("circles").replace(protocol={"n_rounds": 3})
 
 
 def test_check_run_refuses_settings_that_do_not_fit_the_data():
     data = load_dataset("circles", n_train=100, n_val=20, n_test=20)
     pipeline.check_run(get_config("circles"), data)
-    with pytest.raises(ValueError, match=r"ExperimentConfig\.protected.*\['age'\].*x0"):
-        pipeline.check_run(override(get_config("circles"), ["protected=age"]), data)
+    with pytest.raises(ValueError, match=r"ExperimentConfig\.data\.protected.*\['age'\].*x0"):
+        pipeline.check_run(override(get_config("circles"), ["data.protected=age"]), data)
     with pytest.raises(ValueError, match=r"ExperimentConfig\.model 'lenet5'"):
         pipeline.check_run(override(get_config("circles"), ["model=lenet5"]), data)
-    with pytest.raises(ValueError, match=r"ExperimentConfig\.batch_size 200 exceeds the 100"):
-        pipeline.check_run(override(get_config("circles"), ["batch_size=200"]), data)
+    with pytest.raises(ValueError, match=r"ExperimentConfig\.train\.batch_size 200 exceeds the 100"):
+        pipeline.check_run(override(get_config("circles"), ["train.batch_size=200"]), data)
 
 
 @pytest.mark.parametrize("bad, message", [
-    (["protected=x0"], r"ExperimentConfig\.protected.*digits"),  # only digits lacks x0: found before training
-    (["dataset_kwargs.standardize=false"], r"digits loader's keywords are \[.*'seed'"),
-    (["mmd_length_scale=0"], r"ExperimentConfig\.mmd_length_scale must be a finite number > 0"),
-    (["generator=nope"], r"ExperimentConfig\.generator.*one of \[.*'ecco'"),
-    (["eval_lambda_energy="], r"ExperimentConfig\.eval_lambda_energy must be a non-empty"),
+    (["data.protected=x0"], r"ExperimentConfig\.data\.protected.*digits"),  # only digits lacks x0: before training
+    (["data.kwargs.standardize=false"], r"digits loader's keywords are \[.*'seed'"),
+    (["protocol.mmd_length_scale=0"], r"protocol\.mmd_length_scale=0: ProtocolConfig\.mmd_length_scale must be a "
+                                      r"finite number > 0"),
+    (["train.search.generator=nope"], r"ExperimentConfig\.train\.search\.generator.*one of \[.*'ecco'"),
+    (["protocol.lambda_energy="], r"protocol\.lambda_energy=: ProtocolConfig\.lambda_energy must be a non-empty"),
+    (["tau=0.9"], r"'tau' is from the old flat config; it is now 'train\.search\.threshold'"),
 ])
 def test_reproduce_checks_every_dataset_before_training_any(tmp_path, monkeypatch, bad, message):
     def no_training(*args, **kwargs):
@@ -376,143 +394,107 @@ def test_reproduce_checks_every_dataset_before_training_any(tmp_path, monkeypatc
 
 def test_dataset_kwargs_are_parsed_by_the_loaders_signature():
     c = get_config("circles")
-    off, on = (override(c, [f"dataset_kwargs.standardize={v}", "dataset_kwargs.n_train=200"])
+    off, on = (override(c, [f"data.kwargs.standardize={v}", "data.kwargs.n_train=200"])
                for v in ("false", "TRUE"))
-    assert dict(off.dataset_kwargs) == {"standardize": False, "n_train": 200}
-    assert dict(on.dataset_kwargs) == {"standardize": True, "n_train": 200}
-    x_off = load_dataset(off.dataset, **dict(off.dataset_kwargs)).x_train
-    x_on = load_dataset(on.dataset, **dict(on.dataset_kwargs)).x_train
+    assert dict(off.data.kwargs) == {"standardize": False, "n_train": 200}
+    assert dict(on.data.kwargs) == {"standardize": True, "n_train": 200}
+    x_off = load_dataset(off.data.name, **dict(off.data.kwargs)).x_train
+    x_on = load_dataset(on.data.name, **dict(on.data.kwargs)).x_train
     assert x_off.shape == x_on.shape == (200, 2) and not np.allclose(x_off, x_on)  # the setting reaches the loader
     assert abs(float(x_on.mean())) < 0.1 and float(x_on.std()) == pytest.approx(1.0, abs=0.1)
-    adult = override(get_config("adult"), ["dataset_kwargs.n_train=none", "dataset_kwargs.seed=3"])
-    assert dict(adult.dataset_kwargs) == {"n_train": None, "seed": 3, "onehot_bounds": "inferred"}
-    with pytest.raises(ValueError, match=r"unknown key dataset_kwargs\.standardise.*'n_train'.*'standardize'"):
-        override(c, ["dataset_kwargs.standardise=true"])
-    with pytest.raises(ValueError, match=r"bad value for dataset_kwargs\.standardize: expected true or false"):
-        override(c, ["dataset_kwargs.standardize=maybe"])
-    with pytest.raises(ValueError, match=r"bad value for dataset_kwargs\.n_train: expected an integer"):
-        override(c, ["dataset_kwargs.n_train=lots"])
-
-
-def test_grid_is_resumable_splits_into_tasks_and_keys_points_by_the_whole_config(tmp_path, capsys, monkeypatch):
-    args = ["--datasets", "linearly_separable", "--grid", "lambda_reg=0.1,0.5", "--out", str(tmp_path), "--quiet",
-            *_sets(TINY + ["eval_rounds=2"])]
-    first = grid.main(args + ["--task-index", "0", "--num-tasks", "2"])
-    second = grid.main(args + ["--task-index", "1", "--num-tasks", "2"])
-    assert len(first) == 1 and len(second) == 1 and first != second
-    assert grid.main(args) == []  # everything finished: nothing is rerun
-    assert "finished, skipped" in capsys.readouterr().out
-
-    # Another effective config (here epochs) is another point: it runs in its own folder, beside the old one.
-    # (A stand-in for train_and_evaluate writes what a finished run writes: the keying is what is tested here.)
-    ran = []
-
-    def fake_run(config, workdir, *, ablation, **kwargs):
-        ran.append(config)
-        os.makedirs(workdir)
-        pipeline.write_json(os.path.join(workdir, "config.json"), config.to_dict())
-        pipeline.write_json(os.path.join(workdir, "results.json"), {"dataset": config.dataset, "ablation": ablation,
-                                                                   "comparisons": {}, "accuracy": {}})
-    monkeypatch.setattr(grid, "train_and_evaluate", fake_run)
-    one_point = args[:3] + ["lambda_reg=0.1"] + args[4:]
-    rerun = grid.main(one_point + ["--set", "epochs=1"])
-    assert len(rerun) == 1 and rerun[0] not in first + second and [c.epochs for c in ran] == [1]
-    assert rerun[0].rsplit("@", 1)[0] == first[0].rsplit("@", 1)[0]  # same grid settings, another config hash
-    assert grid.main(one_point + ["--set", "epochs=1"]) == []
-    assert len(grid.main(one_point + ["--ablation"])) == 1  # --ablation changes what runs: another point too
-    lines = open(grid.collect(str(tmp_path))).read().splitlines()
-    header = lines[0].split(",")
-    assert len(lines) == 5 and "CT_ip_reduction_pct" in header
-    assert {"epochs", "lambda_reg", "ablation"} <= set(header) and "seeds" not in header  # the keys that differ
-
-    # A finished folder whose stored config differs from the one asked for does not count as finished.
-    config = override(get_config("linearly_separable"), TINY + ["eval_rounds=2", "lambda_reg=0.1"])
-    assert grid.is_finished(first[0], config)
-    assert not grid.is_finished(first[0], config, ablation=True)
-    stored = json.loads(open(f"{first[0]}/config.json").read())
-    assert stored["epochs"] == 2
-    with open(f"{first[0]}/config.json", "w") as f:
-        json.dump({**stored, "n_ce": 61}, f)
-    assert not grid.is_finished(first[0], config)
+    adult = override(get_config("adult"), ["data.kwargs.n_train=none", "data.kwargs.seed=3"])
+    assert dict(adult.data.kwargs) == {"n_train": None, "seed": 3, "onehot_bounds": "inferred"}
+    with pytest.raises(ValueError, match=r"unknown key data\.kwargs\.standardise.*'n_train'.*'standardize'"):
+        override(c, ["data.kwargs.standardise=true"])
+    with pytest.raises(ValueError, match=r"bad value for data\.kwargs\.standardize: expected true or false"):
+        override(c, ["data.kwargs.standardize=maybe"])
+    with pytest.raises(ValueError, match=r"bad value for data\.kwargs\.n_train: expected an integer"):
+        override(c, ["data.kwargs.n_train=lots"])
 
 
 def test_every_paper_dataset_has_a_config_with_the_papers_values():
     for name in ("linearly_separable", "circles", "moons", "overlapping", "adult", "california_housing",
                  "credit_default", "gmsc", "mnist", "german", "digits"):
         assert name in CONFIGS
-    assert (get_config("moons").tau, get_config("moons").lambda_reg, get_config("moons").n_ce) == (0.9, 0.25, 1000)
-    assert (get_config("adult").tau, get_config("adult").n_ce) == (0.75, 5000)
-    assert get_config("mnist").lambda_reg == 0.01
+    moons, adult = get_config("moons"), get_config("adult")
+    assert (moons.train.search.threshold, moons.weights.reg, moons.train.n_ce) == (0.9, 0.25, 1000)
+    assert (adult.train.search.threshold, adult.train.n_ce) == (0.75, 5000)
+    assert get_config("mnist").weights.reg == 0.01
     # The synthetic actionability runs train with λ_adv = λ_reg = 0, the reference's recorded mutability configs;
     # the real sets' keep CT's λ's (their recorded configs do).
     from experiments import pipeline
     for name in ("linearly_separable", "circles", "moons", "overlapping"):
         c = get_config(name)
         mut = pipeline.loss_weights(c, mutability=True)
-        assert (mut.adv, mut.reg, mut.div) == (0.0, 0.0, 0.5) and pipeline.loss_weights(c).reg == c.lambda_reg > 0
+        assert (mut.adv, mut.reg, mut.div) == (0.0, 0.0, 0.5) and pipeline.loss_weights(c).reg == c.weights.reg > 0
     assert pipeline.loss_weights(get_config("adult"), mutability=True) == pipeline.loss_weights(get_config("adult"))
-    own = override(get_config("circles"), ["mutability_lambda_adv=none", "mutability_lambda_reg=none"])
+    own = override(get_config("circles"), ["actionability.adv=none", "actionability.reg=none"])
     assert (pipeline.loss_weights(own, mutability=True).adv, pipeline.loss_weights(own, mutability=True).reg) == \
         (0.25, 0.5)
 
 
 def test_overrides_are_typed_and_errors_name_the_key_and_the_allowed_values():
-    c = override(get_config("circles"), ["epochs=5", "seeds=1,2", "shuffle=true", "dataset_kwargs.n_train=500",
-                                         "mutability_lambda_reg=none"])
-    assert (c.epochs, c.seeds, c.shuffle, dict(c.dataset_kwargs)) == (5, (1, 2), True, {"n_train": 500})
-    assert c.mutability_lambda_reg is None
-    with pytest.raises(ValueError, match="unknown config key 'epoch'; known keys: .*'epochs'"):
-        override(c, ["epoch=3"])
-    with pytest.raises(ValueError, match="bad value for tau: expected a number, got 'high'"):
-        override(c, ["tau=high"])
-    with pytest.raises(ValueError, match=r"tau must be in \(0, 1\)"):
-        override(c, ["tau=1.5"])
-    with pytest.raises(ValueError, match="bad value for shuffle: expected true or false"):
-        override(c, ["shuffle=maybe"])
-    with pytest.raises(ValueError, match=r"bad value for epochs: expected an integer"):
-        override(c, ["epochs=2.5"])
-    with pytest.raises(ValueError, match=r"ExperimentConfig\.schedule must be one of \('per_epoch', 'per_batch'"):
-        override(c, ["schedule=weird"])
+    c = override(get_config("circles"), ["train.epochs=5", "seeds=1,2", "train.shuffle=true",
+                                         "data.kwargs.n_train=500", "actionability.reg=none"])
+    assert (c.train.epochs, c.seeds, c.train.shuffle, dict(c.data.kwargs)) == (5, (1, 2), True, {"n_train": 500})
+    assert c.actionability.reg is None
+    with pytest.raises(ValueError, match=r"unknown config key 'train\.epoch'; settable paths: .*'train\.epochs'"):
+        override(c, ["train.epoch=3"])
+    with pytest.raises(ValueError, match="bad value for train.search.threshold: expected a number, got 'high'"):
+        override(c, ["train.search.threshold=high"])
+    with pytest.raises(ValueError, match=r"train\.search\.threshold=1\.5: threshold τ must be in \(0, 1\)"):
+        override(c, ["train.search.threshold=1.5"])
+    with pytest.raises(ValueError, match="bad value for train.shuffle: expected true or false"):
+        override(c, ["train.shuffle=maybe"])
+    with pytest.raises(ValueError, match=r"bad value for train\.epochs: expected an integer"):
+        override(c, ["train.epochs=2.5"])
+    with pytest.raises(ValueError, match=r"train\.schedule=weird: schedule must be 'per_epoch' or 'per_batch'"):
+        override(c, ["train.schedule=weird"])
     with pytest.raises(ValueError, match=r"ExperimentConfig\.model must be one of \('mlp', 'linear', 'lenet5'\)"):
         override(c, ["model=cnn"])
-    with pytest.raises(ValueError, match=r"must look like key=value"):
-        override(c, ["epochs"])
-    with pytest.raises(ValueError, match=r"--set dataset_kwargs\.NAME=VALUE"):
-        override(c, ["dataset_kwargs=n_train"])
+    with pytest.raises(ValueError, match=r"must look like path=value"):
+        override(c, ["train.epochs"])
+    with pytest.raises(ValueError, match=r"--set data\.kwargs\.NAME=VALUE"):
+        override(c, ["data.kwargs=n_train"])
+    with pytest.raises(ValueError, match=r"'train\.search' is a whole branch; set its fields"):
+        override(c, ["train.search=x"])
 
 
 def test_categorical_mode_reaches_the_training_search_and_the_protocol():
     c = get_config("adult")
-    assert c.categorical == "relaxed"  # the paper reproduction runs at the reference's parity
+    assert c.train.search.categorical == "relaxed"  # the paper reproduction runs at the reference's parity
     for mode in ("relaxed", "straight_through"):
-        changed = override(c, [f"categorical={mode}", "eval_categorical=none"])  # none: tested as trained
+        changed = override(c, [f"train.search.categorical={mode}", f"protocol.categorical={mode}"])  # tested as trained
         search = pipeline.train_config(changed, "full").search
         assert search.categorical == mode
         assert (search.units, search.step_rule) == ("absolute", "gradient")  # else the reference's search
-        for threshold in (changed.eval_tau, changed.eval_cost_tau):
-            assert pipeline.protocol_config(changed, threshold=threshold, seed=0).categorical == mode
-    with pytest.raises(ValueError, match=r"ExperimentConfig\.categorical must be one of \('relaxed', "):
-        override(c, ["categorical=box"])
+        for actionability in (False, True):  # the plausibility protocol and the cost experiment's
+            protocol = pipeline.protocol_config(changed, seed=0, actionability=actionability)
+            assert protocol.categorical == mode
+            assert protocol.threshold == (changed.actionability.threshold if actionability
+                                          else changed.protocol.threshold)
+    with pytest.raises(ValueError, match=r"train\.search\.categorical=box: categorical must be one of \('relaxed', "):
+        override(c, ["train.search.categorical=box"])
     german = load_dataset("german")
     plan = reproduce.run_plan([get_config("german"), get_config("circles")],
                               {"german": german, "circles": load_dataset("circles", n_train=50, n_val=0, n_test=20)},
                               ["relaxed", "straight_through"])
-    assert [(c.dataset, c.categorical, c.eval_categorical, folder) for c, _, folder in plan] == [
+    assert [(c.data.name, c.train.search.categorical, c.protocol.categorical, folder) for c, _, folder in plan] == [
         ("german", "relaxed", "snap_state", "german-relaxed"),
-        ("german", "straight_through", None, "german-straight_through"),
-        ("circles", "relaxed", None, "circles")]  # data without one-hot groups runs once: the mode changes nothing
+        ("german", "straight_through", "straight_through", "german-straight_through"),
+        ("circles", "relaxed", "relaxed", "circles")]  # data without one-hot groups runs once: the mode changes nothing
     assert pipeline.run_label(plan[1][0], german) == "german (straight-through)"
     assert pipeline.run_label(plan[2][0], plan[2][1]) == "circles"
 
 
 def test_mmd_length_scale_defaults_to_the_librarys_and_takes_the_median_heuristic():
-    assert get_config("circles").mmd_length_scale == metrics.DEFAULT_LENGTH_SCALE
-    c = override(get_config("circles"), ["mmd_length_scale=median"])
-    assert c.mmd_length_scale == "median"
-    assert pipeline.protocol_config(c, threshold=0.95, seed=0).mmd_length_scale == "median"
-    assert override(c, ["mmd_length_scale=0.5"]).mmd_length_scale == 0.5
+    assert get_config("circles").protocol.mmd_length_scale == metrics.DEFAULT_LENGTH_SCALE
+    c = override(get_config("circles"), ["protocol.mmd_length_scale=median"])
+    assert c.protocol.mmd_length_scale == "median"
+    assert pipeline.protocol_config(c, seed=0).mmd_length_scale == "median"
+    assert override(c, ["protocol.mmd_length_scale=0.5"]).protocol.mmd_length_scale == 0.5
     with pytest.raises(ValueError, match=r"mmd_length_scale must be a finite number > 0 or 'median'"):
-        override(c, ["mmd_length_scale=mean"])
+        override(c, ["protocol.mmd_length_scale=mean"])
 
 
 def test_mnist_runs_offline_on_the_5k_subset_with_the_papers_settings_and_row():
@@ -520,13 +502,16 @@ def test_mnist_runs_offline_on_the_5k_subset_with_the_papers_settings_and_row():
     c = get_config("mnist_5k")
     assert "mnist_5k" in OFFLINE_NAMES  # so --full runs it without network
     full = get_config("mnist")
-    scaled = ("dataset", "expected_minutes", "n_ce", "ig_samples")  # scaled to the subset's size (see its config)
-    same = [f.name for f in dataclasses.fields(ExperimentConfig) if f.name not in scaled]
-    assert {k: getattr(c, k) for k in same} == {k: getattr(full, k) for k in same}
+    # scaled to the subset's size (see its config)
+    scaled = ("data.name", "expected_minutes", "train.n_ce", "sensitivity.samples")
+    mine, theirs = flat_dict(c), flat_dict(full)
+    assert set(mine) == set(theirs)
+    assert {k: v for k, v in mine.items() if k not in scaled} == {k: v for k, v in theirs.items() if k not in scaled}
     # The reference's 500 counterfactuals per batch of 1,000: 5,000 over MNIST's 10 batches, 2,000 over the subset's 4.
-    assert c.n_ce / (4000 // c.batch_size) == full.n_ce / (10000 // full.batch_size) == 500
-    assert c.ig_samples == 1000 and full.ig_samples == 2500
-    assert c.eval_rounds == full.eval_rounds == 100 and c.eval_individuals == 25  # the reference's MNIST protocol
+    assert c.train.n_ce / (4000 // c.train.batch_size) == full.train.n_ce / (10000 // full.train.batch_size) == 500
+    assert c.sensitivity.samples == 1000 and full.sensitivity.samples == 2500
+    # the reference's MNIST protocol
+    assert c.protocol.n_rounds == full.protocol.n_rounds == 100 and c.protocol.n_individuals == 25
     data = pipeline.load_data(c)
     assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
     assert paper_results.reduction("mnist_5k", 0) == "6.36*"  # compared with the paper's MNIST row
@@ -557,8 +542,8 @@ def test_revise_from_configs_trains_the_references_vae_and_searches_with_it(tmp_
     monkeypatch.setattr(pipeline, "train_vae", vae_spy)
     monkeypatch.setattr(pipeline, "fit_many", fit_spy)
     # No protected feature (`protected=` and the loader marks none), so only BL and CT train: a cheaper test.
-    config = override(get_config("linearly_separable"), TINY + ["generator=revise", "protected=",
-                                                                "dataset_kwargs.n_train=300", "dataset_kwargs.n_test=100"])
+    config = override(get_config("linearly_separable"), TINY + ["train.search.generator=revise", "data.protected=",
+                                                                "data.kwargs.n_train=300", "data.kwargs.n_test=100"])
     results = pipeline.train_and_evaluate(config, str(tmp_path / "revise"), progress=False, plots=False)
     # One VAE per dataset, of the reference's architecture for 2-D data (latent 2, hidden 16), on the training rows.
     assert vae_calls == [{"rows": 300, "latent": 2, "hidden": 16, "batch_size": 64}]
@@ -577,7 +562,7 @@ def test_revise_from_configs_trains_the_references_vae_and_searches_with_it(tmp_
 def test_robustness_curves_cover_every_seed_with_their_spread():
     import jax
     from ctrain.models import make_model
-    config = override(get_config("circles"), ["seeds=0,1", "robust_samples=40"])
+    config = override(get_config("circles"), ["seeds=0,1", "robustness.samples=40"])
     data = load_dataset("circles", n_train=50, n_val=0, n_test=40)
     trained = {"BL": [make_model("mlp", 2, 2, jax.random.key(s)) for s in (0, 1)]}
     out = pipeline.robustness_over_seeds(config, data, trained, ["BL"])["BL"]
@@ -592,8 +577,8 @@ def test_robustness_curves_cover_every_seed_with_their_spread():
 def test_tabular_configs_use_the_references_onehot_domain_and_the_override_reaches_the_data():
     from experiments import pipeline
     config = get_config("german")
-    assert dict(config.dataset_kwargs)["onehot_bounds"] == "inferred"
-    unit = override(config, ["dataset_kwargs.onehot_bounds=unit"])
+    assert dict(config.data.kwargs)["onehot_bounds"] == "inferred"
+    unit = override(config, ["data.kwargs.onehot_bounds=unit"])
     wide, narrow = pipeline.load_data(config), pipeline.load_data(unit)
     cat = np.array([f.kind == "categorical" for f in wide.schema.features])
     (lo_w, hi_w), (lo_n, hi_n) = wide.schema.bounds_array(), narrow.schema.bounds_array()
@@ -601,19 +586,20 @@ def test_tabular_configs_use_the_references_onehot_domain_and_the_override_reach
     assert (lo_w[cat] < 0).sum() > cat.sum() // 2 and (hi_w[cat] > 1).any()
     np.testing.assert_array_equal(np.asarray(wide.constraints().lower), lo_w)  # the bounds the search clips to
     with pytest.raises(ValueError, match="onehot_bounds"):
-        pipeline.load_data(override(config, ["dataset_kwargs.onehot_bounds=wide"]))
+        pipeline.load_data(override(config, ["data.kwargs.onehot_bounds=wide"]))
 
 
 def test_eval_categorical_sets_the_test_time_search_and_labels_the_row():
     from experiments import pipeline
     german = load_dataset("german")
     config = get_config("german")
-    assert pipeline.protocol_config(config, threshold=0.95, seed=0).categorical == "snap_state"  # the reference's
-    relaxed = override(config, ["eval_categorical=none"])
-    assert pipeline.protocol_config(relaxed, threshold=0.95, seed=0).categorical == "relaxed"
+    assert pipeline.protocol_config(config, seed=0).categorical == "snap_state"  # the reference's
+    assert pipeline.protocol_config(config, seed=0, actionability=True).categorical == "snap_state"
+    relaxed = override(config, ["protocol.categorical=relaxed"])  # tested as trained
+    assert pipeline.protocol_config(relaxed, seed=0).categorical == "relaxed"
     assert pipeline.run_label(relaxed, german) == "german (relaxed)"
-    tested = override(config, ["eval_categorical=snap_state"])
-    protocol = pipeline.protocol_config(tested, threshold=0.95, seed=0)
+    tested = override(config, ["protocol.categorical=snap_state"])
+    protocol = pipeline.protocol_config(tested, seed=0)
     assert protocol.search_config(1.0).categorical == "snap_state"
     assert pipeline.search_config(tested).categorical == "relaxed"  # training keeps its own mode
     assert pipeline.run_label(tested, german) == "german (relaxed, tested snap-state)"

@@ -81,7 +81,7 @@ def test_models_with_the_wrong_output_are_named():
 
 
 @pytest.mark.parametrize("field", ["epsilon", "lambda_cost", "step_size", "lambda_energy", "threshold",
-                                   "init_noise", "energy_reg"])
+                                   "energy_reg"])
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0])
 def test_search_config_rejects_meaningless_numbers(field, value):
     with pytest.raises(ValueError, match=field if field != "threshold" else "threshold"):
@@ -91,7 +91,7 @@ def test_search_config_rejects_meaningless_numbers(field, value):
 def test_search_config_rejects_bad_choices():
     with pytest.raises(ValueError, match="max_steps T must be an integer"):
         SearchConfig(max_steps=2.5)
-    with pytest.raises(ValueError, match="onehot must be one of"):
-        SearchConfig(onehot="gumbel-ish")
+    with pytest.raises(ValueError, match="categorical must be one of"):
+        SearchConfig(categorical="snap")  # the stalled first design, removed (docs/defaults.md)
     with pytest.raises(ValueError, match="unknown generator 'nope'"):
         search_counterfactuals(linear, PARAMS, X, jnp.ones(3, jnp.int32), KEY, CFG.replace(generator="nope"))

@@ -5,14 +5,14 @@ import os
 import numpy as np
 import pytest
 
-from experiments import grid, pipeline, reproduce, tuning, units
+from experiments import pipeline, reproduce, tuning, units
 
 # The cheapest reproduce run that trains BL and CT and scores them (tests/test_experiments.py's TINY, one epoch, two
 # protocol rounds); SMALL adds small splits of one shape for both synthetic sets, so they share compiled programs,
 # and no protected feature (no CT_mut, no IG): the merging of rows is what is tested, not what is in them.
-TINY = ["epochs=1", "seeds=0", "eval_rounds=2", "eval_individuals=6", "eval_lambda_energy=1.0", "n_ce=60",
-        "eval_max_steps=20", "ip_samples=50", "mmd_samples=8"]
-SMALL = TINY + ["dataset_kwargs.n_train=300", "dataset_kwargs.n_test=100", "protected="]
+TINY = ["train.epochs=1", "seeds=0", "protocol.n_rounds=2", "protocol.n_individuals=6", "protocol.lambda_energy=1.0",
+        "train.n_ce=60", "protocol.max_steps=20", "protocol.ip_samples=50", "protocol.mmd_samples=8"]
+SMALL = TINY + ["data.kwargs.n_train=300", "data.kwargs.n_test=100", "data.protected="]
 
 
 def _sets(items) -> list[str]:
@@ -26,14 +26,15 @@ def _no_training(*args, **kwargs):
 def _rows(path) -> list[str]:
     """Returns the row names of Table 1 in a table.md."""
     text = path.read_text().split("## Table 1", 1)[1].split("\n## ", 1)[0]
-    return [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("|")][2:]
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("|")][2:]
+    return [r for r in rows if not r.startswith("Avg. over")]  # the average row over the paper rows
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], r"--epochs 0: ExperimentConfig\.epochs must be an integer >= 1"),
+    (["--epochs", "0"], r"--epochs 0: epochs must be an integer >= 1"),
     (["--seeds", "0", "0"], r"--seeds \(0, 0\): ExperimentConfig\.seeds must be free of duplicates"),
     (["--seeds", "-1"], r"--seeds \(-1,\): ExperimentConfig\.seeds must be"),
-    (["--rounds", "0"], r"--rounds 0: ExperimentConfig\.eval_rounds must be an integer >= 1"),
+    (["--rounds", "0"], r"--rounds 0: ProtocolConfig\.n_rounds must be an integer >= 1"),
     (["--arms", "paper", "paper"], r"--arms gives paper more than once"),
     (["--results-md", "no/such/folder/RESULTS.md"], r"--results-md .* its folder 'no/such/folder' does not exist"),
 ])
@@ -64,32 +65,34 @@ def test_units_refuses_to_replace_a_finished_study_unless_overwrite(tmp_path, mo
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--grid", "tau=0.5,0.5"], r"--grid tau gives 0\.5 more than once"),
-    (["--grid", "tau=0.5,0.50"], r"same effective config.*circles: tau=0\.5 and circles: tau=0\.50"),
-    (["--grid", "tau=0.5", "--grid", "tau=0.9"], r"--grid tau=\.\.\. is given twice"),
-    (["--grid", "tau="], r"gives no values"),
+    (["--axis", "weights.reg=0.1,0.1"], r"--axis weights\.reg gives 0\.1 more than once"),
+    (["--axis", "train.epochs=2,2"], r"--axis train\.epochs gives 2 more than once"),
+    (["--axis", "weights.reg=0.1", "--axis", "weights.reg=0.5"], r"--axis weights\.reg=\.\.\. is given twice"),
+    (["--axis", "train.epochs="], r"--axis 'train\.epochs=' must look like path=v1,v2"),
     (["--datasets", "circles", "circles"], r"--datasets gives circles more than once"),
-    (["--grid", "tau=0.5,0.9", "--set", "tau=0.3"], r"--set tau=\.\.\. would change nothing"),
-])
-def test_grid_refuses_a_point_that_would_train_twice_or_a_setting_it_ignores(tmp_path, monkeypatch, argv, message):
-    monkeypatch.setattr(grid, "load_dataset", _no_training)
-    monkeypatch.setattr(grid, "train_and_evaluate", _no_training)
-    with pytest.raises(ValueError, match=message):
-        grid.main(["--datasets", "circles", "--out", str(tmp_path), "--quiet", *argv])
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--axis", "lambda_reg=0.1,0.1"], r"--axis lambda_reg gives 0\.1 more than once"),
-    (["--axis", "lambda_reg=0.1", "--axis", "lambda_reg=0.5"], r"--axis lambda_reg=\.\.\. is given twice"),
-    (["--datasets", "circles", "circles"], r"--datasets gives circles more than once"),
-    (["--set", "lambda_reg=0.2"], r"--set lambda_reg=\.\.\. would change nothing.*--axis lambda_reg"),
+    (["--set", "weights.reg=0.2"], r"--set weights\.reg=\.\.\. would change nothing.*--axis weights\.reg"),
+    (["--set", "train.search.threshold=0.3"],
+     r"--set train\.search\.threshold=\.\.\. would change nothing.*--axis train\.search\.threshold"),
+    (["--axis", "epochs=2,3"], r"'epochs' is from the old flat config; it is now 'train\.epochs'"),
+    (["--set", "tau=0.3"], r"'tau' is from the old flat config; it is now 'train\.search\.threshold'"),
+    (["--axis", "train.objective=vanilla"], r"ExperimentConfig\.train\.objective is set by the pipeline"),
 ])
 def test_tuning_refuses_a_repeated_value_or_a_setting_it_ignores(tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(tuning, "load_data", _no_training)
     monkeypatch.setattr(tuning, "train_group", _no_training)
     argv = (["--datasets", "circles"] if "--datasets" not in argv else []) + argv
     with pytest.raises(ValueError, match=message):
-        tuning.main(["--grid", "tuning", "--axis", "tau=0.5", "--out", str(tmp_path), "--quiet", *argv])
+        tuning.main(["--grid", "tuning", "--axis", "train.search.threshold=0.5", "--out", str(tmp_path), "--quiet",
+                     *argv])
+
+
+def test_tuning_trains_two_spellings_of_one_setting_once():
+    # 0.5 and 0.50 are two axis values but one effective config: one configuration, trained once (grid.py refused
+    # them; tuning keys configurations by their whole effective config and keeps one).
+    points = tuning.grid_points("custom", ["circles"], axes={"train.search.threshold": ("0.5", "0.50")})
+    assert len(points) == 4
+    groups = tuning.make_groups(points)
+    assert sorted((g.objective, len(g.configs)) for g in groups) == [("full", 1), ("vanilla", 1)]
 
 
 def test_tuning_adds_configurations_to_a_finished_group_instead_of_replacing_it(tmp_path, monkeypatch):
@@ -98,7 +101,7 @@ def test_tuning_adds_configurations_to_a_finished_group_instead_of_replacing_it(
     trained = []
 
     def fake_train(group, data, *, aux=None, progress=False):
-        trained.append((group.objective, [c.lambda_reg for c in group.configs]))
+        trained.append((group.objective, [c.weights.reg for c in group.configs]))
         runs = [(c, s) for c in group.configs for s in c.seeds]
         history = [{"test_accuracy": 0.9, "converged": 1.0, "search_steps": 3.0, "nonfinite": 0}]
         return runs, [(None, {"w": np.zeros(1)}) for _ in runs], [history for _ in runs]
@@ -109,18 +112,19 @@ def test_tuning_adds_configurations_to_a_finished_group_instead_of_replacing_it(
 
     monkeypatch.setattr(tuning, "train_group", fake_train)
     monkeypatch.setattr(tuning, "evaluate_group", fake_evaluate)
-    args = ["--grid", "tuning", "--datasets", "circles", "--axis", "tau=0.5", "--out", str(tmp_path), "--quiet",
-            "--set", "dataset_kwargs.n_train=300", "--set", "dataset_kwargs.n_test=60"]
-    tuning.main(args + ["--axis", "lambda_reg=0.1"])
-    res = tuning.main(args + ["--axis", "lambda_reg=0.5"])
+    args = ["--grid", "tuning", "--datasets", "circles", "--axis", "train.search.threshold=0.5", "--out", str(tmp_path),
+            "--quiet", "--set", "data.kwargs.n_train=300", "--set", "data.kwargs.n_test=60"]
+    tuning.main(args + ["--axis", "weights.reg=0.1"])
+    res = tuning.main(args + ["--axis", "weights.reg=0.5"])
     # BL trains once (it reads no λ_reg); the second run trains only its new CT configuration.
     assert [o for o, _ in trained] == ["vanilla", "full", "full"] and [r for _, r in trained[1:]] == [[0.1], [0.5]]
     folder = [p for p in res["ran"] if os.sep + "full" + os.sep in p]
     stored = json.loads(open(os.path.join(folder[0], "results.json")).read())
-    assert [c["lambda_reg"] for c in stored["configs"]] == [0.1, 0.5]
-    assert sorted((stored["configs"][r["config"]]["lambda_reg"], r["seed"]) for r in stored["runs"]) == [(0.1, 0), (0.5, 0)]
-    assert sorted(float(r["lambda_reg"]) for r in res["collected"]["rows"]) == [0.1, 0.5]
-    again = tuning.main(args + ["--axis", "lambda_reg=0.1,0.5"])
+    assert [c["weights"]["reg"] for c in stored["configs"]] == [0.1, 0.5]
+    assert sorted((stored["configs"][r["config"]]["weights"]["reg"], r["seed"]) for r in stored["runs"]) == \
+        [(0.1, 0), (0.5, 0)]
+    assert sorted(float(r["weights.reg"]) for r in res["collected"]["rows"]) == [0.1, 0.5]
+    again = tuning.main(args + ["--axis", "weights.reg=0.1,0.5"])
     assert again["ran"] == [] and len(trained) == 3  # both configurations are finished now
 
 

@@ -7,11 +7,12 @@ import pytest
 from ctrain.evaluate import seed_interval
 from ctrain.search import WALK_PAST_TAU
 from experiments import pipeline
-from experiments.configs import get_config
+from experiments.configs import get_config, get_path, leaf_paths
 from experiments.studies.actionability import study as actionability
 from experiments.studies.training_search import study as training_search
 
-TINY_PROTOCOL = dict(eval_rounds=2, eval_individuals=4, ig_rounds=2, ig_samples=20, ig_steps=2)
+TINY_PROTOCOL = {"protocol.n_rounds": 2, "protocol.n_individuals": 4, "sensitivity.rounds": 2,
+                 "sensitivity.samples": 20, "sensitivity.steps": 2}
 
 
 def _spy_fit(monkeypatch):
@@ -29,7 +30,8 @@ def _spy_fit(monkeypatch):
 def test_actionability_searches_are_what_they_say():
     config = get_config("moons")
     assert actionability.training_search("parity", config) is None  # train_seeds then uses the config's own
-    assert actionability.training_search("walk", config) == WALK_PAST_TAU.replace(threshold=config.tau)
+    tau = config.train.search.threshold
+    assert actionability.training_search("walk", config) == WALK_PAST_TAU.replace(threshold=tau)
     assert actionability.training_search("explain", config).step_rule == "normalized_linf"
     with pytest.raises(ValueError, match="unknown training search"):
         actionability.training_search("fast", config)
@@ -46,16 +48,27 @@ def test_actionability_draw_trains_three_arms_with_x0_protected_and_the_asked_se
     _, ct_search, ct_weights, _ = seen[1]
     _, _, div_weights, _ = seen[2]
     per_run = lambda w, name: np.asarray(getattr(w, name)).tolist()  # the λ's of each of the two stacked runs
-    assert (per_run(ct_weights, "reg"), per_run(ct_weights, "adv")) == ([config.lambda_reg] * 2, [config.lambda_adv] * 2)
+    assert (per_run(ct_weights, "reg"), per_run(ct_weights, "adv")) == ([config.weights.reg] * 2,
+                                                                         [config.weights.adv] * 2)
     assert (per_run(div_weights, "reg"), per_run(div_weights, "adv"), per_run(div_weights, "div")) == \
-        ([0.0] * 2, [0.0] * 2, [config.lambda_div] * 2)
-    expected = pipeline.search_config(config) if search == "parity" else WALK_PAST_TAU.replace(threshold=config.tau)
+        ([0.0] * 2, [0.0] * 2, [config.weights.div] * 2)
+    tau = config.train.search.threshold
+    expected = pipeline.search_config(config) if search == "parity" else WALK_PAST_TAU.replace(threshold=tau)
     assert ct_search == expected
     assert row["draw"] == 3 and len(row["class_mean_gap_sigma"]) == 2 and row["search"] == search
     for arm in actionability.ARMS:
         assert len(row["arms"][arm]["gradient_share"]) == 2 and len(row["arms"][arm]["ig_median"]) == 2
     assert set(row["cost_reduction"]) == {"CT", "CT_div"}
     json.dumps(row, allow_nan=False)
+
+
+def test_study_settings_are_paths_of_the_config_tree_and_reach_the_config():
+    for settings in (actionability.STUDY_PROTOCOL, training_search.STUDY_ROUNDS):
+        assert set(settings) <= set(leaf_paths())
+    config = actionability.study_config("moons", [0, 1], 3)
+    assert all(get_path(config, path) == value for path, value in actionability.STUDY_PROTOCOL.items())
+    assert (config.seeds, config.train.epochs) == ((0, 1), 3)
+    assert actionability.study_config("moons", [0], None).train.epochs == get_config("moons").train.epochs
 
 
 def _row(dataset, gaps, reductions, ig, share):
@@ -102,11 +115,12 @@ def test_training_search_candidates_and_explainers_are_what_they_say():
     assert training_search.candidate("parity", adult) is None  # the config's own: the reference's search
     walk = training_search.candidate("walk", adult)
     assert (walk.convergence, walk.step_rule, walk.threshold, walk.categorical) == \
-        ("max_steps", "clipped", adult.tau, adult.categorical)
+        ("max_steps", "clipped", adult.train.search.threshold, adult.train.search.categorical)
     explain = training_search.candidate("explain", adult)
     assert (explain.convergence, explain.step_rule, explain.categorical) == ("threshold", "normalized_linf", "relaxed")
     ecco, wachter = (training_search.explainer(e, adult, seed=3) for e in ("ecco", "wachter"))
-    assert (ecco.generator, ecco.threshold, ecco.seed) == ("ecco", adult.eval_tau, 3)
+    assert (ecco.generator, ecco.threshold, ecco.seed) == ("ecco", adult.protocol.threshold, 3)
+    assert ecco == pipeline.protocol_config(adult, seed=3)  # the paper's protocol, seeded by the training seed
     assert (wachter.generator, wachter.lambda_cost, wachter.lambda_energy) == ("generic", 0.1, (0.0,))
     assert (wachter.n_rounds, wachter.threshold) == (ecco.n_rounds, ecco.threshold)
     with pytest.raises(ValueError, match="unknown training search"):
@@ -114,7 +128,7 @@ def test_training_search_candidates_and_explainers_are_what_they_say():
 
 
 def test_training_search_scores_each_candidate_with_both_explainers(monkeypatch):
-    monkeypatch.setattr(training_search, "STUDY_ROUNDS", dict(eval_rounds=2, eval_individuals=4))
+    monkeypatch.setattr(training_search, "STUDY_ROUNDS", {"protocol.n_rounds": 2, "protocol.n_individuals": 4})
     seen = _spy_fit(monkeypatch)
     protocols = []
     real = training_search.evaluate_explainability

@@ -1,5 +1,6 @@
 """Units-aware CT: the search, the training and the protocol do not depend on the units of the features."""
 import json
+import re
 
 import chex
 import jax
@@ -184,12 +185,14 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     monkeypatch.setattr(units, "fit_many", fit_spy)
     md = tmp_path / "RESULTS.md"
     md.write_text("# kept\n")
-    sets = ["n_ce=60", "eval_individuals=8", "eval_max_steps=10", "ip_samples=30", "mmd_samples=6",
-            "lambda_reg=0.3", "eval_lambda_energy=1.0", "burnin=0.5", "schedule=per_batch"]  # one test-time search to compile per model, not five
+    # one test-time λ_energy: one search to compile per model, not five
+    sets = ["train.n_ce=60", "protocol.n_individuals=8", "protocol.max_steps=10", "protocol.ip_samples=30",
+            "protocol.mmd_samples=6", "weights.reg=0.3", "protocol.lambda_energy=1.0", "train.burnin=0.5",
+            "train.schedule=per_batch"]
     results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units_clipped",
                           "--seeds", "0", "--epochs", "1", "--rounds", "2", "--out", str(tmp_path / "out"),
                           "--results-md", str(md), "--section", "study", "--title", "Units study: a test",
-                          "--categorical", "snap",
+                          "--categorical", "relaxed",
                           *sum((["--set", s] for s in sets), [])])
     assert [(r["copy"], r["arm"]) for r in results] == [("raw", "paper"), ("raw", "units_clipped"), ("x10", "paper"),
                                                         ("x10", "units_clipped")]
@@ -202,7 +205,7 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     assert (WALK_PAST_TAU.units, WALK_PAST_TAU.step_rule, WALK_PAST_TAU.convergence) == default
     assert all(reg == pytest.approx(0.3) for _, _, _, reg, _ in seen)
     # --categorical and the config's schedule and burn-in reach every run's TrainConfig.
-    assert {extra for *_, extra in seen} == {("snap", "per_batch", 0.5)}
+    assert {extra for *_, extra in seen} == {("relaxed", "per_batch", 0.5)}  # the default is straight-through
     assert seen[4][0] == pytest.approx(10 * seen[0][0], rel=1e-5)
     for r in results:
         assert set(r["comparisons"]) == {"cost", "ip", "ip_star", "validity", "violations", "ip_star_fixed"}
@@ -211,7 +214,7 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     text = md.read_text()
     assert text.startswith("# kept") and "<!-- study:start -->\n### Units study: a test\n" in text
     assert "--title 'Units study: a test'" in text  # the command as written can be run again
-    assert "--set lambda_reg=0.3" in text
+    assert "--set weights.reg=0.3" in text
     assert text.count("| circles |") == 6  # four arms' rows and the two units-minus-paper rows
     for r in results:
         if r["arm"] == "units_clipped":
@@ -238,8 +241,8 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
                 "--title", "Again"])
     assert "--datasets circles --copies raw x10 --arms paper units_clipped --seeds 0 --rounds 2" in again.read_text()
     assert rows(again.read_text()) == rows(text)
-    with pytest.raises(ValueError, match="lambda_reg"):
-        units.main(["--datasets", "circles", "--set", "lambda_reg=-1", "--out", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match=r"weights\.reg=-1: .*λ_reg must be finite and >= 0"):
+        units.main(["--datasets", "circles", "--set", "weights.reg=-1", "--out", str(tmp_path / "bad")])
 
 
 def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_through(tmp_path, monkeypatch):
@@ -257,7 +260,7 @@ def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_th
     monkeypatch.setattr(units, "evaluate_pair", lambda *a, **k: ({}, {key: {} for key, _ in units.DIFF_METRICS}))
     results = units.main(["--datasets", "circles", "--copies", "raw", "--arms", "units", "paper", "--seeds", "0",
                           "--epochs", "1", "--rounds", "2", "--out", str(tmp_path), "--categorical", "arm",
-                          "--set", "n_ce=40"])
+                          "--set", "train.n_ce=40"])
     assert SearchConfig.reference().categorical == "relaxed" != TRAINING_SEARCH.categorical
     # BL and CT of each arm, in the order the arms were given.
     assert seen == [("std", TRAINING_SEARCH.categorical)] * 2 + [("absolute", "relaxed")] * 2
@@ -299,20 +302,46 @@ def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless
     assert std_all[3] < 0.3 and paper is None  # the rare category would weigh > 3x; paper parity sees raw inputs
 
 
-def test_every_experiment_field_is_read_by_the_units_study_or_refused_with_a_reason():
-    import dataclasses
+def test_every_experiment_setting_is_read_by_the_units_study_or_refused_with_a_reason():
     from experiments import units
-    from experiments.configs import ExperimentConfig
-    fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    assert units.READS | set(units.NOT_READ_BECAUSE) == fields and not units.READS & set(units.NOT_READ_BECAUSE)
+    from experiments.configs import leaf_paths
+
+    def named(path, prefixes):
+        return any(path == p or (p.endswith(".") and path.startswith(p)) or path.startswith(p + ".")
+                   for p in prefixes)
+
+    # Every leaf of the tree is in READS or has its own reason in NOT_READ_BECAUSE (none falls through to the
+    # catch-all), and where both name it the reason wins (a path an arm or a flag sets, inside a branch it reads).
+    for path in leaf_paths() + ["data.kwargs.n_train"]:
+        assert named(path, units.READS) or named(path, units.NOT_READ_BECAUSE), path
+        reason = units.unread_reason(path)
+        assert (reason is None) == (not named(path, units.NOT_READ_BECAUSE)), path
+        assert reason != "the study does not read that field", path
+    # Every prefix names something in the tree.
+    for prefix in tuple(units.READS) + tuple(units.NOT_READ_BECAUSE):
+        assert any(p == prefix or p.startswith(prefix if prefix.endswith(".") else prefix + ".") or
+                   (prefix == "data.kwargs" and p == "data.kwargs") for p in leaf_paths()), prefix
+    assert units.unread_reason("train.search.threshold") is None and units.unread_reason("weights.reg") is None
+    assert units.unread_reason("train.search.units") == "each arm sets it (--arms)"
+    assert units.unread_reason("sensitivity.rounds") == "there is no IG run"
 
 
-@pytest.mark.parametrize("key, hint", [("eval_rounds=5", "--rounds"), ("categorical=relaxed", "--categorical"),
-                                       ("protected=x0", "free"), ("seeds=3", "--seeds")])
+@pytest.mark.parametrize("key, hint", [("protocol.n_rounds=5", "--rounds"),
+                                       ("train.search.categorical=relaxed", "--categorical"),
+                                       ("data.protected=x0", "free"), ("seeds=3", "--seeds"),
+                                       ("train.search.step_rule=gradient", "--arms"),
+                                       ("actionability.threshold=0.6", "no actionability run")])
 def test_the_units_study_refuses_a_setting_it_would_ignore(tmp_path, key, hint):
     from experiments import units
-    with pytest.raises(ValueError, match=f"--set {key.split('=')[0]}=.*would change nothing.*{hint}"):
+    with pytest.raises(ValueError, match=rf"--set {re.escape(key.split('=')[0])}=.*would change nothing.*{hint}"):
         units.main(["--datasets", "circles", "--set", key, "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_the_units_study_names_the_new_path_of_an_old_setting(tmp_path):
+    from experiments import units
+    with pytest.raises(ValueError, match=r"'lambda_reg' is from the old flat config; it is now 'weights\.reg'"):
+        units.main(["--datasets", "circles", "--set", "lambda_reg=0.1", "--out", str(tmp_path / "bad")])
 
 
 def test_arm_difference_is_the_difference_of_reductions_over_paired_rounds():

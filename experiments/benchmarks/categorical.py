@@ -3,7 +3,7 @@
     python -m experiments.benchmarks.categorical [--datasets adult german] [--epochs 10] [--json out.json]
     python -m experiments.benchmarks.categorical --quick        # German only, 3 epochs (about 1 min on 2 cores)
 
-For each `SearchConfig.categorical` mode ("relaxed", "straight_through", "snap") and dataset:
+For each `SearchConfig.categorical` mode ("relaxed", "straight_through", "snap_state") and dataset:
 - training: CT from the same initial MLP with the paper's settings for the dataset, only the mode changed;
   the share of the epoch's counterfactuals that reach τ, per epoch, mean search steps and epoch time;
 - test time: a baseline (BL) trained once, then the protocol's ECCo search (λ_cost 0, λ_energy 1, T 50,

@@ -31,7 +31,8 @@ from experiments.benchmarks.common import write_json
 # reference-implementation.md §6: 270 configurations on 34 CPUs (2 GB each), per synthetic dataset.
 REFERENCE_MINUTES = {"moons": 49, "linearly_separable": 64, "circles": 109, "overlapping": 232}
 REFERENCE_CPUS = 34
-QUICK_AXES = {"generator": ("ecco", "generic"), "max_steps": ("5",), "lambda_energy": ("5.0",), "tau": ("0.75",)}
+QUICK_AXES = {"train.search.generator": ("ecco", "generic"), "train.search.max_steps": ("5",),
+              "train.search.lambda_energy": ("5.0",), "train.search.threshold": ("0.75",)}
 QUICK_SET = ("train.epochs=2", "protocol.n_rounds=2", "protocol.n_individuals=20", "protocol.lambda_energy=1.0")
 
 

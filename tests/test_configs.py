@@ -1,0 +1,185 @@
+"""The experiments' config tree (experiments/configs.py): one dotted path per setting, reaching what runs."""
+import ast
+import dataclasses
+import json
+import pathlib
+import re
+
+import pytest
+
+from ctrain.evaluate import ProtocolConfig
+from ctrain.search import SearchConfig
+from ctrain.train import TrainConfig
+from experiments import pipeline
+from experiments.configs import (CONFIGS, MOVED, PIPELINE_OWNED, ExperimentConfig, flat_dict, from_dict, get_config,
+                                 get_path, leaf_paths, override, replace_path)
+
+EXPERIMENTS = pathlib.Path(__file__).resolve().parent.parent / "experiments"
+
+
+# (assignment, what the pipeline builds from the config, the value that must reach it)
+REACHES = [
+    ("train.search.threshold=0.9", lambda c: pipeline.train_config(c, "full").search.threshold, 0.9),
+    ("train.search.max_steps=7", lambda c: pipeline.train_config(c, "full").search.max_steps, 7),
+    ("train.epochs=3", lambda c: pipeline.train_config(c, "vanilla").epochs, 3),
+    ("train.n_ce=77", lambda c: pipeline.train_config(c, "full").n_ce, 77),
+    ("protocol.threshold=0.8", lambda c: pipeline.protocol_config(c, seed=0).threshold, 0.8),
+    ("protocol.n_rounds=4", lambda c: pipeline.protocol_config(c, seed=0, actionability=True).n_rounds, 4),
+    ("actionability.threshold=0.6", lambda c: pipeline.protocol_config(c, seed=0, actionability=True).threshold, 0.6),
+    ("weights.reg=0.3", lambda c: pipeline.loss_weights(c).reg, 0.3),
+    ("weights.adv=0.7", lambda c: pipeline.loss_weights(c).adv, 0.7),
+    ("actionability.reg=0.2", lambda c: pipeline.loss_weights(c, mutability=True).reg, 0.2),
+    ("actionability.adv=0.1", lambda c: pipeline.loss_weights(c, mutability=True).adv, 0.1),
+]
+
+
+@pytest.mark.parametrize("assignment, built, value", REACHES, ids=[r[0] for r in REACHES])
+def test_a_dotted_override_reaches_the_config_that_runs(assignment, built, value):
+    base = get_config("circles")
+    assert built(base) != value  # else the test would pass without the override
+    changed = override(base, [assignment])
+    assert built(changed) == value
+    path = assignment.split("=")[0]
+    assert get_path(changed, path) == value and flat_dict(changed)[path] == value
+    # Only that leaf changed.
+    assert {k: v for k, v in flat_dict(changed).items() if k != path} == \
+        {k: v for k, v in flat_dict(base).items() if k != path}
+
+
+def test_each_threshold_has_its_own_role():
+    c = override(get_config("circles"), ["train.search.threshold=0.6", "protocol.threshold=0.85",
+                                         "actionability.threshold=0.55"])
+    assert pipeline.train_config(c, "full").search.threshold == 0.6
+    assert pipeline.protocol_config(c, seed=3).threshold == 0.85
+    assert pipeline.protocol_config(c, seed=3, actionability=True).threshold == 0.55
+    assert pipeline.protocol_config(c, seed=3).seed == 3  # the protocol is seeded by the training seed
+    # The CT_mut λ's default to the CT runs' own (None), and each is replaced alone.
+    plain = override(get_config("adult"), ["weights.reg=0.4", "weights.adv=0.3"])
+    assert (plain.actionability.reg, plain.actionability.adv) == (None, None)
+    assert pipeline.loss_weights(plain, mutability=True) == pipeline.loss_weights(plain)
+    mixed = override(plain, ["actionability.reg=0.0"])
+    assert (pipeline.loss_weights(mixed, mutability=True).reg, pipeline.loss_weights(mixed, mutability=True).adv) == \
+        (0.0, 0.3)
+
+
+@pytest.mark.parametrize("old", sorted(MOVED))
+def test_every_old_flat_name_fails_with_its_new_path(old):
+    key = f"{old}.n_train" if old == "dataset_kwargs" else old
+    with pytest.raises(ValueError) as err:
+        override(get_config("circles"), [f"{key}=1"])
+    assert MOVED[old] in str(err.value)
+    if old != "robustness":  # the one old name that is now a branch: it asks for the branch's field instead
+        assert "old flat config" in str(err.value)
+    new = MOVED[old].split(" ")[0]
+    # The path it names exists in the tree (data.kwargs.NAME: any keyword of the loader).
+    assert new.removesuffix(".NAME") in leaf_paths()
+
+
+def test_moved_covers_the_old_config_and_names_no_current_path():
+    assert len(MOVED) == 42 - 4  # the old 42 fields less model, learning_rate, seeds and expected_minutes (kept)
+    top = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    assert not set(MOVED) & set(leaf_paths()) and not set(MOVED) & (top - {"robustness"})
+
+
+def _another(value):
+    if value is None:
+        return 5
+    if isinstance(value, str):
+        return "vanilla"
+    return value + 1
+
+
+@pytest.mark.parametrize("path", sorted(PIPELINE_OWNED))
+def test_every_pipeline_owned_field_is_refused_naming_its_path(path):
+    value, why = PIPELINE_OWNED[path]
+    base = get_config("circles")
+    assert get_path(base, path) == value
+    other = _another(value)
+    with pytest.raises(ValueError, match=rf"ExperimentConfig\.{re.escape(path)} is set by the pipeline"):
+        override(base, [f"{path}={other}"])
+    with pytest.raises(ValueError, match=rf"ExperimentConfig\.{re.escape(path)} is set by the pipeline.*"
+                                         rf"{re.escape(why[:20])}"):
+        replace_path(base, path, other)
+    assert get_path(replace_path(base, path, value), path) == value  # its own value is accepted
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_round_trips_through_json(name):
+    c = CONFIGS[name]
+    assert from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    changed = override(c, ["seeds=4,2", "actionability.reg=none", "protocol.lambda_energy=0.5,1",
+                           "data.kwargs.seed=3"])
+    assert from_dict(json.loads(json.dumps(changed.to_dict()))) == changed
+
+
+def test_no_top_level_field_shadows_a_library_configs_field():
+    # The issue's "done when": a top-level name never repeats a field of the training, search or protocol config,
+    # so `tau` / `threshold` and the like have one place each.
+    top = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    for kind in (SearchConfig, TrainConfig, ProtocolConfig):
+        shared = top & {f.name for f in dataclasses.fields(kind)}
+        assert not shared, f"ExperimentConfig and {kind.__name__} both have {sorted(shared)}"
+
+
+def test_every_leaf_path_can_be_read_and_set_to_its_own_value():
+    base = get_config("adult")
+    for path in leaf_paths():
+        value = get_path(base, path)
+        assert replace_path(base, path, value) == base, path
+    assert set(flat_dict(base)) == {p for p in leaf_paths() if p != "data.kwargs"} | \
+        {f"data.kwargs.{k}" for k, _ in base.data.kwargs}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(EXPERIMENTS.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: pathlib.Path, modules: set[str]) -> set[str]:
+    """Returns the experiments.* modules a file imports, at module level or inside functions."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolved against the file's package
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            # `from experiments import pipeline` imports the module experiments.pipeline
+            targets = [source] + [f"{source}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rsplit(".", 1)[0] if "." in target else ""
+            if target and target != name and target != "experiments":
+                found.add(target)
+    return found
+
+
+def test_experiments_has_no_import_cycle():
+    files = sorted(EXPERIMENTS.rglob("*.py"))
+    modules = {_module_name(f) for f in files}
+    graph = {_module_name(f): _imports(f, modules) for f in files}
+    assert graph["experiments.tuning"] >= {"experiments.configs", "experiments.pipeline"}  # the parse finds imports
+    assert "experiments.grid" not in modules  # tuning is the one grid driver
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

@@ -108,3 +108,17 @@ def row(dataset: str) -> str:
     """Returns the paper's row name that a dataset's results are compared with (mnist_5k -> mnist)."""
     from experiments.configs import PAPER_ROW
     return PAPER_ROW.get(dataset, dataset)
+
+# dataset: model -> (IP −%, IP* −%) against BL in the paper's ablation (Fig. 5), read off paper/figures/ablation.png
+# (paper-details.md §5, ±3); a separate run from Table 1's, so its CT values differ from Table 1's.
+FIGURE5 = {
+    "adult": {"AR": (1, 35), "CD": (0, 4), "CT": (0, 29)},
+    "california_housing": {"AR": (9, 50), "CD": (16, 76), "CT": (14, 74)},
+    "circles": {"AR": (-2, 33), "CD": (61, 91), "CT": (61, 97)},
+    "credit_default": {"AR": (0, 24), "CD": (9, 52), "CT": (9, 45)},
+    "gmsc": {"AR": (14, 50), "CD": (11, 41), "CT": (6, 11)},
+    "linearly_separable": {"AR": (-1, 1), "CD": (31, 59), "CT": (27, 54)},
+    "mnist": {"AR": (1, 29), "CD": (7, 11), "CT": (6, 24)},
+    "moons": {"AR": (-7, 2), "CD": (16, 16), "CT": (14, 5)},
+    "overlapping": {"AR": (-2, -1), "CD": (-4, -38), "CT": (-3, -31)},
+}

@@ -248,7 +248,8 @@ def plot_training_curves(path, histories, *, keys=("loss", "test_accuracy")):
 
 def plot_ablation(path, rows, *, models=("CD", "AR", "CT"), metrics=(("ip", "IP"), ("ip_star", "IP*"))):
     """Returns path after saving the paper's Figure 5: per dataset, each model's reduction vs BL in % with its
-    interval over seeds. `rows` are (label, {model: {metric: seed_interval dict}}) pairs."""
+    interval over seeds. `rows` are (label, {model: {metric: seed_interval dict}}) pairs, or triples with the
+    paper's values {model: {metric: reduction}} third, drawn as red diamonds."""
     rows = list(rows)
     if not rows:
         raise ValueError("plot_ablation needs at least one dataset row with CD, AR and CT comparisons")
@@ -259,7 +260,12 @@ def plot_ablation(path, rows, *, models=("CD", "AR", "CT"), metrics=(("ip", "IP"
     for ax, (metric, name) in zip(axes[0], metrics):
         for j, model in enumerate(models):
             ys, means, lows, highs = [], [], [], []
-            for i, (_, stats) in enumerate(rows):
+            paper_y, paper_x = [], []
+            for i, (_, stats, *paper) in enumerate(rows):
+                value = (paper[0] if paper else {}).get(model, {}).get(metric)
+                if value is not None:
+                    paper_y.append(i + (j - (len(models) - 1) / 2) * height)
+                    paper_x.append(value)
                 stat = stats.get(model, {}).get(metric) or {}
                 if stat.get("mean") is None:
                     continue
@@ -270,8 +276,10 @@ def plot_ablation(path, rows, *, models=("CD", "AR", "CT"), metrics=(("ip", "IP"
                 highs.append(high - stat["mean"] if high is not None else 0.0)
             ax.barh(ys, means, height=height, color=colors.get(model), label=model,
                     xerr=np.array([lows, highs]) if ys else None, capsize=2)
+            ax.scatter(paper_x, paper_y, marker="D", s=22, color="crimson", zorder=3,
+                       label="paper" if j == 0 and paper_x else None)
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(rows)), [label for label, _ in rows])
+        ax.set_yticks(range(len(rows)), [row[0] for row in rows])
         ax.invert_yaxis()
         ax.set_xlabel(f"{name} reduction vs BL (%), mean over seeds, 99% interval")
         ax.set_title(f"{name}: CD, AR and CT against BL")

@@ -455,16 +455,21 @@ def make_robustness_table(all_results: list[dict]) -> str:
 
 def make_ablation_table(all_results: list[dict]) -> str:
     """Returns a markdown table of IP / IP* reductions of CD, AR and CT vs BL (the paper's Fig. 5), with its notes."""
-    lines, notes = ["| Data | Seeds | IP −% CD | IP −% AR | IP −% CT | IP* −% CD | IP* −% AR | IP* −% CT "
-                    "| Mature / steps / skipped |", "|" + "---|" * 9], []
+    lines, notes = ["| Data | Seeds | IP −% CD | IP −% AR | IP −% CT | IP −% CD / AR / CT (paper) | IP* −% CD "
+                    "| IP* −% AR | IP* −% CT | IP* −% CD / AR / CT (paper) | Mature / steps / skipped |",
+                    "|" + "---|" * 11], []
     for res in all_results:
         c = res["comparisons"]
         label = res.get("label", res["dataset"])
-        cells = [_cell(c.get(m, {}).get(metric), notes, f"{label}, {name} {m}")
-                 for metric, name in (("ip", "IP"), ("ip_star", "IP*")) for m in ("CD", "AR", "CT")]
+        paper = paper_results.FIGURE5.get(paper_results.row(res["dataset"]))
+        cells = []
+        for index, (metric, name) in enumerate((("ip", "IP"), ("ip_star", "IP*"))):
+            cells += [_cell(c.get(m, {}).get(metric), notes, f"{label}, {name} {m}") for m in ("CD", "AR", "CT")]
+            cells.append(" / ".join(f"{paper[m][index]:g}" for m in ("CD", "AR", "CT")) if paper else "–")
         lines.append(f"| {label} | {len(res.get('seeds', []))} | " + " | ".join(cells)
                      + f" | {_mechanism_cell(res, ('CD', 'AR', 'CT'))} |")
-    lines += ["", REDUCTION_TEXT + " " + HEALTH_SHORT]
+    lines += ["", REDUCTION_TEXT + " Paper: read off its Fig. 5 (±3; a separate run from its Table 1). "
+              + HEALTH_SHORT]
     return _with_notes(lines, notes)
 
 
@@ -883,12 +888,14 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
                      f"![Figure 1]({copy(meta['figure1']['path'], 'figure1_linear.png')})")
     ablation = [(res.get("label", res["dataset"]),
                  {m: {metric: ((res["comparisons"].get(m, {}).get(metric) or {}).get("seeds") or {}).get("reduction")
-                      or {} for metric in ("ip", "ip_star")} for m in ("CD", "AR", "CT")})
+                      or {} for metric in ("ip", "ip_star")} for m in ("CD", "AR", "CT")},
+                 {m: dict(zip(("ip", "ip_star"), v))
+                  for m, v in paper_results.FIGURE5.get(paper_results.row(res["dataset"]), {}).items()})
                 for res in results if res.get("ablation")]
     if ablation:
         plots.plot_ablation(os.path.join(out_dir, "figure5_ablation.png"), ablation)
-        lines.append("- Figure 5 (ablation: CD, AR and CT against BL on IP and IP*, intervals over seeds; the table "
-                     f"above): ![Figure 5]({rel(os.path.join(out_dir, 'figure5_ablation.png'))})")
+        lines.append("- Figure 5 (ablation: CD, AR and CT against BL on IP and IP*, intervals over seeds; red diamonds: "
+                     f"the paper's Fig. 5; the table above): ![Figure 5]({rel(os.path.join(out_dir, 'figure5_ablation.png'))})")
     for res in results:
         figs = res.get("figures") or {}
         slug = os.path.basename(os.path.dirname(figs.get("training_curves", ""))) or res["dataset"]

@@ -1,0 +1,114 @@
+"""The README's headline table, Table 1's average row and Figures 2 and 5, built from results with known answers.
+
+No training here: each row's comparisons are made by the pipeline's own `compared_over_rounds_and_seeds` from
+round summaries whose per-seed reductions are fixed by construction (CT's value = BL's × (1 − r/100)).
+"""
+import numpy as np
+import pytest
+
+from experiments import paper_results, plots, reproduce
+from experiments.pipeline import compared_over_rounds_and_seeds
+
+METRICS = ("ip", "ip_star", "cost")
+
+
+def _summaries(reductions_pct, n_rounds=4):
+    """Returns one round summary per seed in which CT is `reduction` % below BL in every metric."""
+    out = []
+    for r in reductions_pct:
+        rows = []
+        for k in range(n_rounds):
+            bl = 2.0 + k
+            rows += [{"model": "BL", "round": k, **{m: bl for m in METRICS}},
+                     {"model": "CT", "round": k, **{m: bl * (1 - r / 100) for m in METRICS}}]
+        out.append(rows)
+    return out
+
+
+def _result(dataset, seeds, reductions_pct, *, label=None, categorical="relaxed", groups=0, ablation=False):
+    per_seed = _summaries(reductions_pct)
+    compare = {m: compared_over_rounds_and_seeds(per_seed, 4, m, treatment="CT") for m in ("ip", "ip_star")}
+    compare["cost_protected"] = compared_over_rounds_and_seeds(per_seed, 4, "cost", treatment="CT")
+    comparisons = {"CT": compare}
+    if ablation:
+        for model, shift in (("CD", 5.0), ("AR", -5.0)):
+            shifted = [[{**row, "model": model} if row["model"] == "CT" else row for row in seed]
+                       for seed in _summaries([r + shift for r in reductions_pct])]
+            comparisons[model] = {m: compared_over_rounds_and_seeds(shifted, 4, m, treatment=model)
+                                  for m in ("ip", "ip_star")}
+    return {"dataset": dataset, "label": label or dataset, "seeds": list(seeds), "categorical": categorical,
+            "one_hot_groups": groups, "comparisons": comparisons, "ablation": ablation,
+            "mechanism": {"CT": {"converged": [1.0] * len(seeds), "search_steps": [3.0] * len(seeds),
+                                 "nonfinite": [0] * len(seeds)}}}
+
+
+def test_the_average_row_is_the_mean_over_rows_per_seed_that_every_row_has():
+    rows = [_result("circles", range(5), [10, 20, 30, 40, 50]), _result("moons", range(3), [0, 10, 20])]
+    stat = reproduce.average_over_rows(rows, "ip")
+    assert stat["seeds"] == [0, 1, 2] and stat["rows"] == 2
+    per_seed = [(10 + 0) / 2, (20 + 10) / 2, (30 + 20) / 2]
+    np.testing.assert_allclose(stat["mean"], np.mean(per_seed), atol=1e-9)
+    half = stat["high"] - stat["mean"]
+    np.testing.assert_allclose(half, 9.925 * np.std(per_seed, ddof=1) / np.sqrt(3), rtol=1e-3)  # t(0.995, 2)
+    assert reproduce.paper_average(rows, 0) == pytest.approx((58.88 + 19.59) / 2)
+
+
+def test_the_paper_average_over_its_nine_rows_is_the_papers_avg_row():
+    avg = reproduce.paper_all_rows_average()
+    assert round(avg["ip"], 1) == 15.6 and round(avg["ip_star"], 1) == 25.3 and round(avg["cost"], 1) == 18.5
+
+
+def test_headline_has_one_row_per_paper_data_set_the_configs_own_one_hot_mode_and_the_average():
+    results = [_result("adult", range(5), [1, 2, 3, 4, 5], label="adult (straight-through)",
+                       categorical="straight_through", groups=8),
+               _result("adult", range(5), [5, 6, 7, 8, 9], label="adult (relaxed, tested snap-state)", groups=8),
+               _result("german", range(5), [1, 1, 1, 1, 1]),  # not a paper data set
+               _result("mnist_5k", range(3), [10, 20, 30])]
+    table = reproduce.make_headline(results)
+    body = [line for line in table.splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0] for line in body] == [
+        "| adult (relaxed, tested snap-state)", "| mnist_5k (the paper's mnist row)",
+        "| Avg. over the 2 paper rows above"]
+    assert "| 7.0 [" in body[0] and paper_results.reduction("adult", 1) in body[0]
+    assert body[0].endswith("CT 1.00 / 3.0 / 0 |")
+    assert "15.6 / 25.3 / 18.5" in table
+
+
+def test_readme_headline_fills_its_markers_and_refuses_a_file_without_them(tmp_path):
+    meta = {"command": "python -m experiments.reproduce --full", "git_commit": "0123456789abcdef", "git_dirty": False,
+            "started": "2026-12-06 22:00:00", "cpu_count": 2, "device": "cpu"}
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- headline:start -->\nold\n<!-- headline:end -->\n\nafter\n")
+    reproduce.write_readme_headline(str(readme), "| table |", meta)
+    text = readme.read_text()
+    assert "old" not in text and "| table |" in text and "`0123456789`" in text and text.endswith("after\n")
+    bare = tmp_path / "bare.md"
+    bare.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="headline:start"):
+        reproduce.write_readme_headline(str(bare), "| table |", meta)
+
+
+def test_figure_links_draw_figure5_from_the_ablation_and_link_figure2(tmp_path):
+    grid = tmp_path / "run" / "mnist_5k" / "counterfactual_grid.png"
+    grid.parent.mkdir(parents=True)
+    grid.write_bytes(b"png")
+    rows = [_result("circles", range(3), [10, 20, 30], ablation=True),
+            {**_result("mnist_5k", range(3), [1, 2, 3]),
+             "figures": {"counterfactual_grid": str(grid), "training_curves": str(grid.parent / "t.png")}}]
+    out = tmp_path / "experiments" / "results_figures"
+    lines = reproduce._figure_links(rows, {}, str(out))
+    assert any(line.startswith("- Figure 5") for line in lines)
+    assert (out / "figure5_ablation.png").stat().st_size > 1000
+    assert any("Figure 2, mnist_5k" in line and "figure2_counterfactuals_mnist_5k.png" in line for line in lines)
+    assert (out / "figure2_counterfactuals_mnist_5k.png").read_bytes() == b"png"
+
+
+def test_the_ablation_table_puts_the_papers_figure5_beside_ours():
+    table = reproduce.make_ablation_table([_result("circles", range(3), [10, 20, 30], ablation=True)])
+    row = next(line for line in table.splitlines() if line.startswith("| circles"))
+    assert "61 / -2 / 61" in row and "91 / 33 / 97" in row
+
+
+def test_plot_ablation_refuses_no_rows(tmp_path):
+    with pytest.raises(ValueError, match="at least one dataset row"):
+        plots.plot_ablation(tmp_path / "f.png", [])

@@ -11,12 +11,8 @@ from ctrain import attacks, metrics
 D, N = 5, 24
 
 
-def linear_apply(params, x):
-    return x @ params["w"] + params["b"]
-
-
 @pytest.fixture(scope="module")
-def problem():
+def problem(linear_apply):
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     params = {"w": jax.random.normal(keys[0], (D, 3)), "b": jax.random.normal(keys[1], (3,))}
     x = jax.random.uniform(keys[2], (N, D), minval=-1.0, maxval=1.0)
@@ -26,11 +22,11 @@ def problem():
     return params, x, y
 
 
-def mean_ce(params, x, y):
-    return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(linear_apply(params, x), y)))
+def mean_ce(apply_fn, params, x, y):
+    return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y)))
 
 
-def test_fgsm_on_a_binary_linear_model_moves_by_epsilon_along_the_sign_of_w():
+def test_fgsm_on_a_binary_linear_model_moves_by_epsilon_along_the_sign_of_w(linear_apply):
     w = jnp.array([[0.5, -1.0], [-2.0, 1.0], [0.0, 3.0], [1.0, 1.5]])
     params = {"w": w, "b": jnp.array([0.2, -0.1])}
     x = jnp.array([[0.1, 0.2, -0.3, 0.4], [1.0, -1.0, 0.5, 0.0]])
@@ -46,7 +42,7 @@ def test_fgsm_on_a_binary_linear_model_moves_by_epsilon_along_the_sign_of_w():
     assert bool(jnp.all(per_row_ce(linear_apply(params, x_adv), y) > per_row_ce(linear_apply(params, x), y)))
 
 
-def test_fgsm_clamps_to_bounds_when_given(problem):
+def test_fgsm_clamps_to_bounds_when_given(linear_apply, problem):
     params, x, y = problem
     x_adv = attacks.fgsm(linear_apply, params, x, y, epsilon=0.5, lower=-1.0, upper=1.0)
     assert float(jnp.min(x_adv)) >= -1.0 and float(jnp.max(x_adv)) <= 1.0
@@ -54,13 +50,13 @@ def test_fgsm_clamps_to_bounds_when_given(problem):
     assert float(jnp.max(jnp.abs(unclamped))) > 1.0  # so the clamp above did something
 
 
-def test_pgd_never_leaves_the_epsilon_ball_and_raises_the_loss(problem):
+def test_pgd_never_leaves_the_epsilon_ball_and_raises_the_loss(linear_apply, problem):
     params, x, y = problem
     x_adv = attacks.pgd(linear_apply, params, x, y, jax.random.PRNGKey(1), epsilon=0.05, step_size=0.02,
                         n_steps=10)
     chex.assert_shape(x_adv, x.shape)
     assert float(jnp.max(jnp.abs(x_adv - x))) <= 0.05 + 1e-6
-    assert mean_ce(params, x_adv, y) > mean_ce(params, x, y)
+    assert mean_ce(linear_apply, params, x_adv, y) > mean_ce(linear_apply, params, x, y)
     # For a binary linear model sign(∇_x CE) is constant, so enough sign-steps reach FGSM's corner of the ball.
     binary = {"w": params["w"][:, :2], "b": params["b"][:2]}
     y_binary = y % 2
@@ -69,7 +65,7 @@ def test_pgd_never_leaves_the_epsilon_ball_and_raises_the_loss(problem):
     chex.assert_trees_all_close(corner, attacks.fgsm(linear_apply, binary, x, y_binary, epsilon=0.05), atol=1e-6)
 
 
-def test_pgd_respects_bounds_and_is_the_identity_at_epsilon_zero(problem):
+def test_pgd_respects_bounds_and_is_the_identity_at_epsilon_zero(linear_apply, problem):
     params, x, y = problem
     key = jax.random.PRNGKey(2)
     x_adv = attacks.pgd(linear_apply, params, x, y, key, epsilon=0.3, n_steps=10, step_size=0.1,
@@ -85,7 +81,7 @@ def test_pgd_respects_bounds_and_is_the_identity_at_epsilon_zero(problem):
     assert bool(jnp.all(at_zero == x))
 
 
-def test_pgd_random_start_fills_the_ball_and_no_start_no_steps_is_the_identity(problem):
+def test_pgd_random_start_fills_the_ball_and_no_start_no_steps_is_the_identity(linear_apply, problem):
     params, x, y = problem
     start = attacks.pgd(linear_apply, params, x, y, jax.random.PRNGKey(5), epsilon=0.2, n_steps=0)
     offsets = jnp.abs(start - x)
@@ -97,7 +93,7 @@ def test_pgd_random_start_fills_the_ball_and_no_start_no_steps_is_the_identity(p
 
 
 @pytest.mark.parametrize("attack", attacks.ATTACKS)
-def test_robust_accuracy_scores_clean_inputs_at_epsilon_zero_even_next_to_the_boundary(attack):
+def test_robust_accuracy_scores_clean_inputs_at_epsilon_zero_even_next_to_the_boundary(linear_apply, attack):
     # One feature, logits (0, x): every point sits 1e-3 from the boundary, so any perturbation flips it.
     params = {"w": jnp.array([[0.0, 1.0]]), "b": jnp.zeros(2)}
     x = jnp.array([[1e-3], [-1e-3], [1e-3], [-1e-3], [1e-3]])
@@ -108,7 +104,7 @@ def test_robust_accuracy_scores_clean_inputs_at_epsilon_zero_even_next_to_the_bo
     assert result["f1"][0] == 1.0
 
 
-def test_robust_accuracy_at_epsilon_zero_is_clean_accuracy_and_compiles_once(problem):
+def test_robust_accuracy_at_epsilon_zero_is_clean_accuracy_and_compiles_once(linear_apply, problem):
     params, x, y = problem
     traces = []
 
@@ -134,7 +130,7 @@ def test_robust_accuracy_at_epsilon_zero_is_clean_accuracy_and_compiles_once(pro
         assert result["n"] == N
 
 
-def test_robust_accuracy_default_grid_and_bad_input(problem):
+def test_robust_accuracy_default_grid_and_bad_input(linear_apply, problem):
     params, x, y = problem
     result = attacks.robust_accuracy(linear_apply, params, x, y, jax.random.PRNGKey(4))
     np.testing.assert_allclose(result["epsilon"], np.linspace(0, 0.1, 10))
@@ -160,7 +156,7 @@ MARGIN_ACCURACY = [1.0, 4 / 8, 2 / 8, 0 / 8]
 
 
 @pytest.mark.parametrize("attack, random_start", [("fgsm", False), ("pgd", False), ("pgd", True)])
-def test_attacks_flip_exactly_the_points_within_reach_of_a_linear_boundary(attack, random_start):
+def test_attacks_flip_exactly_the_points_within_reach_of_a_linear_boundary(linear_apply, attack, random_start):
     # PGD needs n·α ≥ 2ε to reach the corner of the ball from any random start: 40·0.02 = 0.8 ≥ 0.5.
     result = attacks.robust_accuracy(linear_apply, MARGIN_PARAMS, MARGIN_X, MARGIN_Y, jax.random.PRNGKey(0),
                                      epsilons=MARGIN_EPSILONS, attack=attack, step_size=0.02, n_steps=40,

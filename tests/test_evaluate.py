@@ -15,10 +15,6 @@ SMALL = ProtocolConfig(n_rounds=6, n_individuals=8, lambda_energy=(0.1, 1.0), ma
                        ip_samples=50, mmd_samples=10)
 
 
-def linear(p, x):
-    return x @ p["w"]
-
-
 def _data(n=200, seed=0):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
@@ -26,8 +22,10 @@ def _data(n=200, seed=0):
     return x, y
 
 
-MODELS = {"BL": (linear, {"w": jnp.array([[-1.0, 1.0], [-1.0, 1.0]])}),
-          "CT": (linear, {"w": jnp.array([[-3.0, 3.0], [-3.0, 3.0]])})}
+@pytest.fixture(scope="module")
+def linear_models(linear):
+    return {"BL": (linear, {"w": jnp.array([[-1.0, 1.0], [-1.0, 1.0]])}),
+           "CT": (linear, {"w": jnp.array([[-3.0, 3.0], [-3.0, 3.0]])})}
 
 
 def test_compare_reproduces_a_hand_computed_table():
@@ -122,35 +120,35 @@ def test_compare_without_paired_rounds_reports_na_not_nan():
     assert out["n_rounds"] == 0 and out["reduction_pct"] is None and "no round" in out["note"]
 
 
-def test_protocol_scores_both_models_and_is_deterministic():
+def test_protocol_scores_both_models_and_is_deterministic(linear_models):
     x, y = _data()
-    a = evaluate_explainability(MODELS, x, y, num_classes=2, protocol=SMALL)
-    b = evaluate_explainability(MODELS, x, y, num_classes=2, protocol=SMALL)
+    a = evaluate_explainability(linear_models, x, y, num_classes=2, protocol=SMALL)
+    b = evaluate_explainability(linear_models, x, y, num_classes=2, protocol=SMALL)
     assert a["summary"] == b["summary"]
     assert len(a["rounds"]) == 2 * SMALL.n_rounds * len(SMALL.lambda_energy)
     for row in a["summary"]:
         assert row["validity"] is not None and 0 <= row["validity"] <= 1
         if row["cost"] is not None:
             assert row["cost"] > 0 and row["ip"] > 0
-    other = evaluate_explainability(MODELS, x, y, num_classes=2, protocol=SMALL.__class__(**{**SMALL.__dict__,
+    other = evaluate_explainability(linear_models, x, y, num_classes=2, protocol=SMALL.__class__(**{**SMALL.__dict__,
                                                                                               "seed": 1}))
     assert other["summary"] != a["summary"]
 
 
-def test_rounds_without_valid_counterfactuals_are_na():
+def test_rounds_without_valid_counterfactuals_are_na(linear_models):
     x, y = _data()
     frozen = ProtocolConfig(**{**SMALL.__dict__, "max_steps": 1, "step_size": 1e-6})  # cannot cross the boundary
-    res = evaluate_explainability({"BL": MODELS["BL"]}, x, y, num_classes=2, protocol=frozen)
+    res = evaluate_explainability({"BL": linear_models["BL"]}, x, y, num_classes=2, protocol=frozen)
     assert all(r["cost"] is None and r["ip"] is None and r["ip_star"] is None for r in res["summary"])
     assert all(r["validity"] == 0.0 for r in res["summary"])
 
 
-def test_bad_protocol_input_raises():
+def test_bad_protocol_input_raises(linear, linear_models):
     x, y = _data()
     with pytest.raises(ValueError, match="no samples of target class"):
-        evaluate_explainability(MODELS, x[y == 0], y[y == 0], num_classes=2, protocol=SMALL)
+        evaluate_explainability(linear_models, x[y == 0], y[y == 0], num_classes=2, protocol=SMALL)
     with pytest.raises(ValueError, match=r"x_test must be \(N, D\) and y_test \(N,\)"):
-        evaluate_explainability(MODELS, x, y[:-1], num_classes=2, protocol=SMALL)
+        evaluate_explainability(linear_models, x, y[:-1], num_classes=2, protocol=SMALL)
     with pytest.raises(ValueError, match="n_rounds must be an integer >= 1, got 0"):
         ProtocolConfig(n_rounds=0)
     with pytest.raises(ValueError, match="model 'BL' must be a tuple"):
@@ -192,13 +190,13 @@ def test_protocol_config_accepts_and_normalises_good_values():
     hash(config)  # hashable: it can key caches
 
 
-def test_protocol_search_is_the_references_whatever_the_library_defaults():
+def test_protocol_search_is_the_references_whatever_the_library_defaults(linear_models):
     # The training-time SearchConfig defaults (units-aware, normalised steps) must not leak into the protocol.
     search = ProtocolConfig().search_config(1.0)
     assert (search.step_rule, search.units, search.categorical) == ("gradient", "absolute", "relaxed")
     x, y = _data()
     base = {**SMALL.__dict__, "lambda_energy": (1.0,), "n_rounds": 2}
-    runs = {rule: evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2,
+    runs = {rule: evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2,
                                           protocol=ProtocolConfig(**{**base, "step_rule": rule}))
             for rule in ("gradient", "normalized")}
     assert runs["gradient"]["summary"] != runs["normalized"]["summary"]  # the field reaches the search
@@ -247,20 +245,12 @@ def _spy(monkeypatch):
     return seen
 
 
-def naive_mmd2(x, y, length_scale):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    gram = lambda a, b: np.exp(-((a[:, None] - b[None]) ** 2).sum(-1) / (2 * length_scale ** 2))
-    m, n = len(x), len(y)
-    return ((gram(x, x).sum() - m) / (m * (m - 1)) + (gram(y, y).sum() - n) / (n * (n - 1))
-            - 2 * gram(x, y).mean())
-
-
-def test_ip_star_subsamples_the_valid_counterfactuals_to_mmd_samples(monkeypatch):
+def test_ip_star_subsamples_the_valid_counterfactuals_to_mmd_samples(linear_models, naive_mmd2, monkeypatch):
     x, y = _data()
     protocol = ProtocolConfig(n_rounds=4, n_individuals=12, lambda_energy=(1.0,), max_steps=30, threshold=0.6,
                               ip_samples=20, mmd_samples=5, mmd_length_scale=2.0)
     seen = _spy(monkeypatch)
-    res = evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2, protocol=protocol)
+    res = evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2, protocol=protocol)
     (xs, mask, ys, scale), = seen["mmd"]
     (e,), j, n = seen["explain"], protocol.n_rounds, protocol.n_individuals
     assert xs.shape == (j, 5, 2) and ys.shape == (j, 5, 2) and mask.shape == (j, 5)
@@ -276,7 +266,7 @@ def test_ip_star_subsamples_the_valid_counterfactuals_to_mmd_samples(monkeypatch
         assert rec["ip_star"] == (None if expected is None else pytest.approx(expected, rel=1e-4, abs=1e-6))
 
 
-def test_median_length_scale_is_the_median_distance_of_each_target_class(monkeypatch):
+def test_median_length_scale_is_the_median_distance_of_each_target_class(linear_models, naive_mmd2, monkeypatch):
     # Class 0: the corners of a square of side 2 (4 sides of 2, 2 diagonals of 2√2): median 2.
     # Class 1: a unit square: median 1.
     x = np.array([[-4, -4], [-2, -4], [-4, -2], [-2, -2], [3, 3], [4, 3], [3, 4], [4, 4]], np.float32)
@@ -284,7 +274,7 @@ def test_median_length_scale_is_the_median_distance_of_each_target_class(monkeyp
     base = dict(n_rounds=6, n_individuals=4, lambda_energy=(1.0,), max_steps=50, threshold=0.6, ip_samples=4,
                 mmd_samples=3)
     seen = _spy(monkeypatch)
-    res = evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2,
+    res = evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2,
                                   protocol=ProtocolConfig(**base, mmd_length_scale="median"))
     assert res["mmd_length_scales"] == {"0": pytest.approx(2.0), "1": pytest.approx(1.0)}
     (xs, mask, ys, scale), = seen["mmd"]
@@ -296,7 +286,7 @@ def test_median_length_scale_is_the_median_distance_of_each_target_class(monkeyp
             assert rec["ip_star"] == pytest.approx(max(naive_mmd2(xs[r][mask[r]], ys[r], scale[r]), 0.0),
                                                    rel=1e-4, abs=1e-6)
     # The median's own random stream leaves every other draw of the protocol as it was.
-    fixed = evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2,
+    fixed = evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2,
                                     protocol=ProtocolConfig(**base, mmd_length_scale=1.0))
     strip = lambda rows: [{k: v for k, v in row.items() if k != "ip_star"} for row in rows]
     assert strip(fixed["rounds"]) == strip(res["rounds"])
@@ -305,17 +295,17 @@ def test_median_length_scale_is_the_median_distance_of_each_target_class(monkeyp
     x_same = x.copy()
     x_same[4:] = x_same[4]
     with pytest.raises(ValueError, match="class 1 is 0.0"):
-        evaluate_explainability({"CT": MODELS["CT"]}, x_same, y, num_classes=2,
+        evaluate_explainability({"CT": linear_models["CT"]}, x_same, y, num_classes=2,
                                 protocol=ProtocolConfig(**base, mmd_length_scale="median"))
 
 
-def test_protocol_with_constraints_never_changes_an_immutable_feature(monkeypatch):
+def test_protocol_with_constraints_never_changes_an_immutable_feature(linear_models, monkeypatch):
     # Both features push the score, so an unconstrained search moves feature 0 too (checked below).
     x, y = _data()
     c = cons.make_constraints(2, immutable=[0], lower=np.array([-np.inf, -8.0]), upper=np.array([np.inf, 8.0]))
     seen = _spy(monkeypatch)
-    res = evaluate_explainability(MODELS, x, y, num_classes=2, protocol=SMALL, constraints=c)
-    assert len(seen["explain"]) == len(MODELS) * len(SMALL.lambda_energy)
+    res = evaluate_explainability(linear_models, x, y, num_classes=2, protocol=SMALL, constraints=c)
+    assert len(seen["explain"]) == len(linear_models) * len(SMALL.lambda_energy)
     for e in seen["explain"]:
         np.testing.assert_array_equal(e.x_cf[:, 0], e.x[:, 0])  # bit for bit, in every counterfactual
         assert int(np.asarray(cons.violations(e.x_cf, e.x, c)["total"]).sum()) == 0
@@ -323,12 +313,12 @@ def test_protocol_with_constraints_never_changes_an_immutable_feature(monkeypatc
     assert all(row["violations"] == 0.0 for row in res["summary"])
     assert any(row["validity"] > 0.5 for row in res["summary"])  # feature 1 alone still reaches the target
     seen["explain"].clear()
-    evaluate_explainability(MODELS, x, y, num_classes=2, protocol=SMALL)
+    evaluate_explainability(linear_models, x, y, num_classes=2, protocol=SMALL)
     assert any(np.any(e.x_cf[:, 0] != e.x[:, 0]) for e in seen["explain"])
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the 1e39 step, on purpose
-def test_records_never_hold_nan_even_when_the_search_diverges(monkeypatch):
+def test_records_never_hold_nan_even_when_the_search_diverges(linear_models, monkeypatch):
     # Logits are NaN beyond |x| = 6 and huge steps overshoot there: such counterfactuals are invalid (argmax of
     # NaN logits would call some of them valid), and every metric is a finite float or None.
     def cliff(p, x):
@@ -337,7 +327,7 @@ def test_records_never_hold_nan_even_when_the_search_diverges(monkeypatch):
     x, y = _data()
     keep = np.abs(x).max(1) < 5
     x, y = x[keep], y[keep]
-    models = {"cliff": (cliff, MODELS["BL"][1]), "CT": MODELS["CT"]}
+    models = {"cliff": (cliff, linear_models["BL"][1]), "CT": linear_models["CT"]}
     protocols = [ProtocolConfig(**{**SMALL.__dict__, "step_size": 5.0, "max_steps": 3}),
                  ProtocolConfig(**{**SMALL.__dict__, "step_size": 1e39})]  # inf in float32: x' = ±inf or NaN
     for protocol in protocols:
@@ -357,18 +347,18 @@ def test_records_never_hold_nan_even_when_the_search_diverges(monkeypatch):
     assert sum(rec["n_valid"] for rec in res["rounds"]) == 0  # every search diverged under the inf step
 
 
-def test_protocol_passes_each_models_aux_to_its_generator():
+def test_protocol_passes_each_models_aux_to_its_generator(linear, linear_models):
     x, y = _data()
-    quantile = calibrate_conformal(linear, MODELS["CT"][1], jnp.asarray(x[:100]), jnp.asarray(y[:100]), alpha=0.1)
+    quantile = calibrate_conformal(linear, linear_models["CT"][1], jnp.asarray(x[:100]), jnp.asarray(y[:100]), alpha=0.1)
     protocol = ProtocolConfig(**{**SMALL.__dict__, "generator": "eccco", "lambda_energy": (1.0,)})
-    res = evaluate_explainability({"CT": (*MODELS["CT"], {"conformal_quantile": quantile})}, x, y, num_classes=2,
+    res = evaluate_explainability({"CT": (*linear_models["CT"], {"conformal_quantile": quantile})}, x, y, num_classes=2,
                                   protocol=protocol)
     assert any(row["validity"] for row in res["summary"])
     with pytest.raises(ValueError, match="needs aux"):
-        evaluate_explainability({"CT": MODELS["CT"]}, x, y, num_classes=2, protocol=protocol)
+        evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2, protocol=protocol)
 
 
-def test_evaluate_model_and_record_files(tmp_path):
+def test_evaluate_model_and_record_files(linear, tmp_path):
     # logits (0, x·w) with w = (1, −2): the worst L∞ step of ε moves x·w by ‖w‖₁·ε = 3ε towards the boundary,
     # so a point flips iff |x·w| < 3ε. |x·w| ∈ {0.03, 0.09, 0.3, 0.6} per class, 3ε ∈ {0.15, 0.45}: 4 then 6 of 8
     # flip. PGD's 40 steps of 0.01 reach the corner of any ball with 2ε ≤ 0.4 from its random start.
@@ -387,16 +377,16 @@ def test_evaluate_model_and_record_files(tmp_path):
     assert open(json_path).read().replace(" ", "").replace("\n", "") == '[{"a":1.5}]'
 
 
-def test_progress_into_a_log_file_is_plain_lines_not_carriage_return_frames():
+def test_progress_into_a_log_file_is_plain_lines_not_carriage_return_frames(linear_models):
     import io
     from ctrain.progress import PLAIN_LINES
     x, y = _data()
     log = io.StringIO()
     many = ProtocolConfig(n_rounds=2, n_individuals=4, lambda_energy=tuple(0.1 * i for i in range(1, 13)),
                           max_steps=5, ip_samples=10, mmd_samples=4)
-    evaluate_explainability(MODELS, x, y, num_classes=2, protocol=many, progress=log)
+    evaluate_explainability(linear_models, x, y, num_classes=2, protocol=many, progress=log)
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and 1 <= len(lines) <= PLAIN_LINES + 1
     assert lines[-1].startswith("evaluate search 24/24")
     with pytest.raises(TypeError, match="progress must be True, False or a text stream"):
-        evaluate_explainability(MODELS, x, y, num_classes=2, protocol=many, progress="yes")
+        evaluate_explainability(linear_models, x, y, num_classes=2, protocol=many, progress="yes")

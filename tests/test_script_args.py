@@ -15,10 +15,6 @@ TINY = ["train.epochs=1", "seeds=0", "protocol.n_rounds=2", "protocol.n_individu
 SMALL = TINY + ["data.kwargs.n_train=300", "data.kwargs.n_test=100", "data.protected="]
 
 
-def _sets(items) -> list[str]:
-    return sum((["--set", s] for s in items), [])
-
-
 def _no_training(*args, **kwargs):
     raise AssertionError("training started before every argument was checked")
 
@@ -134,16 +130,16 @@ def test_tuning_adds_configurations_to_a_finished_group_instead_of_replacing_it(
      r"--categorical-modes gives relaxed more than once"),
     (["--datasets", "circles", "--results-md", "no/such/folder/RESULTS.md"], r"its folder 'no/such/folder' does"),
 ])
-def test_reproduce_refuses_a_bad_argument_before_training(tmp_path, monkeypatch, argv, message):
+def test_reproduce_refuses_a_bad_argument_before_training(set_args, tmp_path, monkeypatch, argv, message):
     monkeypatch.setattr(pipeline, "train_seeds", _no_training)
     with pytest.raises(ValueError, match=message):
-        reproduce.main(["--quiet", "--no-plots", "--out", str(tmp_path / "out"), *argv, *_sets(TINY)])
+        reproduce.main(["--quiet", "--no-plots", "--out", str(tmp_path / "out"), *argv, *set_args(TINY)])
     assert not (tmp_path / "out").exists()
 
 
-def test_reproduce_adds_datasets_to_a_finished_run_and_never_loses_one(tmp_path, monkeypatch):
+def test_reproduce_adds_datasets_to_a_finished_run_and_never_loses_one(set_args, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    base = ["--quiet", "--no-plots", "--out", str(out), *_sets(SMALL)]
+    base = ["--quiet", "--no-plots", "--out", str(out), *set_args(SMALL)]
     reproduce.main(["--datasets", "linearly_separable", *base])
     results = reproduce.main(["--datasets", "circles", *base])
     # The second run's rows are added beside the first run's: results.json, metadata.json and the tables.

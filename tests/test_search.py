@@ -20,24 +20,20 @@ from ctrain.search import (EXPLAIN_SEARCH, GENERATORS, PAPER_PARITY, PRESETS, RE
 W = jnp.array([[1.0, -1.0], [2.0, 0.5]])  # logits = x @ W: class-1 minus class-0 direction is (-2, -1.5)
 
 
-def linear(p, x):
-    return x @ p["w"]
-
-
 PARAMS = {"w": W}
 # The reference's absolute gradient steps, whose recursion the known answers below replay.
 GENERIC = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.9, max_steps=200, step_size=0.1,
                        units="absolute", step_rule="gradient")
 
 
-def test_energy_is_negative_target_logit():
+def test_energy_is_negative_target_logit(linear):
     x = jnp.array([[1.0, 2.0]])
     logits = x @ W
     np.testing.assert_allclose(energy(linear, PARAMS, x, jnp.array([1])), -logits[:, 1])
     np.testing.assert_allclose(marginal_energy(linear, PARAMS, x), -jax.nn.logsumexp(logits, -1))
 
 
-def test_linear_counterfactual_moves_along_weight_direction_and_crosses_boundary():
+def test_linear_counterfactual_moves_along_weight_direction_and_crosses_boundary(linear):
     x = jnp.array([[1.0, 1.0], [2.0, 0.5], [0.3, 0.1]])  # all predicted class 0
     target = jnp.ones(3, jnp.int32)
     res = search_counterfactuals(linear, PARAMS, x, target, jax.random.key(0), GENERIC)
@@ -49,7 +45,7 @@ def test_linear_counterfactual_moves_along_weight_direction_and_crosses_boundary
     assert bool(jnp.all(res.converged)) and bool(jnp.all(res.p_target >= 0.9))
 
 
-def test_threshold_and_step_budget_are_respected():
+def test_threshold_and_step_budget_are_respected(linear):
     x = jnp.array([[1.0, 1.0], [5.0, 5.0]])
     target = jnp.ones(2, jnp.int32)
     res = search_counterfactuals(linear, PARAMS, x, target, jax.random.key(0), GENERIC.replace(max_steps=3))
@@ -63,7 +59,7 @@ def test_threshold_and_step_budget_are_respected():
     assert not bool(less.converged[0])
 
 
-def test_converged_samples_stop_moving():
+def test_converged_samples_stop_moving(linear):
     x = jnp.array([[0.1, 0.1], [3.0, 3.0]])
     target = jnp.ones(2, jnp.int32)
     short = search_counterfactuals(linear, PARAMS, x, target, jax.random.key(0), GENERIC.replace(max_steps=20))
@@ -73,7 +69,7 @@ def test_converged_samples_stop_moving():
     assert int(long.steps[1]) > int(short.steps[1])
 
 
-def test_scan_and_while_loops_agree():
+def test_scan_and_while_loops_agree(linear):
     x = jnp.array([[0.1, 0.1], [3.0, 3.0], [1.0, -1.0]])
     target = jnp.array([1, 1, 1])
     a = search_counterfactuals(linear, PARAMS, x, target, jax.random.key(0), GENERIC.replace(max_steps=40))
@@ -82,7 +78,7 @@ def test_scan_and_while_loops_agree():
     chex.assert_trees_all_close(a, b, atol=1e-6)
 
 
-def test_adversarial_example_is_the_last_iterate_inside_the_ball():
+def test_adversarial_example_is_the_last_iterate_inside_the_ball(linear):
     x = jnp.array([[1.0, 1.0], [0.05, 0.05]])
     target = jnp.ones(2, jnp.int32)
     eps = 0.2
@@ -180,7 +176,7 @@ def assert_known_steps(result, expected, threshold):
 
 @pytest.mark.parametrize("w, target", [(np.asarray(W), 1),
                                        (np.array([[1.0, -1.0, 0.5], [2.0, 0.5, -1.0]]), 2)])
-def test_generic_search_takes_exactly_the_steps_of_the_gradient_recursion(w, target):
+def test_generic_search_takes_exactly_the_steps_of_the_gradient_recursion(linear, w, target):
     t = jnp.full(len(FAR), target, jnp.int32)
     res = search_counterfactuals_jit(linear, {"w": jnp.asarray(w, jnp.float32)}, FAR, t, jax.random.key(0), SLOW)
     expected = [replay(x, lambda z: softmax(z @ w)[target], lambda z, k: ce_gradient(w, z, target), config=SLOW)
@@ -189,7 +185,7 @@ def test_generic_search_takes_exactly_the_steps_of_the_gradient_recursion(w, tar
     assert min(res.steps) > 30
 
 
-def test_ecco_energy_term_lengthens_every_step_by_the_known_amount():
+def test_ecco_energy_term_lengthens_every_step_by_the_known_amount(linear):
     w, cfg = np.asarray(W, np.float64), SLOW.replace(generator="ecco", lambda_energy=5.0)
     t = jnp.ones(len(FAR), jnp.int32)
     res = search_counterfactuals_jit(linear, PARAMS, FAR, t, jax.random.key(0), cfg)
@@ -201,7 +197,7 @@ def test_ecco_energy_term_lengthens_every_step_by_the_known_amount():
     assert bool(jnp.all(res.steps < generic.steps))
 
 
-def test_eccco_conformal_term_gives_the_known_step_count():
+def test_eccco_conformal_term_gives_the_known_step_count(linear):
     w, quantile = np.asarray(W, np.float64), 0.8
     cfg = SLOW.replace(generator="eccco", lambda_energy=1.0)
     t = jnp.ones(len(FAR), jnp.int32)
@@ -234,7 +230,7 @@ def linear_vae_params(a, c):
     return {"params": jax.tree.map(jnp.asarray, params)}
 
 
-def test_revise_with_a_linear_vae_takes_the_known_steps_in_latent_space():
+def test_revise_with_a_linear_vae_takes_the_known_steps_in_latent_space(linear):
     w = np.asarray(W, np.float64)
     aux = {"vae_params": linear_vae_params(VAE_A, VAE_C)}
     res = search_counterfactuals_jit(linear, PARAMS, FAR, jnp.ones(len(FAR), jnp.int32), jax.random.key(0), REVISE,
@@ -246,7 +242,7 @@ def test_revise_with_a_linear_vae_takes_the_known_steps_in_latent_space():
     assert min(res.steps) > 30
 
 
-def test_revise_with_an_immutable_feature_follows_the_gradient_at_the_feasible_point():
+def test_revise_with_an_immutable_feature_follows_the_gradient_at_the_feasible_point(linear):
     # x0 immutable: the counterfactual is (x0, (A z + c)_1), so the loss there has ∇_z = A[1, :]ᵀ·∂CE/∂x1. Taking
     # the loss at the raw decoded point instead lets (A z + c)_0 drift to the target and saturate p there, so the
     # gradient vanishes while p at the counterfactual stays below τ.
@@ -269,7 +265,7 @@ def test_revise_with_an_immutable_feature_follows_the_gradient_at_the_feasible_p
     assert bool(jnp.all(res.converged)) and bool(jnp.all(res.p_target >= cfg.threshold))
 
 
-def test_a_new_generator_is_a_few_lines():
+def test_a_new_generator_is_a_few_lines(linear):
     @register_generator("l2_wachter")
     def l2_loss(logits, x_cf, x, target, step, config, aux):
         return -jax.nn.log_softmax(logits)[target] + config.lambda_cost * jnp.sum((x_cf - x) ** 2)
@@ -282,7 +278,7 @@ def test_a_new_generator_is_a_few_lines():
         GENERATORS.pop("l2_wachter")
 
 
-def test_the_search_starts_at_the_factual_and_draws_no_randomness():
+def test_the_search_starts_at_the_factual_and_draws_no_randomness(linear):
     # Column 0 immutable, column 1 free and unbounded, column 2 boxed to x ± 0.1: path[0] is the initial point.
     c = cons.make_constraints(3, immutable=[0], lower=np.array([-np.inf, -np.inf, 0.9]),
                               upper=np.array([np.inf, np.inf, 1.1]))
@@ -459,7 +455,7 @@ def test_projection_and_snap_known_values():
 
 # --- compile once, clear errors ------------------------------------------------------------------------
 
-def test_search_traces_once_per_shape(caplog):
+def test_search_traces_once_per_shape(linear, caplog):
     traced = jax.jit(chex.assert_max_traces(search_counterfactuals, n=1), static_argnames=("apply_fn", "config"))
     x = jnp.array([[1.0, 1.0], [2.0, 2.0]])
     for seed in range(3):
@@ -473,7 +469,7 @@ def test_search_traces_once_per_shape(caplog):
     assert len(compiles) == 1
 
 
-def test_bad_input_raises_clear_errors():
+def test_bad_input_raises_clear_errors(linear):
     x = np.array([[1.0, 1.0], [2.0, 2.0]], np.float32)
     key = jax.random.key(0)
     with pytest.raises(ValueError, match=r"target classes must be in \[0, 2\)"):
@@ -501,7 +497,7 @@ def test_bad_input_raises_clear_errors():
         cons.make_constraints(6, groups=[[0, 1]], lower=np.full(6, 0.5, np.float32))
 
 
-def test_search_path_starts_at_the_factual_and_ends_at_the_counterfactual():
+def test_search_path_starts_at_the_factual_and_ends_at_the_counterfactual(linear):
     x = jnp.array([[1.0, 1.0], [0.1, 0.1]])
     res, path = search_counterfactuals(linear, PARAMS, x, jnp.array([1, 1]), jax.random.key(0),
                                        GENERIC.replace(max_steps=25), return_path=True)
@@ -527,7 +523,7 @@ def _categorical_problem():
     return w, c, x
 
 
-def test_straight_through_reaches_tau_with_real_categories_where_the_relaxed_search_returns_none():
+def test_straight_through_reaches_tau_with_real_categories_where_the_relaxed_search_returns_none(linear):
     w, c, x = _categorical_problem()
     base = SearchConfig(generator="generic", lambda_cost=0.0, threshold=0.9, max_steps=20, step_size=10.0,
                         units="absolute", step_rule="gradient")
@@ -544,7 +540,7 @@ def test_straight_through_reaches_tau_with_real_categories_where_the_relaxed_sea
     assert int(jnp.sum(cons.violations(relaxed.x_cf, x, c)["invalid_onehot"])) == 4
 
 
-def test_snap_state_flips_a_category_only_when_one_step_carries_it_past_the_others():
+def test_snap_state_flips_a_category_only_when_one_step_carries_it_past_the_others(linear):
     # Columns: x0 (no weight), one-hot {A, B}; logit₁ − logit₀ = B − A. From A the cross-entropy gradient toward
     # class 1 is (1 − p)·(+1, −1) on (A, B) with 1 − p = σ(1) ≈ 0.731: one SGD step of size η puts B past A
     # iff η · 2 · 0.731 > 1, i.e. η > 0.684 (the reference's test-time search, where the state is re-snapped).
@@ -568,7 +564,7 @@ def test_snap_state_flips_a_category_only_when_one_step_carries_it_past_the_othe
     assert bool(jnp.all(relaxed.converged)) and 0 < float(relaxed.x_cf[0, 2]) < 1
 
 
-def test_max_steps_convergence_walks_on_past_tau_with_clipped_steps_and_counts_the_steps_to_reach_it():
+def test_max_steps_convergence_walks_on_past_tau_with_clipped_steps_and_counts_the_steps_to_reach_it(linear):
     # Normalised steps on a linear model: steps of η along Δw/‖Δw‖ until p >= τ, then Δ = −η·g/max(‖g‖, 1) with
     # g = −(1 − p)·Δw, the CE gradient (‖g‖ <= 2.5·0.1 past τ = 0.9, so those are plain gradient steps).
     x = jnp.array([[0.1, 0.1], [1.0, 1.0], [3.0, 3.0]])

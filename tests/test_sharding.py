@@ -16,7 +16,7 @@ from ctrain.objective import make_counterfactual_batch, positive_pool
 from ctrain.search import SearchConfig, search_counterfactuals
 from ctrain.sharding import (collective_counts, data_mesh, per_device_counterfactual_batch, per_device_search,
                              replicate, replicate_for_pmap, shard_batch, split_for_pmap, unreplicate)
-from ctrain.train import TrainConfig, create_train_state, fit, make_train_epoch, make_train_step
+from ctrain.train import TrainConfig, fit, make_train_epoch, make_train_step
 
 SEARCH = SearchConfig(threshold=0.5, max_steps=20, step_size=0.5)
 AXIS = "devices"
@@ -27,22 +27,13 @@ def _four_devices():
     assert jax.device_count() == 4, "tests/conftest.py forces 4 CPU devices"
 
 
-def _state(seed=0, **kwargs):
-    apply_fn, params = make_model("mlp", 2, 2, jax.random.key(seed))
-    return create_train_state(apply_fn, params, **kwargs)
-
-
-def _batch(data, n=32, start=0):
-    return {"x": jnp.asarray(data.x_train[start:start + n]), "y": jnp.asarray(data.y_train[start:start + n])}
-
-
 def _max_diff(a, b) -> float:
     return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 # --- the train step on several devices -------------------------------------------------------------------------
 
-def test_pmap_shard_map_sharded_and_single_device_steps_give_the_same_parameters(moons):
+def test_pmap_shard_map_sharded_and_single_device_steps_give_the_same_parameters(mlp_state, train_batch, moons):
     c = moons.constraints()
     pool = positive_pool(moons.x_train, moons.y_train, 2)
     config = TrainConfig(search=SEARCH)
@@ -56,11 +47,11 @@ def test_pmap_shard_map_sharded_and_single_device_steps_give_the_same_parameters
     unsynced_step = jax.pmap(make_train_step(config, c), axis_name=AXIS)  # no axis name: replicas never average
     # Plain SGD: a gradient summed instead of averaged over the devices would move the parameters 4x as far
     # (Adam would hide that scale).
-    new = lambda: _state(tx=optax.sgd(0.5))
+    new = lambda: mlp_state(tx=optax.sgd(0.5))
     single, sharded, mapped = new(), replicate(new(), mesh), new()
     replicas = unsynced = replicate_for_pmap(new(), 4)
     for i in range(3):
-        batch = _batch(moons, start=32 * i)
+        batch = train_batch(moons, start=32 * i)
         # One precomputed counterfactual batch (16 factuals) for all paths, so they see the same data.
         cf = make_counterfactual_batch(single.apply_fn, single.params, batch["x"][:16], batch["y"][:16], pool,
                                        jax.random.key(i), SEARCH, c)
@@ -85,27 +76,27 @@ def test_pmap_shard_map_sharded_and_single_device_steps_give_the_same_parameters
                for d in range(1, 4)) > 1e-4
 
 
-def test_pmap_per_batch_step_draws_per_device_and_keeps_replicas_identical(moons):
+def test_pmap_per_batch_step_draws_per_device_and_keeps_replicas_identical(mlp_state, train_batch, moons):
     keys = jax.pmap(lambda i, k: jax.random.key_data(sharding.device_key(k, AXIS)), axis_name=AXIS,
                     in_axes=(0, None))(jnp.arange(4), jax.random.key(0))
     assert len({tuple(np.asarray(k)) for k in keys}) == 4  # four devices, four different keys
     pool = positive_pool(moons.x_train, moons.y_train, 2)
     step = jax.pmap(make_train_step(TrainConfig(search=SEARCH, ce_per_batch=4), moons.constraints(),
                                     axis_name=AXIS), axis_name=AXIS, in_axes=(0, {"x": 0, "y": 0, "pool": None}, None))
-    replicas = replicate_for_pmap(_state(), 4)
+    replicas = replicate_for_pmap(mlp_state(), 4)
     for i in range(2):
-        replicas, metrics = step(replicas, {**split_for_pmap(_batch(moons, start=32 * i), 4), "pool": pool},
+        replicas, metrics = step(replicas, {**split_for_pmap(train_batch(moons, start=32 * i), 4), "pool": pool},
                                  jax.random.key(i))
     assert int(replicas.step[0]) == 2 and np.ptp(np.asarray(metrics["loss"])) == 0
     for leaf in jax.tree.leaves(replicas.params):
         chex.assert_trees_all_equal(*[np.asarray(leaf)[d] for d in range(4)])
 
 
-def test_a_nonfinite_update_on_one_device_is_skipped_on_every_device(moons):
+def test_a_nonfinite_update_on_one_device_is_skipped_on_every_device(mlp_state, train_batch, moons):
     step = jax.pmap(make_train_step(TrainConfig(objective="vanilla"), axis_name=AXIS), axis_name=AXIS)
-    batch = _batch(moons)
+    batch = train_batch(moons)
     batch["x"] = batch["x"].at[20, 0].set(jnp.nan)  # row 20 lands on device 2 only
-    replicas = replicate_for_pmap(_state(), 4)
+    replicas = replicate_for_pmap(mlp_state(), 4)
     new, metrics = step(replicas, split_for_pmap(batch, 4))
     np.testing.assert_array_equal(np.asarray(metrics["nonfinite"]), [1, 1, 1, 1])
     np.testing.assert_array_equal(np.asarray(new.skipped), [1, 1, 1, 1])
@@ -125,16 +116,16 @@ def test_pmap_helpers_and_their_errors():
         per_device_search("data")
 
 
-def test_sharded_step_on_four_devices_matches_one_device(moons):
+def test_sharded_step_on_four_devices_matches_one_device(mlp_state, train_batch, moons):
     pool = positive_pool(moons.x_train, moons.y_train, 2)
     config = TrainConfig(search=SEARCH, ce_per_batch=16)
     mesh = data_mesh()
     step = jax.jit(make_train_step(config, moons.constraints()), donate_argnums=(0,))
     per_device = jax.jit(make_train_step(config, moons.constraints(), mesh=mesh), donate_argnums=(0,))
-    single, sharded, searched_per_device = _state(), replicate(_state(), mesh), replicate(_state(), mesh)
+    single, sharded, searched_per_device = mlp_state(), replicate(mlp_state(), mesh), replicate(mlp_state(), mesh)
     pool_r = replicate(pool, mesh)
     for i in range(3):
-        batch = _batch(moons, start=32 * i)
+        batch = train_batch(moons, start=32 * i)
         key = jax.random.key(i)
         single, m1 = step(single, {**batch, "pool": pool}, key)
         sharded, m4 = step(sharded, {**shard_batch(batch, mesh), "pool": pool_r}, key)
@@ -145,15 +136,15 @@ def test_sharded_step_on_four_devices_matches_one_device(moons):
     np.testing.assert_allclose(m4["loss"], m1["loss"], atol=1e-5)
     np.testing.assert_allclose(m5["search_steps"], m1["search_steps"], atol=1e-6)
     with pytest.raises(ValueError, match="does not split evenly over 4 devices"):
-        shard_batch(_batch(moons, n=30), mesh)
+        shard_batch(train_batch(moons, n=30), mesh)
 
 
 @pytest.mark.parametrize("schedule,burnin", [("per_epoch", 0.0), ("per_batch", 0.5)])
-def test_fit_sharded_matches_single_device(schedule, burnin, moons):
+def test_fit_sharded_matches_single_device(mlp_state, schedule, burnin, moons):
     small = moons.subsample(256, seed=0)
     cfg = TrainConfig(search=SEARCH, epochs=2, batch_size=32, n_ce=64, schedule=schedule, burnin=burnin)
-    single, h1 = fit(_state(), small, cfg, progress=False)
-    sharded, h4 = fit(_state(), small, cfg, progress=False, mesh=data_mesh())
+    single, h1 = fit(mlp_state(), small, cfg, progress=False)
+    sharded, h4 = fit(mlp_state(), small, cfg, progress=False, mesh=data_mesh())
     chex.assert_trees_all_close(jax.device_get(sharded.params), jax.device_get(single.params), atol=1e-5)
     assert h4[-1]["search_steps"] == pytest.approx(h1[-1]["search_steps"], abs=1e-6)
 
@@ -185,11 +176,11 @@ def test_per_device_search_equals_the_single_device_search():
         search(apply_fn, params, x[:30], target[:30], jax.random.key(0), config)
 
 
-def test_per_device_counterfactual_batch_equals_make_counterfactual_batch(moons):
+def test_per_device_counterfactual_batch_equals_make_counterfactual_batch(mlp_state, train_batch, moons):
     # Guards the twin in ctrain.sharding against drifting from ctrain.objective.make_counterfactual_batch.
-    state = _state()
+    state = mlp_state()
     pool = positive_pool(moons.x_train, moons.y_train, 2)
-    batch = _batch(moons, n=64)
+    batch = train_batch(moons, n=64)
     c = moons.constraints()
     args = (state.apply_fn, state.params, batch["x"], batch["y"], pool, jax.random.key(5), SEARCH, c)
     one = make_counterfactual_batch(*args)
@@ -198,7 +189,7 @@ def test_per_device_counterfactual_batch_equals_make_counterfactual_batch(moons)
     chex.assert_trees_all_close(jax.device_get(many), jax.device_get(one), atol=1e-6)
 
 
-def test_the_sharded_search_does_not_all_reduce_at_every_iteration(moons):
+def test_the_sharded_search_does_not_all_reduce_at_every_iteration(mlp_state, moons):
     apply_fn, params, x, target = _search_inputs()
     config = SearchConfig(threshold=0.6)
     mesh = data_mesh()
@@ -215,7 +206,7 @@ def test_the_sharded_search_does_not_all_reduce_at_every_iteration(moons):
     # step's one collective is the all-reduce of its gradient and metrics.
     small = moons.subsample(256, seed=0)
     cfg = TrainConfig(search=SEARCH, epochs=1, batch_size=32, ce_per_batch=8)
-    state, pool = replicate((_state(), positive_pool(small.x_train, small.y_train, 2)), mesh)
+    state, pool = replicate((mlp_state(), positive_pool(small.x_train, small.y_train, 2)), mesh)
     x_dev, y_dev = replicate((jnp.asarray(small.x_train), jnp.asarray(small.y_train)), mesh)
     epoch = jax.jit(make_train_epoch(cfg, small.constraints(), mesh=mesh), static_argnums=(6,))
     counts = collective_counts(epoch.lower(state, x_dev, y_dev, pool, jax.random.key(0), 0, True).compile().as_text())

@@ -48,10 +48,6 @@ def _state(seed=0, rng=0):
     return create_train_state(apply_fn, variables, rng=rng)
 
 
-def _batch(data, n=30, start=0):
-    return {"x": jnp.asarray(data.x_train[start:start + n]), "y": jnp.asarray(data.y_train[start:start + n])}
-
-
 @pytest.fixture(scope="module")
 def straight(digits):
     return fit(_state(), digits, CFG, progress=False)
@@ -138,14 +134,14 @@ def test_resume_from_a_checkpoint_mid_run_is_bit_identical(straight, digits, tmp
     assert [h["loss"] for h in hist2] == [h["loss"] for h in hist]
 
 
-def test_same_seed_same_result_other_dropout_key_other_result_and_the_step_compiles_once(digits):
+def test_same_seed_same_result_other_dropout_key_other_result_and_the_step_compiles_once(train_batch, digits):
     pool = positive_pool(digits.x_train, digits.y_train, digits.num_classes)
     step = jax.jit(chex.assert_max_traces(make_train_step(TrainConfig(search=SEARCH, ce_per_batch=8),
                                                           digits.constraints()), n=1))
 
     def run(state):
         for i in range(3):
-            state, metrics = step(state, {**_batch(digits, start=30 * i), "pool": pool},
+            state, metrics = step(state, {**train_batch(digits, n=30, start=30 * i), "pool": pool},
                                   jax.random.fold_in(jax.random.key(7), i))
         return state, metrics
 
@@ -172,11 +168,11 @@ def test_fit_many_stacks_the_model_state_and_matches_single_runs(straight, digit
     assert not np.allclose(jax.tree.leaves(trained.model_state)[0][0], jax.tree.leaves(trained.model_state)[0][1])
 
 
-def test_data_parallel_steps_average_the_batch_statistics_over_the_devices(digits):
+def test_data_parallel_steps_average_the_batch_statistics_over_the_devices(train_batch, digits):
     assert jax.device_count() == 4, "tests/conftest.py forces 4 CPU devices"
     pool = positive_pool(digits.x_train, digits.y_train, digits.num_classes)
     config = TrainConfig(search=SEARCH, ce_per_batch=8)
-    batch = {**_batch(digits, n=32), "pool": pool}
+    batch = {**train_batch(digits, n=32), "pool": pool}
     # pmap (a vanilla step: the statistics are synchronised in the update, whatever the objective): every
     # replica ends with the same params and statistics (pmean over the axis), and the statistics moved.
     step = jax.pmap(make_train_step(TrainConfig(objective="vanilla"), axis_name="d"), axis_name="d")

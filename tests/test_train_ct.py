@@ -26,28 +26,15 @@ def small_moons():
     return load_dataset("moons").subsample(240, seed=0)
 
 
-def linear(p, x):
-    return x @ p["w"] + p["b"]
-
-
-def _state(seed=0, width=2, classes=2, **kwargs):
-    apply_fn, params = make_model("mlp", width, classes, jax.random.key(seed))
-    return create_train_state(apply_fn, params, **kwargs)
-
-
-def _batch(data, n=32, start=0):
-    return {"x": jnp.asarray(data.x_train[start:start + n]), "y": jnp.asarray(data.y_train[start:start + n])}
-
-
-def test_zero_ct_weights_equal_the_vanilla_step_exactly(moons):
+def test_zero_ct_weights_equal_the_vanilla_step_exactly(mlp_state, train_batch, moons):
     zero = LossWeights(clf=1.0, div=0.0, reg=0.0, adv=0.0)
     c = moons.constraints()
     ct = jax.jit(make_train_step(TrainConfig(objective="full", search=SEARCH), c))
     vanilla = jax.jit(make_train_step(TrainConfig(objective="vanilla")))
     pool = positive_pool(moons.x_train, moons.y_train, 2)
-    s_ct, s_bl, s_pb = _state(weights=zero), _state(weights=zero), _state(weights=zero)
+    s_ct, s_bl, s_pb = mlp_state(weights=zero), mlp_state(weights=zero), mlp_state(weights=zero)
     for i in range(3):
-        batch = _batch(moons, start=32 * i)
+        batch = train_batch(moons, start=32 * i)
         cf = make_counterfactual_batch(s_ct.apply_fn, s_ct.params, batch["x"], batch["y"], pool,
                                        jax.random.key(i), SEARCH, c)
         assert float(cf.converged.mean()) > 0  # there are counterfactual terms to ignore
@@ -61,7 +48,7 @@ def test_zero_ct_weights_equal_the_vanilla_step_exactly(moons):
     chex.assert_trees_all_close(s_pb.params, s_bl.params, rtol=1e-6, atol=1e-9)
 
 
-def test_loss_terms_match_a_hand_computation():
+def test_loss_terms_match_a_hand_computation(linear_apply):
     w = np.array([[1.0, -0.5], [0.25, 2.0]], np.float32)
     b = np.array([0.1, -0.2], np.float32)
     params = {"w": jnp.asarray(w), "b": jnp.asarray(b)}
@@ -71,7 +58,7 @@ def test_loss_terms_match_a_hand_computation():
         x_ae=jnp.array([[0.9, 0.1], [0.1, 0.8]]), y=jnp.array([0, 1]), converged=jnp.ones(2, bool),
         steps=jnp.ones(2, jnp.int32), ae_moved=jnp.ones(2, bool), cf_in_ball=jnp.zeros(2, bool))
     weights = LossWeights(clf=1.0, div=0.5, reg=0.1, adv=0.25)
-    loss, terms = composite_loss(params, linear, jnp.asarray(x), jnp.asarray(y), cf, weights)
+    loss, terms = composite_loss(params, linear_apply, jnp.asarray(x), jnp.asarray(y), cf, weights)
 
     def logits(v):
         return np.asarray(v) @ w + b
@@ -91,7 +78,7 @@ def test_loss_terms_match_a_hand_computation():
     np.testing.assert_allclose(loss, total, rtol=1e-5)
 
 
-def test_protection_zeroes_the_divergence_gradient_on_protected_features():
+def test_protection_zeroes_the_divergence_gradient_on_protected_features(linear_apply):
     c = cons.make_constraints(3, immutable=[0], increase=[1])
     params = {"w": jnp.array([[1.0, -1.0], [0.5, 0.5], [2.0, 0.0]]), "b": jnp.zeros(2)}
     x_cf = jnp.array([[0.3, 1.0, 0.0], [0.2, 1.0, 1.0]])
@@ -103,7 +90,7 @@ def test_protection_zeroes_the_divergence_gradient_on_protected_features():
                              cf_in_ball=jnp.ones(2, bool))
     div_only = LossWeights(clf=0.0, div=1.0, reg=0.0, adv=0.0)
     div_grad = lambda batch: jax.grad(
-        lambda p: composite_loss(p, linear, x_cf, jnp.array([0, 0]), batch, div_only)[0])(params)["w"]
+        lambda p: composite_loss(p, linear_apply, x_cf, jnp.array([0, 0]), batch, div_only)[0])(params)["w"]
     grads = div_grad(cf)
     np.testing.assert_allclose(grads[0], 0.0, atol=1e-7)  # immutable feature: no pull (up to float rounding)
     assert float(jnp.abs(grads[2]).max()) > 0.1  # a free feature still carries the energy gap
@@ -111,10 +98,10 @@ def test_protection_zeroes_the_divergence_gradient_on_protected_features():
     assert float(jnp.abs(unprotected[0]).max()) > 0.1  # without protection the immutable feature is pulled
 
 
-def test_no_gradient_flows_through_the_search(moons):
-    state = _state()
+def test_no_gradient_flows_through_the_search(mlp_state, train_batch, moons):
+    state = mlp_state()
     pool = positive_pool(moons.x_train, moons.y_train, 2)
-    batch = _batch(moons)
+    batch = train_batch(moons)
     scan_search = SEARCH.replace(loop="scan")  # differentiable loop, so a leak would change the gradient
     c = moons.constraints()
     key = jax.random.key(3)
@@ -131,32 +118,32 @@ def test_no_gradient_flows_through_the_search(moons):
     chex.assert_trees_all_close(inside, constant, atol=0, rtol=0)
 
 
-def test_same_seed_gives_identical_parameters_and_the_step_compiles_once(moons):
+def test_same_seed_gives_identical_parameters_and_the_step_compiles_once(mlp_state, train_batch, moons):
     pool = positive_pool(moons.x_train, moons.y_train, 2)
     step = make_train_step(TrainConfig(search=SEARCH), moons.constraints())
     runs = []
     jitted = jax.jit(chex.assert_max_traces(step, n=1))
-    init = _state()
+    init = mlp_state()
     for _ in range(2):
         state = init
         for i in range(5):
-            state, _ = jitted(state, {**_batch(moons, start=32 * i), "pool": pool}, jax.random.fold_in(
+            state, _ = jitted(state, {**train_batch(moons, start=32 * i), "pool": pool}, jax.random.fold_in(
                 jax.random.key(7), i))
         runs.append(state.params)
     chex.assert_trees_all_equal(*runs)
-    other = _state()
+    other = mlp_state()
     jitted = jax.jit(step)
     for i in range(5):
-        other, _ = jitted(other, {**_batch(moons, start=32 * i), "pool": pool}, jax.random.fold_in(jax.random.key(8), i))
+        other, _ = jitted(other, {**train_batch(moons, start=32 * i), "pool": pool}, jax.random.fold_in(jax.random.key(8), i))
     assert not np.allclose(jax.tree.leaves(other.params)[0], jax.tree.leaves(runs[0])[0])
 
 
-def test_resume_from_checkpoint_is_bit_identical(moons, tmp_path):
+def test_resume_from_checkpoint_is_bit_identical(mlp_state, moons, tmp_path):
     small = moons.subsample(300, seed=0)
     cfg = TrainConfig(search=SEARCH, epochs=4, n_ce=100, checkpoint_every=1, shuffle=True)
-    straight, hist = fit(_state(), small, cfg, progress=False)
-    fit(_state(), small, cfg.replace(epochs=2), workdir=str(tmp_path), progress=False)
-    resumed, hist2 = fit(_state(), small, cfg, workdir=str(tmp_path), progress=False)
+    straight, hist = fit(mlp_state(), small, cfg, progress=False)
+    fit(mlp_state(), small, cfg.replace(epochs=2), workdir=str(tmp_path), progress=False)
+    resumed, hist2 = fit(mlp_state(), small, cfg, workdir=str(tmp_path), progress=False)
     chex.assert_trees_all_equal(resumed.params, straight.params)
     chex.assert_trees_all_equal(resumed.opt_state, straight.opt_state)
     assert [h["epoch"] for h in hist2] == [1, 2, 3, 4]
@@ -177,17 +164,17 @@ def _interrupt_after(epoch):
     return log_fn
 
 
-def test_interrupted_run_with_burnin_resumes_bit_identically(small_moons, tmp_path):
+def test_interrupted_run_with_burnin_resumes_bit_identically(mlp_state, small_moons, tmp_path):
     cfg = SMALL_CFG.replace(epochs=4, burnin=0.5, checkpoint_every=1)
-    straight, _ = fit(_state(), small_moons, cfg, progress=False)
+    straight, _ = fit(mlp_state(), small_moons, cfg, progress=False)
     with pytest.raises(_Interrupt):
-        fit(_state(), small_moons, cfg, workdir=str(tmp_path), progress=False, log_fn=_interrupt_after(3))
-    resumed, history = fit(_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
+        fit(mlp_state(), small_moons, cfg, workdir=str(tmp_path), progress=False, log_fn=_interrupt_after(3))
+    resumed, history = fit(mlp_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
     chex.assert_trees_all_equal(resumed.params, straight.params)
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and "converged" not in history[0]
     # A shorter run would have ended its burn-in after 1 epoch, but the checkpoint trained 2 without CT.
     with pytest.raises(ValueError, match="burn-in"):
-        fit(_state(), small_moons, cfg.replace(epochs=4, burnin=0.25), workdir=str(tmp_path), progress=False)
+        fit(mlp_state(), small_moons, cfg.replace(epochs=4, burnin=0.25), workdir=str(tmp_path), progress=False)
 
 
 @pytest.mark.parametrize("change,field", [
@@ -199,13 +186,13 @@ def test_interrupted_run_with_burnin_resumes_bit_identically(small_moons, tmp_pa
     (dict(data="other"), "data_fingerprint"),
     (dict(model_seed=1), None),  # other initial parameters of the same model: the same run may continue
 ])
-def test_a_workdir_refuses_to_resume_a_different_run(change, field, small_moons, tmp_path):
+def test_a_workdir_refuses_to_resume_a_different_run(mlp_state, change, field, small_moons, tmp_path):
     from ctrain.checkpoint import RunMismatchError
-    fit(_state(), small_moons, SMALL_CFG.replace(epochs=2), workdir=str(tmp_path), progress=False)
+    fit(mlp_state(), small_moons, SMALL_CFG.replace(epochs=2), workdir=str(tmp_path), progress=False)
     change = dict(change)
     config = change.pop("config", SMALL_CFG)
     data = small_moons.subsample(240, seed=1) if change.pop("data", None) else small_moons
-    state = _state(seed=change.pop("model_seed", 0), **change)
+    state = mlp_state(seed=change.pop("model_seed", 0), **change)
     if field is None:
         fit(state, data, config, workdir=str(tmp_path), progress=False)
         return
@@ -213,13 +200,13 @@ def test_a_workdir_refuses_to_resume_a_different_run(change, field, small_moons,
         fit(state, data, config, workdir=str(tmp_path), progress=False)
 
 
-def test_asking_for_fewer_epochs_than_checkpointed_is_refused(small_moons, tmp_path):
-    fit(_state(), small_moons, SMALL_CFG, workdir=str(tmp_path), progress=False)
+def test_asking_for_fewer_epochs_than_checkpointed_is_refused(mlp_state, small_moons, tmp_path):
+    fit(mlp_state(), small_moons, SMALL_CFG, workdir=str(tmp_path), progress=False)
     with pytest.raises(ValueError, match="checkpoint at epoch 3 but this run asks for epochs=2"):
-        fit(_state(), small_moons, SMALL_CFG.replace(epochs=2), workdir=str(tmp_path), progress=False)
+        fit(mlp_state(), small_moons, SMALL_CFG.replace(epochs=2), workdir=str(tmp_path), progress=False)
     (tmp_path / "run.json").unlink()
     with pytest.raises(ValueError, match="no run.json"):
-        fit(_state(), small_moons, SMALL_CFG, workdir=str(tmp_path), progress=False)
+        fit(mlp_state(), small_moons, SMALL_CFG, workdir=str(tmp_path), progress=False)
 
 
 def _damage(folder):
@@ -229,19 +216,19 @@ def _damage(folder):
         p.write_bytes(b"\0" * 7)
 
 
-def test_a_corrupt_latest_checkpoint_falls_back_to_the_older_intact_one(small_moons, tmp_path):
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_older_intact_one(mlp_state, small_moons, tmp_path):
     cfg = SMALL_CFG.replace(epochs=4, checkpoint_every=1)
-    straight, _ = fit(_state(), small_moons, cfg, progress=False)
-    fit(_state(), small_moons, cfg.replace(epochs=3), workdir=str(tmp_path), progress=False)
+    straight, _ = fit(mlp_state(), small_moons, cfg, progress=False)
+    fit(mlp_state(), small_moons, cfg.replace(epochs=3), workdir=str(tmp_path), progress=False)
     _damage(tmp_path / "checkpoints" / "3")
     with pytest.warns(UserWarning, match=r"skipped unreadable checkpoint.*checkpoints/3.*resuming from epoch 2"):
-        resumed, history = fit(_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
+        resumed, history = fit(mlp_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
     chex.assert_trees_all_equal(resumed.params, straight.params)  # epochs 3 and 4 retrained from epoch 2
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     _damage(tmp_path / "checkpoints" / "4")
     _damage(tmp_path / "checkpoints" / "3")
     with pytest.raises(ValueError, match=rf"no intact checkpoint in {tmp_path}.*checkpoints/4"):
-        fit(_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
+        fit(mlp_state(), small_moons, cfg, workdir=str(tmp_path), progress=False)
 
 
 def test_resuming_a_damaged_workdir_prints_no_stray_tracebacks(tmp_path):
@@ -270,11 +257,11 @@ print("finished")
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
-def test_nan_input_is_reported_and_not_trained_on(moons):
+def test_nan_input_is_reported_and_not_trained_on(mlp_state, train_batch, moons):
     pool = positive_pool(moons.x_train, moons.y_train, 2)
     step = jax.jit(make_train_step(TrainConfig(search=SEARCH), moons.constraints()))
-    state = _state()
-    batch = _batch(moons)
+    state = mlp_state()
+    batch = train_batch(moons)
     batch["x"] = batch["x"].at[3, 1].set(jnp.nan)
     new, metrics = step(state, {**batch, "pool": pool}, jax.random.key(0))
     assert int(metrics["nonfinite"]) == 1 and int(new.skipped) == 1
@@ -283,7 +270,7 @@ def test_nan_input_is_reported_and_not_trained_on(moons):
     bad = dataclasses.replace(moons, x_train=moons.x_train.copy())
     object.__setattr__(bad, "x_train", np.where(np.arange(len(bad.x_train))[:, None] == 5, np.nan, bad.x_train))
     with pytest.raises(ValueError, match="NaN"):
-        fit(_state(), bad, TrainConfig(epochs=1), progress=False)
+        fit(mlp_state(), bad, TrainConfig(epochs=1), progress=False)
 
 
 def test_positives_are_drawn_from_the_target_class(moons):
@@ -308,12 +295,12 @@ def test_ablation_objectives_drop_their_terms(moons):
 
 
 @pytest.mark.parametrize("schedule", ["per_epoch", "per_batch"])
-def test_ct_on_circles_keeps_accuracy_within_two_points(schedule):
+def test_ct_on_circles_keeps_accuracy_within_two_points(mlp_state, schedule):
     from ctrain.data import load_dataset
     data = load_dataset("circles")
     base = TrainConfig(epochs=40, shuffle=True, search=SearchConfig(threshold=0.5))
-    _, bl = fit(_state(), data, base.replace(objective="vanilla"), progress=False)
-    _, ct = fit(_state(weights=LossWeights(reg=0.5)), data, base.replace(schedule=schedule), progress=False)
+    _, bl = fit(mlp_state(), data, base.replace(objective="vanilla"), progress=False)
+    _, ct = fit(mlp_state(weights=LossWeights(reg=0.5)), data, base.replace(schedule=schedule), progress=False)
     assert ct[-1]["converged"] > 0.2 and ct[-1]["nonfinite"] == 0
     assert ct[-1]["test_accuracy"] >= bl[-1]["test_accuracy"] - 0.02
 
@@ -342,14 +329,14 @@ def test_many_runs_in_one_vmapped_program_match_single_runs(moons):
 
 # --- every setting changes what runs ----------------------------------------------------------------------
 
-def _fit_params(data, config=SMALL_CFG, **state_kwargs):
-    state, history = fit(_state(**state_kwargs), data, config, progress=False)
+def _fit_params(mlp_state, data, config=SMALL_CFG, **state_kwargs):
+    state, history = fit(mlp_state(**state_kwargs), data, config, progress=False)
     return state.params, history
 
 
 @pytest.fixture(scope="module")
-def reference_run(small_moons):
-    return _fit_params(small_moons)
+def reference_run(mlp_state, small_moons):
+    return _fit_params(mlp_state, small_moons)
 
 
 SETTINGS = {
@@ -370,36 +357,36 @@ SETTINGS = {
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_every_setting_changes_the_trained_parameters(setting, small_moons, reference_run):
-    params, history = _fit_params(small_moons, **SETTINGS[setting])
+def test_every_setting_changes_the_trained_parameters(mlp_state, setting, small_moons, reference_run):
+    params, history = _fit_params(mlp_state, small_moons, **SETTINGS[setting])
     ref_params, ref_history = reference_run
     assert ref_history[-1]["converged"] > 0.2  # the reference run's counterfactuals mature: λ_div has work to do
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)))
     assert diff > 1e-4, f"{setting} did not change the trained parameters"
 
 
-def test_train_config_refuses_the_settings_the_state_owns():
+def test_train_config_refuses_the_settings_the_state_owns(mlp_state):
     with pytest.raises(TypeError, match=r"lambda_reg.*create_train_state\(\.\.\., weights=LossWeights\(reg="):
         TrainConfig(objective="full", lambda_reg=0.5)
     with pytest.raises(TypeError, match="learning_rate"):
         TrainConfig(learning_rate=1e-2)
     with pytest.raises(ValueError, match="λ_reg must be finite and >= 0"):
-        _state(weights=LossWeights(reg=float("nan")))
+        mlp_state(weights=LossWeights(reg=float("nan")))
     with pytest.raises(ValueError, match="λ_div must be finite and >= 0"):
-        _state(weights=LossWeights(div=-1.0))
+        mlp_state(weights=LossWeights(div=-1.0))
     with pytest.raises(ValueError, match="learning_rate must be finite and > 0"):
-        _state(learning_rate=float("inf"))
+        mlp_state(learning_rate=float("inf"))
     with pytest.raises(ValueError, match="either tx .* or learning_rate"):
-        _state(learning_rate=0.1, tx=optax.sgd(0.1))
+        mlp_state(learning_rate=0.1, tx=optax.sgd(0.1))
     for bad in (dict(epochs=0), dict(epochs=2.5), dict(batch_size=True), dict(burnin=1.0), dict(seed=-1),
                 dict(n_ce=0), dict(schedule="per_step"), dict(shuffle="false")):
         with pytest.raises(ValueError):
             TrainConfig(**bad)
 
 
-def test_a_hand_written_loop_trains_with_exactly_the_states_weights_and_optimiser(moons):
+def test_a_hand_written_loop_trains_with_exactly_the_states_weights_and_optimiser(train_batch, moons):
     """One SGD step of make_train_step equals params − lr·∇(composite loss with the state's λ's), for two λ settings."""
-    batch = _batch(moons)
+    batch = train_batch(moons)
     pool = positive_pool(moons.x_train, moons.y_train, 2)
     c = moons.constraints()
     apply_fn, params = make_model("mlp", 2, 2, jax.random.key(0))
@@ -439,7 +426,7 @@ def test_fit_many_varies_learning_rates_and_lambdas_per_run(small_moons):
 # --- model, data and targets agree -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("outputs,classes", [(1, 2), (3, 2)])
-def test_a_model_whose_outputs_differ_from_the_classes_is_refused_before_training(outputs, classes, small_moons):
+def test_a_model_whose_outputs_differ_from_the_classes_is_refused_before_training(mlp_state, outputs, classes, small_moons):
     from ctrain.train import create_train_states, fit_many
     if outputs == 1:
         apply_fn, params = (lambda p, x: x @ p["w"]), {"w": jnp.ones((2, 1))}
@@ -447,7 +434,7 @@ def test_a_model_whose_outputs_differ_from_the_classes_is_refused_before_trainin
         with pytest.raises(ValueError, match="1 logit per row; ctrain needs one logit per class"):
             fit(state, small_moons, SMALL_CFG, progress=False)
         return
-    state = _state(classes=outputs)
+    state = mlp_state(classes=outputs)
     with pytest.raises(ValueError, match="3 logits per row but the data has 2 classes"):
         fit(state, small_moons, SMALL_CFG, progress=False)
     apply_fn, params = make_model("mlp", 2, 3, jax.random.key(0))
@@ -456,18 +443,18 @@ def test_a_model_whose_outputs_differ_from_the_classes_is_refused_before_trainin
         fit_many(states, small_moons, SMALL_CFG, seeds=[0], progress=False)
 
 
-def test_three_class_data_on_a_two_class_model_is_refused():
+def test_three_class_data_on_a_two_class_model_is_refused(mlp_state):
     from ctrain.data import from_arrays
     rng = np.random.default_rng(0)
     data = from_arrays(rng.normal(size=(150, 2)), np.arange(150) % 3, seed=0)
     with pytest.raises(ValueError, match="2 logits per row but the data has 3 classes"):
-        fit(_state(), data, SMALL_CFG.replace(epochs=1), progress=False)
+        fit(mlp_state(), data, SMALL_CFG.replace(epochs=1), progress=False)
 
 
-def test_fit_handles_an_empty_test_split(small_moons):
+def test_fit_handles_an_empty_test_split(mlp_state, small_moons):
     import dataclasses
     no_test = dataclasses.replace(small_moons, x_test=small_moons.x_test[:0], y_test=small_moons.y_test[:0])
-    _, history = fit(_state(), no_test, SMALL_CFG.replace(epochs=2), progress=True)
+    _, history = fit(mlp_state(), no_test, SMALL_CFG.replace(epochs=2), progress=True)
     assert "test_accuracy" not in history[-1] and "train_accuracy" in history[-1]
 
 
@@ -513,16 +500,16 @@ class _Stream(io.StringIO):
         return self._tty
 
 
-def test_progress_to_a_file_is_one_plain_line_per_due_epoch(small_moons):
+def test_progress_to_a_file_is_one_plain_line_per_due_epoch(mlp_state, small_moons):
     from ctrain.train import PLAIN_LINES, create_train_states, fit_many
     vanilla = SMALL_CFG.replace(objective="vanilla")
     log = _Stream(tty=False)
-    fit(_state(), small_moons, vanilla.replace(epochs=3), progress=log)
+    fit(mlp_state(), small_moons, vanilla.replace(epochs=3), progress=log)
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and len(lines) == 3
     assert lines[0].startswith(f"{small_moons.name}/vanilla epoch 1/3  loss ") and "s/epoch" in lines[0]
     long = _Stream(tty=False)
-    fit(_state(), small_moons, vanilla.replace(epochs=25), progress=long)
+    fit(mlp_state(), small_moons, vanilla.replace(epochs=25), progress=long)
     epochs = [int(line.split(" epoch ")[1].split("/")[0]) for line in long.getvalue().splitlines()]
     assert epochs == [3, 6, 9, 12, 15, 18, 21, 24, 25] and len(epochs) <= PLAIN_LINES + 1
     apply_fn, params = make_model("mlp", 2, 2, jax.random.key(0))
@@ -531,10 +518,10 @@ def test_progress_to_a_file_is_one_plain_line_per_due_epoch(small_moons):
              vanilla.replace(epochs=2), seeds=[0, 1], progress=many)
     assert "\r" not in many.getvalue() and len(many.getvalue().splitlines()) == 2 and " x2 epoch 2/2" in many.getvalue()
     terminal = _Stream(tty=True)  # a terminal keeps the live bar
-    fit(_state(), small_moons, vanilla.replace(epochs=3), progress=terminal)
+    fit(mlp_state(), small_moons, vanilla.replace(epochs=3), progress=terminal)
     assert "\r" in terminal.getvalue() and "3/3" in terminal.getvalue()
     with pytest.raises(TypeError, match="progress must be True, False or a text stream"):
-        fit(_state(), small_moons, vanilla, progress="log.txt")
+        fit(mlp_state(), small_moons, vanilla, progress="log.txt")
 
 
 def test_a_bare_search_config_trains_with_the_training_defaults_rule():

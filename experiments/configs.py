@@ -495,6 +495,11 @@ MOVED = {
 }
 
 
+def path_in(path: str, prefixes) -> bool:
+    """Returns whether a dotted path is one of `prefixes` or lies under one ("a.b" or "a." both cover "a.b.c")."""
+    return any(path == p or path.startswith(p if p.endswith(".") else p + ".") for p in prefixes)
+
+
 def leaf_paths(node=None, prefix: str = "") -> list[str]:
     """Returns every settable dotted path of the tree (data.kwargs as one leaf), sorted."""
     kind = ExperimentConfig if node is None else node

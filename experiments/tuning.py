@@ -71,7 +71,7 @@ from ctrain.models import make_model
 from ctrain.objective import LossWeights
 from ctrain.train import create_train_states, fit_many
 from experiments.configs import (OFFLINE_NAMES, SYNTHETIC_NAMES, ExperimentConfig, flat_dict, from_dict, get_config,
-                                 get_path, leaf_paths, override, replace_path)
+                                 get_path, leaf_paths, override, path_in, replace_path)
 from experiments.pipeline import (check_distinct, compared_over_rounds_and_seeds, free_schema, json_safe, load_data,
                                   protocol_config, skipped_updates, train_config, train_vae_aux, write_json)
 from experiments.results_md import interval_text
@@ -122,9 +122,6 @@ CT_ONLY = ("train.search.", "train.n_ce", "train.schedule", "train.burnin", "tra
 UNUSED = ("expected_minutes", "data.protected", "actionability.", "sensitivity.", "robustness.")
 
 
-def _matches(path: str, prefixes) -> bool:
-    return any(path == p or (p.endswith(".") and path.startswith(p)) for p in prefixes)
-
 
 @dataclasses.dataclass(frozen=True)
 class Point:
@@ -149,7 +146,7 @@ class Group:
 
 def _settings(config: ExperimentConfig, drop=()) -> dict:
     settings = json.loads(json.dumps(flat_dict(config)))
-    return {k: v for k, v in settings.items() if not _matches(k, UNUSED + tuple(drop))}
+    return {k: v for k, v in settings.items() if not path_in(k, UNUSED + tuple(drop))}
 
 
 def _hash(obj) -> str:
@@ -183,7 +180,7 @@ def canonical(config: ExperimentConfig, objective: str) -> ExperimentConfig:
         return config
     base = get_config(config.data.name)
     for path in leaf_paths():
-        if _matches(path, CT_ONLY):
+        if path_in(path, CT_ONLY):
             config = replace_path(config, path, get_path(base, path))
     return config
 

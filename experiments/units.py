@@ -63,7 +63,7 @@ from ctrain.evaluate import bootstrap_mean_ci, compare, evaluate_explainability,
 from ctrain.models import make_model
 from ctrain.search import CATEGORICAL_MODES, TRAINING_SEARCH, SearchConfig
 from ctrain.train import create_train_states, fit_many
-from experiments.configs import ExperimentConfig, get_config, override
+from experiments.configs import ExperimentConfig, get_config, override, path_in
 from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, loss_weights,
                                  refuse_overwrite)
 from experiments.results_md import write_section
@@ -112,9 +112,9 @@ NOT_READ_BECAUSE = {
 def unread_reason(path: str) -> str | None:
     """Returns why a --set of `path` would change nothing in this study (or which flag to use), None if it is read."""
     for prefix, why in NOT_READ_BECAUSE.items():
-        if path == prefix or (prefix.endswith(".") and path.startswith(prefix)):
+        if path_in(path, [prefix]):
             return why
-    if not any(path == p or (p.endswith(".") and path.startswith(p)) or path.startswith(p + ".") for p in READS):
+    if not path_in(path, READS):
         return "the study does not read that field"
     return None
 

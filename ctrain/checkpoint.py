@@ -238,6 +238,12 @@ def run_identity(state, dataset, config, constraints=None, aux=None) -> dict:
     if getattr(state, "model_state", None) is not None:  # pure models keep the identity they always had
         stateful["model_state"] = {jax.tree_util.keystr(path): [list(np.shape(leaf)), str(np.asarray(leaf).dtype)]
                                    for path, leaf in jax.tree_util.tree_leaves_with_path(state.model_state)}
+    config_fields = _plain(dataclasses.asdict(config))
+    if not config_fields.get("persistent", False):
+        # A run without the buffer keeps the identity it had before the buffer's settings existed.
+        from ctrain.train import BUFFER_FIELDS
+        for name in BUFFER_FIELDS:
+            config_fields.pop(name, None)
     return {
         "ctrain_version": ctrain.__version__,
         "dataset": dataset.name,
@@ -245,7 +251,7 @@ def run_identity(state, dataset, config, constraints=None, aux=None) -> dict:
         "num_classes": int(dataset.num_classes),
         "constraints_fingerprint": fingerprint(constraints) if constraints is not None else None,
         "aux_fingerprint": fingerprint(aux) if aux is not None else None,
-        "config": _plain(dataclasses.asdict(config)),
+        "config": config_fields,
         "burnin_epochs": burnin_epochs,
         "model": _describe_model(state.apply_fn),
         "params": shapes,

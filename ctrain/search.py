@@ -367,7 +367,7 @@ def _check_inputs(apply_fn, params, x, target, constraints: cons.Constraints) ->
 
 def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, key: jax.Array,
                            config: SearchConfig = EXPLAIN_SEARCH, constraints: cons.Constraints | None = None,
-                           aux: Any = None, return_path: bool = False):
+                           aux: Any = None, return_path: bool = False, x_init: jax.Array | None = None):
     """Returns a SearchResult for factuals x (N, D) and target classes (N,); pure and jit-compatible.
 
     The outputs carry no gradient: they are constants for whatever loss uses them. With
@@ -375,6 +375,13 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     iterate starting from the initial point (frozen rows repeat), for plots. Every search starts at x (projected)
     and draws no randomness: `key` is checked but unused, kept in the signature that `explain`, training and
     `ctrain.sharding.per_device_search` share.
+
+    `x_init` (N, D), optional: the point each search starts from instead of x (a warm start, e.g. the last
+    counterfactual of a persistent chain, `TrainConfig.persistent`). It is projected onto the constraints of x
+    (immutable features set to x's, bounds, monotone directions) before the first step; everything else is still
+    measured from the factual x: the cost term, the ε-ball of x_AE (x_AE is x itself unless an iterate, the start
+    included, lies in that ball) and the constraints. A start that already has p(t) >= τ converges in 0 steps
+    and is returned as it is (projected). None (default) starts at x, exactly as without it.
     """
     if not isinstance(config, SearchConfig):
         raise TypeError(f"config must be a SearchConfig, got {type(config).__name__}")
@@ -404,7 +411,13 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     unit = search_units(config, c)
     movable = (c.mutability != cons.IMMUTABLE).astype(x.dtype)
     box = cons.feasible_box(x, c)
-    s0 = encode(x)
+    if x_init is not None:
+        x_init = jnp.asarray(x_init)
+        if x_init.shape != x.shape or not jnp.issubdtype(x_init.dtype, jnp.floating):
+            raise ValueError(f"x_init must be a floating (N, D) array like x {x.shape}, got {x_init.shape} "
+                             f"{x_init.dtype}")
+        x_init = x_init.astype(x.dtype)
+    s0 = encode(x if x_init is None else x_init)
     if not gen.latent:
         s0 = cons.project(s0, x, c, box)
         if snap_state:

@@ -180,19 +180,27 @@ def per_device_search(mesh: Mesh, search_fn: Callable | None = None, axis_name: 
     rows and stops on its own: converged rows are frozen, so the results equal one search over all N rows
     (up to float rounding). N must be a multiple of the device count. Each device's search gets the key with its
     device index folded in, so a search that draws randomness (no built-in one does) draws independently per device.
+    A keyword `x_init` (N, D) (warm starts, `search_counterfactuals`'s) is split with the rows of x.
     """
     if search_fn is None:
         from ctrain.search import search_counterfactuals as search_fn
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh such as ctrain.sharding.data_mesh(), got {type(mesh).__name__}")
 
-    def search(apply_fn, params, x, target, key, config, constraints=None, aux=None):
+    def search(apply_fn, params, x, target, key, config, constraints=None, aux=None, *, x_init=None):
         check_divisible({"factuals searched per step (rows of x)": x.shape[0]}, mesh)
+        rows = P(axis_name)
+        if x_init is not None:  # warm starts (persistent chains) are split with their rows of x
+            def local_init(params, x, target, key, constraints, aux, x_init):
+                return search_fn(apply_fn, params, x, target, device_key(key, axis_name), config, constraints, aux,
+                                 x_init=x_init)
+
+            return jax.shard_map(local_init, mesh=mesh, in_specs=(P(), rows, rows, P(), P(), P(), rows),
+                                 out_specs=rows, check_vma=False)(params, x, target, key, constraints, aux, x_init)
 
         def local(params, x, target, key, constraints, aux):
             return search_fn(apply_fn, params, x, target, device_key(key, axis_name), config, constraints, aux)
 
-        rows = P(axis_name)
         # check_vma=False: the search starts its loop carry from fresh zeros, which the varying-axis type check
         # would reject as "not varying over the axis"; every output row is computed on its own device anyway.
         return jax.shard_map(local, mesh=mesh, in_specs=(P(), rows, rows, P(), P(), P()), out_specs=rows,

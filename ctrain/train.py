@@ -34,9 +34,10 @@ from jax.sharding import Mesh, NamedSharding
 
 from ctrain import constraints as cons
 from ctrain.models import check_model, is_stateful
-from ctrain.objective import (CounterfactualBatch, LossWeights, PositivePool, check_loss_weights, composite_loss,
+from ctrain.objective import (CounterfactualBatch, CounterfactualBuffer, LossWeights, PositivePool,
+                              check_loss_weights, composite_loss, empty_buffer, make_persistent_batch,
                               make_training_batch, objective_weights, positive_pool, stateful_composite_loss)
-from ctrain.search import TRAINING_SEARCH, SearchConfig
+from ctrain.search import TRAINING_SEARCH, SearchConfig, search_counterfactuals
 from ctrain import sharding
 from ctrain.progress import PLAIN_LINES, progress as progress_display
 
@@ -52,6 +53,11 @@ class TrainState:
     also carries `model_state` (its mutable collections, e.g. {"batch_stats": ...}, updated by every step
     and never seen by the optimiser) and `rng` (the (2,) uint32 key data its dropout masks derive from: step
     s uses `fold_in(rng, s)`). Both are None for a pure `apply_fn(params, x)`.
+
+    With `TrainConfig.persistent` it also carries `buffer`, the persistent counterfactual chains (a
+    `ctrain.objective.CounterfactualBuffer`, one row per training sample: where its last search ended and for
+    which target), which warm-start the next epoch's searches; `fit`/`fit_many` add it (`with_buffer`). None
+    when the feature is off, so such states, their checkpoints and their run identities are what they were.
     """
 
     step: jax.Array  # () int32, number of steps taken (skipped ones included)
@@ -63,6 +69,7 @@ class TrainState:
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     model_state: Any = None  # mutable collections of a stateful model (e.g. {"batch_stats": ...}), else None
     rng: jax.Array | None = None  # (2,) uint32 key data of a stateful model's RNG streams (dropout), else None
+    buffer: CounterfactualBuffer | None = None  # persistent counterfactual chains (TrainConfig.persistent), else None
 
 
 DEFAULT_LEARNING_RATE = 1e-3  # the reference's Adam()
@@ -199,6 +206,18 @@ class TrainConfig:
     n_ce is the number of counterfactuals per epoch; each step uses ceil(n_ce / batches) of them.
     schedule "per_epoch" (reference) searches them all at the start of the epoch with frozen
     parameters; "per_batch" searches fresh ones from each batch inside the step.
+
+    persistent (default False) keeps a buffer of counterfactual chains on the TrainState, one per training
+    sample (persistent contrastive divergence; JEM's replay buffer): a sample's search starts where its last
+    one ended, with the same target, unless the model now predicts that target for it or the chain is reset
+    (probability buffer_reset, JEM's 0.05); then it starts afresh at x with a new target
+    (`ctrain.objective.make_persistent_batch` states the rule). Warm chains often are still mature and take 0
+    steps, which is what makes an epoch cheaper. Per-epoch schedule and counterfactual objectives ("full",
+    "energy", "adversarial") only. The epoch log's `warm` is the share of searches that continued a chain.
+    chain_steps (persistent only; None = search.max_steps) caps every chain's search at that many steps per epoch,
+    as persistent contrastive divergence takes a few sampler steps per update: a chain that has not reached τ
+    goes on from there in a later epoch. It is the lever on an epoch's time: the batched search loops until
+    its slowest chain stops, so warm starts shorten it only if every chain does, while a cap shortens it always.
     """
 
     objective: str = "full"
@@ -216,6 +235,10 @@ class TrainConfig:
     # x⁺, so they add nothing to the divergence (paper §3.4). False keeps them in it while the search still respects
     # them: the unprotected arm of Proposition 3.1 (tests/test_proposition.py).
     protect: bool = True
+    # Persistent counterfactual chains (see above); off by default. buffer_reset only matters when persistent.
+    persistent: bool = False
+    buffer_reset: float = 0.05
+    chain_steps: int | None = None
 
     def __new__(cls, *args, **kwargs):
         # Runs before the dataclass's __init__ sees the keywords, so a λ or learning rate passed here is refused
@@ -244,9 +267,27 @@ class TrainConfig:
         if self.ce_per_batch is not None and (not isinstance(self.ce_per_batch, (int, np.integer))
                                               or self.ce_per_batch < 1):
             raise ValueError(f"ce_per_batch must be an integer >= 1 or None, got {self.ce_per_batch!r}")
-        for name in ("shuffle", "protect"):
+        for name in ("shuffle", "protect", "persistent"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.buffer_reset, bool) or not isinstance(self.buffer_reset, (int, float, np.integer,
+                                                                                     np.floating)) \
+                or not 0.0 <= self.buffer_reset <= 1.0:
+            raise ValueError(f"buffer_reset must be a probability in [0, 1], got {self.buffer_reset!r}")
+        if self.chain_steps is not None and (isinstance(self.chain_steps, bool) or not isinstance(
+                self.chain_steps, (int, np.integer)) or self.chain_steps < 1):
+            raise ValueError(f"chain_steps must be an integer >= 1 or None, got {self.chain_steps!r}")
+        if self.chain_steps is not None and not self.persistent:
+            raise ValueError("chain_steps caps the steps of persistent chains: it needs persistent=True (a search "
+                             "that starts afresh every epoch takes its budget from search.max_steps)")
+        if self.persistent:
+            if self.schedule != "per_epoch":
+                raise ValueError("persistent=True needs schedule='per_epoch': the buffer of counterfactual chains is "
+                                 "read and written by the epoch's one search over its drawn samples; the per-batch "
+                                 "schedule draws positions within each batch and keeps no chains")
+            if self.objective in _NO_SEARCH:  # ("vanilla" searches nothing, so the buffer just stays empty)
+                raise ValueError(f"persistent=True keeps counterfactual search chains; objective "
+                                 f"{self.objective!r} runs no counterfactual search")
 
     @property
     def needs_counterfactuals(self) -> bool:
@@ -259,6 +300,24 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+# The TrainConfig fields of the persistent buffer: a run identity leaves them out while persistent is False, so
+# the identity of every run without a buffer is what it was before they existed.
+BUFFER_FIELDS = ("persistent", "buffer_reset", "chain_steps")
+
+
+def with_buffer(state: TrainState, x_train) -> TrainState:
+    """Returns `state` with an empty CounterfactualBuffer for x_train (N, D) (stacked states: one per run).
+
+    `fit` and `fit_many` call it for `TrainConfig(persistent=True)`; a hand-written loop around
+    `make_train_epoch` calls it once before the first epoch.
+    """
+    buffer = empty_buffer(x_train)
+    if np.ndim(state.step):  # K stacked runs: each its own buffer, on the leading run axis
+        k = np.shape(state.step)[0]
+        buffer = jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), buffer)
+    return state.replace(buffer=buffer)
 
 
 
@@ -310,6 +369,8 @@ def apply_loss(state: TrainState, x, y, cf: CounterfactualBatch | None, objectiv
     searched = {} if cf is None else dict(
         converged=cf.converged.mean(), search_steps=cf.steps.mean(), ae_moved=cf.ae_moved.mean(),
         cf_in_ball=cf.cf_in_ball.mean(), one_step=jnp.mean(cf.steps <= 1))
+    if cf is not None and cf.warm is not None:
+        searched["warm"] = cf.warm.mean()
     # One all-reduce for everything. Each term is a mean over equally sized shards, so the mean of the shard
     # means is the whole batch's; the finite flags' mean is exactly 1 only if every device's update is finite,
     # so every replica takes the same skip decision. A stateful model's new batch statistics are averaged
@@ -428,15 +489,42 @@ def epoch_counterfactuals(state: TrainState, x_train, y_train, pool: PositivePoo
     """Returns a CounterfactualBatch with leading axes (n_batches, m): the epoch's searches, with frozen params.
 
     With a `mesh`, the n_batches·m searches are split across its devices, each looping on its own
-    (`ctrain.sharding.per_device_search`); the draws are the same as on one device.
+    (`ctrain.sharding.per_device_search`); the draws are the same as on one device. With `config.persistent`
+    the searches continue the state's buffer of chains (`epoch_search` also returns the buffer's new state).
+    """
+    return epoch_search(state, x_train, y_train, pool, key, config, n_batches, constraints, aux, mesh=mesh)[0]
+
+
+def epoch_search(state: TrainState, x_train, y_train, pool: PositivePool, key: jax.Array, config: TrainConfig,
+                 n_batches: int, constraints=None, aux=None, *, mesh: Mesh | None = None
+                 ) -> tuple[CounterfactualBatch, CounterfactualBuffer | None]:
+    """Returns (the epoch's CounterfactualBatch as `epoch_counterfactuals`, the new buffer or None).
+
+    Without `config.persistent` the buffer is None and the batch is the fresh searches'. With it, the drawn
+    samples' chains are read from `state.buffer` (`with_buffer`), continued (`objective.make_persistent_batch`)
+    and written back; the draws of factuals, fresh targets and positives are the same as without it.
     """
     m = config.ce_per_batch
     f_key, s_key = jax.random.split(key)
     n = x_train.shape[0]
     idx = jax.random.choice(f_key, n, (n_batches * m,), replace=n_batches * m > n)
-    cf = _training_batch(config, mesh)(state.apply_fn, _inference_params(state), x_train[idx], y_train[idx], pool,
-                                       s_key, config.search, constraints, aux)
-    return jax.tree.map(lambda a: a.reshape((n_batches, m) + a.shape[1:]), cf)
+    buffer = None
+    if config.persistent:
+        if state.buffer is None:
+            raise ValueError("TrainConfig(persistent=True) needs the state's buffer of counterfactual chains: "
+                             "state = ctrain.train.with_buffer(state, x_train) before the first epoch (fit and "
+                             "fit_many add it themselves)")
+        search = sharding.per_device_search(mesh) if mesh is not None else search_counterfactuals
+        search_config = config.search if config.chain_steps is None else config.search.replace(
+            max_steps=config.chain_steps)
+        cf, chains = make_persistent_batch(state.apply_fn, _inference_params(state), x_train[idx], y_train[idx], pool,
+                                           s_key, search_config, constraints, aux, chains=state.buffer.rows(idx),
+                                           reset=config.buffer_reset, search=search, protect=config.protect)
+        buffer = state.buffer.update(idx, chains)
+    else:
+        cf = _training_batch(config, mesh)(state.apply_fn, _inference_params(state), x_train[idx], y_train[idx],
+                                           pool, s_key, config.search, constraints, aux)
+    return jax.tree.map(lambda a: a.reshape((n_batches, m) + a.shape[1:]), cf), buffer
 
 
 def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None = None, aux=None,
@@ -470,8 +558,10 @@ def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None =
             body = lambda s, b: ct_step(s, {"x": b[0], "y": b[1], "pool": pool}, b[2])
             return jax.lax.scan(body, state, (xs, ys, keys))
         # One search for the whole epoch on the parameters as they stand at its start (reference schedule).
-        cfs = jax.tree.map(constrain, epoch_counterfactuals(state, x_train, y_train, pool, cf_key, config, nb,
-                                                            constraints, aux, mesh=mesh))
+        cfs, buffer = epoch_search(state, x_train, y_train, pool, cf_key, config, nb, constraints, aux, mesh=mesh)
+        cfs = jax.tree.map(constrain, cfs)
+        if buffer is not None:  # the chains' new state, kept for the next epoch's searches
+            state = state.replace(buffer=buffer)
         body = lambda s, b: ct_step(s, {"x": b[0], "y": b[1], "cf": b[2]})
         return jax.lax.scan(body, state, (xs, ys, cfs))
 
@@ -518,6 +608,13 @@ def _prepare_run(state: TrainState, dataset, config: TrainConfig, constraints):
         if config.ce_per_batch is None:
             config = config.replace(ce_per_batch=math.ceil(config.n_ce / n_batches))
     return config, constraints, positive_pool(dataset.x_train, dataset.y_train, dataset.num_classes)
+
+
+def _check_buffer(state: TrainState, dataset, config: TrainConfig) -> None:
+    """Raises a ValueError if a persistent run's buffer does not hold one chain per training sample."""
+    if config.persistent and tuple(state.buffer.x.shape[-2:]) != tuple(np.shape(dataset.x_train)):
+        raise ValueError(f"the state's buffer holds chains of shape {tuple(state.buffer.x.shape[-2:])} for training "
+                         f"inputs of shape {np.shape(dataset.x_train)}; build it with with_buffer(state, x_train)")
 
 
 def _device_splits(dataset) -> dict[str, tuple[jax.Array, jax.Array]]:
@@ -584,6 +681,9 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     from ctrain import checkpoint
 
     config, constraints, pool = _prepare_run(state, dataset, config, constraints)
+    if config.persistent and state.buffer is None:
+        state = with_buffer(state, dataset.x_train)
+    _check_buffer(state, dataset, config)
     key = jax.random.key(config.seed)
 
     start_epoch, history = 0, []
@@ -769,6 +869,9 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
             max_runs_per_program, (int, np.integer)) or max_runs_per_program < 1):
         raise ValueError(f"max_runs_per_program must be an integer >= 1 or None, got {max_runs_per_program!r}")
     config, constraints, pool = _prepare_run(states, dataset, config, constraints)
+    if config.persistent and states.buffer is None:
+        states = with_buffer(states, dataset.x_train)  # each run its own chains, on the leading run axis
+    _check_buffer(states, dataset, config)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     splits = _device_splits(dataset)
     x_dev, y_dev = splits["train"]

@@ -5,7 +5,9 @@
 Runs: CT vs vanilla step time against the work-counting prediction (train_step), counterfactual
 search throughput vmapped vs per-sample loop (search_throughput), compiled epoch times and full
 100-epoch CT runs per dataset plus K vmapped runs vs K sequential ones (training), peak memory of
-IP / MMD² scoring (metrics_memory), and optionally the wall time of the default reproduce run.
+IP / MMD² scoring (metrics_memory), what CT costs against BL and what its cheaper options (the persistent
+counterfactual buffer) give up (ct_cost: its --quick smoke run with --quick, the full run only with
+--with-ct-cost, hours on a CPU), and optionally the wall time of the default reproduce run.
 Figures are median [min–max] over repeats; nothing is asserted. On a GPU or TPU, run
 `python -m experiments.benchmarks.device_check` instead: the figures that matter there, in under 8 minutes.
 """
@@ -17,13 +19,15 @@ import subprocess
 import sys
 import time
 
-from experiments.benchmarks import search_throughput, train_step, training
+from experiments.benchmarks import ct_cost, search_throughput, train_step, training
 from experiments.benchmarks.common import machine, write_json
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and datasets (a smoke run)")
+    parser.add_argument("--with-ct-cost", action="store_true",
+                        help="also run the full ct_cost benchmark (4 datasets x 5 seeds; hours on a CPU)")
     parser.add_argument("--with-reproduce", action="store_true", help="also time `python -m experiments.reproduce`")
     parser.add_argument("--json", default=os.path.join("results", "benchmarks.json"))
     args = parser.parse_args(argv)
@@ -45,6 +49,9 @@ def main(argv=None) -> dict:
                          capture_output=True, text=True)
     print(mem.stdout[-2000:])
     out["metrics_memory_stdout"] = mem.stdout
+    if args.quick or args.with_ct_cost:
+        print("\n## What CT costs, and its cheaper options (ct_cost)")
+        out["ct_cost"] = ct_cost.main(["--quick"] if args.quick and not args.with_ct_cost else [])
     if args.with_reproduce:
         print("\n## Default reproduce run")
         t0 = time.perf_counter()

@@ -1,0 +1,193 @@
+"""What counterfactual training costs, and what its cheaper options give up: per dataset and training variant.
+
+    python -m experiments.benchmarks.ct_cost [--datasets circles moons adult mnist_5k] [--seeds 0 1 2 3 4]
+    python -m experiments.benchmarks.ct_cost --quick --json results/ct_cost_quick.json   # about 2 min, 2-core CPU
+
+CT's price is its search: every epoch searches n_ce counterfactuals of up to T forward-backward steps each.
+Per dataset, BL and one CT model per variant are trained on the same seeds and initial weights (all seeds as one
+vmapped program, `experiments.pipeline.train_seeds`; plausibility runs: every feature mutable). Variants:
+  default     the library's defaults: the training search `SearchConfig()` (ctrain.search.TRAINING_SEARCH) at the
+              dataset's τ, the dataset's paper settings otherwise (n_ce, batch size, epochs, λ's);
+  paper       the paper's settings, `experiments.configs.get_config(name).train` (the reference's search);
+  persistent  default + `train.persistent=true`: persistent counterfactual chains (TrainConfig.persistent,
+              buffer_reset 0.05), the warm start that makes later epochs' searches short;
+  capped      persistent + `train.chain_steps=10`: every chain searches at most 10 steps per epoch (a third of
+              T = 30) and goes on from there in a later epoch. The batched search loops until its slowest row
+              stops, so warm starts alone shorten an epoch only when every chain is short; the cap always does.
+Measured per variant:
+  CT/BL epoch   steady-state epoch time ratio: median epoch time after the first (the fit history's `time_s`) of
+                CT over BL's;
+  wall s        the whole training run of all seeds (one vmapped program, compilation included);
+  IP −%, IP* −% reductions against BL under the paper's protocol (`pipeline.protocol_config(config, seed=s)`,
+                `ctrain.evaluate.evaluate_explainability`), mean over seeds [99% Student-t interval over seeds]
+                (`ctrain.evaluate.compare_seeds`); * = the interval excludes 0;
+  cost Δ        on datasets with protected features: the variant retrained with them protected (the actionability
+                runs) against BL, cost difference (variant − BL) under the actionability protocol, same interval;
+  mature, steps share of training counterfactuals that reached τ and their mean search steps, mean over all CT
+                epochs and seeds; warm: share of searches that continued a chain (persistent only).
+
+Decision rule (issue 26). A cheaper option becomes the library default only if its IP and IP* reductions stay
+within the default's seed-level interval on every dataset of this benchmark (circles, moons, adult, mnist_5k, ≥ 5
+seeds, the paper's protocol); otherwise it stays an option. The full run has NOT been made yet (no CPU for it when
+the buffer was added): `TrainConfig.persistent` therefore stays False (and `chain_steps` None) until it is.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from ctrain.evaluate import compare_seeds, evaluate_explainability
+from ctrain.search import TRAINING_SEARCH
+from experiments import pipeline
+from experiments.benchmarks.common import write_json
+from experiments.configs import get_config, override, replace_path
+from experiments.results_md import interval_text
+
+DATASETS = ("circles", "moons", "adult", "mnist_5k")
+VARIANTS = ("default", "paper", "persistent", "capped")
+CHAIN_STEPS = 10  # the capped variant's search steps per chain and epoch
+QUICK = dict(datasets=["circles"], seeds=[0, 1], epochs=4, rounds=2, individuals=20)
+
+
+def variant_config(name: str, config):
+    """Returns the ExperimentConfig of training variant `name` for a dataset's paper config."""
+    if name == "paper":
+        return config
+    search = TRAINING_SEARCH.replace(threshold=config.train.search.threshold)
+    default = config.replace(train=config.train.replace(search=search))
+    if name == "default":
+        return default
+    if name == "persistent":
+        return override(default, ["train.persistent=true"])
+    if name == "capped":
+        return override(default, ["train.persistent=true", f"train.chain_steps={CHAIN_STEPS}"])
+    raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
+
+
+def _epoch_median(histories: list[list[dict]]) -> float:
+    """Returns the median epoch time after the first over all seeds' histories (fit_many's per-run share)."""
+    times = [h["time_s"] for run in histories for h in run[1:]] or [h["time_s"] for run in histories for h in run]
+    return float(statistics.median(times))
+
+
+def _mean_log(histories, key: str) -> float | None:
+    values = [h[key] for run in histories for h in run if key in h]
+    return float(np.mean(values)) if values else None
+
+
+def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds: int | None = None,
+                individuals: int | None = None, progress: bool = False) -> list[dict]:
+    """Returns one row per variant of dataset `name`: its cost against BL and its reductions against BL."""
+    config = replace_path(get_config(name), "seeds", tuple(seeds))
+    for path, value in (("train.epochs", epochs), ("protocol.n_rounds", rounds),
+                        ("protocol.n_individuals", individuals)):
+        if value is not None:
+            config = replace_path(config, path, value)
+    loaded = pipeline.load_data(config)
+    data = pipeline.free_schema(loaded)
+    protected = pipeline.protected_names(config, loaded)
+    data_protected = data.with_mutability(**{p: "immutable" for p in protected})
+
+    bl, bl_hist, bl_wall = pipeline.train_seeds(config, data, "vanilla", progress=progress)
+    bl_epoch = _epoch_median(bl_hist)
+    trained, histories, walls, trained_mut = {}, {}, {}, {}
+    for v in variants:
+        vc = variant_config(v, config)
+        trained[v], histories[v], walls[v] = pipeline.train_seeds(vc, data, "full", progress=progress)
+        if protected:
+            trained_mut[v] = pipeline.train_seeds(vc, data_protected, "full", mutability=True, progress=progress)[0]
+
+    plaus = []
+    cost = {v: [] for v in trained_mut}
+    for i, seed in enumerate(config.seeds):
+        models = {"BL": bl[i], **{v: trained[v][i] for v in variants}}
+        plaus.append(evaluate_explainability(models, data.x_test, data.y_test, num_classes=data.num_classes,
+                                             protocol=pipeline.protocol_config(config, seed=seed),
+                                             constraints=data.constraints())["summary"])
+        for v in trained_mut:
+            res = evaluate_explainability({"BL": bl[i], v: trained_mut[v][i]}, data.x_test, data.y_test,
+                                          num_classes=data.num_classes,
+                                          protocol=pipeline.protocol_config(config, seed=seed, actionability=True),
+                                          constraints=data_protected.constraints())
+            cost[v].append(res["summary"])
+    rows = []
+    for v in variants:
+        ct_epoch = _epoch_median(histories[v])
+        cost_cmp = compare_seeds(cost[v], "cost", treatment=v)["difference"] if v in cost else None
+        rows.append(pipeline.json_safe({
+            "dataset": name, "variant": v, "seeds": list(config.seeds), "epochs": config.train.epochs,
+            "ct_epoch_s": ct_epoch, "bl_epoch_s": bl_epoch, "epoch_ratio": ct_epoch / bl_epoch,
+            "wall_s": walls[v], "bl_wall_s": bl_wall,
+            "ip": compare_seeds(plaus, "ip", treatment=v)["reduction"],
+            "ip_star": compare_seeds(plaus, "ip_star", treatment=v)["reduction"],
+            "cost_protected": cost_cmp, "protected": list(protected),
+            "mature": _mean_log(histories[v], "converged"), "steps": _mean_log(histories[v], "search_steps"),
+            "warm": _mean_log(histories[v], "warm"),
+            "accuracy": [run[-1]["test_accuracy"] for run in histories[v]],
+            "bl_accuracy": [run[-1]["test_accuracy"] for run in bl_hist]}))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Returns the markdown table of the rows."""
+    show = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
+    lines = ["| dataset | variant | seeds | CT/BL epoch | wall s | IP −% | IP* −% | cost Δ protected | mature | steps "
+             "| warm |", "|" + "---|" * 11]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['variant']} | {len(r['seeds'])} | {r['epoch_ratio']:.1f} "
+                     f"| {r['wall_s']:.1f} | {interval_text(r['ip'])} | {interval_text(r['ip_star'])} "
+                     f"| {'–' if r['cost_protected'] is None else interval_text(r['cost_protected'], 3)} "
+                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r['warm'])} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run: {QUICK['datasets']}, seeds {QUICK['seeds']}, {QUICK['epochs']} epochs, "
+                             f"{QUICK['rounds']} protocol rounds of {QUICK['individuals']} individuals")
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default 0 1 2 3 4)")
+    parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the config's)")
+    parser.add_argument("--rounds", type=int, default=None, help="override protocol.n_rounds")
+    parser.add_argument("--individuals", type=int, default=None, help="override protocol.n_individuals")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    quick = QUICK if args.quick else dict(datasets=list(DATASETS), seeds=[0, 1, 2, 3, 4], epochs=None, rounds=None,
+                                          individuals=None)
+    datasets = args.datasets or quick["datasets"]
+    seeds = args.seeds or quick["seeds"]
+    pipeline.check_distinct("--datasets", datasets)
+    pipeline.check_distinct("--variants", args.variants)
+    pipeline.check_distinct("--seeds", seeds)
+    if "default" not in args.variants:
+        parser.error("--variants must include 'default': the decision rule compares the others against it")
+    settings = {"datasets": datasets, "variants": args.variants, "seeds": seeds,
+                **{k: getattr(args, k) if getattr(args, k) is not None else quick[k]
+                   for k in ("epochs", "rounds", "individuals")}}
+    t0 = time.perf_counter()
+    rows = []
+    for name in datasets:
+        rows += run_dataset(name, args.variants, seeds, epochs=settings["epochs"], rounds=settings["rounds"],
+                            individuals=settings["individuals"], progress=args.progress)
+        print(f"{name}: done after {time.perf_counter() - t0:.0f} s", flush=True)
+    print()
+    print(table(rows))
+    print("\nCT/BL epoch: median epoch time after the first, CT over BL; wall s: all seeds' training (one program, "
+          "compile included); IP / IP* −%: reduction against BL, mean over seeds [99% interval over seeds], * "
+          "excludes 0; cost Δ: protected-feature runs, cost − BL's; mature / steps / warm: training searches, mean "
+          "over epochs and seeds.")
+    out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0}
+    write_json(args.json, out)
+    if args.json:
+        print(f"\nwritten: {args.json}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -136,7 +136,7 @@ def pool_rounds(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
 
 
 def load_data(config: ExperimentConfig) -> Dataset:
-    """Returns the config's dataset, loaded with its dataset_kwargs and checked against the config (`check_run`)."""
+    """Returns the config's dataset, loaded with its data.kwargs and checked against the config (`check_run`)."""
     data = load_dataset(config.data.name, **dict(config.data.kwargs))
     check_run(config, data)
     return data

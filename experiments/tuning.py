@@ -493,7 +493,7 @@ def grid_markdown(grid: str, rows: list[dict]) -> str:
     lines = [f"Grid `{grid}`: {len(rows)} CT configurations ({GRIDS[grid].about if grid in GRIDS else ''}); "
              "reductions vs the BL of the same seeds and settings (positive = CT better): mean over seeds [99% Student-t "
              "interval over seeds], * = it excludes 0 (grid.csv keeps the paper's round s.e. beside it), "
-             "scored by the tuning protocol (factuals from the training data; eval_* settings in grid.csv).", "",
+             "scored by the tuning protocol (factuals from the training data; protocol.* settings in grid.csv).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     notes: list[str] = []
     for r in sorted(rows, key=lambda r: (r["dataset"], *[_sort_key(r.get(k)) for k in varying])):

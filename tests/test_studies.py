@@ -161,3 +161,29 @@ def test_tables_only_rebuilds_a_studys_tables_from_its_stored_rows_without_train
     assert json.loads((tmp_path / "summary.json").read_text())["d/parity/CT"]["draws"] == 2
     with pytest.raises(FileNotFoundError, match="no rows folder"):
         training_search.main(["--out", str(tmp_path / "none"), "--tables-only"])
+
+
+def test_grid_study_picks_the_best_rows_and_finds_the_papers_choice(tmp_path):
+    from experiments.studies.grids import study as grids
+    folder = tmp_path / "tuning"
+    folder.mkdir()
+    fields = ["dataset", "group", "config", "train.search.threshold", "weights.reg", "ip_reduction_pct", "ip_low",
+              "ip_high", "ip_significant", "ip_star_reduction_pct", "ip_star_low", "ip_star_high",
+              "ip_star_significant", "cost_reduction_pct", "cost_low", "cost_high", "cost_significant", "mature",
+              "search_steps", "skipped_updates"]
+    rows = [("moons", 0.9, 0.25, 10.0, 20.0), ("moons", 0.5, 0.1, 30.0, 5.0), ("moons", 0.75, 0.5, 20.0, 40.0)]
+    lines = [",".join(fields)]
+    for name, tau, reg, ip, ip_star in rows:
+        lines.append(f"{name},g,c,{tau},{reg},{ip},{ip - 5},{ip + 5},True,{ip_star},{ip_star - 50},{ip_star + 50},"
+                     f"False,1.0,0.0,2.0,False,0.9,3.0,0")
+    (folder / "grid.csv").write_text("\n".join(lines) + "\n")
+    (folder / "grid.md").write_text("grid table\n")
+    summary = grids.main(["--out", str(tmp_path), "--grids", "tuning", "--dest", str(tmp_path)])
+    moons = summary["tuning"]["datasets"]["moons"]
+    assert moons["paper_choice"] == {"train.search.threshold": 0.9, "weights.reg": 0.25}  # moons' own config
+    assert moons["best"]["ip"]["train.search.threshold"] == 0.5
+    assert moons["best"]["ip_star"]["weights.reg"] == 0.5
+    assert moons["paper_row"]["ip_reduction_pct"] == 10.0
+    table = (tmp_path / "tables.md").read_text()
+    assert "| moons | best IP | 0.5 | 0.1 | 30.0 [25.0, 35.0]* | 5.0 [-45.0, 55.0] |" in table  # False → no mark
+    assert (tmp_path / "grid_tuning.md").read_text() == "grid table\n"

@@ -22,6 +22,11 @@ from experiments.configs import get_config, get_path
 from experiments.tuning import GRIDS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The columns of grid.csv that the study reports (besides the grid's axes).
+SHOWN = tuple(f"{m}_{part}" for m in ("ip", "ip_star", "cost") for part in ("reduction_pct", "low", "high",
+                                                                          "significant")) \
+    + ("validity_ct", "validity_bl", "accuracy_ct", "accuracy_bl", "mature", "search_steps", "skipped_updates",
+       "n_seeds")
 
 
 def read_rows(out: str, grid: str) -> list[dict]:
@@ -87,8 +92,10 @@ def summarise(out: str, grids) -> dict:
             paper = [r for r in mine if all(_same(r.get(p), v) for p, v in choice.items())]
             best = {m: max((r for r in mine if r.get(f"{m}_reduction_pct") is not None),
                            key=lambda r, m=m: r[f"{m}_reduction_pct"], default=None) for m in ("ip", "ip_star")}
-            per_dataset[dataset] = {"axes": axes, "paper_choice": choice, "paper_row": paper[0] if paper else None,
-                                    "best": best, "n_configs": len(mine)}
+            keep = lambda row: None if row is None else {k: v for k, v in row.items() if k in axes or k in SHOWN}
+            per_dataset[dataset] = {"axes": axes, "paper_choice": choice,
+                                    "paper_row": keep(paper[0] if paper else None),
+                                    "best": {m: keep(r) for m, r in best.items()}, "n_configs": len(mine)}
         summary[grid] = {"seconds": grid_seconds(out, grid), "datasets": per_dataset}
     return summary
 
@@ -103,7 +110,8 @@ def tables(summary: dict) -> str:
                   "| dataset | row | " + " | ".join(entry_axes(entry)) + " | IP −% | IP* −% | cost −% "
                   "| mature / steps / skipped |", "|" + "---|" * (len(entry_axes(entry)) + 6)]
         for dataset, d in entry["datasets"].items():
-            shown = [("best IP", d["best"]["ip"]), ("best IP*", d["best"]["ip_star"]), ("paper's choice", d["paper_row"])]
+            shown = [("best IP", d["best"]["ip"]), ("best IP*", d["best"]["ip_star"]),
+                     ("paper's choice", d["paper_row"])]
             for name, row in shown:
                 if row is None:
                     values = [str(d["paper_choice"][p]) for p in d["axes"]]

@@ -263,8 +263,8 @@ def make_headline(all_results: list[dict]) -> str:
 
 def write_readme_headline(path: str, headline: str, meta: dict) -> None:
     """Rewrites the README's <!-- headline --> section with the headline table and the command that made it."""
-    command = meta.get("tables_command") or meta["command"]
-    text = (f"{headline}\n\nMade by `{command}` at commit `{meta['git_commit'][:10]}`"
+    tables = f" (tables by `{meta['tables_command']}`)" if meta.get("tables_command") else ""
+    text = (f"{headline}\n\nMade by `{meta['command']}`{tables} at commit `{meta['git_commit'][:10]}`"
             f"{' (with uncommitted changes)' if meta.get('git_dirty') else ''} on {meta['started'][:10]}, "
             f"{meta['cpu_count']} CPUs ({meta['device']}).")
     body = open(path).read()
@@ -298,6 +298,9 @@ def make_table(all_results: list[dict]) -> str:
     lines.append(REDUCTION_TEXT + " The paper's columns are its own: its ± and * come from one trained model's "
                  "bootstrap rounds. " + (PAPER_AVERAGE_TEXT.format(**paper_all_rows_average()) + " " if rows else "")
                  + HEALTH_TEXT)
+    verdict = cost_verdict(all_results)
+    if verdict:
+        lines += ["", verdict]
     return _with_notes(lines, notes)
 
 
@@ -340,6 +343,28 @@ def make_ig_table(all_results: list[dict]) -> str:
               "[99% Student-t interval over seeds]; * = it excludes 0. CT is the model trained with the protected "
               "features immutable (CT_mut), as in the reference. " + HEALTH_SHORT, "", table2_verdict(all_results)]
     return _with_notes(lines, notes)
+
+
+def cost_verdict(all_results: list[dict]) -> str:
+    """Returns a sentence saying on which rows CT_mut's cost with protected features is lower than BL's over seeds."""
+    lower, higher, unclear = [], [], []
+    for res in all_results:
+        stat = ((res["comparisons"].get("CT", {}).get("cost_protected") or {}).get("seeds") or {}).get("reduction") or {}
+        if not _finite(stat.get("mean")):
+            continue
+        label = res.get("label", res["dataset"])
+        if stat.get("significant"):
+            (lower if stat["mean"] > 0 else higher).append(label)
+        else:
+            unclear.append(label)
+    if not (lower or higher or unclear):
+        return ""
+    name = lambda rows: ", ".join(rows) if rows else "no row"
+    return (f"Against the paper's actionability claim (CT's counterfactuals cost less than BL's with the protected "
+            f"features immutable), over seeds: CT costs less on {name(lower)}, more on {name(higher)}, and is not "
+            f"distinguishable on {name(unclear)}. Why the direction depends on the data's geometry, the energy "
+            "regulariser and the training search: experiments/studies/actionability/README.md (and "
+            "tests/test_proposition.py for Proposition 3.1's known answers).")
 
 
 def table2_verdict(all_results: list[dict]) -> str:
@@ -551,8 +576,55 @@ def make_baselines_table(all_results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def all_tables(results: list[dict], *, ablation: bool, figure1: dict | None = None) -> str:
-    """Returns every table of the run as one markdown text (Table 1, 2, 7, 8a, robustness, ablation, Figure 1's numbers)."""
+def baselines_conclusion(all_results: list[dict]) -> str:
+    """Returns, per baseline and metric, on how many rows CT is better, worse or not distinguishable over seeds."""
+    counts: dict[str, dict[str, list[int]]] = {}
+    for res in all_results:
+        for baseline, cmps in (res.get("versus") or {}).items():
+            for metric in ("ip", "ip_star", "cost", "validity"):
+                verdict = _verdict(cmps.get(metric), metric)
+                tally = counts.setdefault(baseline, {}).setdefault(metric, [0, 0, 0])
+                tally[0 if verdict == "CT better" else 1 if verdict == "CT worse" else 2] += 1
+    lines = []
+    for baseline, per_metric in counts.items():
+        parts = [f"{_METRIC_NAMES[m]} better on {b}, worse on {w}, not distinguishable on {n}"
+                 for m, (b, w, n) in per_metric.items()]
+        lines.append(f"- CT against {baseline}, over {sum(next(iter(per_metric.values())))} rows: " + "; ".join(parts)
+                     + ".")
+    return "\n".join(lines)
+
+
+BASELINES_STUDY = ("experiments", "studies", "baselines", "README.md")
+
+
+def write_baselines_study(results_md: str, results: list[dict], meta: dict) -> str | None:
+    """Returns the path of the baselines study (beside RESULTS.md's folder) after writing it, or None without baselines.
+
+    The baselines are beyond the paper, so they live in their own study file, not in RESULTS.md: its conclusion
+    (counts of rows where CT is better / worse over seeds), the command, then the table and one sentence per row.
+    """
+    versus = make_baselines_table(results)
+    if not versus:
+        return None
+    path = os.path.join(os.path.dirname(results_md) or ".", *BASELINES_STUDY)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    body = ["# Baselines beyond the paper: PGD adversarial training and JEM-style training", "",
+            "Generated by `experiments/reproduce.py --baselines` with RESULTS.md; do not edit by hand.", "",
+            "## Conclusion", "", "Verdicts are drawn from the 99% interval over training seeds of each row's CT − "
+            "baseline difference (lower IP, IP*, cost or higher validity is better for CT):", "",
+            baselines_conclusion(results), "",
+            "## How to run", "", f"`{meta['command']}`"
+            + (f" (tables rebuilt by `{meta['tables_command']}`)" if meta.get("tables_command") else "")
+            + f" at commit `{meta['git_commit'][:10]}`{' (with uncommitted changes)' if meta.get('git_dirty') else ''}"
+            f", {meta['cpu_count']} CPUs ({meta['device']}).", "", "## Tables", "", versus, ""]
+    with open(path, "w") as f:
+        f.write("\n".join(body))
+    return path
+
+
+def all_tables(results: list[dict], *, ablation: bool, figure1: dict | None = None, baselines: bool = True) -> str:
+    """Returns every table of the run as one markdown text (Table 1, 2, 7, 8a, robustness, ablation, Figure 1's numbers,
+    and with `baselines` the comparison with PGD-AT and JEM, which RESULTS.md leaves to its own study file)."""
     parts = ["## Table 1: plausibility, actionability, validity, accuracy", "", make_table(results)]
     if any(r.get("ig") for r in results):
         parts += ["", "## Table 2: sensitivity to the protected features (integrated gradients)", "",
@@ -564,7 +636,7 @@ def all_tables(results: list[dict], *, ablation: bool, figure1: dict | None = No
         parts += ["", "## Robust accuracy over seeds (paper Fig. 4)", "", robust]
     if ablation:
         parts += ["", "## Ablation (paper Fig. 5)", "", make_ablation_table(results)]
-    versus = make_baselines_table(results)
+    versus = make_baselines_table(results) if baselines else ""
     if versus:
         parts += ["", "## Baselines beyond the paper: PGD adversarial training and JEM-style training", "", versus]
     if figure1:
@@ -718,7 +790,7 @@ def main(argv=None) -> list[dict]:
     if skipped:
         print("\nSkipped (data not available): " + ", ".join(sorted(skipped)))
     if args.results_md:
-        write_results_md(args.results_md, table, meta, results,
+        write_results_md(args.results_md, meta, results,
                          sensitivity=dataclasses.asdict(plan[0][0].sensitivity) if plan else None)
     if args.readme:
         write_readme_headline(args.readme, make_headline(results), meta)
@@ -752,7 +824,7 @@ def rebuild_tables(out: str, results_md: str | None = None, readme: str | None =
                 sensitivity = _read_json(path).get("sensitivity")
         meta = {**meta, "tables_command": "python -m experiments.reproduce --tables-only --out "
                                           f"{shlex.quote(out)} --results-md {shlex.quote(results_md)}"}
-        write_results_md(results_md, table, meta, results, sensitivity=sensitivity)
+        write_results_md(results_md, meta, results, sensitivity=sensitivity)
     if readme:
         meta = {**meta, "tables_command": "python -m experiments.reproduce --tables-only --out "
                                           f"{shlex.quote(out)} --readme {shlex.quote(readme)}"}
@@ -836,7 +908,7 @@ def merge_metadata(earlier: dict | None, meta: dict, replaced=(), ran=()) -> dic
 
 
 def agreement_lines(results: list[dict]) -> list[str]:
-    """Returns one line per run saying, for IP, IP* and cost, whether our reduction has the paper's sign."""
+    """Returns one line per run saying, for IP, IP* and cost, whether our reduction over seeds has the paper's sign."""
     lines = []
     for res in results:
         d, label = res["dataset"], res.get("label", res["dataset"])
@@ -846,16 +918,21 @@ def agreement_lines(results: list[dict]) -> list[str]:
             continue
         parts = []
         for column, (metric, name) in enumerate((("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost"))):
-            ours = res["comparisons"].get("CT", {}).get(metric) or {}
+            cmp = res["comparisons"].get("CT", {}).get(metric) or {}
+            ours = (cmp.get("seeds") or {}).get("reduction") or {}
             paper_value, paper_sig = paper_results.TABLE1[row][column]
-            if not _finite(ours.get("reduction_pct")):
-                parts.append(f"{name} n/a — {ours.get('note') or 'not computed'}")
+            paper_text = "paper significant" if paper_sig else "paper not significant"
+            if not _finite(ours.get("mean")):
+                parts.append(f"{name} n/a — {ours.get('note') or cmp.get('note') or 'not computed'}")
                 continue
-            same = (ours["reduction_pct"] > 0) == (paper_value > 0)
-            verdict = "same direction" if same else "opposite direction"
-            sig = "significant" if ours["significant"] else "not significant"
-            parts.append(f"{name} {verdict} ({ours['reduction_pct']:.1f}% vs {paper_value:.1f}%, ours {sig}"
-                         f"{', paper significant' if paper_sig else ', paper not significant'})")
+            if not ours.get("significant"):
+                # Over seeds the sign is not established, so no direction is claimed either way.
+                parts.append(f"{name} not distinguishable from 0 over seeds ({interval_text(ours)}% vs "
+                             f"{paper_value:.1f}%, {paper_text})")
+                continue
+            same = (ours["mean"] > 0) == (paper_value > 0)
+            parts.append(f"{name} {'same' if same else 'opposite'} direction ({interval_text(ours)}% vs "
+                         f"{paper_value:.1f}%, {paper_text})")
         versus = f" (vs the paper's {row} row)" if row != d else ""
         health = [k for k in res.get("mechanism", {}) if _health(res, k)[0] is not None]
         conv_text = ", ".join(f"{k} {_health(res, k)[0]:.2f}" + (f" ({_health(res, k)[1]:.1f} search steps)"
@@ -912,11 +989,19 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
     return lines
 
 
-def write_results_md(path: str, table: str, meta: dict, results: list[dict], sensitivity: dict | None = None) -> None:
+def write_results_md(path: str, meta: dict, results: list[dict], sensitivity: dict | None = None) -> None:
     """Writes RESULTS.md: the tables beside the paper's, the figures, the command, commit, machine and the differences.
 
-    `sensitivity` is the runs' IG settings (ExperimentConfig.sensitivity as a dict), quoted in the notes.
+    `sensitivity` is the runs' IG settings (ExperimentConfig.sensitivity as a dict), quoted in the notes. The
+    baselines beyond the paper go to their own study file (`write_baselines_study`), linked from here.
     """
+    table = all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta.get("figure1"),
+                       baselines=False)
+    study = write_baselines_study(path, results, meta)
+    if study:
+        table += ("\n\n## Baselines beyond the paper\n\nPGD adversarial training and JEM-style training beside BL "
+                  f"and CT, with verdicts over seeds: [{os.path.relpath(study, os.path.dirname(path) or '.')}]"
+                  f"({os.path.relpath(study, os.path.dirname(path) or '.')}).")
     scales = sorted({str(r["mmd_length_scale"]) for r in results})
     ig = sensitivity or {}
     body = [

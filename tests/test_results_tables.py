@@ -112,3 +112,17 @@ def test_the_ablation_table_puts_the_papers_figure5_beside_ours():
 def test_plot_ablation_refuses_no_rows(tmp_path):
     with pytest.raises(ValueError, match="at least one dataset row"):
         plots.plot_ablation(tmp_path / "f.png", [])
+
+
+def test_cost_verdict_sorts_rows_by_the_sign_of_their_interval_over_seeds():
+    rows = [_result("circles", range(5), [10, 12, 11, 13, 12]), _result("moons", range(5), [-20, -22, -21, -19, -20]),
+            _result("overlapping", range(5), [-30, 40, -10, 25, 0])]
+    verdict = reproduce.cost_verdict(rows)
+    assert "costs less on circles, more on moons, and is not distinguishable on overlapping" in verdict
+
+
+def test_agreement_lines_claim_a_direction_only_when_the_interval_over_seeds_excludes_zero():
+    lines = reproduce.agreement_lines([_result("circles", range(5), [10, 12, 11, 13, 12]),
+                                       _result("moons", range(5), [-30, 40, -10, 25, 0])])
+    assert "IP same direction (11.6 [" in lines[0]
+    assert "IP not distinguishable from 0 over seeds" in lines[1] and "direction" not in lines[1].split(";")[0]

@@ -345,45 +345,45 @@ def make_ig_table(all_results: list[dict]) -> str:
     return _with_notes(lines, notes)
 
 
-def cost_verdict(all_results: list[dict]) -> str:
-    """Returns a sentence saying on which rows CT_mut's cost with protected features is lower than BL's over seeds."""
-    lower, higher, unclear = [], [], []
+def _rows_by_sign(all_results: list[dict], stat_of) -> tuple[list[str], list[str], list[str]]:
+    """Returns the labels of rows whose interval over seeds (`stat_of(res)`) lies below 0, above 0, or spans 0."""
+    below, above, spans = [], [], []
     for res in all_results:
-        stat = ((res["comparisons"].get("CT", {}).get("cost_protected") or {}).get("seeds") or {}).get("reduction") or {}
+        stat = stat_of(res) or {}
         if not _finite(stat.get("mean")):
             continue
         label = res.get("label", res["dataset"])
         if stat.get("significant"):
-            (lower if stat["mean"] > 0 else higher).append(label)
+            (below if stat["mean"] < 0 else above).append(label)
         else:
-            unclear.append(label)
-    if not (lower or higher or unclear):
+            spans.append(label)
+    return below, above, spans
+
+
+def _names(rows: list[str]) -> str:
+    return ", ".join(rows) if rows else "no row"
+
+
+def cost_verdict(all_results: list[dict]) -> str:
+    """Returns a sentence saying on which rows CT_mut's cost with protected features is lower than BL's over seeds."""
+    dearer, cheaper, unclear = _rows_by_sign(all_results, lambda res: (
+        (res["comparisons"].get("CT", {}).get("cost_protected") or {}).get("seeds") or {}).get("reduction"))
+    if not (dearer or cheaper or unclear):
         return ""
-    name = lambda rows: ", ".join(rows) if rows else "no row"
     return (f"Against the paper's actionability claim (CT's counterfactuals cost less than BL's with the protected "
-            f"features immutable), over seeds: CT costs less on {name(lower)}, more on {name(higher)}, and is not "
-            f"distinguishable on {name(unclear)}. Why the direction depends on the data's geometry, the energy "
+            f"features immutable), over seeds: CT costs less on {_names(cheaper)}, more on {_names(dearer)}, and is "
+            f"not distinguishable on {_names(unclear)}. Why the direction depends on the data's geometry, the energy "
             "regulariser and the training search: experiments/studies/actionability/README.md (and "
             "tests/test_proposition.py for Proposition 3.1's known answers).")
 
 
 def table2_verdict(all_results: list[dict]) -> str:
     """Returns a sentence saying on which rows CT is less sensitive to the protected features than BL, and why not."""
-    lower, higher, unclear = [], [], []
-    for res in all_results:
-        stat = res.get("ig_difference_over_seeds") or {}
-        if not _finite(stat.get("mean")):
-            continue
-        label = res.get("label", res["dataset"])
-        if stat.get("significant"):
-            (lower if stat["mean"] < 0 else higher).append(label)
-        else:
-            unclear.append(label)
+    lower, higher, unclear = _rows_by_sign(all_results, lambda res: res.get("ig_difference_over_seeds"))
     if not (lower or higher or unclear):
         return ""
-    name = lambda rows: ", ".join(rows) if rows else "no row"
-    return (f"Against Table 2's claim (CT less sensitive than BL), over seeds: CT is less sensitive on {name(lower)}, "
-            f"more sensitive on {name(higher)}, and not distinguishable on {name(unclear)}. Why the direction "
+    return (f"Against Table 2's claim (CT less sensitive than BL), over seeds: CT is less sensitive on {_names(lower)}, "
+            f"more sensitive on {_names(higher)}, and not distinguishable on {_names(unclear)}. Why the direction "
             "turns with the data's geometry and the training search: "
             "experiments/studies/actionability/README.md.")
 

@@ -925,7 +925,7 @@ def agreement_lines(results: list[dict]) -> list[str]:
             paper_value, paper_sig = paper_results.TABLE1[row][column]
             paper_text = "paper significant" if paper_sig else "paper not significant"
             if not _finite(ours.get("mean")):
-                parts.append(f"{name} n/a — {ours.get('note') or cmp.get('note') or 'not computed'}")
+                parts.append(f"{name} n/a — {cmp.get('note') or ours.get('note') or 'not computed'}")
                 continue
             if not ours.get("significant"):
                 # Over seeds the sign is not established, so no direction is claimed either way.

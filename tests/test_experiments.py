@@ -272,8 +272,15 @@ def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats
         curve = res["robustness"][model]["pgd"]
         assert row["PGD"] == f"{curve['mean'][-1]:.2f}±{curve['std'][-1]:.2f}"
     text = md.read_text()
+    # The baselines are beyond the paper: RESULTS.md links their own study file, which holds the verdicts.
+    study = tmp_path / "experiments" / "studies" / "baselines" / "README.md"
+    assert "(experiments/studies/baselines/README.md)" in text and "CT vs PGD-AT**" not in text
+    verdicts = study.read_text()
+    assert verdicts.index("## Conclusion") < verdicts.index("## How to run") < verdicts.index("## Tables")
+    assert "- CT against PGD-AT, over 1 rows:" in verdicts
     for baseline in ("PGD-AT", "JEM"):
-        sentence = next(line for line in text.splitlines() if f"linearly_separable, CT vs {baseline}**" in line)
+        sentence = next(line for line in verdicts.splitlines()
+                        if f"linearly_separable, CT vs {baseline}**" in line)
         assert ("CT beats" in sentence or "CT does not beat" in sentence) and "IP*" in sentence
         for metric, name in (("ip", "IP"), ("validity", "validity")):
             diff = res["versus"][baseline][metric]["seeds"]["difference"]

@@ -214,13 +214,12 @@ def paper_rows(all_results: list[dict]) -> list[dict]:
 
 def _average_line(rows: list[dict], n_columns: int) -> str:
     """Returns Table 1's "Avg." row over the paper rows run: ours over seeds beside the paper's over the same rows."""
+    stats = {metric: average_over_rows(rows, metric) for metric, _, _ in REDUCTIONS}
     cells = []
     for metric, _, column in REDUCTIONS:
-        stat = average_over_rows(rows, metric)
         paper = paper_average(rows, column)
-        cells += [interval_text(stat), "–" if paper is None else f"{paper:.2f}"]
-    seeds = average_over_rows(rows, "ip")["seeds"]
-    return (f"| Avg. over the {len(rows)} paper rows above | {len(seeds)} | " + " | ".join(cells)
+        cells += [interval_text(stats[metric]), "–" if paper is None else f"{paper:.2f}"]
+    return (f"| Avg. over the {len(rows)} paper rows above | {len(stats['ip']['seeds'])} | " + " | ".join(cells)
             + " |" + " |" * (n_columns - 8))
 
 

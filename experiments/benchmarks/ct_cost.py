@@ -13,7 +13,9 @@ vmapped program, `experiments.pipeline.train_seeds`; plausibility runs: every fe
               buffer_reset 0.05), the warm start that makes later epochs' searches short;
   capped      persistent + `train.chain_steps=10`: every chain searches at most 10 steps per epoch (a third of
               T = 30) and goes on from there in a later epoch. The batched search loops until its slowest row
-              stops, so warm starts alone shorten an epoch only when every chain is short; the cap always does.
+              stops, so warm starts alone shorten an epoch only when every chain is short; the cap always does;
+  fewer       default + `train.n_ce` divided by FEWER (4): a quarter of the counterfactuals per epoch, each searched
+              in full, so the search's share of an epoch falls about fourfold (the lever of a smaller n_ce per step).
 Measured per variant:
   CT/BL epoch   steady-state epoch time ratio: median epoch time after the first (the fit history's `time_s`) of
                 CT over BL's;
@@ -24,12 +26,14 @@ Measured per variant:
   cost Δ        on datasets with protected features: the variant retrained with them protected (the actionability
                 runs) against BL, cost difference (variant − BL) under the actionability protocol, same interval;
   mature, steps share of training counterfactuals that reached τ and their mean search steps, mean over all CT
-                epochs and seeds; warm: share of searches that continued a chain (persistent only).
+                epochs and seeds; warm: share of searches that continued a chain (persistent only);
+  skipped       updates skipped for a non-finite loss or gradient, summed over the run and seeds
+                (`pipeline.skipped_updates`).
 
 Decision rule (issue 26). A cheaper option becomes the library default only if its IP and IP* reductions stay
 within the default's seed-level interval on every dataset of this benchmark (circles, moons, adult, mnist_5k, ≥ 5
-seeds, the paper's protocol); otherwise it stays an option. The full run has NOT been made yet (no CPU for it when
-the buffer was added): `TrainConfig.persistent` therefore stays False (and `chain_steps` None) until it is.
+seeds, the paper's protocol); otherwise it stays an option. docs/performance.md holds the measured run and its
+verdict: no option passed, so `TrainConfig.persistent` stays False, `chain_steps` None and n_ce the paper's.
 """
 from __future__ import annotations
 
@@ -47,8 +51,9 @@ from experiments.configs import get_config, override, replace_path
 from experiments.results_md import interval_text
 
 DATASETS = ("circles", "moons", "adult", "mnist_5k")
-VARIANTS = ("default", "paper", "persistent", "capped")
+VARIANTS = ("default", "paper", "persistent", "capped", "fewer")
 CHAIN_STEPS = 10  # the capped variant's search steps per chain and epoch
+FEWER = 4  # the fewer variant divides the dataset's n_ce by this
 QUICK = dict(datasets=["circles"], seeds=[0, 1], epochs=4, rounds=2, individuals=20)
 
 
@@ -64,6 +69,8 @@ def variant_config(name: str, config):
         return override(default, ["train.persistent=true"])
     if name == "capped":
         return override(default, ["train.persistent=true", f"train.chain_steps={CHAIN_STEPS}"])
+    if name == "fewer":
+        return replace_path(default, "train.n_ce", max(1, config.train.n_ce // FEWER))
     raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
 
 
@@ -125,7 +132,8 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
             "ip_star": compare_seeds(plaus, "ip_star", treatment=v)["reduction"],
             "cost_protected": cost_cmp, "protected": list(protected),
             "mature": _mean_log(histories[v], "converged"), "steps": _mean_log(histories[v], "search_steps"),
-            "warm": _mean_log(histories[v], "warm"),
+            "warm": _mean_log(histories[v], "warm"), "n_ce": variant_config(v, config).train.n_ce,
+            "skipped": pipeline.skipped_updates(histories[v]),
             "accuracy": [run[-1]["test_accuracy"] for run in histories[v]],
             "bl_accuracy": [run[-1]["test_accuracy"] for run in bl_hist]}))
     return rows
@@ -135,12 +143,12 @@ def table(rows: list[dict]) -> str:
     """Returns the markdown table of the rows."""
     show = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
     lines = ["| dataset | variant | seeds | CT/BL epoch | wall s | IP −% | IP* −% | cost Δ protected | mature | steps "
-             "| warm |", "|" + "---|" * 11]
+             "| warm | skipped |", "|" + "---|" * 12]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['variant']} | {len(r['seeds'])} | {r['epoch_ratio']:.1f} "
                      f"| {r['wall_s']:.1f} | {interval_text(r['ip'])} | {interval_text(r['ip_star'])} "
                      f"| {'–' if r['cost_protected'] is None else interval_text(r['cost_protected'], 3)} "
-                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r['warm'])} |")
+                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r['warm'])} | {sum(r['skipped'])} |")
     return "\n".join(lines)
 
 
@@ -181,7 +189,7 @@ def main(argv=None) -> dict:
     print("\nCT/BL epoch: median epoch time after the first, CT over BL; wall s: all seeds' training (one program, "
           "compile included); IP / IP* −%: reduction against BL, mean over seeds [99% interval over seeds], * "
           "excludes 0; cost Δ: protected-feature runs, cost − BL's; mature / steps / warm: training searches, mean "
-          "over epochs and seeds.")
+          "over epochs and seeds; skipped: non-finite updates skipped, all seeds.")
     out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0}
     write_json(args.json, out)
     if args.json:

@@ -451,7 +451,9 @@ CONFIGS: dict[str, ExperimentConfig] = {
     # matches them, in 2.5× the time). Scaled to the subset so that --full keeps to its budget: n_ce 2,000 per epoch
     # keeps the reference's 500 counterfactuals per batch of 1,000 (it drew 5,000 over MNIST's 10 batches; the subset
     # has 4), and each IG round draws 1,000 rows, the size of the subset's test set (the reference drew 2,500 of
-    # 10,000).
+    # 10,000). With model=lenet5 (the LeNet row, `reproduce --datasets mnist_5k --set model=lenet5`) an epoch takes
+    # about 4.5 s (BL) and 40 s (CT) per seed on the 2-core CPU (3 epochs, 1 seed, measured at cc04eff): about 8 h
+    # for the row there, so run it on a GPU; expected_minutes below is the MLP row's.
     "mnist_5k": paper_config("mnist_5k", tau=0.5, lambda_reg=0.01, expected_minutes=7, ig_samples=1000,
                              **{**_IMAGES, "n_ce": 2000}),
     "german": paper_config("german", tau=0.5, lambda_reg=0.25, protected=("age",), onehot=True, expected_minutes=2.5,

@@ -35,9 +35,9 @@ ACCURACY = {
 }
 
 
-def reduction(dataset: str, column: int) -> str:
-    """Returns the paper's Table 1 cell ("26.26*") for column 0 (IP), 1 (IP*) or 2 (cost), or "–"."""
-    dataset = row(dataset)
+def reduction(result, column: int) -> str:
+    """Returns the paper's Table 1 cell ("26.26*") for column 0 (IP), 1 (IP*) or 2 (cost) of a result or dataset, or "–"."""
+    dataset = row(result)
     if dataset not in TABLE1:
         return "–"
     value, significant = TABLE1[dataset][column]
@@ -104,10 +104,22 @@ ROBUST = {
 }
 
 
-def row(dataset: str) -> str:
-    """Returns the paper's row name that a dataset's results are compared with (mnist_5k -> mnist)."""
+# Every row of the paper's tables is its MLP; a run of another model (LeNet-5 on MNIST) has no paper row.
+PAPER_MODEL = "mlp"
+
+
+def row(result) -> str | None:
+    """Returns the paper's row name that a result (or a dataset name) is compared with (mnist_5k -> mnist).
+
+    A result dict of a model other than the paper's (`result["model"]`; stored results without the key are the
+    MLP's) returns None, which no table of this module holds.
+    """
     from experiments.configs import PAPER_ROW
-    return PAPER_ROW.get(dataset, dataset)
+    if isinstance(result, dict):
+        if result.get("model", PAPER_MODEL) != PAPER_MODEL:
+            return None
+        result = result["dataset"]
+    return PAPER_ROW.get(result, result)
 
 # dataset: model -> (IP −%, IP* −%) against BL in the paper's ablation (Fig. 5), read off paper/figures/ablation.png
 # (paper-details.md §5, ±3); a separate run from Table 1's, so its CT values differ from Table 1's.

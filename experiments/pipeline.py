@@ -36,7 +36,9 @@ from ctrain.search import SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
 
 from experiments import figures
-from experiments.configs import PAPER_ROW, ExperimentConfig, replace_path
+from experiments import paper_results
+from experiments.configs import ExperimentConfig, replace_path
+from experiments.paper_results import PAPER_MODEL
 
 LABELS = {"vanilla": "BL", "full": "CT", "energy": "CD", "adversarial": "AR", "pgd_at": "PGD-AT", "jem": "JEM"}
 # Baselines beyond the paper (`train_and_evaluate(baselines=True)`, `reproduce --baselines`): Madry et al.'s PGD
@@ -273,15 +275,22 @@ def mechanism_health(histories: dict[str, list[list[dict]]]) -> dict:
 CATEGORICAL_LABELS = {"relaxed": "relaxed", "straight_through": "straight-through", "snap_state": "snap-state"}
 
 
+MODEL_LABELS = {"lenet5": "LeNet-5", "linear": "linear"}  # the row label's name of a model other than the paper's MLP
+
+
 def run_label(config: ExperimentConfig, data: Dataset) -> str:
-    """Returns the row label of a run: the dataset, with the one-hot search mode when the data has one-hot groups."""
-    if not data.schema.groups:
-        return config.data.name
-    trained, tested = config.train.search.categorical, config.protocol.categorical
-    mode = CATEGORICAL_LABELS.get(trained, trained)
-    if tested != trained:
-        mode += f", tested {CATEGORICAL_LABELS.get(tested, tested)}"
-    return f"{config.data.name} ({mode})"
+    """Returns the row label of a run: the dataset, with the one-hot search mode when the data has one-hot groups
+    and the model when it is not the paper's MLP ("mnist_5k (LeNet-5)")."""
+    parts = []
+    if data.schema.groups:
+        trained, tested = config.train.search.categorical, config.protocol.categorical
+        mode = CATEGORICAL_LABELS.get(trained, trained)
+        if tested != trained:
+            mode += f", tested {CATEGORICAL_LABELS.get(tested, tested)}"
+        parts.append(mode)
+    if config.model != PAPER_MODEL:
+        parts.append(MODEL_LABELS.get(config.model, config.model))
+    return f"{config.data.name} ({', '.join(parts)})" if parts else config.data.name
 
 
 def robust_spread(per_seed: list[dict]) -> dict:
@@ -460,7 +469,8 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
     robust_summary = {label: {k: v for k, v in r.items() if k != "per_seed"} for label, r in robustness.items()}
     results = {"dataset": config.data.name, "label": run_label(config, data),
                "categorical": config.train.search.categorical, "one_hot_groups": len(data.schema.groups),
-               "generator": config.train.search.generator, "paper_row": PAPER_ROW.get(config.data.name, config.data.name), "seeds": list(config.seeds), "protected": list(protected),
+               "generator": config.train.search.generator, "model": config.model,
+               "paper_row": paper_results.row({"dataset": config.data.name, "model": config.model}), "seeds": list(config.seeds), "protected": list(protected),
                "ablation": ablation, "comparisons": comparisons, "accuracy": accuracy, "validity": validity,
                "validity_protected": validity_protected, "means": means, "versus": versus,
                "skipped_updates": {label: skipped_updates(runs) for label, runs in histories.items()},

@@ -6,6 +6,7 @@
     python -m experiments.reproduce --datasets adult german --categorical-modes relaxed straight_through
     python -m experiments.reproduce --full --categorical-modes relaxed straight_through --results-md RESULTS.md
     python -m experiments.reproduce --datasets moons digits --baselines   # + PGD-AT and JEM rows, CT vs each
+    python -m experiments.reproduce --datasets mnist_5k --set model=lenet5 --out results/reproduce  # the LeNet row
 
 Produces Table 1 (IP, IP*, cost with protected features, validity, accuracy, mechanism health), Table 2
 (IG sensitivity to the protected features), Tables 7 and 8a (raw means with CIs; cost without
@@ -25,6 +26,12 @@ protocol records, IG rounds, robustness per seed, plots, results.json), figures/
 results.json (strict JSON: a figure that cannot be computed is null with a note saying why; the table
 shows it as "n/a [k]" with the reason in note k), and prints the tables beside the paper's published
 numbers. With --results-md the figures it links are copied to experiments/results_figures/ beside that file.
+
+A model other than the paper's MLP (`--set model=lenet5`, or `linear`) makes its own row, labelled by the model
+("mnist_5k (LeNet-5)") in its own folder, beside the MLP's row when run into the same --out; the paper tabulates
+its MLP only, so such a row has no paper figures beside it and stays out of Table 1 and its average. The LeNet row
+needs a GPU: on a 2-core CPU one LeNet CT epoch of mnist_5k takes about 40 s per seed against the MLP's fraction
+of a second, so the row would take about 8 hours there (extrapolated from 3 measured epochs, not run).
 
 A run into an --out that already holds finished runs adds its rows beside theirs: results.json, metadata.json
 and the tables then cover every row there, and metadata.json's `runs` lists the commands that made them. A
@@ -168,8 +175,8 @@ def _with_notes(lines: list[str], notes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _paper_pair(table: dict, row: str) -> str:
-    value = table.get(paper_results.row(row))
+def _paper_pair(table: dict, result: dict) -> str:
+    value = table.get(paper_results.row(result))
     return "%.2f / %.2f" % value if value else "–"
 
 
@@ -192,8 +199,8 @@ def average_over_rows(rows: list[dict], metric: str) -> dict:
 
 def paper_average(rows: list[dict], column: int) -> float | None:
     """Returns the mean of the paper's Table 1 reductions in `column` over the paper rows of `rows` (None if none)."""
-    values = [paper_results.TABLE1[paper_results.row(r["dataset"])][column][0] for r in rows
-              if paper_results.row(r["dataset"]) in paper_results.TABLE1]
+    values = [paper_results.TABLE1[paper_results.row(r)][column][0] for r in rows
+              if paper_results.row(r) in paper_results.TABLE1]
     return sum(values) / len(values) if values else None
 
 
@@ -201,7 +208,7 @@ def paper_rows(all_results: list[dict]) -> list[dict]:
     """Returns one result per paper data set run: the row of the config's own one-hot modes where there are several."""
     chosen = {}
     for res in all_results:
-        key = paper_results.row(res["dataset"])
+        key = paper_results.row(res)
         if key not in paper_results.TABLE1:
             continue
         own = get_config(res["dataset"])
@@ -246,12 +253,12 @@ def make_headline(all_results: list[dict]) -> str:
     notes: list[str] = []
     for res in rows:
         label = res.get("label", res["dataset"])
-        if paper_results.row(res["dataset"]) != res["dataset"]:
-            label += f" (the paper's {paper_results.row(res['dataset'])} row)"
+        if paper_results.row(res) not in (None, res["dataset"]):
+            label += f" (the paper's {paper_results.row(res)} row)"
         ct = res["comparisons"].get("CT", {})
         cells = []
         for metric, name, column in REDUCTIONS:
-            cells += [_cell(ct.get(metric), notes, f"{label}, {name}"), paper_results.reduction(res["dataset"], column)]
+            cells += [_cell(ct.get(metric), notes, f"{label}, {name}"), paper_results.reduction(res, column)]
         lines.append(f"| {label} | {len(res.get('seeds', []))} | " + " | ".join(cells)
                      + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
     lines.append(_average_line(rows, 9))
@@ -285,10 +292,10 @@ def make_table(all_results: list[dict]) -> str:
         columns = (("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost with protected features"))
         cells = [_cell(ct.get(m), notes, f"{label}, {name}") for m, name in columns]
         lines.append(
-            f"| {label} | {len(res.get('seeds', []))} | {cells[0]} | {paper_results.reduction(d, 0)} | {cells[1]} "
-            f"| {paper_results.reduction(d, 1)} | {cells[2]} | {paper_results.reduction(d, 2)} "
-            f"| {_pair(res['validity'], fmt='{:.2f}')} | {_paper_pair(paper_results.VALIDITY, d)} "
-            f"| {_pair(res['accuracy'])} | {_paper_pair(paper_results.ACCURACY, d)} "
+            f"| {label} | {len(res.get('seeds', []))} | {cells[0]} | {paper_results.reduction(res, 0)} | {cells[1]} "
+            f"| {paper_results.reduction(res, 1)} | {cells[2]} | {paper_results.reduction(res, 2)} "
+            f"| {_pair(res['validity'], fmt='{:.2f}')} | {_paper_pair(paper_results.VALIDITY, res)} "
+            f"| {_pair(res['accuracy'])} | {_paper_pair(paper_results.ACCURACY, res)} "
             f"| {_mechanism_cell(res, ('CT',))} | {_mechanism_cell(res, ('CT_mut',))} |")
     rows = paper_rows(all_results)
     if rows:
@@ -324,7 +331,7 @@ def make_ig_table(all_results: list[dict]) -> str:
         if not res.get("ig"):
             continue
         label = res.get("label", res["dataset"])
-        paper = paper_results.TABLE2.get(paper_results.row(res["dataset"]))
+        paper = paper_results.TABLE2.get(paper_results.row(res))
         fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
         protected = ", ".join(res["protected"]) if len(res["protected"]) <= 3 else f"{len(res['protected'])} features"
         over_seeds = res.get("ig_difference_over_seeds") or {}
@@ -407,7 +414,7 @@ def make_table7(all_results: list[dict]) -> str:
     lines, notes = [head, "|" + "---|" * 9], []
     for res in all_results:
         label = res.get("label", res["dataset"])
-        paper = paper_results.TABLE7.get(paper_results.row(res["dataset"]), {})
+        paper = paper_results.TABLE7.get(paper_results.row(res), {})
         cells = []
         for metric, name in metrics:
             p = paper.get(metric)
@@ -430,13 +437,13 @@ def make_table8a(all_results: list[dict]) -> str:
     notes: list[str] = []
     for res in all_results:
         d, label = res["dataset"], res.get("label", res["dataset"])
-        paper = paper_results.TABLE8A.get(paper_results.row(d))
+        paper = paper_results.TABLE8A.get(paper_results.row(res))
         paper_cell = f"{paper[0]:.2f}±{paper[1]:.2f}{'*' if paper[2] else ''}" if paper else "–"
         validity = res.get("validity_protected") or {}
         lines.append(f"| {label} | {len(res.get('seeds', []))} "
                      f"| {_cell(res['comparisons'].get('CT', {}).get('cost'), notes, f'{label}, cost')} "
                      f"| {paper_cell} | {_pair(validity, fmt='{:.2f}') if validity else '–'} "
-                     f"| {_paper_pair(paper_results.VALIDITY_PROTECTED, d)} | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
+                     f"| {_paper_pair(paper_results.VALIDITY_PROTECTED, res)} | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
     lines += ["", "Cost: CT vs BL in the plausibility runs (no mutability constraints, τ = 0.95). " + REDUCTION_TEXT
               + " Validity, protected: the actionability runs (Table 3, columns 3–4). " + HEALTH_SHORT]
     return _with_notes(lines, notes)
@@ -461,7 +468,7 @@ def make_robustness_table(all_results: list[dict]) -> str:
         epsilon = rob["CT"]["fgsm"]["epsilon"]
         i = len(epsilon) - 1
         clean = lambda m: f"{rob[m]['accuracy']['mean']:.2f}±{rob[m]['accuracy']['std']:.2f}" if m in rob else "n/a"
-        paper = paper_results.ROBUST.get(paper_results.row(res["dataset"]), {})
+        paper = paper_results.ROBUST.get(paper_results.row(res), {})
         show = lambda t: " / ".join("–" if v is None else f"{v:.2f}" for v in t) if t else "–"
         lines.append(f"| {label} | {epsilon[i]:.2f} | {clean('CT')} / {clean('BL')} "
                      f"| {_robust_cell(rob, 'CT', 'fgsm', i)} / {_robust_cell(rob, 'BL', 'fgsm', i)} "
@@ -485,7 +492,7 @@ def make_ablation_table(all_results: list[dict]) -> str:
     for res in all_results:
         c = res["comparisons"]
         label = res.get("label", res["dataset"])
-        paper = paper_results.FIGURE5.get(paper_results.row(res["dataset"]))
+        paper = paper_results.FIGURE5.get(paper_results.row(res))
         cells = []
         for index, (metric, name) in enumerate((("ip", "IP"), ("ip_star", "IP*"))):
             cells += [_cell(c.get(m, {}).get(metric), notes, f"{label}, {name} {m}") for m in ("CD", "AR", "CT")]
@@ -678,6 +685,8 @@ def run_plan(configs, loaded: dict, modes) -> list[tuple]:
     plan = []
     for config in configs:
         data = loaded[config.data.name]
+        # Another model's rows live beside the MLP's: their own folder, as their own label (pipeline.run_label).
+        name = config.data.name if config.model == paper_results.PAPER_MODEL else f"{config.data.name}-{config.model}"
         if modes and data.schema.groups:
             for mode in modes:
                 # A mode other than the config's own is tested in that mode (protocol.categorical belongs to the
@@ -685,9 +694,9 @@ def run_plan(configs, loaded: dict, modes) -> list[tuple]:
                 tested = config.protocol.categorical if mode == config.train.search.categorical else mode
                 moded = replace_path(replace_path(config, "train.search.categorical", mode),
                                      "protocol.categorical", tested)
-                plan.append((moded, data, f"{config.data.name}-{mode}"))
+                plan.append((moded, data, f"{name}-{mode}"))
         else:
-            plan.append((config, data, config.data.name))
+            plan.append((config, data, name))
     return plan
 
 
@@ -913,7 +922,7 @@ def agreement_lines(results: list[dict]) -> list[str]:
     lines = []
     for res in results:
         d, label = res["dataset"], res.get("label", res["dataset"])
-        row = paper_results.row(d)
+        row = paper_results.row(res)
         if row not in paper_results.TABLE1:
             lines.append(f"- {label}: not in the paper.")
             continue
@@ -968,7 +977,7 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
                  {m: {metric: ((res["comparisons"].get(m, {}).get(metric) or {}).get("seeds") or {}).get("reduction")
                       or {} for metric in ("ip", "ip_star")} for m in ("CD", "AR", "CT")},
                  {m: dict(zip(("ip", "ip_star"), v))
-                  for m, v in paper_results.FIGURE5.get(paper_results.row(res["dataset"]), {}).items()})
+                  for m, v in paper_results.FIGURE5.get(paper_results.row(res), {}).items()})
                 for res in results if res.get("ablation")]
     if ablation:
         plots.plot_ablation(os.path.join(out_dir, "figure5_ablation.png"), ablation)

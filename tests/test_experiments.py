@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import re
+import types
 
 import numpy as np
 import pytest
@@ -620,3 +621,36 @@ def test_table2_and_figure1_say_where_ct_agrees_with_proposition_3_1():
     assert agrees.startswith("This agrees with Proposition 3.1") and "x1 is the more discriminative" in agrees
     against = reproduce.proposition_sentence(0.3, 0.2, [2.0, 1.0])
     assert against.startswith("This contradicts Proposition 3.1") and "does not hold" in against
+
+
+def test_another_models_row_sits_beside_the_mlps_without_the_papers_numbers(set_args, tmp_path):
+    # The LeNet row's mechanism on the cheapest data: the same dataset run again with another model into the same
+    # --out gets its own folder and label, keeps the MLP row, and borrows none of the paper's (MLP) figures.
+    out, md = tmp_path / "run", tmp_path / "RESULTS.md"
+    tiny = set_args(TINY + ["train.epochs=1", "protocol.n_rounds=2"])
+    reproduce.main(["--datasets", "linearly_separable", "--quiet", "--no-plots", "--out", str(out), *tiny])
+    results = reproduce.main(["--datasets", "linearly_separable", "--quiet", "--no-plots", "--out", str(out),
+                              "--results-md", str(md), *tiny, *set_args(["model=linear"])])
+    assert [(r["label"], r["model"]) for r in results] == [("linearly_separable", "mlp"),
+                                                          ("linearly_separable (linear)", "linear")]
+    assert (out / "linearly_separable-linear" / "results.json").is_file()
+    assert results[0]["paper_row"] == "linearly_separable" and results[1]["paper_row"] is None
+    rows = {r["Data"]: r for r in _table(out / "table.md")[0]}
+    assert rows["linearly_separable"]["IP −% (paper)"] == paper_results.reduction("linearly_separable", 0) != "–"
+    assert rows["linearly_separable (linear)"]["IP −% (paper)"] == "–"
+    assert "- linearly_separable (linear): not in the paper." in md.read_text()
+    with pytest.raises(ValueError, match="already"):  # the same model's row again is refused, as for the MLP
+        reproduce.main(["--datasets", "linearly_separable", "--quiet", "--no-plots", "--out", str(out), *tiny,
+                        *set_args(["model=linear"])])
+
+
+def test_run_label_names_a_model_other_than_the_papers():
+    plain = types.SimpleNamespace(schema=types.SimpleNamespace(groups=()))
+    onehot = types.SimpleNamespace(schema=types.SimpleNamespace(groups=((0, 1),)))
+    assert pipeline.run_label(get_config("mnist_5k"), plain) == "mnist_5k"
+    assert pipeline.run_label(override(get_config("mnist_5k"), ["model=lenet5"]), plain) == "mnist_5k (LeNet-5)"
+    assert pipeline.run_label(override(get_config("adult"), ["model=linear"]), onehot) == "adult (relaxed, " \
+        "tested snap-state, linear)"
+    assert paper_results.row({"dataset": "mnist_5k"}) == "mnist"  # stored results carry no model: the MLP's
+    assert paper_results.row({"dataset": "mnist_5k", "model": "lenet5"}) is None
+    assert paper_results.reduction({"dataset": "mnist_5k", "model": "lenet5"}, 0) == "–"

@@ -285,3 +285,35 @@ def plot_ablation(path, rows, *, models=("CD", "AR", "CT"), metrics=(("ip", "IP"
         ax.set_title(f"{name}: CD, AR and CT against BL")
     axes[0][0].legend(loc="lower right", fontsize=8)
     return _save(fig, path)
+
+
+def plot_cost_trade_off(path, rows, *, metrics=(("ip", "IP"), ("ip_star", "IP*"))):
+    """Returns path after saving CT's cost against its gains: per dataset (row) and metric (column), each training
+    variant's reduction vs BL (mean over seeds, 99% interval) against its CT/BL epoch-time ratio; a dashed line
+    marks 2×.
+    `rows` are `experiments.benchmarks.ct_cost` rows: dataset, variant, epoch_ratio and {metric: seed interval}."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    if not datasets:
+        raise ValueError("plot_cost_trade_off needs at least one ct_cost row")
+    fig, axes = plt.subplots(len(datasets), len(metrics), figsize=(4.5 * len(metrics), 3.2 * len(datasets)),
+                             squeeze=False)
+    for axrow, dataset in zip(axes, datasets):
+        mine = [r for r in rows if r["dataset"] == dataset]
+        for ax, (metric, name) in zip(axrow, metrics):
+            for r in mine:
+                stat = r.get(metric) or {}
+                if stat.get("mean") is None:
+                    continue
+                low, high = stat.get("low"), stat.get("high")
+                err = None if low is None or high is None else [[stat["mean"] - low], [high - stat["mean"]]]
+                ax.errorbar([r["epoch_ratio"]], [stat["mean"]], yerr=err, fmt="o", capsize=3)
+                ax.annotate(r["variant"], (r["epoch_ratio"], stat["mean"]), textcoords="offset points",
+                            xytext=(5, 3), fontsize=8)
+            ax.axhline(0, color="k", lw=0.8)
+            ax.axvline(2, color="grey", ls="--", lw=0.8)  # issue 26's target: a CT epoch at most twice BL's
+            ax.set_xlim(left=0)
+            ax.set_xlabel("CT/BL epoch time (steady state)")
+            ax.set_ylabel(f"{name} reduction vs BL (%)")
+            ax.set_title(f"{dataset}: {name}")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -238,3 +238,7 @@ def test_ct_cost_quick_writes_its_json(tmp_path):
         assert set(row["ip"]) >= {"mean", "low", "high"}
         assert len(row["skipped"]) == 2 and all(n == 0 for n in row["skipped"])
     assert "| dataset |" in proc.stdout and "| skipped |" in proc.stdout
+    # the stored rows give the same table, and the trade-off figure, without training
+    from experiments.benchmarks import ct_cost
+    assert ct_cost.main(["--from-json", str(out), "--plot", str(tmp_path / "trade_off.png")]) == result
+    assert (tmp_path / "trade_off.png").stat().st_size > 0

@@ -2,6 +2,7 @@
 
     python -m experiments.benchmarks.ct_cost [--datasets circles moons adult mnist_5k] [--seeds 0 1 2 3 4]
     python -m experiments.benchmarks.ct_cost --quick --json results/ct_cost_quick.json   # about 2 min, 2-core CPU
+    python -m experiments.benchmarks.ct_cost --from-json results/ct_cost.json --plot results/ct_cost.png  # no training
 
 CT's price is its search: every epoch searches n_ce counterfactuals of up to T forward-backward steps each.
 Per dataset, BL and one CT model per variant are trained on the same seeds and initial weights (all seeds as one
@@ -38,6 +39,7 @@ verdict: no option passed, so `TrainConfig.persistent` stays False, `chain_steps
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -48,6 +50,7 @@ from ctrain.search import TRAINING_SEARCH
 from experiments import pipeline
 from experiments.benchmarks.common import write_json
 from experiments.configs import get_config, override, replace_path
+from experiments.plots import plot_cost_trade_off
 from experiments.results_md import interval_text
 
 DATASETS = ("circles", "moons", "adult", "mnist_5k")
@@ -148,7 +151,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['dataset']} | {r['variant']} | {len(r['seeds'])} | {r['epoch_ratio']:.1f} "
                      f"| {r['wall_s']:.1f} | {interval_text(r['ip'])} | {interval_text(r['ip_star'])} "
                      f"| {'–' if r['cost_protected'] is None else interval_text(r['cost_protected'], 3)} "
-                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r['warm'])} | {sum(r['skipped'])} |")
+                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r['warm'])} "
+                     f"| {'–' if r.get('skipped') is None else sum(r['skipped'])} |")  # rows stored before the count: –
     return "\n".join(lines)
 
 
@@ -165,7 +169,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--individuals", type=int, default=None, help="override protocol.n_individuals")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None, help="write the trade-off (IP / IP* against the CT/BL epoch ratio, "
+                                                     "per dataset) as a PNG here")
+    parser.add_argument("--from-json", default=None, metavar="FILE",
+                        help="train nothing: print the table (and --plot) of the rows a finished run wrote to FILE")
     args = parser.parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            stored = json.load(f)
+        print(table(stored["rows"]))
+        if args.plot:
+            print(f"\nwritten: {plot_cost_trade_off(args.plot, stored['rows'])}")
+        return stored
     quick = QUICK if args.quick else dict(datasets=list(DATASETS), seeds=[0, 1, 2, 3, 4], epochs=None, rounds=None,
                                           individuals=None)
     datasets = args.datasets or quick["datasets"]
@@ -192,8 +207,9 @@ def main(argv=None) -> dict:
           "over epochs and seeds; skipped: non-finite updates skipped, all seeds.")
     out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0}
     write_json(args.json, out)
-    if args.json:
-        print(f"\nwritten: {args.json}")
+    for path in (args.json, args.plot and plot_cost_trade_off(args.plot, rows)):
+        if path:
+            print(f"\nwritten: {path}")
     return out
 
 

@@ -226,13 +226,16 @@ def test_ct_cost_quick_writes_its_json(tmp_path):
     # --quick with fewer epochs, rounds and variants still: the smoke run the benchmark suite makes, in < 60 s.
     proc = subprocess.run([sys.executable, "-m", "experiments.benchmarks.ct_cost", "--quick", "--epochs", "2",
                            "--rounds", "1", "--individuals", "10", "--variants", "default", "capped", "fewer",
+                           "burnin",
                            "--json", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert [row["variant"] for row in result["rows"]] == ["default", "capped", "fewer"]
+    assert [row["variant"] for row in result["rows"]] == ["default", "capped", "fewer", "burnin"]
     assert result["rows"][1]["warm"] > 0 and result["rows"][0]["warm"] is None
     # fewer searches a quarter of the default's counterfactuals per epoch; it is the default otherwise
     assert result["rows"][2]["n_ce"] == result["rows"][0]["n_ce"] // 4
+    # burnin trains the first half of the epochs conventionally: those epochs search nothing
+    assert [row["searched_epochs"] for row in result["rows"]] == [2, 2, 2, 1]
     for row in result["rows"]:
         assert row["epoch_ratio"] > 0 and row["wall_s"] > 0 and 0 <= row["mature"] <= 1
         assert set(row["ip"]) >= {"mean", "low", "high"}

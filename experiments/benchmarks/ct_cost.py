@@ -16,10 +16,14 @@ vmapped program, `experiments.pipeline.train_seeds`; plausibility runs: every fe
               T = 30) and goes on from there in a later epoch. The batched search loops until its slowest row
               stops, so warm starts alone shorten an epoch only when every chain is short; the cap always does;
   fewer       default + `train.n_ce` divided by FEWER (4): a quarter of the counterfactuals per epoch, each searched
-              in full, so the search's share of an epoch falls about fourfold (the lever of a smaller n_ce per step).
+              in full, so the search's share of an epoch falls about fourfold (the lever of a smaller n_ce per step);
+  burnin      default + `train.burnin=0.5`: conventional training for the first half of the epochs, CT after, the
+              reference's own lever (its `burnin` keyword, default 0.0; 0.5 is the value of its App. C grid, and the
+              paper's RQ5 reads burn-in as CT for fine-tuning): half the epochs search nothing.
 Measured per variant:
   CT/BL epoch   steady-state epoch time ratio: median epoch time after the first (the fit history's `time_s`) of
-                CT over BL's;
+                CT over BL's; for burnin the CT epochs only (after the first of them);
+  CT/BL run     the whole training run's wall time (compilation included) of CT over BL's: what a burn-in saves;
   wall s        the whole training run of all seeds (one vmapped program, compilation included);
   IP −%, IP* −% reductions against BL under the paper's protocol (`pipeline.protocol_config(config, seed=s)`,
                 `ctrain.evaluate.evaluate_explainability`), mean over seeds [99% Student-t interval over seeds]
@@ -54,9 +58,10 @@ from experiments.plots import plot_cost_trade_off
 from experiments.results_md import interval_text
 
 DATASETS = ("circles", "moons", "adult", "mnist_5k")
-VARIANTS = ("default", "paper", "persistent", "capped", "fewer")
+VARIANTS = ("default", "paper", "persistent", "capped", "fewer", "burnin")
 CHAIN_STEPS = 10  # the capped variant's search steps per chain and epoch
 FEWER = 4  # the fewer variant divides the dataset's n_ce by this
+BURNIN = 0.5  # the burnin variant's share of conventional epochs (the reference's App. C grid value)
 QUICK = dict(datasets=["circles"], seeds=[0, 1], epochs=4, rounds=2, individuals=20)
 
 
@@ -74,12 +79,15 @@ def variant_config(name: str, config):
         return override(default, ["train.persistent=true", f"train.chain_steps={CHAIN_STEPS}"])
     if name == "fewer":
         return replace_path(default, "train.n_ce", max(1, config.train.n_ce // FEWER))
+    if name == "burnin":
+        return replace_path(default, "train.burnin", BURNIN)
     raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
 
 
-def _epoch_median(histories: list[list[dict]]) -> float:
-    """Returns the median epoch time after the first over all seeds' histories (fit_many's per-run share)."""
-    times = [h["time_s"] for run in histories for h in run[1:]] or [h["time_s"] for run in histories for h in run]
+def _epoch_median(histories: list[list[dict]], first: int = 0) -> float:
+    """Returns the median epoch time after epoch `first` (the first one searching) over all seeds' histories."""
+    times = ([h["time_s"] for run in histories for h in run[first + 1:]]
+             or [h["time_s"] for run in histories for h in run[first:]])
     return float(statistics.median(times))
 
 
@@ -125,17 +133,18 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
             cost[v].append(res["summary"])
     rows = []
     for v in variants:
-        ct_epoch = _epoch_median(histories[v])
+        ct_epoch = _epoch_median(histories[v], variant_config(v, config).train.burnin_epochs)
         cost_cmp = compare_seeds(cost[v], "cost", treatment=v)["difference"] if v in cost else None
         rows.append(pipeline.json_safe({
             "dataset": name, "variant": v, "seeds": list(config.seeds), "epochs": config.train.epochs,
             "ct_epoch_s": ct_epoch, "bl_epoch_s": bl_epoch, "epoch_ratio": ct_epoch / bl_epoch,
-            "wall_s": walls[v], "bl_wall_s": bl_wall,
+            "wall_s": walls[v], "bl_wall_s": bl_wall, "run_ratio": walls[v] / bl_wall,
             "ip": compare_seeds(plaus, "ip", treatment=v)["reduction"],
             "ip_star": compare_seeds(plaus, "ip_star", treatment=v)["reduction"],
             "cost_protected": cost_cmp, "protected": list(protected),
             "mature": _mean_log(histories[v], "converged"), "steps": _mean_log(histories[v], "search_steps"),
             "warm": _mean_log(histories[v], "warm"), "n_ce": variant_config(v, config).train.n_ce,
+            "searched_epochs": sum("search_steps" in h for h in histories[v][0]),
             "skipped": pipeline.skipped_updates(histories[v]),
             "accuracy": [run[-1]["test_accuracy"] for run in histories[v]],
             "bl_accuracy": [run[-1]["test_accuracy"] for run in bl_hist]}))
@@ -145,11 +154,11 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
 def table(rows: list[dict]) -> str:
     """Returns the markdown table of the rows."""
     show = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
-    lines = ["| dataset | variant | seeds | CT/BL epoch | wall s | IP −% | IP* −% | cost Δ protected | mature | steps "
-             "| warm | skipped |", "|" + "---|" * 12]
+    lines = ["| dataset | variant | seeds | CT/BL epoch | CT/BL run | wall s | IP −% | IP* −% | cost Δ protected "
+             "| mature | steps | warm | skipped |", "|" + "---|" * 13]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['variant']} | {len(r['seeds'])} | {r['epoch_ratio']:.1f} "
-                     f"| {r['wall_s']:.1f} | {interval_text(r['ip'])} | {interval_text(r['ip_star'])} "
+                     f"| {show(r.get('run_ratio'), '{:.1f}')} | {r['wall_s']:.1f} | {interval_text(r['ip'])} | {interval_text(r['ip_star'])} "
                      f"| {'–' if r['cost_protected'] is None else interval_text(r['cost_protected'], 3)} "
                      f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r['warm'])} "
                      f"| {'–' if r.get('skipped') is None else sum(r['skipped'])} |")  # rows stored before the count: –
@@ -169,7 +178,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--individuals", type=int, default=None, help="override protocol.n_individuals")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--plot", default=None, help="write the trade-off (IP / IP* against the CT/BL epoch ratio, "
+    parser.add_argument("--plot", default=None, help="write the trade-off (IP / IP* against the CT/BL run-time ratio, "
                                                      "per dataset) as a PNG here")
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="train nothing: print the table (and --plot) of the rows a finished run wrote to FILE")
@@ -201,7 +210,8 @@ def main(argv=None) -> dict:
         print(f"{name}: done after {time.perf_counter() - t0:.0f} s", flush=True)
     print()
     print(table(rows))
-    print("\nCT/BL epoch: median epoch time after the first, CT over BL; wall s: all seeds' training (one program, "
+    print("\nCT/BL epoch: median epoch time after the first (CT epochs only for burnin), CT over BL; CT/BL run: the "
+          "training runs' wall times, CT over BL; wall s: all seeds' training (one program, "
           "compile included); IP / IP* −%: reduction against BL, mean over seeds [99% interval over seeds], * "
           "excludes 0; cost Δ: protected-feature runs, cost − BL's; mature / steps / warm: training searches, mean "
           "over epochs and seeds; skipped: non-finite updates skipped, all seeds.")

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ctrain.checks import (as_labels, as_matrix, check_class_range, check_finite, check_no_nan, checked_logits,
+from ctrain.checks import (as_labels, check_class_range, check_finite, checked_logits,
                            finite_matrix, is_concrete, non_empty, num_classes_of, same_shape, same_width)
 from ctrain.energy import energy_from_logits
 

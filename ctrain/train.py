@@ -39,7 +39,7 @@ from ctrain.objective import (CounterfactualBatch, CounterfactualBuffer, LossWei
                               make_training_batch, objective_weights, positive_pool, stateful_composite_loss)
 from ctrain.search import TRAINING_SEARCH, SearchConfig, search_counterfactuals
 from ctrain import sharding
-from ctrain.progress import PLAIN_LINES, progress as progress_display
+from ctrain.progress import progress as progress_display
 
 
 @flax.struct.dataclass
@@ -676,7 +676,7 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     and a lock left by a process that died is taken over with a warning. With a `mesh`, batches are split
     across its devices and the state is replicated (data parallel); each device runs its own searches.
     `progress`: True shows it on stderr, a text stream shows it there, False hides it; on a terminal it is a
-    tqdm bar, elsewhere (a log file, a pipe) about PLAIN_LINES plain lines per run.
+    tqdm bar, elsewhere (a log file, a pipe) about `ctrain.progress.PLAIN_LINES` plain lines per run.
     """
     from ctrain import checkpoint
 

@@ -287,7 +287,7 @@ def make_table(all_results: list[dict]) -> str:
             "| Mature / steps / skipped, CT_mut |")
     lines, notes = [head, "|" + "---|" * 14], []
     for res in all_results:
-        d, label = res["dataset"], res.get("label", res["dataset"])
+        label = res.get("label", res["dataset"])
         ct = res["comparisons"].get("CT", {})
         columns = (("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost with protected features"))
         cells = [_cell(ct.get(m), notes, f"{label}, {name}") for m, name in columns]
@@ -436,7 +436,7 @@ def make_table8a(all_results: list[dict]) -> str:
              "| Validity, protected (paper) | Mature / steps / skipped |", "|" + "---|" * 7]
     notes: list[str] = []
     for res in all_results:
-        d, label = res["dataset"], res.get("label", res["dataset"])
+        label = res.get("label", res["dataset"])
         paper = paper_results.TABLE8A.get(paper_results.row(res))
         paper_cell = f"{paper[0]:.2f}±{paper[1]:.2f}{'*' if paper[2] else ''}" if paper else "–"
         validity = res.get("validity_protected") or {}

@@ -5,7 +5,7 @@ import chex
 import numpy as np
 import pytest
 
-from ctrain.data import Dataset, Feature, Schema, Standardizer, from_arrays, load_dataset, prepare
+from ctrain.data import Feature, Schema, from_arrays, load_dataset, prepare
 from ctrain.data.synthetic import N_TEST, N_TRAIN, N_VAL
 
 

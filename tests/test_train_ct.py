@@ -501,7 +501,8 @@ class _Stream(io.StringIO):
 
 
 def test_progress_to_a_file_is_one_plain_line_per_due_epoch(mlp_state, small_moons):
-    from ctrain.train import PLAIN_LINES, create_train_states, fit_many
+    from ctrain.progress import PLAIN_LINES
+    from ctrain.train import create_train_states, fit_many
     vanilla = SMALL_CFG.replace(objective="vanilla")
     log = _Stream(tty=False)
     fit(mlp_state(), small_moons, vanilla.replace(epochs=3), progress=log)

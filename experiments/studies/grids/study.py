@@ -1,7 +1,7 @@
 """The appendix grids (App. C–D) as a study: per grid and dataset, the best configuration beside the paper's choice.
 
     python -m experiments.tuning --grid tuning --datasets linearly_separable circles moons overlapping \\
-        --set seeds=0,1,2 --out results/grids                            # and likewise tune_lr, penalties, other
+        --set seeds=0,1,2 --out results/grids                  # and likewise tune_lr, penalties, other, generator
     python -m experiments.studies.grids.study --out results/grids      # tables.md and summary.json here
 
 It reads each grid's `grid.csv` (written by `experiments.tuning`), and the group folders' results.json for the
@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
     """Returns the summary after writing tables.md, summary.json and each grid's grid_<name>.md beside this file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the --out folder the grids were run into")
-    parser.add_argument("--grids", nargs="+", default=["tuning", "tune_lr", "penalties", "other"],
+    parser.add_argument("--grids", nargs="+", default=["tuning", "tune_lr", "penalties", "other", "generator"],
                         choices=sorted(GRIDS))
     parser.add_argument("--dest", default=HERE, help="where tables.md and the grids' markdown go")
     args = parser.parse_args(argv)

@@ -38,7 +38,6 @@ from ctrain.train import TrainConfig, create_train_states, fit_many
 from experiments import figures
 from experiments import paper_results
 from experiments.configs import ExperimentConfig, replace_path
-from experiments.paper_results import PAPER_MODEL
 
 LABELS = {"vanilla": "BL", "full": "CT", "energy": "CD", "adversarial": "AR", "pgd_at": "PGD-AT", "jem": "JEM"}
 # Baselines beyond the paper (`train_and_evaluate(baselines=True)`, `reproduce --baselines`): Madry et al.'s PGD
@@ -288,7 +287,7 @@ def run_label(config: ExperimentConfig, data: Dataset) -> str:
         if tested != trained:
             mode += f", tested {CATEGORICAL_LABELS.get(tested, tested)}"
         parts.append(mode)
-    if config.model != PAPER_MODEL:
+    if config.model != paper_results.PAPER_MODEL:
         parts.append(MODEL_LABELS.get(config.model, config.model))
     return f"{config.data.name} ({', '.join(parts)})" if parts else config.data.name
 

@@ -114,8 +114,8 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
     bl, bl_hist, bl_wall = pipeline.train_seeds(config, data, "vanilla", progress=progress)
     bl_epoch = _epoch_median(bl_hist)
     trained, histories, walls, trained_mut = {}, {}, {}, {}
-    for v in variants:
-        vc = variant_config(v, config)
+    configs = {v: variant_config(v, config) for v in variants}
+    for v, vc in configs.items():
         trained[v], histories[v], walls[v] = pipeline.train_seeds(vc, data, "full", progress=progress)
         if protected:
             trained_mut[v] = pipeline.train_seeds(vc, data_protected, "full", mutability=True, progress=progress)[0]
@@ -135,7 +135,7 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
             cost[v].append(res["summary"])
     rows = []
     for v in variants:
-        ct_epoch = _epoch_median(histories[v], variant_config(v, config).train.burnin_epochs)
+        ct_epoch = _epoch_median(histories[v], configs[v].train.burnin_epochs)
         cost_cmp = compare_seeds(cost[v], "cost", treatment=v)["difference"] if v in cost else None
         rows.append(pipeline.json_safe({
             "dataset": name, "variant": v, "seeds": list(config.seeds), "epochs": config.train.epochs,
@@ -145,7 +145,7 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
             "ip_star": compare_seeds(plaus, "ip_star", treatment=v)["reduction"],
             "cost_protected": cost_cmp, "protected": list(protected),
             "mature": _mean_log(histories[v], "converged"), "steps": _mean_log(histories[v], "search_steps"),
-            "warm": _mean_log(histories[v], "warm"), "n_ce": variant_config(v, config).train.n_ce,
+            "warm": _mean_log(histories[v], "warm"), "n_ce": configs[v].train.n_ce,
             "searched_epochs": sum("search_steps" in h for h in histories[v][0]),
             "skipped": pipeline.skipped_updates(histories[v]),
             "accuracy": [run[-1]["test_accuracy"] for run in histories[v]],
@@ -160,7 +160,8 @@ def table(rows: list[dict]) -> str:
              "| mature | steps | warm | skipped |", "|" + "---|" * 13]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['variant']} | {len(r['seeds'])} | {r['epoch_ratio']:.1f} "
-                     f"| {show(r.get('run_ratio'), '{:.1f}')} | {r['wall_s']:.1f} | {interval_text(r['ip'])} | {interval_text(r['ip_star'])} "
+                     f"| {show(r.get('run_ratio'), '{:.1f}')} | {r['wall_s']:.1f} | {interval_text(r['ip'])} "
+                     f"| {interval_text(r['ip_star'])} "
                      f"| {'–' if r['cost_protected'] is None else interval_text(r['cost_protected'], 3)} "
                      f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r['warm'])} "
                      f"| {'–' if r.get('skipped') is None else sum(r['skipped'])} |")  # rows stored before the count: –

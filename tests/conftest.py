@@ -98,7 +98,7 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def set_args():
     """set_args(["a=1", "b=2"]) == ["--set", "a=1", "--set", "b=2"]: config overrides as CLI arguments
-    (test_experiments, test_script_args)."""
+    (test_experiments, test_script_args, test_fetch)."""
     def to_args(items) -> list[str]:
         return sum((["--set", s] for s in items), [])
     return to_args

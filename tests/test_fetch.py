@@ -268,7 +268,8 @@ def test_download_false_without_files_raises_data_not_found(cache, no_network, n
 
 # --- the rows of the paper that need the archive --------------------------------------------------------------
 
-def test_reproduce_makes_a_paper_row_from_the_fetched_archive(cache, serve, archive, monkeypatch, tmp_path):
+def test_reproduce_makes_a_paper_row_from_the_fetched_archive(cache, serve, archive, monkeypatch, tmp_path,
+                                                             set_args):
     # The archive's layout, as served, is all reproduce needs for the rows of California housing, credit default and
     # GMSC; one row is run (credit default: one-hot groups and a protected feature, the richest of the three; tiny
     # settings, 40 rows per CSV), and `--full` lists all three (it skips them only when their data cannot be had).
@@ -284,7 +285,7 @@ def test_reproduce_makes_a_paper_row_from_the_fetched_archive(cache, serve, arch
             "robustness.enabled=false"]
     out = tmp_path / "run"
     [result] = reproduce.main(["--datasets", "credit_default", "--quiet", "--no-plots", "--out", str(out),
-                               *[a for kv in tiny for a in ("--set", kv)]])
+                               *set_args(tiny)])
     assert len(requests) == 1 and (cache / TABULAR_FOLDER / "gmsc.csv").is_file()  # the one download serves all
     assert result["paper_row"] == "credit_default" and result["protected"] == ["AGE"]
     assert result["comparisons"]["CT"]["ip"] is not None

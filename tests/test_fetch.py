@@ -17,6 +17,9 @@ from ctrain.data.fetch import SHA256_ENV, TABULAR_FOLDER, URL_ENV, DownloadError
 from ctrain.data.tabular import DataNotFoundError
 
 N, POSITIVES = 40, 25  # rows per CSV, and rows whose reference `target` is 1 (the positive outcome)
+# the reference's CSVs are shuffled: class 1 at random rows (seed 0 puts both classes among the last 8, the test rows)
+TARGET = np.random.default_rng(0).permutation(np.arange(N) < POSITIVES).astype(int)
+N_VAL = 4  # validation rows held out of the 32 training rows (the reference's 1,000 need more than 40 rows)
 
 
 def _csv_bytes(header, rows):
@@ -30,7 +33,7 @@ def _csv_bytes(header, rows):
 def reference_csvs(seed=0):
     """The three CSVs of the reference archive, with its column layout, as {file name: bytes}."""
     rng = np.random.default_rng(seed)
-    target = (np.arange(N) < POSITIVES).astype(int)
+    target = TARGET
     credit = {"LIMIT_BAL": rng.integers(10, 500, N) * 1000, "SEX": rng.integers(1, 3, N),
               "EDUCATION": rng.integers(1, 5, N), "MARRIAGE": rng.integers(1, 4, N), "AGE": rng.integers(21, 70, N)}
     for c in tabular.CREDIT_FEATURES[5:]:
@@ -105,10 +108,13 @@ def serve():
 
 @pytest.fixture
 def cache(monkeypatch, tmp_path):
-    """$CTRAIN_DATA_DIR in tmp_path (not created yet), an empty HOME, and no URL/checksum overrides."""
+    """$CTRAIN_DATA_DIR in tmp_path (not created yet), an empty HOME, no URL/checksum overrides, and no installed
+    data packages (an empty $CTRAIN_PACKAGE_PATH: the venv's pinned packages would be read before the archive)."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "no_packages").mkdir()
+    monkeypatch.setenv(tabular.PACKAGE_PATH_ENV, str(tmp_path / "no_packages"))
     monkeypatch.setenv("CTRAIN_DATA_DIR", str(tmp_path / "cache"))
     for var in (URL_ENV, SHA256_ENV, "SCIKIT_LEARN_DATA"):
         monkeypatch.delenv(var, raising=False)
@@ -123,22 +129,28 @@ def leftovers(folder):
 
 def test_one_download_serves_all_three_datasets(cache, serve, archive):
     url, requests = serve(archive)
-    ds = load_dataset("credit_default", url=url, sha256=sha(archive), balance=None)
+    ds = load_dataset("credit_default", url=url, sha256=sha(archive), balance=None, n_val=N_VAL)
     assert isinstance(ds, Dataset) and requests == ["/data-tabular.tar.gz"]
     assert leftovers(cache) == [TABULAR_FOLDER]  # the extracted folder only: no tarball, no temporaries
     assert leftovers(cache / TABULAR_FOLDER) == ["cal_housing.csv", "credit_default.csv", "gmsc.csv"]
-    # the reference's target (1 = no default) is flipped to ctrain's label (1 = default)
-    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [POSITIVES, N - POSITIVES]
-    assert ds.class_names == ("no default", "default") and "SEX=1" in ds.schema.names
+    # the reference's target (1 = no default) is ctrain's label too
+    assert np.bincount(np.r_[ds.y_train, ds.y_val, ds.y_test]).tolist() == [N - POSITIVES, POSITIVES]
+    assert ds.class_names == ("default", "no default") and "SEX=1" in ds.schema.names
+    # the reference's rows in the reference's order: its split by position is reproduced exactly
+    np.testing.assert_array_equal(ds.y_test, TARGET[32:])
+    assert set(ds.y_test.tolist()) == {0, 1}
+    assert ds.provenance["source"] == "reference" and not ds.provenance["shuffled"]
 
-    again = load_dataset("credit_default", url=url, sha256=sha(archive), balance=None)
+    again = load_dataset("credit_default", url=url, sha256=sha(archive), balance=None, n_val=N_VAL)
     np.testing.assert_array_equal(again.x_train, ds.x_train)
-    gmsc = load_dataset("gmsc", url=url, sha256=sha(archive))
-    cal = load_dataset("california_housing", url=url, sha256=sha(archive))
+    gmsc = load_dataset("gmsc", url=url, sha256=sha(archive), n_val=N_VAL)
+    cal = load_dataset("california_housing", url=url, sha256=sha(archive), n_val=N_VAL)
     assert requests == ["/data-tabular.tar.gz"]  # the cached folder answers every later call
-    assert len(gmsc.y_train) + len(gmsc.y_test) == 2 * (N - POSITIVES)  # undersampled to 50/50 by default
+    gmsc_labels = np.r_[gmsc.y_train, gmsc.y_val, gmsc.y_test]
+    assert np.bincount(gmsc_labels).tolist() == [N - POSITIVES] * 2  # undersampled to 50/50 by default
     assert gmsc.num_features == 10 and cal.num_features == 8
-    assert np.bincount(np.r_[cal.y_train, cal.y_test]).tolist() == [N - POSITIVES, POSITIVES]  # target as is
+    cal_labels = np.r_[cal.y_train, cal.y_val, cal.y_test]
+    assert np.bincount(cal_labels).tolist() == [N - POSITIVES] * 2  # target as is, undersampled
 
 
 def test_environment_variables_override_url_and_checksum(cache, serve, archive, monkeypatch):
@@ -147,7 +159,7 @@ def test_environment_variables_override_url_and_checksum(cache, serve, archive, 
     monkeypatch.setenv(SHA256_ENV, sha(archive).upper())
     assert tabular_source() == (url, sha(archive))
     assert tabular_source(url="http://elsewhere/x.tar.gz")[0] == "http://elsewhere/x.tar.gz"  # keyword first
-    ds = tabular.load_gmsc()
+    ds = tabular.load_gmsc(n_val=N_VAL)
     assert requests == ["/data-tabular.tar.gz"] and ds.num_features == 10
 
 
@@ -246,16 +258,17 @@ def test_download_false_reads_a_local_csv_as_before(cache, no_network):
     (cache / "credit_default").mkdir(parents=True)
     (cache / "credit_default" / "UCI_Credit_Card.csv").write_bytes(_csv_bytes(
         ["ID", *cols, "default.payment.next.month"], np.c_[np.arange(N), np.stack(list(cols.values()), 1), y]))
-    ds = load_dataset("credit_default", download=False, balance=None)
-    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [N - 10, 10]  # the UCI label, not flipped
+    ds = load_dataset("credit_default", download=False, balance=None, n_val=N_VAL)
+    # the UCI label (1 = default) flipped to the reference's coding: 1 = no default
+    assert np.bincount(np.r_[ds.y_train, ds.y_val, ds.y_test]).tolist() == [10, N - 10]
     assert leftovers(cache) == ["credit_default"]
 
 
 def test_download_false_reads_the_reference_csv_in_the_data_folder(cache, no_network):
     (cache / "gmsc").mkdir(parents=True)
     (cache / "gmsc" / "gmsc.csv").write_bytes(reference_csvs()["gmsc.csv"])
-    ds = tabular.load_gmsc(download=False, balance=None)
-    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [POSITIVES, N - POSITIVES]
+    ds = tabular.load_gmsc(download=False, balance=None, n_val=N_VAL)
+    assert np.bincount(np.r_[ds.y_train, ds.y_val, ds.y_test]).tolist() == [N - POSITIVES, POSITIVES]
 
 
 @pytest.mark.parametrize("name", ["california_housing", "credit_default", "gmsc"])
@@ -282,7 +295,7 @@ def test_reproduce_makes_a_paper_row_from_the_fetched_archive(cache, serve, arch
     tiny = ["seeds=0", "train.epochs=1", "train.batch_size=8", "train.n_ce=8", "protocol.n_rounds=2",
             "protocol.n_individuals=3", "protocol.lambda_energy=1.0", "protocol.max_steps=5", "protocol.ip_samples=10",
             "protocol.mmd_samples=4", "sensitivity.rounds=2", "sensitivity.samples=4", "sensitivity.steps=2",
-            "robustness.enabled=false"]
+            "robustness.enabled=false", f"data.kwargs.n_val={N_VAL}"]
     out = tmp_path / "run"
     [result] = reproduce.main(["--datasets", "credit_default", "--quiet", "--no-plots", "--out", str(out),
                                *set_args(tiny)])

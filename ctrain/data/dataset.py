@@ -556,7 +556,7 @@ def check_integers(x: np.ndarray, schema: Schema, *, what: str = "x") -> None:
     for j in np.flatnonzero(schema.integer_mask()):
         frac = np.flatnonzero(x[:, j] != np.round(x[:, j]))
         if len(frac):
-            raise ValueError(f"{what}: integer feature {schema.names[j]!r} holds {x[frac[0], j]!r} at row "
+            raise ValueError(f"{what}: integer feature {schema.names[j]!r} holds {float(x[frac[0], j])!r} at row "
                              f"{int(frac[0])}; integer features take whole numbers (round them, or drop the "
                              "feature from integer=)")
 

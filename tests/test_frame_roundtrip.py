@@ -240,3 +240,27 @@ def test_the_explanation_says_what_its_figures_mean(table):
     assert set(s) == {"n", "converged", "valid", "mean_steps", "mean_cost_l1"}  # the keys callers read
     assert f"{s['valid']:.2f}" in text and f"{s['converged']:.2f}" in text
     assert "standard deviations" in text and "p(target | x') >= tau" in text and "argmax" in text
+
+
+def test_an_arrays_built_dataset_gives_a_frame_too():
+    from ctrain.data import from_arrays
+    from ctrain.search import Explanation
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.normal(size=40), np.eye(2)[np.arange(40) % 2]]
+    data = from_arrays(x, np.where(np.arange(40) % 3, "yes", "no"), feature_names=["z", "c=a", "c=b"],
+                       categorical={"c": ["c=a", "c=b"]})
+    f = data.x_test[:2]
+    moved = f.copy()
+    moved[:, 0] += 1.0
+    e = Explanation(x=f, x_cf=moved, target=np.array([1, 0]), predicted=np.array([0, 1]),
+                    converged=np.array([True, False]), valid=np.array([True, False]), steps=np.array([3, 30]),
+                    x_ae=f, p_target=np.array([0.8, 0.4]))
+    frame = e.to_frame(data)
+    assert list(frame.columns) == ["z", "c", "class", "valid", "p_target", "cost"]
+    cf = frame.xs("counterfactual", level="kind")
+    assert list(cf["class"]) == ["yes", "no"] and (cf["c"] == "-").all() and not (cf["z"] == "-").any()
+    np.testing.assert_allclose(cf["cost"], [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_allclose(cf["z"].astype(float) - frame.xs("factual", level="kind")["z"].astype(float),
+                               data.standardizer.scale[0], rtol=1e-5)  # one standard deviation, in its units
+    with pytest.raises(ValueError, match="the explanation has 3 features but dataset 'custom' has 2"):
+        e.to_frame(from_arrays(x[:, :2], np.arange(40) % 2))

@@ -9,11 +9,14 @@ import dataclasses
 import inspect
 import sys
 import warnings
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from ctrain.data.schema import Schema, as_matrix, check_features, check_one_hot
+
+if TYPE_CHECKING:  # frame.py imports this module
+    from ctrain.data.frame import Layout
 
 BALANCE_MODES = (None, "oversample", "undersample")
 
@@ -92,7 +95,7 @@ class Dataset:
     class_names: tuple[str, ...] = ()
     image_shape: tuple[int, ...] | None = None  # e.g. (28, 28) to un-flatten rows for plots and CNNs
     # The columns of the DataFrame it was built from (`ctrain.data.frame.Layout`), for encode/decode; None: arrays.
-    table: "Layout | None" = None
+    table: Layout | None = None
 
     def __post_init__(self):
         if self.num_classes < 2:

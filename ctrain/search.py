@@ -538,7 +538,13 @@ def sample_targets(key: jax.Array, predicted: jax.Array, num_classes: int) -> ja
 
 @dataclasses.dataclass(frozen=True)
 class Explanation:
-    """Counterfactuals for N factuals as NumPy arrays, with `summary()` statistics."""
+    """Counterfactuals for N factuals as NumPy arrays, with `summary()` statistics, `describe()` text and
+    `to_frame(dataset)`, the factuals beside their counterfactuals in the dataset's own columns.
+
+    Every array is in the units of the x that `explain` was given, the model's input units: for a Dataset from a
+    loader, `from_arrays` or `from_dataframe`, continuous features in training standard deviations and one-hot
+    columns 0/1.
+    """
 
     x: np.ndarray  # (N, D)
     x_cf: np.ndarray  # (N, D)
@@ -550,14 +556,63 @@ class Explanation:
     x_ae: np.ndarray  # (N, D)
     p_target: np.ndarray  # (N,)
 
+    def cost(self) -> np.ndarray:
+        """Returns the (N,) L1 distances ‖x' − x‖₁ in the model's input units (a changed category adds 2)."""
+        return np.abs(np.asarray(self.x_cf, np.float64) - self.x).sum(-1)
+
     def summary(self) -> dict[str, float]:
-        """Returns shares converged / valid, mean steps and mean L1 cost as plain floats."""
+        """Returns shares converged / valid, mean steps and mean L1 cost as plain floats (`describe()` says what
+        each means)."""
         # A NaN p(target) means NaN logits at x_cf, which no valid or converged counterfactual has.
         finite = np.isfinite(self.p_target)
         return {"n": int(len(self.x)), "converged": float((self.converged & finite).mean()),
                 "valid": float((self.valid & finite).mean()),
                 "mean_steps": float(self.steps.mean()),
                 "mean_cost_l1": float(np.abs(self.x_cf - self.x).sum(-1).mean())}
+
+    def describe(self) -> str:
+        """Returns `summary()` as text, one line per figure, each saying what it measures and in which units."""
+        s = self.summary()
+        return "\n".join([
+            f"{s['n']} counterfactuals",
+            f"  valid      {s['valid']:.2f}  share whose predicted class (argmax of the logits) is the target",
+            f"  converged  {s['converged']:.2f}  share that reached p(target | x') >= tau, the search's threshold "
+            "(SearchConfig.threshold, 0.75 by default); stricter than valid, which needs only the largest p",
+            f"  mean steps {s['mean_steps']:.1f}  gradient steps the search took (at most SearchConfig.max_steps)",
+            f"  mean cost  {s['mean_cost_l1']:.3g}  L1 distance |x' - x|_1 in the model's input units: for a ctrain "
+            "Dataset, training standard deviations of each continuous feature, and 2 for each changed category",
+        ])
+
+    def to_frame(self, dataset, *, unchanged: str | None = "-"):
+        """Returns a pandas DataFrame of 2N rows, each factual (in `dataset`'s original columns, units and
+        categories, `dataset.decode`) followed by its counterfactual, indexed by (row, "factual" | "counterfactual").
+
+        The target column (the frame's target name, else "class") holds the predicted class of the factual and
+        the target class of the counterfactual; "valid" (the model gives x' the target class), "p_target" and
+        "cost" (`cost()`, the model's input units) are filled on counterfactual rows. A counterfactual cell whose
+        decoded value equals the factual's shows `unchanged` ("-", as DiCE's visualize_as_dataframe does); None
+        keeps the values and their dtypes.
+        """
+        import pandas as pd
+        if np.shape(self.x)[-1] != dataset.num_features:
+            raise ValueError(f"the explanation has {np.shape(self.x)[-1]} features but dataset {dataset.name!r} "
+                             f"has {dataset.num_features}")
+        n = len(self.x)
+        factual, counterfactual = dataset.decode(self.x), dataset.decode(self.x_cf)
+        if unchanged is not None:
+            same = factual.eq(counterfactual)
+            counterfactual = counterfactual.astype(object).mask(same, unchanged)
+        names = dataset.class_names or tuple(str(k) for k in range(dataset.num_classes))
+        label = getattr(dataset.table, "target", None) or "class"
+        factual[label] = [names[k] for k in np.asarray(self.predicted)]
+        counterfactual[label] = [names[k] for k in np.asarray(self.target)]
+        factual["valid"] = pd.array([None] * n, dtype="boolean")
+        counterfactual["valid"] = pd.array(np.asarray(self.valid, bool), dtype="boolean")
+        factual["p_target"], counterfactual["p_target"] = np.nan, np.asarray(self.p_target, np.float64)
+        factual["cost"], counterfactual["cost"] = np.nan, self.cost()
+        both = pd.concat([factual, counterfactual], keys=["factual", "counterfactual"], names=["kind", "row"])
+        return both.swaplevel().reindex(pd.MultiIndex.from_product([range(n), ["factual", "counterfactual"]],
+                                                                   names=["row", "kind"]))
 
 
 def _chunks(n: int, size: int):

@@ -1,4 +1,5 @@
 import dataclasses
+import inspect
 import math
 
 import chex
@@ -7,6 +8,7 @@ import pytest
 
 from ctrain.data import Feature, Schema, from_arrays, load_dataset, prepare
 from ctrain.data.synthetic import N_TEST, N_TRAIN, N_VAL
+from ctrain.train import TrainConfig
 
 
 @pytest.mark.parametrize("name", ["linearly_separable", "overlapping", "circles", "moons"])
@@ -99,14 +101,23 @@ def test_class_balanced_subsampling():
     np.testing.assert_array_equal(small.x_train, d.subsample(101, seed=0).x_train)
 
 
-def test_batches_are_deterministic_per_seed_and_epoch():
+def test_shuffled_batches_are_deterministic_per_seed_and_epoch():
     d = load_dataset("moons")
-    a = [b["x"] for b in d.batches(100, seed=1, epoch=2)]
-    b = [b["x"] for b in d.batches(100, seed=1, epoch=2)]
-    c = [b["x"] for b in d.batches(100, seed=1, epoch=3)]
+    a = [b["x"] for b in d.batches(100, seed=1, epoch=2, shuffle=True)]
+    b = [b["x"] for b in d.batches(100, seed=1, epoch=2, shuffle=True)]
+    c = [b["x"] for b in d.batches(100, seed=1, epoch=3, shuffle=True)]
     np.testing.assert_array_equal(np.stack(a), np.stack(b))
     assert not np.array_equal(np.stack(a), np.stack(c))
     assert sum(len(v) for v in a) == len(d.x_train)
+
+
+def test_batches_are_unshuffled_by_default_as_training_is():
+    d = load_dataset("moons")
+    plain = np.concatenate([b["x"] for b in d.batches(100, seed=1, epoch=2)])
+    np.testing.assert_array_equal(plain, d.x_train[:len(plain)])  # the training split's own order
+    assert inspect.signature(d.batches).parameters["shuffle"].default is TrainConfig().shuffle is False
+    shuffled = np.concatenate([b["x"] for b in d.batches(100, seed=1, epoch=2, shuffle=True)])
+    assert not np.array_equal(plain, shuffled)
 
 
 # --- bad input ---------------------------------------------------------------------------------------
@@ -336,3 +347,50 @@ def test_load_dataset_unknown_keyword_names_the_valid_ones():
         load_dataset("digits", balanced=True)
     with pytest.raises(TypeError, match="dataset name must be a string"):
         load_dataset(3)
+
+
+# --- original units and integer features ----------------------------------------------------------
+
+def _timestamps(n: int = 160):
+    rng = np.random.default_rng(0)
+    ts = 1.7e9 + rng.permutation(np.linspace(-30, 30, n))  # n distinct seconds, far from 0
+    return np.c_[ts, rng.normal(size=n)], np.arange(n) % 2
+
+
+def test_original_units_warn_when_float32_cannot_hold_a_column_and_decode_keeps_it():
+    x, y = _timestamps()
+    d = from_arrays(x, y, feature_names=["ts", "z"])
+    assert np.unique(d.x_train[:, 0]).size == len(d.x_train)  # standardised, every value distinct
+    with pytest.warns(RuntimeWarning, match=r"'ts' keeps [1-9] of \d+ distinct training values.*Dataset.decode") as w:
+        orig = d.in_original_units()
+    assert "'z'" not in str(w[0].message)
+    assert np.unique(orig.x_train[:, 0]).size < 10  # the collapse the warning names
+    back = d.decode(d.x_train)
+    assert back["ts"].dtype == np.float64 and back["ts"].nunique() == len(d.x_train)
+    raw = d.standardizer.inverse(d.x_train)
+    assert raw.dtype == np.float64 and np.unique(raw[:, 0]).size == len(d.x_train)
+    # each value is its source's, to within float32 rounding of the standardised copy (17 s · 2^-24)
+    assert np.abs(raw[:, :1] - x[None, :, 0]).min(1).max() < 1e-5
+
+
+def test_original_units_of_ordinary_columns_do_not_warn():
+    d = load_dataset("moons")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d.in_original_units()
+
+
+def test_integer_features_from_arrays_must_be_whole_and_decode_to_int():
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.integers(0, 9, 60), rng.normal(size=60)]
+    d = from_arrays(x, np.arange(60) % 2, feature_names=["kids", "z"], integer=["kids"])
+    assert [f.integer for f in d.schema.features] == [True, False]
+    out = d.decode(d.x_train)
+    assert list(out.columns) == ["kids", "z"] and out["kids"].dtype == np.int64
+    np.testing.assert_array_equal(d.encode(out), d.x_train)  # arrays-built Datasets round-trip too
+    x[7, 0] = 2.5
+    with pytest.raises(ValueError, match=r"integer feature 'kids' holds 2.5 at row 7"):
+        from_arrays(x, np.arange(60) % 2, feature_names=["kids", "z"], integer=["kids"])
+    with pytest.raises(ValueError, match="only a continuous feature can be integer"):
+        Feature("c=a", kind="categorical", group="c", integer=True)

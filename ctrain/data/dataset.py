@@ -6,11 +6,17 @@ standardisation (fitted on train only), bound inference and validation happen in
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+import inspect
+import sys
+import warnings
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
 from ctrain.data.schema import Schema, as_matrix, check_features, check_one_hot
+
+if TYPE_CHECKING:  # frame.py imports this module
+    from ctrain.data.frame import Layout
 
 BALANCE_MODES = (None, "oversample", "undersample")
 
@@ -50,8 +56,11 @@ class Standardizer:
         return ((np.asarray(x, np.float64) - self.mean) / self.scale).astype(np.float32)
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
-        """Returns x * scale + mean, same shape as x (back to the original units)."""
-        return (x * self.scale + self.mean).astype(np.float32)
+        """Returns x * scale + mean as float64, same shape as x (back to the original units).
+
+        float64, because in float32 a column far from 0 relative to its spread loses its distinct values.
+        """
+        return np.asarray(x, np.float64) * self.scale + self.mean
 
     def transform_schema(self, schema: Schema) -> Schema:
         """Returns the schema with its user-given (finite) bounds mapped into standardised units."""
@@ -85,6 +94,8 @@ class Dataset:
     standardizer: Standardizer
     class_names: tuple[str, ...] = ()
     image_shape: tuple[int, ...] | None = None  # e.g. (28, 28) to un-flatten rows for plots and CNNs
+    # The columns of the DataFrame it was built from (`ctrain.data.frame.Layout`), for encode/decode; None: arrays.
+    table: Layout | None = None
 
     def __post_init__(self):
         if self.num_classes < 2:
@@ -137,10 +148,64 @@ class Dataset:
         pooled = np.sqrt(((len(a) - 1) * a.var(0, ddof=1) + (len(b) - 1) * b.var(0, ddof=1)) / (len(x) - 2))
         return np.abs(a.mean(0) - b.mean(0)) / np.where(pooled > 0, pooled, 1.0)
 
+    def lattice(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (origin, step), each (D,) float64: integer feature j takes the values origin[j] + k·step[j] (k whole)
+        in this Dataset's units; step 0 marks a feature without a lattice (continuous values, one-hot columns).
+
+        An integer feature with standardiser mean m and scale s has step 1/s and origin (round(m) − m)/s, the
+        lattice point nearest 0: the same points as −m/s + k/s, with an origin small enough for float32.
+        """
+        integer = self.schema.integer_mask()
+        m, s = self.standardizer.mean, self.standardizer.scale
+        origin = np.where(integer, (np.round(m) - m) / s, 0.0)
+        step = np.where(integer, 1.0 / s, 0.0)
+        return origin, step
+
     def constraints(self):
-        """Returns the `ctrain.constraints.Constraints` arrays for this dataset's schema."""
-        from ctrain.constraints import from_schema
-        return from_schema(self.schema)
+        """Returns the `ctrain.constraints.Constraints` arrays for this dataset's schema, with the integer features'
+        lattice (`lattice()`) when there are any."""
+        from ctrain import constraints as cons
+        c = cons.from_schema(self.schema)
+        origin, step = self.lattice()
+        if not step.any():
+            return c
+        if "grid_step" not in inspect.signature(cons.make_constraints).parameters:
+            # Until the search's lattice lands (branch search), integer features are searched as continuous ones.
+            return c
+        muts = [f.mutability for f in self.schema.features]
+        cols = {m: [i for i, v in enumerate(muts) if v == m] for m in cons.CODES}
+        lo, hi = self.schema.bounds_array()
+        return cons.make_constraints(self.schema.width, immutable=cols["immutable"], increase=cols["increase"],
+                                     decrease=cols["decrease"], lower=lo, upper=hi,
+                                     groups=list(self.schema.groups.values()), scale=self.schema.scale_array(),
+                                     grid_origin=origin, grid_step=step)
+
+    def _layout(self):
+        from ctrain.data.frame import Layout
+        return self.table if self.table is not None else Layout.from_schema(self.schema)
+
+    def encode(self, frame) -> np.ndarray:
+        """Returns the (N, D) float32 features of a DataFrame's N rows, encoded and scaled as the training rows were.
+
+        The training split's categories and standardiser are used, never the new rows' own statistics. A missing or
+        unknown column, a missing value, an unseen category, a non-number or a fraction in an integer column raises
+        a ValueError naming the column and the value. A Dataset built from arrays takes one column per continuous
+        feature and per one-hot group (its levels are the members' names after "<group>=").
+        """
+        from ctrain.data.frame import encode_frame
+        x = encode_frame(frame, self._layout(), what=f"{self.name}: the frame")
+        x = check_features(x, self.schema, what=f"{self.name}: the encoded frame", dtype=None)
+        return self.standardizer.transform(x)
+
+    def decode(self, x):
+        """Returns a pandas DataFrame (N rows) of features x (N, D) in the original columns, units and categories.
+
+        Standardisation is undone in float64, each one-hot group becomes its largest entry's category (argmax) and
+        integer features are rounded to whole numbers with an integer dtype; a frame's own dtypes are kept.
+        """
+        from ctrain.data.frame import decode_frame
+        x = check_features(x, self.schema, what=f"{self.name}: x to decode", dtype=None)
+        return decode_frame(self.standardizer.inverse(x), self._layout())
 
     def affine(self, multiply, add=0.0, *, name: str | None = None) -> "Dataset":
         """Returns a copy whose continuous columns are x·multiply + add in every split (one-hot columns unchanged).
@@ -171,8 +236,27 @@ class Dataset:
         return self.affine(1.0 / sd, -mean / sd, name=name)
 
     def in_original_units(self, *, name: str | None = None) -> "Dataset":
-        """Returns a copy in the units the data came in (undoing the loader's standardisation)."""
-        return self.affine(self.standardizer.scale, self.standardizer.mean, name=name)
+        """Returns a copy in the units the data came in (undoing the loader's standardisation).
+
+        A Dataset holds float32, in which a column far from 0 relative to its spread (a timestamp, 1.7e9 ± 30)
+        cannot keep its distinct values: such columns are named in a warning. `decode(x)` gives the original
+        units in float64 without that loss.
+        """
+        out = self.affine(self.standardizer.scale, self.standardizer.mean, name=name)
+        lost = []
+        for j, f in enumerate(self.schema.features):
+            if f.kind == "categorical" or (self.standardizer.mean[j] == 0 and self.standardizer.scale[j] == 1):
+                continue
+            exact = np.asarray(self.x_train[:, j], np.float64) * self.standardizer.scale[j] + self.standardizer.mean[j]
+            kept = np.unique(out.x_train[:, j]).size
+            if kept < np.unique(exact).size:
+                lost.append(f"{f.name!r} keeps {kept} of {np.unique(exact).size} distinct training values")
+        if lost:
+            warnings.warn(f"{self.name}: in the original units, in float32, {'; '.join(lost)}: their values are "
+                          "large against their spread. Train on the standardised Dataset, and use "
+                          "Dataset.decode(x) for float64 values in the original units", RuntimeWarning,
+                          stacklevel=2)
+        return out
 
     def with_mutability(self, **by_name: str) -> "Dataset":
         """Returns a copy whose schema marks the named features or groups with a new mutability."""
@@ -181,9 +265,10 @@ class Dataset:
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self.x_train) // batch_size)
 
-    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
+    def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False,
                 drop_remainder: bool = True) -> Iterator[dict[str, np.ndarray]]:
-        """Yields {"x": (B, D), "y": (B,)} training batches; the order depends only on (seed, epoch)."""
+        """Yields {"x": (B, D), "y": (B,)} training batches, in the training split's order unless `shuffle`, then in
+        an order that depends only on (seed, epoch). Unshuffled by default, as `TrainConfig.shuffle` is."""
         n = len(self.x_train)
         if batch_size < 1 or batch_size > n:
             raise ValueError(f"batch_size must be in [1, {n}], got {batch_size}")
@@ -418,9 +503,11 @@ def from_arrays(x, y, *, schema: Schema | None = None, feature_names: Sequence[s
     Labels are mapped to 0..K-1 in sorted order and their names kept in `Dataset.class_names` (e.g. {1, 2} ->
     classes 0, 1 named "1", "2"; ["no", "yes"] -> 0, 1). NaN/None labels and fractional float labels raise.
     Either pass a `Schema`, or `feature_names` plus `Schema.build` keywords (immutable=..., increase=...,
-    decrease=..., categorical={group: [names]}, bounds={name: (lo, hi)}) in the original units. One-hot groups
-    must hold exactly one 1 per row. The splits are stratified by class when `stratify`; a split that would
-    come out empty, or a class left without training rows, raises.
+    decrease=..., categorical={group: [names]}, bounds={name: (lo, hi)}, integer=[names]) in the original units.
+    One-hot groups must hold exactly one 1 per row; integer features whole numbers. An increase-only (decrease-only)
+    feature without an upper (lower) bound warns once, naming the bound inferred from the data that counterfactuals
+    may then reach. The splits are stratified by class when `stratify`; a split that would come out empty, or a
+    class left without training rows, raises.
     """
     x = as_matrix(x, what="x", dtype=None)  # finiteness is checked once the schema can name the columns
     if x.shape[0] == 0:
@@ -440,6 +527,7 @@ def from_arrays(x, y, *, schema: Schema | None = None, feature_names: Sequence[s
         raise ValueError("pass either a Schema or feature_names/schema keywords, not both")
     x = check_features(x, schema, what="x", dtype=None)
     check_one_hot(x, schema, what="x")  # here rather than after splitting, so the row numbers are the user's
+    check_integers(x, schema, what="x")
     if not (0 < test_fraction < 1) or not (0 <= val_fraction < 1 - test_fraction):
         raise ValueError(f"need 0 < test_fraction < 1 and 0 <= val_fraction < 1 - test_fraction, "
                          f"got {test_fraction}, {val_fraction}")
@@ -458,6 +546,46 @@ def from_arrays(x, y, *, schema: Schema | None = None, feature_names: Sequence[s
         if fraction > 0 and len(idx) == 0:
             raise ValueError(f"the {split} split is empty: {x.shape[0]} rows at {split} fraction {fraction}{per} "
                              f"round to 0 rows; provide more rows or raise the {split} fraction")
-    return prepare(name, x[train_idx], labels[train_idx], x[test_idx], labels[test_idx], schema=schema,
+    data = prepare(name, x[train_idx], labels[train_idx], x[test_idx], labels[test_idx], schema=schema,
                    x_val=x[val_idx], y_val=labels[val_idx], num_classes=len(class_names), standardize=standardize,
                    n_std=n_std, class_names=class_names)
+    warn_one_way_unbounded(schema, data)
+    return data
+
+
+def check_integers(x: np.ndarray, schema: Schema, *, what: str = "x") -> None:
+    """Returns None; raises a ValueError naming the feature, row and value where an integer feature of x (N, D)
+    holds a fraction."""
+    for j in np.flatnonzero(schema.integer_mask()):
+        frac = np.flatnonzero(x[:, j] != np.round(x[:, j]))
+        if len(frac):
+            raise ValueError(f"{what}: integer feature {schema.names[j]!r} holds {float(x[frac[0], j])!r} at row "
+                             f"{int(frac[0])}; integer features take whole numbers (round them, or drop the "
+                             "feature from integer=)")
+
+
+def warn_one_way_unbounded(given: Schema, data: Dataset) -> None:
+    """Returns None; warns once, naming each increase-only (decrease-only) feature of the user's schema `given` that
+    has no upper (lower) bound, and the bound inferred from the data that its counterfactuals may reach instead."""
+    found, names = [], []
+    for j, f in enumerate(given.features):
+        side = {"increase": "upper", "decrease": "lower"}.get(f.mutability)
+        if side is None or np.isfinite(getattr(f, side)):
+            continue
+        inferred = getattr(data.schema.features[j], side) * data.standardizer.scale[j] + data.standardizer.mean[j]
+        found.append(f"{f.name!r} is {f.mutability}-only with no {side} bound: its counterfactuals may move it as "
+                     f"far as {inferred:.6g}, the bound inferred from the training data")
+        names.append(f.name)
+    if found:
+        warnings.warn(f"{data.name}: {'; '.join(found)}. Pass bounds={{{names[0]!r}: (lower, upper)}} (original "
+                      f"units) for {names} to cap how far a counterfactual may go", UserWarning,
+                      stacklevel=_user_stacklevel())
+
+
+def _user_stacklevel() -> int:
+    # the warning points at the user's call, however many ctrain.data functions (from_dataframe → from_arrays) lie
+    # between
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("ctrain.data"):
+        frame, level = frame.f_back, level + 1
+    return level

@@ -22,7 +22,9 @@ class Feature:
     """One input column. `lower`/`upper` of ±inf mean "infer from the training data".
 
     `scale` is the feature's typical size of change, its training standard deviation (1 for one-hot
-    categories): the unit of a units-aware search (`SearchConfig(units="std")`).
+    categories): the unit of a units-aware search (`SearchConfig(units="std")`). `integer` marks a continuous
+    feature whose original values are whole numbers (an age, a count): `Dataset.lattice()` keeps its
+    counterfactuals on those numbers and `Dataset.decode` returns it as integers.
     """
 
     name: str
@@ -32,6 +34,7 @@ class Feature:
     lower: float = -math.inf
     upper: float = math.inf
     scale: float = 1.0
+    integer: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -51,6 +54,9 @@ class Feature:
         if self.lower > self.upper:
             raise ValueError(
                 f"feature {self.name!r}: lower bound {self.lower} is greater than upper bound {self.upper}")
+        if self.integer and self.kind != "continuous":
+            raise ValueError(f"feature {self.name!r}: only a continuous feature can be integer; a one-hot category "
+                             "is 0/1 already")
         if not (math.isfinite(self.scale) and self.scale > 0):
             raise ValueError(f"feature {self.name!r}: scale must be finite and > 0, got {self.scale}")
 
@@ -138,6 +144,10 @@ class Schema:
                 feats[i] = dataclasses.replace(feats[i], lower=float(lo), upper=float(hi))
         return Schema(tuple(feats))
 
+    def integer_mask(self) -> np.ndarray:
+        """Returns a (width,) bool mask of the integer features."""
+        return np.array([f.integer for f in self.features], dtype=bool)
+
     def protected(self) -> np.ndarray:
         """Returns a (width,) bool mask of features with any mutability constraint."""
         return np.array([f.mutability != "free" for f in self.features], dtype=bool)
@@ -186,8 +196,9 @@ class Schema:
     @classmethod
     def build(cls, names: Sequence[str], *, immutable: Iterable[str] = (), increase: Iterable[str] = (),
               decrease: Iterable[str] = (), categorical: Mapping[str, Sequence[str]] | None = None,
-              bounds: Mapping[str, tuple[float, float]] | None = None) -> "Schema":
-        """Returns a Schema over `names` with the given one-hot groups, mutabilities and bounds (unknown names raise)."""
+              bounds: Mapping[str, tuple[float, float]] | None = None, integer: Iterable[str] = ()) -> "Schema":
+        """Returns a Schema over `names` with the given one-hot groups, mutabilities, bounds and integer features
+        (unknown names raise)."""
         names = [str(n) for n in names]
         feats = {n: Feature(n) for n in names}
         if len(feats) != len(names):
@@ -215,7 +226,11 @@ class Schema:
                 muts[n] = mut
         schema.resolve(muts)  # raises on unknown names before any replacement
         schema = schema.with_mutability(**muts)
-        return schema.with_bounds(bounds or {})
+        _check_name_list(integer, "integer")
+        feats = list(schema.features)
+        for i in schema.resolve(integer):
+            feats[i] = dataclasses.replace(feats[i], integer=True)  # a one-hot member raises in Feature
+        return Schema(tuple(feats)).with_bounds(bounds or {})
 
     @classmethod
     def default(cls, width: int) -> "Schema":

@@ -20,7 +20,7 @@ import warnings
 import jax
 import numpy as np
 
-from ctrain import storage
+from ctrain import sharding, storage
 
 RUN_FILE = "run.json"
 HISTORY_FILE = "history.jsonl"  # one JSON log per finished epoch, rewritten whole after each
@@ -408,6 +408,9 @@ class Manager:
     def save(self, state, epoch: int, history: list[dict]) -> None:
         """Writes the state's array leaves and the logs for `epoch` (blocking, so a crash cannot corrupt it)."""
         ocp = self._ocp
+        # orbax's save is collective: a peer that died would be noticed only by JAX's heartbeat, or by a
+        # collective's "connection reset" that does not say who; meeting here first names it, within the timeout.
+        sharding.wait_for_peers(f"the checkpoint of epoch {epoch}")
         self._mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(_saved_fields(state)),
                                                         meta=ocp.args.JsonSave({"epoch": epoch, "history": history})))
         self._mngr.wait_until_finished()

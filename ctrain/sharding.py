@@ -14,13 +14,13 @@ Two ways to run the train step on several devices, both tested against one devic
 `collective_counts` reads the collectives out of a compiled program's HLO text.
 
 Several processes (multi-host): join them with `initialize_processes` (`jax.distributed.initialize` with bounded
-peer timeouts). A process whose peer dies must not wait for it for long, and must say who is gone: the setting is
-`peer_timeout_s` (keyword of `initialize_processes`, else the environment variable CTRAIN_PEER_TIMEOUT_S, else
-60 s; read when the processes join, or at the first meeting if they joined through jax.distributed directly). `fit` meets its peers at `wait_for_peers` before each checkpoint; a peer that has not arrived within
-`peer_timeout_s` raises `PeerLostError` naming its process index. JAX's own heartbeat is set to
-2 * peer_timeout_s, so the named error comes first; the heartbeat still ends the survivor (JAX aborts it, "another
-task died") within about 2 * peer_timeout_s of a death noticed elsewhere, e.g. inside a training step's
-collective, or when the process exits after the error and JAX's shutdown waits for the lost peer.
+peer timeouts), so that a process whose peer dies stops soon and says who is gone. The setting is `peer_timeout_s`
+(keyword of `initialize_processes`, else the environment variable CTRAIN_PEER_TIMEOUT_S, else 60 s). `fit` meets
+its peers (`wait_for_peers`) before each checkpoint: a peer that has not arrived within peer_timeout_s raises
+`PeerLostError` naming its process index. JAX's heartbeat timeout is set to 2 * peer_timeout_s, so that named error
+comes first when the peer died shortly before the checkpoint; a death noticed elsewhere (e.g. inside a long epoch)
+ends the survivor through JAX's heartbeat, whose abort names the task and says another task died, within about
+2 * peer_timeout_s of the death. After a PeerLostError, JAX's shutdown at exit aborts the process the same way.
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 SPEC_JSON holds process_id, num_processes, port, workdir, epochs and out (a JSON file for the final parameters,
 history and the workdir files this process opened for writing), and optionally peer_timeout_s and lose_peer: then
-process 1 kills itself (SIGKILL) as soon as the processes have joined, and process 0, instead of training, saves
-the initial state as the checkpoint of epoch 2 (as `fit` would), which must fail naming the lost peer. XLA_FLAGS in the environment sets this
-process's CPU devices. `setup` builds the run, so the test's one-process reference is the same run.
+both build the run, process 1 kills itself (SIGKILL), and process 0, instead of training, saves the initial state
+as the checkpoint of epoch 2 (as `fit` would), which must fail naming the lost peer. XLA_FLAGS in the environment
+sets this process's CPU devices. `setup` builds the run, so the test's one-process reference is the same run.
 """
 import json
 import os

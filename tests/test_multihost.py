@@ -1,6 +1,7 @@
 """Multi-host `fit` on one machine: two CPU processes joined by `jax.distributed.initialize` (gloo collectives),
 2 devices each, train on one 4-device mesh. Checks that they reach the parameters of a one-process run on 4
-devices, that only process 0 reports and writes ctrain's files, and that a two-process resume is bit-identical.
+devices, that only process 0 reports and writes ctrain's files (each through a temporary), that a two-process
+resume is bit-identical, and that a process whose peer was killed stops with an error naming it.
 
 Each pair of processes runs tests/multihost_worker.py under a timeout, so a hung collective fails the test.
 """

@@ -241,20 +241,24 @@ TRICKLE_BYTES, TRICKLE_EVERY_S = 16, 0.25  # the trickling server's whole answer
 
 @pytest.fixture
 def trickle():
-    """trickle() -> (url, finished): a loopback server sending one byte every TRICKLE_EVERY_S, TRICKLE_BYTES in all.
+    """trickle(headers=False) -> (url, finished): a loopback server sending one byte every TRICKLE_EVERY_S.
 
-    `finished` is set once it has sent them all (it promises 1000 bytes, so a fetch that waited fails as truncated).
+    It sends TRICKLE_BYTES bytes of its body (it promises 1000, so a fetch that waited fails as truncated), or,
+    with headers=True, of a header line that never ends; `finished` is set once it has sent them all.
     """
     servers = []
 
-    def start():
+    def start(headers=False):
         finished = threading.Event()
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Length", "1000")
-                self.end_headers()
+                if headers:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
                 self.wfile.flush()
                 try:
                     for _ in range(TRICKLE_BYTES):
@@ -289,6 +293,13 @@ def test_a_trickling_server_cannot_hold_a_fetch_past_its_deadline(cache, trickle
     assert not finished.is_set(), "the fetch waited for the server to finish"
     assert url in str(err.value) and "deadline of 1 s" in str(err.value)
     assert not cache.exists()  # no partial file, not even the cache folder
+
+
+def test_a_server_trickling_its_headers_is_stopped_at_the_deadline_too(cache, trickle):
+    url, finished = trickle(headers=True)
+    with pytest.raises(DownloadError, match="deadline of 1 s") as err:
+        fetch_archive(url, "0" * 64, cache, TABULAR_FOLDER, timeout=2, deadline_s=1)
+    assert not finished.is_set() and url in str(err.value) and not cache.exists()
 
 
 def test_the_deadline_defaults_to_its_environment_variable(cache, trickle, monkeypatch):

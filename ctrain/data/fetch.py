@@ -24,8 +24,9 @@ before it could clean up) are removed by the next fetch into the same folder.
 
 Two limits bound a download: `timeout` (seconds, default 60) for each socket operation, and `deadline_s` (seconds,
 the whole download from the request to the last byte; default: the environment variable
-`CTRAIN_DOWNLOAD_DEADLINE_S` when set and not empty, else 600). A server that trickles bytes keeps every read
-within the timeout, so only the deadline stops it.
+`CTRAIN_DOWNLOAD_DEADLINE_S` when set and not empty, else 600). A server that trickles bytes (of its headers or
+its body) keeps every read within the timeout, so only the deadline stops it: a watchdog thread shuts the
+connection down when the deadline passes.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ import socket
 import sys
 import tarfile
 import tempfile
-import time
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
@@ -177,62 +178,93 @@ def _offline(hint: str) -> str:
     return hint or "To work offline, put the file in the data folder yourself."
 
 
-class _DeadlinePassed(Exception):
-    pass
+class _Watchdog:
+    """Shuts down the download's sockets when the deadline passes, ending any read still waiting for bytes.
 
+    A server that trickles its headers or its body keeps every single read within the per-read timeout; only
+    closing the connection from outside ends such a read. `opener` records each socket it connects (redirects
+    open new ones) so that the timer can reach it.
+    """
 
-def _response_socket(response):
-    """Returns the socket under an http.client response, or None where this Python hides it."""
-    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None
+    def __init__(self, deadline_s: float):
+        self.fired, self._sockets, self._lock = False, [], threading.Lock()
+        self._timer = threading.Timer(deadline_s, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _track(self, sock) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:  # connected after the deadline: give up at once
+                self._fire()
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """Returns a urllib opener whose HTTP(S) connections are registered with this watchdog."""
+        track = self._track
+
+        class Connection(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                track(self.sock)
+
+        class SecureConnection(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                track(self.sock)
+
+        class Handler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(Connection, req)
+
+        class SecureHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(SecureConnection, req, context=self._context)
+
+        return urllib.request.build_opener(Handler, SecureHandler)
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
 
 
 def _download(url: str, out, offline_hint: str, timeout: float, deadline_s: float = DEADLINE_S) -> str:
     """Streams `url` into `out`; returns the body's sha256 hex digest, raising DownloadError on any failure.
 
-    Each socket operation may take `timeout` s, and the whole download `deadline_s` s; reads take what has
-    arrived (`read1`), so the deadline is checked however slowly the bytes come.
+    Each socket operation may take `timeout` s, and the whole download, from the request to the last byte,
+    `deadline_s` s (a watchdog shuts the connection down when it passes).
     """
     print(f"ctrain: downloading {url}", file=sys.stderr, flush=True)
-    digest, n = hashlib.sha256(), 0
-    end = time.monotonic() + deadline_s
-
-    def remaining() -> float:
-        left = end - time.monotonic()
-        if left <= 0:
-            raise _DeadlinePassed
-        return left
-
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": "ctrain"})
-        with urllib.request.urlopen(request, timeout=min(timeout, remaining())) as response:
-            length = response.headers.get("Content-Length")
-            sock = _response_socket(response)
-            while True:
-                if sock is not None:
-                    sock.settimeout(min(timeout, remaining()))
-                chunk = response.read1(_CHUNK)
-                if not chunk:
-                    break
-                digest.update(chunk)
-                out.write(chunk)
-                n += len(chunk)
-                remaining()
-    except (_DeadlinePassed, OSError, http.client.HTTPException, ValueError) as e:
-        # URLError/HTTPError/timeouts are OSErrors; a socket timeout cut to the time left is the deadline's
-        if isinstance(e, _DeadlinePassed) or (isinstance(e, (TimeoutError, socket.timeout))
-                                              and time.monotonic() >= end - 0.05):
+    digest, n, length = hashlib.sha256(), 0, None
+    with _Watchdog(deadline_s) as watchdog:
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "ctrain"})
+            with watchdog.opener().open(request, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                while chunk := response.read1(_CHUNK):  # what has arrived, so a slow body is hashed as it comes
+                    digest.update(chunk)
+                    out.write(chunk)
+                    n += len(chunk)
+        except (OSError, http.client.HTTPException, ValueError) as e:  # URLError/HTTPError/timeouts: OSErrors
+            if not watchdog.fired:
+                reason = e.reason if isinstance(e, urllib.error.URLError) and not isinstance(
+                    e, urllib.error.HTTPError) else e
+                raise DownloadError(f"{url}: download failed ({type(reason).__name__}: {reason}) after {n} bytes. "
+                                    f"{_offline(offline_hint)}") from e
+        if watchdog.fired:  # a read the shutdown ended may look like a clean end of the body
             raise DownloadError(f"{url}: download passed its deadline of {deadline_s:g} s (deadline_s=, or "
                                 f"{DEADLINE_ENV}) after {n} bytes; the partial file was removed. "
-                                f"{_offline(offline_hint)}") from None
-        reason = e.reason if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError) \
-            else e
-        if isinstance(reason, (TimeoutError, socket.timeout)) and time.monotonic() >= end - 0.05:
-            raise DownloadError(f"{url}: download passed its deadline of {deadline_s:g} s (deadline_s=, or "
-                                f"{DEADLINE_ENV}) before the server answered; nothing was kept. "
-                                f"{_offline(offline_hint)}") from None
-        raise DownloadError(f"{url}: download failed ({type(reason).__name__}: {reason}) after {n} bytes. "
-                            f"{_offline(offline_hint)}") from e
+                                f"{_offline(offline_hint)}")
     # http.client ends a body cut short by the server without an error, so the length is checked here
     if length is not None and length.isdigit() and n != int(length):
         raise DownloadError(f"{url}: download truncated, got {n} of {length} bytes (Content-Length). "

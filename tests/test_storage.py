@@ -164,3 +164,18 @@ def test_run_identity_file_survives_a_full_disk(tmp_path, monkeypatch):
     assert (tmp_path / checkpoint.RUN_FILE).read_bytes() == previous
     assert not [n for n in os.listdir(tmp_path) if storage.is_temporary(n)]
     assert checkpoint.RUN_FILE in str(err.value)
+
+
+def test_history_file_survives_a_full_disk(tmp_path, monkeypatch):
+    pytest.importorskip("orbax.checkpoint")
+    manager = checkpoint.Manager(str(tmp_path))
+    manager.write_history([{"epoch": 1, "loss": 0.5}])
+    previous = (tmp_path / checkpoint.HISTORY_FILE).read_bytes()
+    assert previous == b'{"epoch": 1, "loss": 0.5}\n'  # one JSON log a line, as fit has always written it
+    _half_written(monkeypatch)
+    with pytest.raises(OSError) as err:
+        manager.write_history([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}])
+    manager.close()
+    assert (tmp_path / checkpoint.HISTORY_FILE).read_bytes() == previous
+    assert not [n for n in os.listdir(tmp_path) if storage.is_temporary(n)]
+    assert checkpoint.HISTORY_FILE in str(err.value)

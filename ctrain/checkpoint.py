@@ -20,7 +20,10 @@ import warnings
 import jax
 import numpy as np
 
+from ctrain import sharding, storage
+
 RUN_FILE = "run.json"
+HISTORY_FILE = "history.jsonl"  # one JSON log per finished epoch, rewritten whole after each
 MANIFEST_FILE = "ctrain_manifest.json"  # per checkpoint: sha256 of every file orbax wrote
 # Settings that may change between a run and its resumption without changing what the finished epochs did.
 _RESUMABLE_FIELDS = ("config.epochs", "config.checkpoint_every", "config.burnin", "burnin_epochs")
@@ -315,7 +318,8 @@ def _file_digests(folder: str) -> dict[str, str]:
         for name in files:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, folder)
-            if rel in (MANIFEST_FILE, MANIFEST_FILE + ".tmp"):
+            if rel in (MANIFEST_FILE, MANIFEST_FILE + ".tmp") or (  # the manifest, or a temporary of it
+                    storage.is_temporary(name) and name.startswith(f".{MANIFEST_FILE}.") and rel == name):
                 continue
             h = hashlib.sha256()
             with open(path, "rb") as f:
@@ -388,27 +392,31 @@ class Manager:
             raise RunMismatchError(f"{self.run_file} is unreadable ({err}); delete {self.workdir} to start over") from None
 
     def write_identity(self, identity: dict) -> None:
-        """Writes run.json (process 0 only; written whole, then renamed, so a crash cannot leave half a file)."""
+        """Writes run.json (process 0 only; `storage.write_json`, so a crash or full disk cannot leave half a file)."""
         if jax.process_index() != 0:
             return
-        tmp = self.run_file + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(identity, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.run_file)
+        storage.write_json(self.run_file, identity, indent=1, sort_keys=True)
+
+    @property
+    def history_file(self) -> str:
+        return os.path.join(self.workdir, HISTORY_FILE)
+
+    def write_history(self, history: list[dict]) -> None:
+        """Writes history.jsonl, one JSON log per epoch, whole and atomically (`storage.write_atomic`)."""
+        storage.write_atomic(self.history_file, "".join(json.dumps(h) + "\n" for h in history))
 
     def save(self, state, epoch: int, history: list[dict]) -> None:
         """Writes the state's array leaves and the logs for `epoch` (blocking, so a crash cannot corrupt it)."""
         ocp = self._ocp
+        # orbax's save is collective: a peer that died would be noticed only by JAX's heartbeat, or by a
+        # collective's "connection reset" that does not say who; meeting here first names it, within the timeout.
+        sharding.wait_for_peers(f"the checkpoint of epoch {epoch}")
         self._mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(_saved_fields(state)),
                                                         meta=ocp.args.JsonSave({"epoch": epoch, "history": history})))
         self._mngr.wait_until_finished()
         if jax.process_index() == 0:
             folder = self._step_dir(epoch)
-            digests = _file_digests(folder)
-            tmp = os.path.join(folder, MANIFEST_FILE + ".tmp")
-            with open(tmp, "w") as f:
-                json.dump(digests, f)
-            os.replace(tmp, os.path.join(folder, MANIFEST_FILE))
+            storage.write_json(os.path.join(folder, MANIFEST_FILE), _file_digests(folder))
 
     def _step_dir(self, epoch: int) -> str:
         return os.path.join(self.workdir, "checkpoints", str(epoch))

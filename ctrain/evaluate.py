@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import io
 import math
-import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import jax
@@ -27,6 +26,7 @@ import scipy.stats
 
 from ctrain import attacks, constraints as cons, metrics
 from ctrain.progress import progress as progress_display
+from ctrain.storage import write_atomic, write_json
 from ctrain.search import SearchConfig, explain, get_generator, predict, search_units
 
 MEDIAN = "median"  # ProtocolConfig.mmd_length_scale: the median heuristic, per target class
@@ -436,17 +436,19 @@ def evaluate_model(apply_fn, params, x_test, y_test, *, key: jax.Array, epsilons
 
 
 def write_records(path: str, records: Sequence[Mapping]) -> str:
-    """Writes records (list of flat dicts) to `path` as CSV (".csv") or JSON (otherwise); returns the path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    """Writes records (list of flat dicts) to `path` as CSV (".csv") or JSON (otherwise) atomically; returns the path.
+
+    A failed write (e.g. a full disk) raises `ctrain.storage.StorageError` and leaves the previous file whole.
+    """
     if path.endswith(".csv"):
         fields = list(dict.fromkeys(k for r in records for k in r))
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows({k: ("n/a" if v is None else v) for k, v in r.items()} for r in records)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: ("n/a" if v is None else v) for k, v in r.items()} for r in records)
+        write_atomic(path, text.getvalue())
     else:
-        with open(path, "w") as f:
-            json.dump(list(records), f, indent=1, default=_json_default)
+        write_json(path, list(records), indent=1, default=_json_default)
     return path
 
 

@@ -12,11 +12,21 @@ Two ways to run the train step on several devices, both tested against one devic
   `unreplicate` lay the arrays out for it.
 
 `collective_counts` reads the collectives out of a compiled program's HLO text.
+
+Several processes (multi-host): join them with `initialize_processes` (`jax.distributed.initialize` with bounded
+peer timeouts), so that a process whose peer dies stops soon and says who is gone. The setting is `peer_timeout_s`
+(keyword of `initialize_processes`, else the environment variable CTRAIN_PEER_TIMEOUT_S, else 60 s). `fit` meets
+its peers (`wait_for_peers`) before each checkpoint: a peer that has not arrived within peer_timeout_s raises
+`PeerLostError` naming its process index. JAX's heartbeat timeout is set to 2 * peer_timeout_s, so that named error
+comes first when the peer died shortly before the checkpoint; a death noticed elsewhere (e.g. inside a long epoch)
+ends the survivor through JAX's heartbeat, whose abort names the task and says another task died, within about
+2 * peer_timeout_s of the death. After a PeerLostError, JAX's shutdown at exit aborts the process the same way.
 """
 from __future__ import annotations
 
 import functools
-
+import math
+import os
 import re
 from typing import Callable
 
@@ -86,6 +96,95 @@ def shard_batch(batch, mesh: Mesh, axis: int = 0):
         return jax.device_put(a, batch_sharding(mesh, axis))
 
     return jax.tree.map(put, batch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Several processes: joining them, and noticing a peer that is gone
+
+PEER_TIMEOUT_ENV = "CTRAIN_PEER_TIMEOUT_S"
+PEER_TIMEOUT_S = 60.0  # default seconds a process waits for a peer before calling it lost
+_joined_timeout_s: float | None = None  # the peer timeout initialize_processes was given, once it ran
+_barriers = 0  # barriers this process has waited at: the same count on every process, so keys match
+
+
+class PeerLostError(RuntimeError):
+    """A process of a multi-host run did not reach a meeting point in time: it died, hung or was preempted."""
+
+
+def resolve_peer_timeout(peer_timeout_s: float | None = None) -> float:
+    """Returns the peer timeout (s): the argument, else initialize_processes's, else $CTRAIN_PEER_TIMEOUT_S, else 60."""
+    if peer_timeout_s is None and _joined_timeout_s is not None:
+        return _joined_timeout_s
+    if peer_timeout_s is None:
+        raw = os.environ.get(PEER_TIMEOUT_ENV, "").strip()
+        try:
+            peer_timeout_s = float(raw) if raw else PEER_TIMEOUT_S
+        except ValueError:
+            raise ValueError(f"{PEER_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if isinstance(peer_timeout_s, bool) or not isinstance(peer_timeout_s, (int, float)) or not (
+            math.isfinite(peer_timeout_s) and peer_timeout_s > 0):
+        raise ValueError(f"peer_timeout_s must be a positive number of seconds, got {peer_timeout_s!r}")
+    return float(peer_timeout_s)
+
+
+def initialize_processes(coordinator_address: str, num_processes: int, process_id: int, *,
+                         peer_timeout_s: float | None = None, **jax_kwargs) -> float:
+    """Returns the peer timeout (s) after joining this process to a multi-host run via `jax.distributed.initialize`.
+
+    JAX's heartbeat timeout becomes 2 * peer_timeout_s (JAX's default is 100 s) and its shutdown timeout
+    peer_timeout_s (default 300 s); `wait_for_peers` (called by `fit` before each checkpoint) waits peer_timeout_s.
+    Other keywords (e.g. `initialization_timeout`, `local_device_ids`) go to `jax.distributed.initialize`.
+    """
+    global _joined_timeout_s
+    timeout = resolve_peer_timeout(peer_timeout_s)
+    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                               process_id=process_id, heartbeat_timeout_seconds=math.ceil(2 * timeout),
+                               shutdown_timeout_seconds=math.ceil(timeout), **jax_kwargs)
+    _joined_timeout_s = timeout
+    return timeout
+
+
+def _distributed_client():
+    from jax._src import distributed  # orbax reaches the coordination service the same way
+    return distributed.global_state.client
+
+
+def lost_processes(message: str, num_processes: int, me: int) -> list[int]:
+    """Returns the process indices a failed JAX barrier or heartbeat message names; all others if it names none."""
+    found = [int(m) for m in re.findall(r"[Tt]ask (\d+) heartbeat timeout", message)]
+    for marker in ("timed out task names:", "stopped sending heartbeats):"):
+        if marker in message:
+            for line in message.split(marker, 1)[1].strip("\n").splitlines():
+                m = re.fullmatch(r"\s*(?:\S*task:)?(\d+)\s*", line)
+                if m is None:
+                    break
+                found.append(int(m.group(1)))
+    found = sorted({i for i in found if 0 <= i < num_processes and i != me})
+    return found or [i for i in range(num_processes) if i != me]
+
+
+def wait_for_peers(what: str, peer_timeout_s: float | None = None) -> None:
+    """Returns once every process has reached this point; raises PeerLostError naming the processes that did not.
+
+    A no-op in a one-process run (or one not joined through `jax.distributed`). `what` names the point for the
+    message (e.g. "the checkpoint of epoch 2"); every process must call this the same number of times.
+    """
+    global _barriers
+    client = _distributed_client() if jax.process_count() > 1 else None
+    if client is None:
+        return
+    timeout = resolve_peer_timeout(peer_timeout_s)
+    _barriers += 1
+    try:
+        client.wait_at_barrier(f"ctrain:{_barriers}", max(1, round(timeout * 1000)))
+    except Exception as err:  # JaxRuntimeError (DEADLINE_EXCEEDED, or UNAVAILABLE once the heartbeat failed)
+        n, me = jax.process_count(), jax.process_index()
+        lost = lost_processes(str(err), n, me)
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise PeerLostError(
+            f"process {', '.join(map(str, lost))} of {n} did not reach {what} within {timeout:g} s "
+            f"(peer_timeout_s, or {PEER_TIMEOUT_ENV}): it has most likely died, hung or been preempted. Process "
+            f"{me} stops here; restart every process to resume from the last checkpoint. (JAX: {first})") from None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -750,8 +750,7 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
             log_fn(log)
         if manager is not None:
             if jax.process_index() == 0:  # multi-host: one writer; orbax coordinates the checkpoint itself
-                with open(os.path.join(manager.workdir, "history.jsonl"), "w") as f:  # rewritten whole: resume-safe
-                    f.writelines(json.dumps(h) + "\n" for h in history)
+                manager.write_history(history)  # rewritten whole, atomically: resume-safe
             last = epoch + 1 == config.epochs
             if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
                 manager.save(state, epoch + 1, history)

@@ -1,11 +1,14 @@
 """One process of a multi-host `fit` run for tests/test_multihost.py: `python multihost_worker.py SPEC_JSON`.
 
 SPEC_JSON holds process_id, num_processes, port, workdir, epochs and out (a JSON file for the final parameters,
-history and the workdir files this process opened for writing). XLA_FLAGS in the environment sets this
-process's CPU devices. `setup` builds the run, so the test's one-process reference is the same run.
+history and the workdir files this process opened for writing), and optionally peer_timeout_s and lose_peer: then
+both build the run, process 1 kills itself (SIGKILL), and process 0, instead of training, saves the initial state
+as the checkpoint of epoch 2 (as `fit` would), which must fail naming the lost peer. XLA_FLAGS in the environment
+sets this process's CPU devices. `setup` builds the run, so the test's one-process reference is the same run.
 """
 import json
 import os
+import signal
 import sys
 
 SAMPLES, BATCH = 128, 32
@@ -50,10 +53,21 @@ def main(spec: dict) -> None:
     import jax
     # CPU devices in different processes reach each other only through a CPU collectives backend.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=f"localhost:{spec['port']}", num_processes=spec["num_processes"],
-                               process_id=spec["process_id"], initialization_timeout=60)
-    from ctrain.sharding import data_mesh
+    from ctrain import checkpoint
+    from ctrain.sharding import data_mesh, initialize_processes, wait_for_peers
     from ctrain.train import fit
+
+    initialize_processes(f"localhost:{spec['port']}", spec["num_processes"], spec["process_id"],
+                         peer_timeout_s=spec.get("peer_timeout_s"), initialization_timeout=60)
+    if spec.get("lose_peer"):  # cheaper than training to the checkpoint: the same save, with nothing compiled
+        state, _, _ = setup(spec["epochs"])
+        manager = checkpoint.Manager(spec["workdir"])
+        wait_for_peers("the end of setup")  # so that the peer dies just before the save, not during a slow import
+        if spec["process_id"] == 1:
+            print("process 1 kills itself", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        manager.save(state, 2, [{"loss": 1.0}] * 2)
+        raise AssertionError("the checkpoint was saved without the lost peer")
 
     state, data, config = setup(spec["epochs"])
     state, history = fit(state, data, config, mesh=data_mesh(), workdir=spec["workdir"], progress=True)

@@ -1,18 +1,24 @@
 """Fetching the reference's tabular archive (ctrain.data.fetch) from a loopback HTTP server: one download serves
 California housing, credit default and GMSC; a wrong checksum, a refused connection, a body cut short or an
-unsafe/broken tarball raise DownloadError and leave nothing in the cache; download=False stays offline."""
+unsafe/broken tarball, or a server trickling bytes past the download's deadline raise DownloadError and leave
+nothing in the cache (a killed fetch's leftovers are removed by the next); download=False stays offline."""
 import csv
 import hashlib
 import io
+import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
 from ctrain.data import Dataset, load_dataset, tabular
+from ctrain.data import fetch
 from ctrain.data.fetch import SHA256_ENV, TABULAR_FOLDER, URL_ENV, DownloadError, fetch_archive, tabular_source
 from ctrain.data.tabular import DataNotFoundError
 
@@ -238,6 +244,117 @@ def test_unsafe_or_broken_archives_are_refused(cache, serve, tmp_path, bad):
     with pytest.raises(DownloadError, match=match):
         fetch_archive(url, sha(body), cache, TABULAR_FOLDER)
     assert not cache.exists() and not (tmp_path / "evil.csv").exists()
+
+
+# --- deadlines and leftovers ------------------------------------------------------------------------------------
+
+TRICKLE_BYTES, TRICKLE_EVERY_S = 16, 0.25  # the trickling server's whole answer takes 4 s, then it stops
+
+
+@pytest.fixture
+def trickle():
+    """trickle(headers=False) -> (url, finished): a loopback server sending one byte every TRICKLE_EVERY_S.
+
+    It sends TRICKLE_BYTES bytes of its body (it promises 1000, so a fetch that waited fails as truncated), or,
+    with headers=True, of a header line that never ends; `finished` is set once it has sent them all.
+    """
+    servers = []
+
+    def start(headers=False):
+        finished = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if headers:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                else:
+                    self.send_response(200)
+                    self.send_header("Content-Length", "1000")
+                    self.end_headers()
+                self.wfile.flush()
+                try:
+                    for _ in range(TRICKLE_BYTES):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(TRICKLE_EVERY_S)
+                except OSError:  # the client gave up
+                    return
+                finished.set()
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/data-tabular.tar.gz", finished
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_trickling_server_cannot_hold_a_fetch_past_its_deadline(cache, trickle):
+    url, finished = trickle()
+    # Every read gets a byte well within the 2 s timeout: only the deadline can end this fetch early.
+    with pytest.raises(DownloadError) as err:
+        fetch_archive(url, "0" * 64, cache, TABULAR_FOLDER, timeout=2, deadline_s=1)
+    assert not finished.is_set(), "the fetch waited for the server to finish"
+    assert url in str(err.value) and "deadline of 1 s" in str(err.value)
+    assert not cache.exists()  # no partial file, not even the cache folder
+
+
+def test_a_server_trickling_its_headers_is_stopped_at_the_deadline_too(cache, trickle):
+    url, finished = trickle(headers=True)
+    with pytest.raises(DownloadError, match="deadline of 1 s") as err:
+        fetch_archive(url, "0" * 64, cache, TABULAR_FOLDER, timeout=2, deadline_s=1)
+    assert not finished.is_set() and url in str(err.value) and not cache.exists()
+
+
+def test_the_deadline_defaults_to_its_environment_variable(cache, trickle, monkeypatch):
+    url, finished = trickle()
+    monkeypatch.setenv(fetch.DEADLINE_ENV, "0.5")
+    assert fetch.resolve_deadline() == 0.5 and fetch.resolve_deadline(3) == 3.0
+    with pytest.raises(DownloadError, match="deadline of 0.5 s"):
+        fetch_archive(url, "0" * 64, cache, TABULAR_FOLDER, timeout=2)
+    assert not finished.is_set() and not cache.exists()
+    monkeypatch.delenv(fetch.DEADLINE_ENV)
+    assert fetch.resolve_deadline() == fetch.DEADLINE_S
+    for bad in (0, -1, float("inf"), "5"):
+        with pytest.raises(ValueError, match="deadline_s"):
+            fetch.resolve_deadline(bad)
+
+
+def test_without_the_deadline_the_trickle_ends_as_truncated(cache, trickle):
+    url, finished = trickle()  # the same server, given time: the deadline above is what stopped those fetches
+    with pytest.raises(DownloadError, match=f"truncated, got {TRICKLE_BYTES} of 1000 bytes"):
+        fetch_archive(url, "0" * 64, cache, TABULAR_FOLDER, timeout=2, deadline_s=60)
+    assert finished.is_set() and not cache.exists()
+
+
+def _dead_pid() -> int:
+    """Returns the pid of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_killed_fetchs_leftovers_are_removed_by_the_next(cache, serve, archive):
+    cache.mkdir()
+    dead = _dead_pid()
+    stale = [f".ctrain-download-{dead}-k1ll3d.tar.gz.part", ".ctrain-download-oldname.tar.gz.part"]
+    for name in stale:
+        (cache / name).write_bytes(b"half an archive")
+    (cache / f".ctrain-extract-{dead}-k1ll3d" / TABULAR_FOLDER).mkdir(parents=True)
+    live = f".ctrain-download-{os.getppid()}-busy.tar.gz.part"  # a fetch still running in a live process
+    (cache / live).write_bytes(b"in progress")
+    (cache / "mine.txt").write_text("a user's own file stays")
+    url, _ = serve(archive)
+    fetch_archive(url, sha(archive), cache, TABULAR_FOLDER)
+    assert leftovers(cache) == sorted([live, TABULAR_FOLDER, "mine.txt"])
 
 
 # --- offline -------------------------------------------------------------------------------------------------

@@ -17,18 +17,30 @@ checksum is always verified: there is no way to switch it off.
 Every fetch is all-or-nothing: the body is streamed into a temporary file inside the cache folder, hashed while
 it is written, checked, extracted into a temporary folder there, and only then is the extracted folder renamed
 into place. Any failure (connection refused, HTTP error, a body shorter than its Content-Length, a wrong
-checksum, a bad or unsafe tarball) raises `DownloadError` and removes both temporaries, so the cache holds either
-the complete folder or nothing. The tarball itself is not kept.
+checksum, a bad or unsafe tarball, a download past its deadline) raises `DownloadError` and removes both
+temporaries, so the cache holds either the complete folder or nothing. The tarball itself is not kept. The
+temporaries' names carry the pid of the process that made them; those of a process that is gone (a fetch killed
+before it could clean up) are removed by the next fetch into the same folder.
+
+Two limits bound a download: `timeout` (seconds, default 60) for each socket operation, and `deadline_s` (seconds,
+the whole download from the request to the last byte; default: the environment variable
+`CTRAIN_DOWNLOAD_DEADLINE_S` when set and not empty, else 600). A server that trickles bytes (of its headers or
+its body) keeps every read within the timeout, so only the deadline stops it: a watchdog thread shuts the
+connection down when the deadline passes.
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
+import math
 import os
+import re
 import shutil
+import socket
 import sys
 import tarfile
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
@@ -40,8 +52,13 @@ TABULAR_FOLDER = "data-tabular"  # the archive's top-level folder, as TaijaData'
 URL_ENV = "CTRAIN_TABULAR_URL"
 SHA256_ENV = "CTRAIN_TABULAR_SHA256"
 
+DEADLINE_ENV = "CTRAIN_DOWNLOAD_DEADLINE_S"
+DEADLINE_S = 600.0  # default overall deadline of one download, in seconds
+
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60.0
+_DOWNLOAD_PREFIX, _EXTRACT_PREFIX = ".ctrain-download-", ".ctrain-extract-"
+_TEMPORARY = re.compile(rf"^(?:{re.escape(_DOWNLOAD_PREFIX)}|{re.escape(_EXTRACT_PREFIX)})(?:(\d+)-)?")
 
 
 class DownloadError(FileNotFoundError):
@@ -62,24 +79,80 @@ def tabular_source(url: str | None = None, sha256: str | None = None) -> tuple[s
     return url, sha256
 
 
+def resolve_deadline(deadline_s: float | None = None) -> float:
+    """Returns the download deadline in seconds: the argument, else $CTRAIN_DOWNLOAD_DEADLINE_S, else 600."""
+    if deadline_s is None:
+        raw = os.environ.get(DEADLINE_ENV, "").strip()
+        try:
+            deadline_s = float(raw) if raw else DEADLINE_S
+        except ValueError:
+            raise ValueError(f"{DEADLINE_ENV}={raw!r} is not a number of seconds") from None
+    if isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not (
+            math.isfinite(deadline_s) and deadline_s > 0):
+        raise ValueError(f"deadline_s must be a positive number of seconds, got {deadline_s!r}")
+    return float(deadline_s)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists but belongs to another user
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True
+
+
+def remove_stale_temporaries(dest: Path) -> list[str]:
+    """Returns the names of the download/extraction temporaries in `dest` it removed: those of processes now gone.
+
+    A temporary named without a pid was left by an earlier ctrain version, and is removed as well.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(dest))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if match is None:
+            continue
+        pid = int(match.group(1)) if match.group(1) else None
+        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+            continue  # another live fetch's, or one of ours in progress
+        try:
+            shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
+            removed.append(entry.name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def fetch_archive(url: str, sha256: str, dest: str | os.PathLike, folder: str, *, offline_hint: str = "",
-                  timeout: float = _TIMEOUT_S) -> Path:
-    """Returns dest/folder, first downloading `url` (a .tar.gz holding `folder/`) and extracting it when absent."""
+                  timeout: float = _TIMEOUT_S, deadline_s: float | None = None) -> Path:
+    """Returns dest/folder, first downloading `url` (a .tar.gz holding `folder/`) and extracting it when absent.
+
+    `timeout` bounds each socket operation, `deadline_s` the whole download (see the module docstring).
+    """
     dest, sha256 = Path(dest).expanduser(), sha256.strip().lower()
+    deadline_s = resolve_deadline(deadline_s)
     target = dest / folder
     if target.is_dir():
         return target
     created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=".ctrain-download-", suffix=".tar.gz.part")
+    remove_stale_temporaries(dest)
+    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f"{_DOWNLOAD_PREFIX}{os.getpid()}-", suffix=".tar.gz.part")
     tmp_file, tmp_dir, done = Path(tmp_name), None, False
     try:
         with os.fdopen(fd, "wb") as out:
-            got = _download(url, out, offline_hint, timeout)
+            got = _download(url, out, offline_hint, timeout, deadline_s)
         if got != sha256:
             raise DownloadError(f"{url}: sha256 mismatch, expected {sha256}, got {got}; the file was discarded. "
                                 f"{_offline(offline_hint)}")
-        tmp_dir = Path(tempfile.mkdtemp(dir=dest, prefix=".ctrain-extract-"))
+        tmp_dir = Path(tempfile.mkdtemp(dir=dest, prefix=f"{_EXTRACT_PREFIX}{os.getpid()}-"))
         _extract(tmp_file, tmp_dir, url, offline_hint)
         if not (tmp_dir / folder).is_dir():
             raise DownloadError(f"{url}: the archive has no top-level folder {folder}/. {_offline(offline_hint)}")
@@ -105,23 +178,93 @@ def _offline(hint: str) -> str:
     return hint or "To work offline, put the file in the data folder yourself."
 
 
-def _download(url: str, out, offline_hint: str, timeout: float) -> str:
-    """Streams `url` into `out`; returns the body's sha256 hex digest, raising DownloadError on any failure."""
+class _Watchdog:
+    """Shuts down the download's sockets when the deadline passes, ending any read still waiting for bytes.
+
+    A server that trickles its headers or its body keeps every single read within the per-read timeout; only
+    closing the connection from outside ends such a read. `opener` records each socket it connects (redirects
+    open new ones) so that the timer can reach it.
+    """
+
+    def __init__(self, deadline_s: float):
+        self.fired, self._sockets, self._lock = False, [], threading.Lock()
+        self._timer = threading.Timer(deadline_s, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            for sock in self._sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _track(self, sock) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.fired:  # connected after the deadline: give up at once
+                self._fire()
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        """Returns a urllib opener whose HTTP(S) connections are registered with this watchdog."""
+        track = self._track
+
+        class Connection(http.client.HTTPConnection):
+            def connect(self):
+                super().connect()
+                track(self.sock)
+
+        class SecureConnection(http.client.HTTPSConnection):
+            def connect(self):
+                super().connect()
+                track(self.sock)
+
+        class Handler(urllib.request.HTTPHandler):
+            def http_open(self, req):
+                return self.do_open(Connection, req)
+
+        class SecureHandler(urllib.request.HTTPSHandler):
+            def https_open(self, req):
+                return self.do_open(SecureConnection, req, context=self._context)
+
+        return urllib.request.build_opener(Handler, SecureHandler)
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+
+def _download(url: str, out, offline_hint: str, timeout: float, deadline_s: float = DEADLINE_S) -> str:
+    """Streams `url` into `out`; returns the body's sha256 hex digest, raising DownloadError on any failure.
+
+    Each socket operation may take `timeout` s, and the whole download, from the request to the last byte,
+    `deadline_s` s (a watchdog shuts the connection down when it passes).
+    """
     print(f"ctrain: downloading {url}", file=sys.stderr, flush=True)
-    digest, n = hashlib.sha256(), 0
-    try:
-        request = urllib.request.Request(url, headers={"User-Agent": "ctrain"})
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            while chunk := response.read(_CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                n += len(chunk)
-    except (OSError, http.client.HTTPException, ValueError) as e:  # URLError/HTTPError/timeouts are OSErrors
-        reason = e.reason if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError) \
-            else e
-        raise DownloadError(f"{url}: download failed ({type(reason).__name__}: {reason}) after {n} bytes. "
-                            f"{_offline(offline_hint)}") from e
+    digest, n, length = hashlib.sha256(), 0, None
+    with _Watchdog(deadline_s) as watchdog:
+        try:
+            request = urllib.request.Request(url, headers={"User-Agent": "ctrain"})
+            with watchdog.opener().open(request, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+                while chunk := response.read1(_CHUNK):  # what has arrived, so a slow body is hashed as it comes
+                    digest.update(chunk)
+                    out.write(chunk)
+                    n += len(chunk)
+        except (OSError, http.client.HTTPException, ValueError) as e:  # URLError/HTTPError/timeouts: OSErrors
+            if not watchdog.fired:
+                reason = e.reason if isinstance(e, urllib.error.URLError) and not isinstance(
+                    e, urllib.error.HTTPError) else e
+                raise DownloadError(f"{url}: download failed ({type(reason).__name__}: {reason}) after {n} bytes. "
+                                    f"{_offline(offline_hint)}") from e
+        if watchdog.fired:  # a read the shutdown ended may look like a clean end of the body
+            raise DownloadError(f"{url}: download passed its deadline of {deadline_s:g} s (deadline_s=, or "
+                                f"{DEADLINE_ENV}) after {n} bytes; the partial file was removed. "
+                                f"{_offline(offline_hint)}")
     # http.client ends a body cut short by the server without an error, so the length is checked here
     if length is not None and length.isdigit() and n != int(length):
         raise DownloadError(f"{url}: download truncated, got {n} of {length} bytes (Content-Length). "

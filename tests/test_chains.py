@@ -33,6 +33,11 @@ def _state(seed=0):
 
 
 @pytest.fixture(scope="module")
+def fresh_run(small_moons):
+    return fit(_state(), small_moons, CFG, progress=False)
+
+
+@pytest.fixture(scope="module")
 def chain_run(small_moons):
     return fit(_state(), small_moons, CHAINS, progress=False)
 
@@ -72,24 +77,24 @@ def test_every_chain_advances_every_epoch_and_reset_zero_keeps_its_factual_and_t
     assert 0 < after[0][0].mature.mean() < 1 and np.any(after[-1][0].steps > STEPS)
 
 
-def test_reset_one_restarts_every_chain_and_is_the_fresh_search(small_moons):
+def test_reset_one_restarts_every_chain_and_is_the_fresh_search(small_moons, fresh_run):
     after = _epochs(small_moons, CHAINS.replace(chain_reset=1.0), 2)
     assert np.all(after[1][0].age == 1) and float(after[1][1]["restarted"].mean()) == 1.0
     assert not np.array_equal(after[0][0].factual, after[1][0].factual)
     # With c = T and every chain restarted, an epoch is the fresh search's: the same parameters as the default.
-    fresh, fresh_history = fit(_state(), small_moons, CFG, progress=False)
+    fresh, fresh_history = fresh_run
     restarted, history = fit(_state(), small_moons, CFG.replace(chain_steps=SEARCH.max_steps, chain_reset=1.0),
                              progress=False)
     chex.assert_trees_all_close(restarted.params, fresh.params, rtol=1e-6, atol=1e-7)
     assert [h["converged"] for h in history] == pytest.approx([h["converged"] for h in fresh_history])
 
 
-def test_chain_settings_change_the_training(small_moons, chain_run):
+def test_chain_settings_change_the_training(small_moons, chain_run, fresh_run):
     trained, history = chain_run
     assert trained.chains.age.shape == (chain_pool_size(CHAINS.replace(ce_per_batch=8), 240),)
     assert [h["chain_age"] for h in history][1:] > [1.0, 1.0] and history[0]["restarted"] == 1.0
     assert all(h["search_steps"] <= STEPS for h in history)
-    fresh, _ = fit(_state(), small_moons, CFG, progress=False)
+    fresh = fresh_run[0]
     more, _ = fit(_state(), small_moons, CHAINS.replace(chain_steps=STEPS + 2), progress=False)
     never, never_history = fit(_state(), small_moons, CHAINS.replace(chain_reset=0.0), progress=False)
     leaf = lambda s: jax.tree.leaves(s.params)[0]

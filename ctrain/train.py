@@ -423,7 +423,7 @@ def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Const
     "cf" (a precomputed CounterfactualBatch, per-epoch schedule) or "pool" (a PositivePool to draw x⁺
     from; factuals are then drawn from the batch and searched inside the step, with `key`).
 
-    Example, a hand-written loop::
+    Example, a hand-written loop (README.md's "A loop of your own" uses `epoch_keys` and reproduces `fit`)::
 
       state = create_train_state(apply_fn, params, weights=LossWeights(reg=0.5), learning_rate=1e-3)
       step = jax.jit(make_train_step(TrainConfig(ce_per_batch=16), data.constraints()), donate_argnums=0)

@@ -20,6 +20,7 @@ import warnings
 import jax
 import numpy as np
 
+import ctrain
 from ctrain import sharding, storage
 
 RUN_FILE = "run.json"
@@ -232,8 +233,11 @@ def optimizer_description(opt_state) -> dict:
 
 
 def run_identity(state, dataset, config, constraints=None, aux=None) -> dict:
-    """Returns the JSON-ready identity of a `fit` run: what must match for a checkpoint to be resumed."""
-    import ctrain
+    """Returns the JSON-ready identity of a `fit` run: what must match for a checkpoint to be resumed.
+
+    A field whose value is None matches a recorded identity that lacks it (`identity_differences`), so a setting
+    added later with a None default (off) leaves the identities of earlier runs resumable.
+    """
     burnin_epochs = round(config.burnin * config.epochs)
     shapes = {jax.tree_util.keystr(path): [list(np.shape(leaf)), str(np.asarray(leaf).dtype)]
               for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
@@ -241,12 +245,6 @@ def run_identity(state, dataset, config, constraints=None, aux=None) -> dict:
     if getattr(state, "model_state", None) is not None:  # pure models keep the identity they always had
         stateful["model_state"] = {jax.tree_util.keystr(path): [list(np.shape(leaf)), str(np.asarray(leaf).dtype)]
                                    for path, leaf in jax.tree_util.tree_leaves_with_path(state.model_state)}
-    config_fields = _plain(dataclasses.asdict(config))
-    if not config_fields.get("persistent", False):
-        # A run without the buffer keeps the identity it had before the buffer's settings existed.
-        from ctrain.train import BUFFER_FIELDS
-        for name in BUFFER_FIELDS:
-            config_fields.pop(name, None)
     return {
         "ctrain_version": ctrain.__version__,
         "dataset": dataset.name,
@@ -254,7 +252,7 @@ def run_identity(state, dataset, config, constraints=None, aux=None) -> dict:
         "num_classes": int(dataset.num_classes),
         "constraints_fingerprint": fingerprint(constraints) if constraints is not None else None,
         "aux_fingerprint": fingerprint(aux) if aux is not None else None,
-        "config": config_fields,
+        "config": _plain(dataclasses.asdict(config)),
         "burnin_epochs": burnin_epochs,
         "model": _describe_model(state.apply_fn),
         "params": shapes,
@@ -366,6 +364,8 @@ class Manager:
     """Saves and restores (state, epoch, history) under `workdir/checkpoints/<epoch>`, next to `run.json`."""
 
     def __init__(self, workdir: str, max_to_keep: int = 2):
+        # Imported here, not with the module: orbax (and tensorstore) take seconds to import, and only a run with
+        # a workdir needs them.
         import orbax.checkpoint as ocp
         self._ocp = ocp
         self.workdir = resolve_workdir(workdir)

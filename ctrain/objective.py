@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ctrain import attacks, metrics
 from ctrain import constraints as cons
 from ctrain.energy import energy_from_logits
 from ctrain.search import SearchConfig, sample_targets, search_counterfactuals, search_units, within_ball
@@ -110,37 +111,9 @@ class CounterfactualBatch:
     steps: jax.Array  # (n,) int32
     ae_moved: jax.Array  # (n,) bool: x_ae differs from the factual
     cf_in_ball: jax.Array  # (n,) bool: the returned counterfactual itself lies in the ε-ball
-    warm: jax.Array | None = None  # (n,) bool: the search continued a persistent chain (None without a buffer)
-
-
-@flax.struct.dataclass
-class CounterfactualBuffer:
-    """Persistent counterfactual chains (`TrainConfig.persistent`): one per training sample, leading axis N.
-
-    Row i holds where sample i's last search ended (its counterfactual, mature or not) and the target it was
-    searched for; `make_persistent_batch` continues the chain from there. `filled` is False until sample i has
-    been searched once.
-    """
-
-    x: jax.Array  # (N, D) the last search's returned point x' (its final iterate, projected and snapped)
-    target: jax.Array  # (N,) int32 the target class it was searched for
-    filled: jax.Array  # (N,) bool: the sample has a chain
-
-    def rows(self, idx: jax.Array) -> "CounterfactualBuffer":
-        """Returns the chains of samples idx (n,)."""
-        return jax.tree.map(lambda a: a[idx], self)
-
-    def update(self, idx: jax.Array, chains: "CounterfactualBuffer") -> "CounterfactualBuffer":
-        """Returns the buffer with rows idx (n,) replaced by `chains` (a sample drawn twice keeps one of its draws)."""
-        return jax.tree.map(lambda a, b: a.at[idx].set(b), self, chains)
-
-
-def empty_buffer(x_train) -> CounterfactualBuffer:
-    """Returns an empty CounterfactualBuffer for training inputs x_train (N, D): no sample has a chain yet."""
-    x_train = jnp.asarray(x_train)
-    n = x_train.shape[0]
-    return CounterfactualBuffer(x=jnp.zeros_like(x_train, jnp.float32), target=jnp.zeros(n, jnp.int32),
-                                filled=jnp.zeros(n, bool))
+    # (n,) int32: how many epochs the amortised chain (ctrain.chains) behind x' has advanced since it (re)started,
+    # 1 = restarted this epoch; None for a fresh search
+    chain_age: jax.Array | None = None
 
 
 def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, config: SearchConfig,
@@ -158,52 +131,25 @@ def make_counterfactual_batch(apply_fn, params, x, y, pool: PositivePool, key: j
     predicted = jnp.argmax(apply_fn(params, x), -1)
     target = sample_targets(t_key, predicted, pool.count.shape[0])
     res = search(apply_fn, params, x, target, s_key, config, constraints, aux)
-    return _batch_from_search(res, x, y, target, pool, p_key, config, constraints, protect)
+    return counterfactual_batch_from_search(res, x, y, target, pool, p_key, config, constraints, protect)
 
 
-def _batch_from_search(res, x, y, target, pool: PositivePool, p_key, config: SearchConfig, constraints,
-                       protect: bool, warm=None) -> CounterfactualBatch:
-    x_pos = sample_positives(p_key, pool, target)
+def counterfactual_batch_from_search(res, x, y, target, pool: PositivePool, key: jax.Array, config: SearchConfig,
+                                     constraints: cons.Constraints, protect: bool = True, *, chain_age=None
+                                     ) -> CounterfactualBatch:
+    """Returns the CounterfactualBatch (n rows) of a SearchResult `res` for factuals x (n, D), labels y, targets (n,).
+
+    x⁺ is drawn with `key`; an x' that did not reach τ is replaced by x⁺, so it adds no divergence.
+    """
+    x_pos = sample_positives(key, pool, target)
     x_cf = jnp.where(res.converged[:, None], res.x_cf, x_pos)  # an immature x' adds no divergence
     if protect:
         x_pos = cons.protect(x_pos, x_cf, constraints)
     return CounterfactualBatch(
         x_cf=x_cf, x_pos=x_pos, target=target, x_ae=res.x_ae, y=y.astype(jnp.int32), converged=res.converged,
         steps=res.steps, ae_moved=jnp.any(res.x_ae != x, -1),
-        cf_in_ball=within_ball(res.x_cf, x, search_units(config, constraints), config.epsilon), warm=warm)
-
-
-def make_persistent_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, config: SearchConfig,
-                          constraints: cons.Constraints | None = None, aux=None, *, chains: CounterfactualBuffer,
-                          reset: float = 0.05, search=search_counterfactuals, protect: bool = True
-                          ) -> tuple[CounterfactualBatch, CounterfactualBuffer]:
-    """Returns (CounterfactualBatch, the chains' new state) for factuals x (n, D) whose persistent `chains` are given.
-
-    The warm-start rule (persistent contrastive divergence, JEM's replay buffer): the search of factual i
-    continues its chain, starting at chains.x[i] with the buffered target chains.target[i], unless
-      - it has no chain yet (`filled` False),
-      - the model now predicts the buffered target for x[i] (it is no longer a counterfactual target), or
-      - the chain is reset, which happens with probability `reset` (JEM: 0.05);
-    then it starts afresh, at x[i] with a target drawn as `make_counterfactual_batch` draws it (uniform over the
-    classes other than the predicted one). Cost, the ε-ball of x_AE and the constraints are measured from the
-    factual x either way (`search_counterfactuals(..., x_init=...)`). The new state of each chain is the point
-    the search returned, mature or not, with its target. A fresh chain is exactly `make_counterfactual_batch`'s
-    search (same keys, same target draw); the batch's `warm` (n,) says which chains were continued.
-    """
-    t_key, s_key, p_key = jax.random.split(key, 3)
-    r_key = jax.random.fold_in(key, 3)
-    params = jax.lax.stop_gradient(params)
-    constraints = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
-    predicted = jnp.argmax(apply_fn(params, x), -1)
-    fresh = sample_targets(t_key, predicted, pool.count.shape[0])
-    restart = jax.random.bernoulli(r_key, reset, predicted.shape)
-    warm = chains.filled & (chains.target != predicted) & ~restart
-    target = jnp.where(warm, chains.target, fresh).astype(jnp.int32)
-    x_init = jnp.where(warm[:, None], chains.x.astype(x.dtype), x)
-    res = search(apply_fn, params, x, target, s_key, config, constraints, aux, x_init=x_init)
-    batch = _batch_from_search(res, x, y, target, pool, p_key, config, constraints, protect, warm=warm)
-    return batch, CounterfactualBuffer(x=res.x_cf.astype(chains.x.dtype), target=target,
-                                       filled=jnp.ones_like(chains.filled))
+        cf_in_ball=within_ball(res.x_cf, x, search_units(config, constraints), config.epsilon),
+        chain_age=chain_age)
 
 
 def make_adversarial_batch(apply_fn, params, x, y, key: jax.Array, config: SearchConfig,
@@ -213,7 +159,6 @@ def make_adversarial_batch(apply_fn, params, x, y, key: jax.Array, config: Searc
     PGD (random start, step 2.5·ε/T as Madry et al.) ascends the cross-entropy of the true label inside the
     L∞ ball of radius `config.epsilon` (in search units), then the point is made feasible (immutables, bounds).
     """
-    from ctrain import attacks
     constraints = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
     params = jax.lax.stop_gradient(params)
     radius = config.epsilon * search_units(config, constraints)
@@ -234,7 +179,6 @@ def make_sgld_batch(apply_fn, params, x, y, pool: PositivePool, key: jax.Array, 
     t is uniform over all classes; chains start uniformly in the range of the training data and take
     T = config.max_steps steps x ← x − (φ/2)·∇E(x, t) + σ·ξ with JEM's φ = 1, σ = 0.01 (no replay buffer).
     """
-    from ctrain import metrics
     t_key, init_key, sgld_key, p_key = jax.random.split(key, 4)
     params = jax.lax.stop_gradient(params)
     n, width = x.shape

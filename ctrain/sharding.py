@@ -35,6 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from ctrain.objective import make_counterfactual_batch
+from ctrain.search import search_counterfactuals
+
 DATA_AXIS = "data"
 # HLO collective ops, as they appear in compiled HLO text (async ones as "<op>-start").
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute",
@@ -282,14 +285,14 @@ def per_device_search(mesh: Mesh, search_fn: Callable | None = None, axis_name: 
     A keyword `x_init` (N, D) (warm starts, `search_counterfactuals`'s) is split with the rows of x.
     """
     if search_fn is None:
-        from ctrain.search import search_counterfactuals as search_fn
+        search_fn = search_counterfactuals
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh such as ctrain.sharding.data_mesh(), got {type(mesh).__name__}")
 
     def search(apply_fn, params, x, target, key, config, constraints=None, aux=None, *, x_init=None):
         check_divisible({"factuals searched per step (rows of x)": x.shape[0]}, mesh)
         rows = P(axis_name)
-        if x_init is not None:  # warm starts (persistent chains) are split with their rows of x
+        if x_init is not None:  # warm starts (amortised chains, ctrain.chains) are split with their rows of x
             def local_init(params, x, target, key, constraints, aux, x_init):
                 return search_fn(apply_fn, params, x, target, device_key(key, axis_name), config, constraints, aux,
                                  x_init=x_init)
@@ -314,7 +317,6 @@ def per_device_counterfactual_batch(mesh: Mesh, axis_name: str = DATA_AXIS, *, p
     Targets and positives are drawn from the same keys over the whole batch, so the result equals
     `make_counterfactual_batch` on one device (tests/test_sharding.py checks that the two agree).
     """
-    from ctrain.objective import make_counterfactual_batch
     return functools.partial(make_counterfactual_batch, search=per_device_search(mesh, axis_name=axis_name),
                              protect=protect)
 

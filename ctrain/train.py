@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, NamedTuple, TextIO
 
 import flax.struct
 import jax
@@ -32,11 +30,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
+from ctrain import chains as amortised
+from ctrain import checkpoint
 from ctrain import constraints as cons
+from ctrain.chains import Chains
 from ctrain.models import check_model, is_stateful
-from ctrain.objective import (CounterfactualBatch, CounterfactualBuffer, LossWeights, PositivePool,
-                              check_loss_weights, composite_loss, empty_buffer, make_persistent_batch,
-                              make_training_batch, objective_weights, positive_pool, stateful_composite_loss)
+from ctrain.objective import (OBJECTIVES, CounterfactualBatch, LossWeights, PositivePool, check_loss_weights,
+                              composite_loss, make_training_batch, objective_weights, positive_pool,
+                              stateful_composite_loss)
 from ctrain.search import TRAINING_SEARCH, SearchConfig, search_counterfactuals
 from ctrain import sharding
 from ctrain.progress import progress as progress_display
@@ -54,10 +55,9 @@ class TrainState:
     and never seen by the optimiser) and `rng` (the (2,) uint32 key data its dropout masks derive from: step
     s uses `fold_in(rng, s)`). Both are None for a pure `apply_fn(params, x)`.
 
-    With `TrainConfig.persistent` it also carries `buffer`, the persistent counterfactual chains (a
-    `ctrain.objective.CounterfactualBuffer`, one row per training sample: where its last search ended and for
-    which target), which warm-start the next epoch's searches; `fit`/`fit_many` add it (`with_buffer`). None
-    when the feature is off, so such states, their checkpoints and their run identities are what they were.
+    With `TrainConfig.chain_steps` (amortised CT) it also carries `chains`, the pool of counterfactual chains
+    (`ctrain.chains.Chains`) that every epoch advances; `fit`/`fit_many` add it (`with_chains`). None when the
+    option is off, so such states and their checkpoints are what they were without it.
     """
 
     step: jax.Array  # () int32, number of steps taken (skipped ones included)
@@ -69,7 +69,7 @@ class TrainState:
     tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
     model_state: Any = None  # mutable collections of a stateful model (e.g. {"batch_stats": ...}), else None
     rng: jax.Array | None = None  # (2,) uint32 key data of a stateful model's RNG streams (dropout), else None
-    buffer: CounterfactualBuffer | None = None  # persistent counterfactual chains (TrainConfig.persistent), else None
+    chains: Chains | None = None  # the amortised CT's counterfactual chains (TrainConfig.chain_steps), else None
 
 
 DEFAULT_LEARNING_RATE = 1e-3  # the reference's Adam()
@@ -194,6 +194,11 @@ _STATE_OWNED = {"lambda_clf": "weights=LossWeights(clf=...)", "lambda_div": "wei
                 "learning_rate": "learning_rate=... (or tx=...)", "weights": "weights=LossWeights(...)",
                 "tx": "tx=..."}
 
+# Settings that were removed, with what replaces them.
+_REMOVED = {name: "the persistent buffer (persistent, buffer_reset) drew its chains at random and almost none matured; "
+                  "amortised CT replaces it: TrainConfig(chain_steps=c, chain_reset=p) (ctrain.chains)"
+            for name in ("persistent", "buffer_reset")}
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -207,17 +212,13 @@ class TrainConfig:
     schedule "per_epoch" (reference) searches them all at the start of the epoch with frozen
     parameters; "per_batch" searches fresh ones from each batch inside the step.
 
-    persistent (default False) keeps a buffer of counterfactual chains on the TrainState, one per training
-    sample (persistent contrastive divergence; JEM's replay buffer): a sample's search starts where its last
-    one ended, with the same target, unless the model now predicts that target for it or the chain is reset
-    (probability buffer_reset, JEM's 0.05); then it starts afresh at x with a new target
-    (`ctrain.objective.make_persistent_batch` states the rule). Warm chains often are still mature and take 0
-    steps, which is what makes an epoch cheaper. Per-epoch schedule and counterfactual objectives ("full",
-    "energy", "adversarial") only. The epoch log's `warm` is the share of searches that continued a chain.
-    chain_steps (persistent only; None = search.max_steps) caps every chain's search at that many steps per epoch,
-    as persistent contrastive divergence takes a few sampler steps per update: a chain that has not reached τ
-    goes on from there in a later epoch. It is the lever on an epoch's time: the batched search loops until
-    its slowest chain stops, so warm starts shorten it only if every chain does, while a cap shortens it always.
+    chain_steps (default None: off) turns on amortised CT (`ctrain.chains`): instead of searching its
+    counterfactuals afresh every epoch, the per-epoch schedule keeps a fixed pool of chains, one per
+    counterfactual an epoch uses, and advances every chain by at most chain_steps search steps every epoch from
+    where it stood (a chain whose point is mature takes none). Each chain keeps its factual and target and
+    restarts from a fresh factual and target with probability chain_reset per epoch (None: JEM's 0.05).
+    Per-epoch schedule and counterfactual objectives ("full", "energy", "adversarial") only. The epoch log's
+    `chain_age` is the chains' mean age in epochs and `restarted` the share restarted that epoch.
     """
 
     objective: str = "full"
@@ -235,14 +236,17 @@ class TrainConfig:
     # x⁺, so they add nothing to the divergence (paper §3.4). False keeps them in it while the search still respects
     # them: the unprotected arm of Proposition 3.1 (tests/test_proposition.py).
     protect: bool = True
-    # Persistent counterfactual chains (see above); off by default. buffer_reset only matters when persistent.
-    persistent: bool = False
-    buffer_reset: float = 0.05
+    # Amortised CT (see above); off by default. None, not a default value, while off, so that a run without chains
+    # has the run identity (ctrain.checkpoint.run_identity) it had before these settings existed.
     chain_steps: int | None = None
+    chain_reset: float | None = None
 
     def __new__(cls, *args, **kwargs):
         # Runs before the dataclass's __init__ sees the keywords, so a λ or learning rate passed here is refused
         # with where it belongs instead of "unexpected keyword argument".
+        gone = [k for k in kwargs if k in _REMOVED]
+        if gone:
+            raise TypeError(f"TrainConfig no longer takes {gone}: " + "; ".join(_REMOVED[k] for k in gone))
         moved = [k for k in kwargs if k in _STATE_OWNED]
         if moved:
             where = ", ".join(f"{k} → create_train_state(..., {_STATE_OWNED[k]})" for k in moved)
@@ -251,7 +255,6 @@ class TrainConfig:
         return super().__new__(cls)
 
     def __post_init__(self):
-        from ctrain.objective import OBJECTIVES
         if self.objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {self.objective!r}; choose from {OBJECTIVES}")
         if not isinstance(self.search, SearchConfig):
@@ -267,27 +270,26 @@ class TrainConfig:
         if self.ce_per_batch is not None and (not isinstance(self.ce_per_batch, (int, np.integer))
                                               or self.ce_per_batch < 1):
             raise ValueError(f"ce_per_batch must be an integer >= 1 or None, got {self.ce_per_batch!r}")
-        for name in ("shuffle", "protect", "persistent"):
+        for name in ("shuffle", "protect"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if isinstance(self.buffer_reset, bool) or not isinstance(self.buffer_reset, (int, float, np.integer,
-                                                                                     np.floating)) \
-                or not 0.0 <= self.buffer_reset <= 1.0:
-            raise ValueError(f"buffer_reset must be a probability in [0, 1], got {self.buffer_reset!r}")
         if self.chain_steps is not None and (isinstance(self.chain_steps, bool) or not isinstance(
                 self.chain_steps, (int, np.integer)) or self.chain_steps < 1):
-            raise ValueError(f"chain_steps must be an integer >= 1 or None, got {self.chain_steps!r}")
-        if self.chain_steps is not None and not self.persistent:
-            raise ValueError("chain_steps caps the steps of persistent chains: it needs persistent=True (a search "
-                             "that starts afresh every epoch takes its budget from search.max_steps)")
-        if self.persistent:
+            raise ValueError(f"chain_steps must be an integer >= 1 (search steps per chain and epoch) or None (off), "
+                             f"got {self.chain_steps!r}")
+        if self.chain_reset is not None:
+            if self.chain_steps is None:
+                raise ValueError("chain_reset is the restart probability of amortised chains: it needs chain_steps")
+            if isinstance(self.chain_reset, bool) or not isinstance(
+                    self.chain_reset, (int, float, np.integer, np.floating)) or not 0.0 <= self.chain_reset <= 1.0:
+                raise ValueError(f"chain_reset must be a probability in [0, 1] or None, got {self.chain_reset!r}")
+        if self.chain_steps is not None:
             if self.schedule != "per_epoch":
-                raise ValueError("persistent=True needs schedule='per_epoch': the buffer of counterfactual chains is "
-                                 "read and written by the epoch's one search over its drawn samples; the per-batch "
-                                 "schedule draws positions within each batch and keeps no chains")
-            if self.objective in _NO_SEARCH:  # ("vanilla" searches nothing, so the buffer just stays empty)
-                raise ValueError(f"persistent=True keeps counterfactual search chains; objective "
-                                 f"{self.objective!r} runs no counterfactual search")
+                raise ValueError("chain_steps (amortised chains) needs schedule='per_epoch': the chains are advanced "
+                                 "by the epoch's one search; the per-batch schedule searches fresh factuals per step")
+            if self.objective in _NO_SEARCH:  # ("vanilla" searches nothing, so the chains just stay unstarted)
+                raise ValueError(f"chain_steps keeps counterfactual search chains; objective {self.objective!r} runs "
+                                 "no counterfactual search")
 
     @property
     def needs_counterfactuals(self) -> bool:
@@ -298,28 +300,34 @@ class TrainConfig:
         """Returns the number of leading epochs trained without counterfactuals."""
         return round(self.burnin * self.epochs)
 
+    @property
+    def amortised(self) -> bool:
+        """Returns whether the run keeps amortised counterfactual chains (chain_steps set)."""
+        return self.chain_steps is not None
+
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
 
-# The TrainConfig fields of the persistent buffer: a run identity leaves them out while persistent is False, so
-# the identity of every run without a buffer is what it was before they existed.
-BUFFER_FIELDS = ("persistent", "buffer_reset", "chain_steps")
+def chain_pool_size(config: TrainConfig, n_train: int) -> int:
+    """Returns the number of amortised chains of a run: the epoch's counterfactuals, n_batches · ce_per_batch."""
+    if config.ce_per_batch is None:
+        raise ValueError("chain_pool_size needs config.ce_per_batch (fit sets it from n_ce)")
+    return (n_train // config.batch_size) * config.ce_per_batch
 
 
-def with_buffer(state: TrainState, x_train) -> TrainState:
-    """Returns `state` with an empty CounterfactualBuffer for x_train (N, D) (stacked states: one per run).
+def with_chains(state: TrainState, config: TrainConfig, x_train) -> TrainState:
+    """Returns `state` with an unstarted pool of chain_pool_size(config, N) chains for x_train (N, D) (stacked: per run).
 
-    `fit` and `fit_many` call it for `TrainConfig(persistent=True)`; a hand-written loop around
-    `make_train_epoch` calls it once before the first epoch.
+    `fit` and `fit_many` call it for `TrainConfig(chain_steps=c)`; a hand-written loop around `make_train_epoch`
+    calls it once before the first epoch, with config.ce_per_batch set.
     """
-    buffer = empty_buffer(x_train)
-    if np.ndim(state.step):  # K stacked runs: each its own buffer, on the leading run axis
+    n, width = np.shape(x_train)
+    pool = amortised.empty_chains(chain_pool_size(config, n), width)
+    if np.ndim(state.step):  # K stacked runs: each its own chains, on the leading run axis
         k = np.shape(state.step)[0]
-        buffer = jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), buffer)
-    return state.replace(buffer=buffer)
-
-
+        pool = jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), pool)
+    return state.replace(chains=pool)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -369,8 +377,8 @@ def apply_loss(state: TrainState, x, y, cf: CounterfactualBatch | None, objectiv
     searched = {} if cf is None else dict(
         converged=cf.converged.mean(), search_steps=cf.steps.mean(), ae_moved=cf.ae_moved.mean(),
         cf_in_ball=cf.cf_in_ball.mean(), one_step=jnp.mean(cf.steps <= 1))
-    if cf is not None and cf.warm is not None:
-        searched["warm"] = cf.warm.mean()
+    if cf is not None and cf.chain_age is not None:
+        searched.update(chain_age=cf.chain_age.mean(), restarted=jnp.mean(cf.chain_age == 1))
     # One all-reduce for everything. Each term is a mean over equally sized shards, so the mean of the shard
     # means is the whole batch's; the finite flags' mean is exactly 1 only if every device's update is finite,
     # so every replica takes the same skip decision. A stateful model's new batch statistics are averaged
@@ -413,7 +421,7 @@ def make_train_step(config: TrainConfig = TrainConfig(), constraints: cons.Const
     "cf" (a precomputed CounterfactualBatch, per-epoch schedule) or "pool" (a PositivePool to draw x⁺
     from; factuals are then drawn from the batch and searched inside the step, with `key`).
 
-    Example, a hand-written loop::
+    Example, a hand-written loop (README.md's "A loop of your own" uses `epoch_keys` and reproduces `fit`)::
 
       state = create_train_state(apply_fn, params, weights=LossWeights(reg=0.5), learning_rate=1e-3)
       step = jax.jit(make_train_step(TrainConfig(ce_per_batch=16), data.constraints()), donate_argnums=0)
@@ -476,6 +484,25 @@ train_step.__doc__ = "Returns (state, metrics) after one jitted vanilla cross-en
 # Whole epochs
 
 
+class EpochKeys(NamedTuple):
+    """The keys of one epoch of `fit`: `epoch_keys` derives them."""
+
+    order: jax.Array  # the batch order (`epoch_order`; used when shuffling)
+    counterfactuals: jax.Array  # the per-epoch schedule's factual draw, targets, search and positives
+    steps: jax.Array  # (n_batches,) one key per step: the per-batch schedule's draws inside `make_train_step`
+
+
+def epoch_keys(key: jax.Array, epoch, n_batches: int) -> EpochKeys:
+    """Returns fit's keys for epoch `epoch` (0-based) of a run seeded with `key`: order, counterfactuals, (n_batches,) steps.
+
+    The schedule: fold_in(key, epoch) split in three (order, counterfactuals, steps), and the steps key split
+    once per batch. `fit` and `fit_many` use `key = jax.random.key(config.seed)`; a hand-written loop that uses
+    the same keys (`epoch_order`, `epoch_counterfactuals`, `make_train_step`) reproduces fit's parameters.
+    """
+    order, counterfactuals, steps = jax.random.split(jax.random.fold_in(key, epoch), 3)
+    return EpochKeys(order=order, counterfactuals=counterfactuals, steps=jax.random.split(steps, n_batches))
+
+
 def epoch_order(key: jax.Array, n: int, batch_size: int, shuffle: bool) -> jax.Array:
     """Returns (n // batch_size, batch_size) training indices for one epoch; the remainder is dropped."""
     order = jax.random.permutation(key, n) if shuffle else jnp.arange(n)
@@ -489,42 +516,43 @@ def epoch_counterfactuals(state: TrainState, x_train, y_train, pool: PositivePoo
     """Returns a CounterfactualBatch with leading axes (n_batches, m): the epoch's searches, with frozen params.
 
     With a `mesh`, the n_batches·m searches are split across its devices, each looping on its own
-    (`ctrain.sharding.per_device_search`); the draws are the same as on one device. With `config.persistent`
-    the searches continue the state's buffer of chains (`epoch_search` also returns the buffer's new state).
+    (`ctrain.sharding.per_device_search`); the draws are the same as on one device. With amortised chains
+    (`config.chain_steps`) the batch is the chains' advance (`epoch_search` also returns their new state).
     """
     return epoch_search(state, x_train, y_train, pool, key, config, n_batches, constraints, aux, mesh=mesh)[0]
 
 
 def epoch_search(state: TrainState, x_train, y_train, pool: PositivePool, key: jax.Array, config: TrainConfig,
                  n_batches: int, constraints=None, aux=None, *, mesh: Mesh | None = None
-                 ) -> tuple[CounterfactualBatch, CounterfactualBuffer | None]:
-    """Returns (the epoch's CounterfactualBatch as `epoch_counterfactuals`, the new buffer or None).
+                 ) -> tuple[CounterfactualBatch, Chains | None]:
+    """Returns (the epoch's CounterfactualBatch as `epoch_counterfactuals`, the chains' new state or None).
 
-    Without `config.persistent` the buffer is None and the batch is the fresh searches'. With it, the drawn
-    samples' chains are read from `state.buffer` (`with_buffer`), continued (`objective.make_persistent_batch`)
-    and written back; the draws of factuals, fresh targets and positives are the same as without it.
+    The epoch draws n_batches·m factuals from the training rows. Without amortised chains they are searched
+    afresh and the chains are None. With `config.chain_steps` the state's chains (`with_chains`) are advanced
+    (`ctrain.chains.advance_chains`, chain_steps search steps each) and a chain that restarts takes its drawn
+    factual; with chain_reset 1 and chain_steps = search.max_steps that is the fresh search.
     """
     m = config.ce_per_batch
     f_key, s_key = jax.random.split(key)
     n = x_train.shape[0]
     idx = jax.random.choice(f_key, n, (n_batches * m,), replace=n_batches * m > n)
-    buffer = None
-    if config.persistent:
-        if state.buffer is None:
-            raise ValueError("TrainConfig(persistent=True) needs the state's buffer of counterfactual chains: "
-                             "state = ctrain.train.with_buffer(state, x_train) before the first epoch (fit and "
-                             "fit_many add it themselves)")
+    chains = None
+    if config.amortised:
+        if state.chains is None or state.chains.age.shape[-1] != n_batches * m:
+            have = None if state.chains is None else state.chains.age.shape[-1]
+            raise ValueError(f"TrainConfig(chain_steps=...) needs the state's pool of {n_batches * m} chains (the "
+                             f"epoch's counterfactuals), the state has {have}: state = ctrain.train.with_chains("
+                             "state, config, x_train) before the first epoch (fit and fit_many add it themselves)")
         search = sharding.per_device_search(mesh) if mesh is not None else search_counterfactuals
-        search_config = config.search if config.chain_steps is None else config.search.replace(
-            max_steps=config.chain_steps)
-        cf, chains = make_persistent_batch(state.apply_fn, _inference_params(state), x_train[idx], y_train[idx], pool,
-                                           s_key, search_config, constraints, aux, chains=state.buffer.rows(idx),
-                                           reset=config.buffer_reset, search=search, protect=config.protect)
-        buffer = state.buffer.update(idx, chains)
+        reset = amortised.DEFAULT_RESET if config.chain_reset is None else config.chain_reset
+        cf, chains = amortised.advance_chains(
+            state.apply_fn, _inference_params(state), x_train, y_train, pool, state.chains, idx, s_key,
+            config.search.replace(max_steps=config.chain_steps), constraints, aux, reset=reset, search=search,
+            protect=config.protect)
     else:
         cf = _training_batch(config, mesh)(state.apply_fn, _inference_params(state), x_train[idx], y_train[idx],
                                            pool, s_key, config.search, constraints, aux)
-    return jax.tree.map(lambda a: a.reshape((n_batches, m) + a.shape[1:]), cf), buffer
+    return jax.tree.map(lambda a: a.reshape((n_batches, m) + a.shape[1:]), cf), chains
 
 
 def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None = None, aux=None,
@@ -532,7 +560,7 @@ def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None =
     """Returns pure `epoch(state, x_train, y_train, pool, key, epoch, use_ct) -> (state, stacked metrics)`.
 
     One epoch is one `lax.scan` over its steps, with the batches gathered on device from the full
-    training arrays (no host round-trip). The batch order depends only on (key, epoch). `use_ct` is
+    training arrays (no host round-trip). Its keys are `epoch_keys(key, epoch, n_batches)`. `use_ct` is
     static: False runs the vanilla step (burn-in epochs), True the configured objective. With a `mesh`
     (`ctrain.sharding.data_mesh()`), every step's batch and counterfactual batch is split across its
     devices and every search runs per device (no cross-device synchronisation inside the search loop).
@@ -546,22 +574,21 @@ def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None =
     constrain = (lambda a: jax.lax.with_sharding_constraint(a, batch_sharding)) if batch_sharding else (lambda a: a)
 
     def epoch(state: TrainState, x_train, y_train, pool: PositivePool, key: jax.Array, epoch_index, use_ct: bool):
-        epoch_key = jax.random.fold_in(key, epoch_index)
-        order_key, cf_key, step_key = jax.random.split(epoch_key, 3)
-        idx = epoch_order(order_key, x_train.shape[0], config.batch_size, config.shuffle)
+        nb = x_train.shape[0] // config.batch_size
+        keys = epoch_keys(key, epoch_index, nb)
+        idx = epoch_order(keys.order, x_train.shape[0], config.batch_size, config.shuffle)
         xs, ys = constrain(x_train[idx]), constrain(y_train[idx])
-        nb = xs.shape[0]
         if not use_ct:
             return jax.lax.scan(lambda s, b: vanilla_step(s, {"x": b[0], "y": b[1]}), state, (xs, ys))
         if config.schedule == "per_batch":
-            keys = jax.random.split(step_key, nb)
             body = lambda s, b: ct_step(s, {"x": b[0], "y": b[1], "pool": pool}, b[2])
-            return jax.lax.scan(body, state, (xs, ys, keys))
+            return jax.lax.scan(body, state, (xs, ys, keys.steps))
         # One search for the whole epoch on the parameters as they stand at its start (reference schedule).
-        cfs, buffer = epoch_search(state, x_train, y_train, pool, cf_key, config, nb, constraints, aux, mesh=mesh)
+        cfs, chains = epoch_search(state, x_train, y_train, pool, keys.counterfactuals, config, nb, constraints, aux,
+                                   mesh=mesh)
         cfs = jax.tree.map(constrain, cfs)
-        if buffer is not None:  # the chains' new state, kept for the next epoch's searches
-            state = state.replace(buffer=buffer)
+        if chains is not None:  # the chains' new state, advanced again next epoch
+            state = state.replace(chains=chains)
         body = lambda s, b: ct_step(s, {"x": b[0], "y": b[1], "cf": b[2]})
         return jax.lax.scan(body, state, (xs, ys, cfs))
 
@@ -572,21 +599,20 @@ def make_train_epoch(config: TrainConfig, constraints: cons.Constraints | None =
 # The ready loop
 
 
-def _epoch_log(metrics: dict) -> dict:
-    out = {}
-    for k, v in metrics.items():
-        v = np.asarray(v)
-        out[k] = int(v.sum()) if k == "nonfinite" else float(v.mean())
-    return out
+def _epoch_logs(metrics: dict, accuracies: dict, epoch: int, seconds: float) -> list[dict]:
+    """Returns one epoch log per run from metrics {name: (k, steps)} and accuracies {name: (k,)}.
 
-
-def _epoch_logs(metrics: dict, k: int) -> dict[str, np.ndarray]:
-    """Returns {metric: (k,) per-run epoch value} from metrics (k, steps): skipped updates summed, the rest averaged."""
-    out = {}
+    Skipped updates (`nonfinite`) are summed over the steps, every other metric averaged; `time_s` is the
+    epoch's wall time shared out over the k runs. `fit` (k = 1) and `fit_many` write this one format.
+    """
+    k = len(next(iter(accuracies.values()))) if accuracies else np.shape(next(iter(metrics.values())))[0]
+    per_run = {}
     for name, v in metrics.items():
         v = np.asarray(v).reshape(k, -1)
-        out[name] = v.sum(1) if name == "nonfinite" else v.mean(1)
-    return out
+        per_run[name] = v.sum(1) if name == "nonfinite" else v.mean(1)
+    per_run.update({name: np.asarray(v) for name, v in accuracies.items()})
+    return [{"epoch": epoch + 1, **{name: (int(v[i]) if name == "nonfinite" else float(v[i]))
+                                    for name, v in per_run.items()}, "time_s": seconds / k} for i in range(k)]
 
 
 def _prepare_run(state: TrainState, dataset, config: TrainConfig, constraints):
@@ -610,13 +636,6 @@ def _prepare_run(state: TrainState, dataset, config: TrainConfig, constraints):
     return config, constraints, positive_pool(dataset.x_train, dataset.y_train, dataset.num_classes)
 
 
-def _check_buffer(state: TrainState, dataset, config: TrainConfig) -> None:
-    """Raises a ValueError if a persistent run's buffer does not hold one chain per training sample."""
-    if config.persistent and tuple(state.buffer.x.shape[-2:]) != tuple(np.shape(dataset.x_train)):
-        raise ValueError(f"the state's buffer holds chains of shape {tuple(state.buffer.x.shape[-2:])} for training "
-                         f"inputs of shape {np.shape(dataset.x_train)}; build it with with_buffer(state, x_train)")
-
-
 def _device_splits(dataset) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Returns {split: (x, y)} on device for the non-empty splits, copied once per run rather than every epoch."""
     return {split: (jnp.asarray(getattr(dataset, f"x_{split}")), jnp.asarray(getattr(dataset, f"y_{split}")))
@@ -632,13 +651,34 @@ def _accuracy_fn(apply_fn):
     return lambda p, x, y: jnp.mean(jnp.argmax(apply_fn(p, x), -1) == y)
 
 
+class DivergenceWarning(RuntimeWarning):
+    """A training run's loss says it diverges (non-finite, or far beyond any healthy run's); once per run."""
+
+
 DIVERGENCE_FACTOR = 1e3  # an epoch loss this many times the first epoch's is reported as diverging
+# An epoch loss beyond DIVERGENCE_LOG_K · log K · max(1, Σλ) is diverging whatever the first epoch did (epoch 1
+# included). log K is the cross-entropy of a constant predictor, where every freshly initialised classifier starts
+# and which training only lowers. Each term of the composite loss is at that scale in a healthy run: the two
+# cross-entropies (clf, adv) are at most a few log K, and the energy terms are logits (div) and squared logits
+# (reg), which λ_reg keeps at O(1–10). A loss of 1e3 · log K per unit of λ needs mean logit margins or energies in
+# the hundreds or thousands: the run has left training (learning_rate=1e6 gives ~1e26 in every epoch). Scaling by
+# the λ's sum keeps the bound above a healthy run whose λ's are large.
+DIVERGENCE_LOG_K = 1e3
 
 
-def _divergence(loss: float, first: float) -> str | None:
-    """Returns why epoch loss `loss` says the run diverges (non-finite, or > 1e3× the first epoch's `first`), or None."""
+def divergence_bound(num_classes: int, weights: LossWeights) -> np.ndarray:
+    """Returns the epoch-loss magnitude beyond which a run is diverging: () or (K,) for per-run λ's."""
+    total = sum(np.asarray(w, np.float64) for w in jax.tree.leaves(weights))
+    return DIVERGENCE_LOG_K * math.log(max(int(num_classes), 2)) * np.maximum(1.0, total)
+
+
+def _divergence(loss: float, first: float, bound: float = math.inf) -> str | None:
+    """Returns why epoch loss `loss` says the run diverges (non-finite, |loss| > bound, or > 1e3× the first epoch's)."""
     if not math.isfinite(loss):
         return f"the training loss is {loss}"
+    if abs(loss) > bound:
+        return (f"the training loss {loss:.4g} exceeds {bound:.4g} ({DIVERGENCE_LOG_K:g}·log K·max(1, Σλ), far "
+                "beyond the loss of a constant predictor, log K)")
     if math.isfinite(first) and first != 0 and abs(loss) > DIVERGENCE_FACTOR * abs(first):
         return f"the training loss {loss:.4g} is {abs(loss / first):.3g}× the first epoch's ({first:.4g})"
     return None
@@ -647,7 +687,7 @@ def _divergence(loss: float, first: float) -> str | None:
 def _warn_divergence(what: str, epoch: int, why: str) -> None:
     # Once per run, not per epoch: a diverged run would otherwise bury everything else in the same warning.
     warnings.warn(f"{what}: epoch {epoch}: {why}; the run is diverging (lower the learning rate or the λ's); "
-                  "this is reported once per run", RuntimeWarning, stacklevel=3)
+                  "this is reported once per run", DivergenceWarning, stacklevel=4)
 
 
 def _postfix(log: dict) -> dict:
@@ -659,6 +699,40 @@ def _postfix(log: dict) -> dict:
     if "converged" in log:
         shown["mature"] = f"{log['converged']:.2f}"
     return shown
+
+
+def _run_epochs(run_epoch: Callable, config: TrainConfig, histories: list[list[dict]], start_epoch: int, *,
+                names: list[str], bounds, shown, on_epoch: Callable | None = None) -> None:
+    """Returns None after epochs start_epoch … config.epochs − 1 of k runs: the one epoch loop of fit and fit_many.
+
+    `run_epoch(epoch, use_ct)` trains one epoch of every run and returns (metrics {name: (k, steps)},
+    accuracies {name: (k,)}). Each run's log (`_epoch_logs`) is appended to histories[i]; skipped updates warn,
+    and divergence (`_divergence` with bounds[i]) warns once per run; then `on_epoch(epoch, logs)` (checkpoints)
+    and the progress display.
+    """
+    diverged: set[int] = set()
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        use_ct = config.needs_counterfactuals and epoch >= config.burnin_epochs
+        metrics, accuracies = jax.device_get(run_epoch(epoch, use_ct))
+        elapsed = time.perf_counter() - t0
+        logs = _epoch_logs(metrics, accuracies, epoch, elapsed)
+        for i, log in enumerate(logs):
+            histories[i].append(log)
+            if log["nonfinite"]:
+                warnings.warn(f"{names[i]}: epoch {epoch + 1}: {log['nonfinite']} updates skipped because the loss "
+                              "was not finite", RuntimeWarning, stacklevel=3)
+            why = None if i in diverged else _divergence(log["loss"], histories[i][0]["loss"], float(bounds[i]))
+            if why is not None:
+                _warn_divergence(names[i], epoch + 1, why)
+                diverged.add(i)
+        if on_epoch is not None:
+            on_epoch(epoch, logs)
+        if shown is not None:
+            mean = {name: float(np.mean([log[name] for log in logs])) for name in logs[0]}
+            shown.update(epoch + 1, _postfix(mean), f"{elapsed:.2f} s/epoch")
+    if shown is not None:
+        shown.close()
 
 
 def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Constraints | None = None,
@@ -678,12 +752,9 @@ def fit(state: TrainState, dataset, config: TrainConfig, *, constraints: cons.Co
     `progress`: True shows it on stderr, a text stream shows it there, False hides it; on a terminal it is a
     tqdm bar, elsewhere (a log file, a pipe) about `ctrain.progress.PLAIN_LINES` plain lines per run.
     """
-    from ctrain import checkpoint
-
     config, constraints, pool = _prepare_run(state, dataset, config, constraints)
-    if config.persistent and state.buffer is None:
-        state = with_buffer(state, dataset.x_train)
-    _check_buffer(state, dataset, config)
+    if config.amortised and state.chains is None:
+        state = with_chains(state, config, dataset.x_train)
     key = jax.random.key(config.seed)
 
     start_epoch, history = 0, []
@@ -730,34 +801,25 @@ def _fit_loop(state, dataset, config, constraints, pool, key, start_epoch, histo
                        donate_argnums=(0,))
     accuracy = jax.jit(_accuracy_fn(state.apply_fn))
 
-    shown = progress_display(progress, config.epochs, f"{dataset.name}/{config.objective}", initial=start_epoch)
-    warned = False
-    for epoch in range(start_epoch, config.epochs):
-        t0 = time.perf_counter()
-        use_ct = config.needs_counterfactuals and epoch >= config.burnin_epochs
+    def run_epoch(epoch, use_ct):
+        nonlocal state
         state, metrics = epoch_fn(state, x_dev, y_dev, pool, key, epoch, use_ct)
-        log = {"epoch": epoch + 1, **_epoch_log(metrics)}
-        log.update({k: float(v) for k, v in _accuracies(accuracy, _inference_params(state), splits).items()})
-        log["time_s"] = time.perf_counter() - t0
-        history.append(log)
-        if log["nonfinite"]:
-            warnings.warn(f"epoch {epoch + 1}: {log['nonfinite']} updates skipped because the loss was not finite")
-        why = None if warned else _divergence(log["loss"], history[0]["loss"])
-        if why is not None:
-            _warn_divergence(f"{dataset.name}/{config.objective}", epoch + 1, why)
-            warned = True
+        accuracies = _accuracies(accuracy, _inference_params(state), splits)
+        return jax.tree.map(lambda a: a[None], (metrics, accuracies))  # one run: a run axis of 1
+
+    def on_epoch(epoch, logs):
         if log_fn is not None:
-            log_fn(log)
+            log_fn(logs[0])
         if manager is not None:
             if jax.process_index() == 0:  # multi-host: one writer; orbax coordinates the checkpoint itself
                 manager.write_history(history)  # rewritten whole, atomically: resume-safe
             last = epoch + 1 == config.epochs
             if last or (config.checkpoint_every and (epoch + 1) % config.checkpoint_every == 0):
                 manager.save(state, epoch + 1, history)
-        if shown is not None:
-            shown.update(epoch + 1, _postfix(log), f"{log['time_s']:.2f} s/epoch")
-    if shown is not None:
-        shown.close()
+
+    shown = progress_display(progress, config.epochs, f"{dataset.name}/{config.objective}", initial=start_epoch)
+    _run_epochs(run_epoch, config, [history], start_epoch, names=[f"{dataset.name}/{config.objective}"],
+                bounds=[divergence_bound(dataset.num_classes, state.weights)], shown=shown, on_epoch=on_epoch)
     return state, history
 
 
@@ -789,6 +851,35 @@ def create_train_states(apply_fn, params, *, weights: LossWeights | None = None,
     return TrainState(step=jnp.zeros((k,), jnp.int32), params=params, opt_state=opt_state,
                       weights=weights, skipped=jnp.zeros((k,), jnp.int32), apply_fn=apply_fn, tx=tx,
                       model_state=model_state, rng=rng)
+
+
+def stack_states(states) -> TrainState:
+    """Returns the K TrainStates of a sequence stacked on a leading run axis (K, ...), the input of `fit_many`.
+
+    They must share one model (`apply_fn`) and optimiser (`tx`) and have equal shapes, e.g. one
+    `create_train_state` per seed's initial parameters, each with its own λ's and learning rate. `unstack_state`
+    gives run i back.
+    """
+    states = list(states)
+    if not states or not all(isinstance(s, TrainState) for s in states):
+        raise TypeError("stack_states takes a non-empty sequence of TrainStates (one per run)")
+    if any(np.ndim(s.step) for s in states):
+        raise ValueError("stack_states takes single-run states; these are stacked already")
+    first = states[0]
+    for i, s in enumerate(states[1:], 1):
+        if s.apply_fn != first.apply_fn or s.tx != first.tx:
+            raise ValueError(f"state {i} has another model or optimiser than state 0: fit_many trains one program, "
+                             "so every run must share apply_fn and tx (build each with the same ones)")
+        if jax.tree.structure(s) != jax.tree.structure(first) or any(
+                np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(s), jax.tree.leaves(first))):
+            raise ValueError(f"state {i} differs from state 0 in its tree or shapes: stacked runs must have the same "
+                             "parameter shapes and state fields")
+    return jax.tree.map(lambda *a: jnp.stack(a), *states)
+
+
+def unstack_state(states: TrainState, i: int) -> TrainState:
+    """Returns run i of K stacked TrainStates (the leading run axis dropped)."""
+    return jax.tree.map(lambda a: a[i], states)
 
 
 def _split_runs(tree, size: int) -> list:
@@ -861,16 +952,16 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
     if k == 0:
         raise ValueError("fit_many needs at least one run: seeds is empty (give one seed per stacked state)")
     if np.ndim(states.step) != 1:
-        raise ValueError("fit_many needs stacked states with a leading run axis: build them with create_train_states")
+        raise ValueError("fit_many needs stacked states with a leading run axis: build them with create_train_states or "
+                         "stack_states")
     if jax.tree.leaves(states.params)[0].shape[0] != k:
         raise ValueError(f"{k} seeds given for {jax.tree.leaves(states.params)[0].shape[0]} stacked states")
     if max_runs_per_program is not None and (isinstance(max_runs_per_program, bool) or not isinstance(
             max_runs_per_program, (int, np.integer)) or max_runs_per_program < 1):
         raise ValueError(f"max_runs_per_program must be an integer >= 1 or None, got {max_runs_per_program!r}")
     config, constraints, pool = _prepare_run(states, dataset, config, constraints)
-    if config.persistent and states.buffer is None:
-        states = with_buffer(states, dataset.x_train)  # each run its own chains, on the leading run axis
-    _check_buffer(states, dataset, config)
+    if config.amortised and states.chains is None:
+        states = with_chains(states, config, dataset.x_train)  # each run its own chains, on the leading run axis
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     splits = _device_splits(dataset)
     x_dev, y_dev = splits["train"]
@@ -895,34 +986,21 @@ def fit_many(states: TrainState, dataset, config: TrainConfig, *, seeds, constra
     size = min(size, k)
     chunks, chunk_keys = _split_runs(states, size), _split_runs(keys, size)
     accuracy = jax.jit(jax.vmap(_accuracy_fn(states.apply_fn), in_axes=(0, None, None)))
-    histories: list[list[dict]] = [[] for _ in range(k)]
-    desc = f"{dataset.name}/{config.objective} x{k}" + (f" ({len(chunks)} programs of {size})" if len(chunks) > 1
-                                                        else "")
-    shown = progress_display(progress, config.epochs, desc)
-    diverged: set[int] = set()
-    for e in range(config.epochs):
-        t0 = time.perf_counter()
-        use_ct = config.needs_counterfactuals and e >= config.burnin_epochs
+
+    def run_epoch(e, use_ct):
         parts, accs = [], []
         for i, chunk in enumerate(chunks):
             chunks[i], metrics = program(use_ct, size)(chunk, chunk_keys[i], e)
             parts.append(metrics)
             accs.append(_accuracies(accuracy, _inference_params(chunks[i]), splits))
-        join = lambda *a: np.concatenate([np.asarray(x) for x in a])[:k]
-        logs = _epoch_logs(jax.tree.map(join, *parts), k)
-        logs.update(jax.tree.map(join, *accs))
-        elapsed = time.perf_counter() - t0
-        for i in range(k):
-            log = {"epoch": e + 1, **{name: (int(v[i]) if name == "nonfinite" else float(v[i]))
-                                      for name, v in logs.items()}, "time_s": elapsed / k}
-            histories[i].append(log)
-            why = None if i in diverged else _divergence(log["loss"], histories[i][0]["loss"])
-            if why is not None:
-                _warn_divergence(f"{dataset.name}/{config.objective} run {i} (seed {seeds[i]})", e + 1, why)
-                diverged.add(i)
-        if shown is not None:
-            shown.update(e + 1, _postfix({name: float(np.mean(v)) for name, v in logs.items()}),
-                         f"{elapsed:.2f} s/epoch")
-    if shown is not None:
-        shown.close()
+        join = lambda *a: jnp.concatenate(a)[:k]  # the last chunk's padding runs dropped
+        return jax.tree.map(join, *parts), jax.tree.map(join, *accs)
+
+    histories: list[list[dict]] = [[] for _ in range(k)]
+    desc = f"{dataset.name}/{config.objective} x{k}" + (f" ({len(chunks)} programs of {size})" if len(chunks) > 1
+                                                        else "")
+    shown = progress_display(progress, config.epochs, desc)
+    bounds = np.broadcast_to(divergence_bound(dataset.num_classes, states.weights), (k,))
+    _run_epochs(run_epoch, config, histories, 0, shown=shown, bounds=bounds,
+                names=[f"{dataset.name}/{config.objective} run {i} (seed {seeds[i]})" for i in range(k)])
     return _join_runs(chunks, k), histories

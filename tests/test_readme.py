@@ -27,3 +27,13 @@ def test_the_main_jobs_command_line_is_accepted():
     out = subprocess.run([sys.executable, "-m", "experiments.reproduce", "--help"], cwd=README.parent,
                          capture_output=True, text=True)
     assert out.returncode == 0 and "--full" in out.stdout
+
+
+def test_the_custom_loop_reproduces_fit_bit_for_bit():
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), re.S) if "epoch_keys" in b]
+    assert len(blocks) == 1, "README.md's custom-loop block (the one using epoch_keys) is missing"
+    namespace = {}
+    exec(compile(blocks[0], "README.md (custom loop)", "exec"), namespace)
+    import chex
+    chex.assert_trees_all_equal(namespace["state"].params, namespace["fitted"].params)
+    assert int(namespace["state"].step) == int(namespace["fitted"].step) > 0

@@ -20,6 +20,7 @@ from ctrain import checkpoint
 from ctrain.data import from_arrays, prepare
 from ctrain.models import make_model
 from ctrain.search import SearchConfig, explain
+from ctrain.objective import LossWeights
 from ctrain.train import TrainConfig, create_train_state, create_train_states, fit, fit_many
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,3 +243,21 @@ def test_fit_many_without_runs_is_a_clear_value_error(small):
     none = create_train_states(apply_fn, jax.tree.map(lambda a: a[None][:0], params))
     with pytest.raises(ValueError, match="at least one run"):
         fit_many(none, small, VANILLA, seeds=[], progress=False)
+
+
+def test_a_loss_diverging_from_the_first_epoch_warns_in_epoch_one(small):
+    """learning_rate=1e6 gives losses of ~1e20 and more from epoch 1 on, which a bound relative to epoch 1 never sees."""
+    from ctrain.train import DivergenceWarning, divergence_bound
+    config = TrainConfig(objective="vanilla", epochs=2, batch_size=30)
+    apply_fn, params = make_model("mlp", 2, 2, jax.random.key(0))
+    with pytest.warns(DivergenceWarning, match="epoch 1:") as record:
+        _, history = fit(create_train_state(apply_fn, params, learning_rate=1e6), small, config, progress=False)
+    assert abs(history[0]["loss"]) > divergence_bound(2, LossWeights()) or not np.isfinite(history[0]["loss"])
+    assert len([w for w in record if w.category is DivergenceWarning]) == 1
+    states = create_train_states(apply_fn, jax.tree.map(lambda a: jnp.stack([a, a]), params),
+                                 learning_rate=jnp.array([1e6, 1e-3]))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        fit_many(states, small, config, seeds=[0, 1], progress=False)
+    found = [str(w.message) for w in record if w.category is DivergenceWarning]
+    assert len(found) == 1 and "run 0" in found[0] and "epoch 1:" in found[0], found  # the healthy run 1 is quiet

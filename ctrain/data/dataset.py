@@ -9,14 +9,14 @@ import dataclasses
 import inspect
 import sys
 import warnings
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
+from ctrain import constraints as cons
 from ctrain.data.schema import Schema, as_matrix, check_features, check_one_hot
+from ctrain.data.table import Layout, decode_frame, encode_frame
 
-if TYPE_CHECKING:  # frame.py imports this module
-    from ctrain.data.frame import Layout
 
 BALANCE_MODES = (None, "oversample", "undersample")
 
@@ -94,7 +94,7 @@ class Dataset:
     standardizer: Standardizer
     class_names: tuple[str, ...] = ()
     image_shape: tuple[int, ...] | None = None  # e.g. (28, 28) to un-flatten rows for plots and CNNs
-    # The columns of the DataFrame it was built from (`ctrain.data.frame.Layout`), for encode/decode; None: arrays.
+    # The columns of the DataFrame it was built from (`ctrain.data.table.Layout`), for encode/decode; None: arrays.
     table: Layout | None = None
 
     def __post_init__(self):
@@ -164,7 +164,6 @@ class Dataset:
     def constraints(self):
         """Returns the `ctrain.constraints.Constraints` arrays for this dataset's schema, with the integer features'
         lattice (`lattice()`) when there are any."""
-        from ctrain import constraints as cons
         c = cons.from_schema(self.schema)
         origin, step = self.lattice()
         if not step.any():
@@ -181,7 +180,6 @@ class Dataset:
                                      grid_origin=origin, grid_step=step)
 
     def _layout(self):
-        from ctrain.data.frame import Layout
         return self.table if self.table is not None else Layout.from_schema(self.schema)
 
     def encode(self, frame) -> np.ndarray:
@@ -192,7 +190,6 @@ class Dataset:
         a ValueError naming the column and the value. A Dataset built from arrays takes one column per continuous
         feature and per one-hot group (its levels are the members' names after "<group>=").
         """
-        from ctrain.data.frame import encode_frame
         x = encode_frame(frame, self._layout(), what=f"{self.name}: the frame")
         x = check_features(x, self.schema, what=f"{self.name}: the encoded frame", dtype=None)
         return self.standardizer.transform(x)
@@ -203,7 +200,6 @@ class Dataset:
         Standardisation is undone in float64, each one-hot group becomes its largest entry's category (argmax) and
         integer features are rounded to whole numbers with an integer dtype; a frame's own dtypes are kept.
         """
-        from ctrain.data.frame import decode_frame
         x = check_features(x, self.schema, what=f"{self.name}: x to decode", dtype=None)
         return decode_frame(self.standardizer.inverse(x), self._layout())
 

@@ -10,11 +10,10 @@ vmapped program, `experiments.pipeline.train_seeds`; plausibility runs: every fe
   default     the library's defaults: the training search `SearchConfig()` (ctrain.search.TRAINING_SEARCH) at the
               dataset's τ, the dataset's paper settings otherwise (n_ce, batch size, epochs, λ's);
   paper       the paper's settings, `experiments.configs.get_config(name).train` (the reference's search);
-  persistent  default + `train.persistent=true`: persistent counterfactual chains (TrainConfig.persistent,
-              buffer_reset 0.05), the warm start that makes later epochs' searches short;
-  capped      persistent + `train.chain_steps=10`: every chain searches at most 10 steps per epoch (a third of
-              T = 30) and goes on from there in a later epoch. The batched search loops until its slowest row
-              stops, so warm starts alone shorten an epoch only when every chain is short; the cap always does;
+  amortised   default + `train.chain_steps=CHAIN_STEPS` (5): amortised CT (`ctrain.chains`), a fixed pool of
+              the epoch's n_ce counterfactual chains, every chain advanced at most 5 search steps every epoch (a
+              sixth of T = 30) from where it stood, each keeping its factual and target, restarted with JEM's
+              probability 0.05;
   fewer       default + `train.n_ce` divided by FEWER (4): a quarter of the counterfactuals per epoch, each searched
               in full, so the search's share of an epoch falls about fourfold (the lever of a smaller n_ce per step);
   burnin      default + `train.burnin=0.5`: conventional training for the first half of the epochs, CT after, the
@@ -31,16 +30,17 @@ Measured per variant:
   cost Δ        on datasets with protected features: the variant retrained with them protected (the actionability
                 runs) against BL, cost difference (variant − BL) under the actionability protocol, same interval;
   mature, steps share of training counterfactuals that reached τ and their mean search steps, mean over all CT
-                epochs and seeds; warm: share of searches that continued a chain (persistent only);
+                epochs and seeds; age: the chains' mean age in epochs (amortised only);
   skipped       updates skipped for a non-finite loss or gradient, summed over the run and seeds
                 (`pipeline.skipped_updates`).
 
 Decision rule (issue 26). A cheaper option becomes the library default only if its IP and IP* reductions stay
 within the default's seed-level interval on every dataset of this benchmark (circles, moons, adult, mnist_5k, ≥ 5
 seeds, the paper's protocol); otherwise it stays an option. docs/performance.md holds the measured run (4fd7ef2,
-47 min on the 2-core CPU) and its verdict: `fewer` and `burnin` pass that rule, `persistent` and `capped` fail it
-on Adult and MNIST-5k, and no option brings a CT epoch within 2× of BL's there, so the defaults stay (the issue's
-rule for that case): `TrainConfig.persistent` False, `chain_steps` None, `burnin` 0.0 and n_ce the dataset's.
+47 min on the 2-core CPU) and its verdict: `fewer` and `burnin` pass that rule; the `persistent` and `capped`
+variants measured there (a buffer of one chain per training sample, drawn at random each epoch) failed it on Adult
+and MNIST-5k and were replaced by `amortised`, which has not been measured at full size yet; the defaults stay:
+`TrainConfig.chain_steps` None, `burnin` 0.0 and n_ce the dataset's.
 """
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ from experiments.plots import plot_cost_trade_off
 from experiments.results_md import interval_text
 
 DATASETS = ("circles", "moons", "adult", "mnist_5k")
-VARIANTS = ("default", "paper", "persistent", "capped", "fewer", "burnin")
-CHAIN_STEPS = 10  # the capped variant's search steps per chain and epoch
+VARIANTS = ("default", "paper", "amortised", "fewer", "burnin")
+CHAIN_STEPS = 5  # the amortised variant's search steps per chain and epoch
 FEWER = 4  # the fewer variant divides the dataset's n_ce by this
 BURNIN = 0.5  # the burnin variant's share of conventional epochs (the reference's App. C grid value)
 QUICK = dict(datasets=["circles"], seeds=[0, 1], epochs=4, rounds=2, individuals=20)
@@ -75,10 +75,8 @@ def variant_config(name: str, config):
     default = config.replace(train=config.train.replace(search=search))
     if name == "default":
         return default
-    if name == "persistent":
-        return override(default, ["train.persistent=true"])
-    if name == "capped":
-        return override(default, ["train.persistent=true", f"train.chain_steps={CHAIN_STEPS}"])
+    if name == "amortised":
+        return override(default, [f"train.chain_steps={CHAIN_STEPS}"])
     if name == "fewer":
         return replace_path(default, "train.n_ce", max(1, config.train.n_ce // FEWER))
     if name == "burnin":
@@ -145,7 +143,8 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
             "ip_star": compare_seeds(plaus, "ip_star", treatment=v)["reduction"],
             "cost_protected": cost_cmp, "protected": list(protected),
             "mature": _mean_log(histories[v], "converged"), "steps": _mean_log(histories[v], "search_steps"),
-            "warm": _mean_log(histories[v], "warm"), "n_ce": configs[v].train.n_ce,
+            "chain_age": _mean_log(histories[v], "chain_age"), "n_ce": configs[v].train.n_ce,
+            "chain_steps": configs[v].train.chain_steps or configs[v].train.search.max_steps,
             "searched_epochs": sum("search_steps" in h for h in histories[v][0]),
             "skipped": pipeline.skipped_updates(histories[v]),
             "accuracy": [run[-1]["test_accuracy"] for run in histories[v]],
@@ -157,13 +156,13 @@ def table(rows: list[dict]) -> str:
     """Returns the markdown table of the rows."""
     show = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
     lines = ["| dataset | variant | seeds | CT/BL epoch | CT/BL run | wall s | IP −% | IP* −% | cost Δ protected "
-             "| mature | steps | warm | skipped |", "|" + "---|" * 13]
+             "| mature | steps | age | skipped |", "|" + "---|" * 13]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['variant']} | {len(r['seeds'])} | {r['epoch_ratio']:.1f} "
                      f"| {show(r.get('run_ratio'), '{:.1f}')} | {r['wall_s']:.1f} | {interval_text(r['ip'])} "
                      f"| {interval_text(r['ip_star'])} "
                      f"| {'–' if r['cost_protected'] is None else interval_text(r['cost_protected'], 3)} "
-                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r['warm'])} "
+                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r.get('chain_age'), '{:.1f}')} "
                      f"| {'–' if r.get('skipped') is None else sum(r['skipped'])} |")  # rows stored before the count: –
     return "\n".join(lines)
 
@@ -216,8 +215,8 @@ def main(argv=None) -> dict:
     print("\nCT/BL epoch: median epoch time after the first (CT epochs only for burnin), CT over BL; CT/BL run: the "
           "training runs' wall times, CT over BL; wall s: all seeds' training (one program, "
           "compile included); IP / IP* −%: reduction against BL, mean over seeds [99% interval over seeds], * "
-          "excludes 0; cost Δ: protected-feature runs, cost − BL's; mature / steps / warm: training searches, mean "
-          "over epochs and seeds; skipped: non-finite updates skipped, all seeds.")
+          "excludes 0; cost Δ: protected-feature runs, cost − BL's; mature / steps / age: training searches (age: "
+          "amortised chains' epochs since restart), mean over epochs and seeds; skipped: non-finite updates skipped, all seeds.")
     out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0, "run": pipeline.run_metadata()}
     write_json(args.json, out)
     for path in (args.json, args.plot and plot_cost_trade_off(args.plot, rows)):

@@ -5,8 +5,8 @@
 Runs: CT vs vanilla step time against the work-counting prediction (train_step), counterfactual
 search throughput vmapped vs per-sample loop (search_throughput), compiled epoch times and full
 100-epoch CT runs per dataset plus K vmapped runs vs K sequential ones (training), peak memory of
-IP / MMD² scoring (metrics_memory), what CT costs against BL and what its cheaper options (the persistent
-counterfactual buffer) give up (ct_cost: its --quick smoke run with --quick, the full run only with
+IP / MMD² scoring (metrics_memory), what CT costs against BL and what its cheaper options (amortised
+chains, fewer counterfactuals, burn-in) give up (ct_cost: its --quick smoke run with --quick, the full run only with
 --with-ct-cost, hours on a CPU), and optionally the wall time of the default reproduce run.
 Figures are median [min–max] over repeats; nothing is asserted. On a GPU or TPU, run
 `python -m experiments.benchmarks.device_check` instead: the figures that matter there, in under 8 minutes.

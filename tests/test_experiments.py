@@ -9,7 +9,7 @@ import pytest
 
 from ctrain.data import load_dataset
 from ctrain import metrics
-from experiments import paper_results, pipeline, reproduce
+from experiments import paper_results, pipeline, reproduce, tables
 from experiments.configs import (CONFIGS, MOVED, ExperimentConfig, flat_dict, from_dict, get_config, leaf_paths,
                                  override, replace_path)
 
@@ -306,7 +306,7 @@ def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats
 def test_a_verdict_needs_a_confidence_interval_that_excludes_zero():
     def verdict(low, high, metric, note=""):
         # The verdict reads the interval over seeds only, never the pooled rounds' CI.
-        return reproduce._verdict({"ci_low": -5.0, "ci_high": -4.0, "note": "",
+        return tables._verdict({"ci_low": -5.0, "ci_high": -4.0, "note": "",
                                    "seeds": {"difference": {"low": low, "high": high, "note": note}}}, metric)
     assert verdict(-2.0, -1.0, "ip") == "CT better"  # CT's IP lower
     assert verdict(-2.0, -1.0, "validity") == "CT worse"  # CT's validity lower
@@ -520,7 +520,7 @@ def test_mnist_runs_offline_on_the_5k_subset_with_the_papers_settings_and_row():
     assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
     assert paper_results.reduction("mnist_5k", 0) == "6.36*"  # compared with the paper's MNIST row
     result = {"dataset": "mnist_5k", "label": "mnist_5k", "comparisons": {"CT": {}}, "validity": {}, "accuracy": {}}
-    row = _table_text(reproduce.make_table([result]))[0]
+    row = _table_text(tables.make_table([result]))[0]
     assert row["IP* −% (paper)"] == "-70.31" and row["Validity (paper)"] == "1.00 / 1.00"
 
 
@@ -614,12 +614,12 @@ def test_table2_and_figure1_say_where_ct_agrees_with_proposition_3_1():
                {"dataset": "b", "ig_difference_over_seeds": {"mean": 0.4, "significant": True}},
                {"dataset": "c", "ig_difference_over_seeds": {"mean": -0.1, "significant": False}},
                {"dataset": "d", "ig_difference_over_seeds": None}]
-    text = reproduce.table2_verdict(results)
+    text = tables.table2_verdict(results)
     assert "less sensitive on a, more sensitive on b, and not distinguishable on c." in text
-    assert reproduce.table2_verdict([{"dataset": "d"}]) == ""
-    agrees = reproduce.proposition_sentence(0.1, 0.2, [1.0, 2.0])
+    assert tables.table2_verdict([{"dataset": "d"}]) == ""
+    agrees = tables.proposition_sentence(0.1, 0.2, [1.0, 2.0])
     assert agrees.startswith("This agrees with Proposition 3.1") and "x1 is the more discriminative" in agrees
-    against = reproduce.proposition_sentence(0.3, 0.2, [2.0, 1.0])
+    against = tables.proposition_sentence(0.3, 0.2, [2.0, 1.0])
     assert against.startswith("This contradicts Proposition 3.1") and "does not hold" in against
 
 

@@ -1,16 +1,19 @@
 """The experiments' config tree (experiments/configs.py): one dotted path per setting, reaching what runs."""
 import ast
 import dataclasses
+import importlib
 import json
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
 from ctrain.evaluate import ProtocolConfig
 from ctrain.search import SearchConfig
 from ctrain.train import TrainConfig
-from experiments import pipeline
+from experiments import MOVED_MODULES, pipeline
 from experiments.configs import (CONFIGS, MOVED, PIPELINE_OWNED, ExperimentConfig, flat_dict, from_dict, get_config,
                                  get_path, leaf_paths, override, replace_path)
 
@@ -166,7 +169,7 @@ def test_experiments_has_no_import_cycle():
     files = sorted(EXPERIMENTS.rglob("*.py"))
     modules = {_module_name(f) for f in files}
     graph = {_module_name(f): _imports(f, modules) for f in files}
-    assert graph["experiments.tuning"] >= {"experiments.configs", "experiments.pipeline"}  # the parse finds imports
+    assert graph["experiments.studies.grids.tuning"] >= {"experiments.configs", "experiments.pipeline"}  # the parse finds imports
     assert "experiments.grid" not in modules  # tuning is the one grid driver
     state: dict[str, int] = {}  # 1: on the current path, 2: done
 
@@ -183,3 +186,24 @@ def test_experiments_has_no_import_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
+
+
+# What the top level of experiments/ may hold: what several studies share (a study's code is in studies/<name>/).
+SHARED_MODULES = {"__init__", "configs", "figures", "paper_results", "pipeline", "plots", "reproduce",
+                  "results_md", "tables"}
+
+
+def test_experiments_top_level_holds_only_shared_modules():
+    assert {p.stem for p in EXPERIMENTS.glob("*.py")} == SHARED_MODULES
+
+
+@pytest.mark.parametrize("old, new", sorted(MOVED_MODULES.items()))
+def test_a_moved_study_module_fails_naming_its_new_command(old, new):
+    importlib.import_module(new)  # the new path imports
+    with pytest.raises(ModuleNotFoundError, match=re.escape(f"python -m {new}")):
+        importlib.import_module(old)
+    with pytest.raises(ModuleNotFoundError, match=re.escape(f"python -m {new}")):
+        exec(f"from experiments import {old.rsplit('.', 1)[1]}", {})
+    run = subprocess.run([sys.executable, "-m", old, "--help"], capture_output=True, text=True,
+                         cwd=EXPERIMENTS.parent)
+    assert run.returncode != 0 and f"python -m {new}" in run.stderr

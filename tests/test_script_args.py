@@ -5,7 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from experiments import pipeline, reproduce, tuning, units
+from experiments import pipeline, reproduce
+from experiments.studies.grids import tuning
+from experiments.studies.units import study as units
 
 # The cheapest reproduce run that trains BL and CT and scores them (tests/test_experiments.py's TINY, one epoch, two
 # protocol rounds); SMALL adds small splits of one shape for both synthetic sets, so they share compiled programs,

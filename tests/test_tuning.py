@@ -1,4 +1,4 @@
-"""The paper's tuning grids as programs (experiments/tuning.py) and the 270-configuration benchmark, on tiny slices."""
+"""The paper's tuning grids as programs (experiments/studies/grids/tuning.py) and the 270-configuration benchmark, on tiny slices."""
 import csv
 import json
 import os
@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import tuning
+from experiments.studies.grids import tuning
 from experiments.benchmarks import tuning_grid
 
 # Tiny everything: 1 epoch, few counterfactuals, 2 protocol rounds of 6 training factuals, one test-time λ.

@@ -144,7 +144,7 @@ def test_clipped_steps_are_gradient_steps_of_at_most_linf_length_eta(slope, move
 
 
 def test_seed_reductions_are_each_training_seeds_own_reduction():
-    from experiments.units import seed_reductions
+    from experiments.studies.units.study import seed_reductions
     # Rounds 0-1 belong to seed 0 (ratios 0.5, 0.7: mean 0.6, a 40% reduction), 2-3 to seed 1 (mean 1.1: −10%);
     # seed 2 has no round.
     ratios = {0: 0.5, 1: 0.7, 2: 1.2, 3: 1.0}
@@ -172,7 +172,7 @@ def test_the_units_aware_protocol_scores_a_rescaled_copy_identically(circles):
 
 
 def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(tmp_path, monkeypatch):
-    from experiments import units
+    from experiments.studies.units import study as units
     seen = []
     real_fit = units.fit_many
 
@@ -246,7 +246,7 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
 
 
 def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_through(tmp_path, monkeypatch):
-    from experiments import units
+    from experiments.studies.units import study as units
     from ctrain.search import SearchConfig, TRAINING_SEARCH
     seen = []
     real_fit = units.fit_many
@@ -273,7 +273,7 @@ def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_th
 
 def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless_asked(monkeypatch):
     from ctrain.data import from_arrays
-    from experiments import units
+    from experiments.studies.units import study as units
     from experiments.configs import get_config
     rng = np.random.default_rng(0)
     x = np.c_[rng.normal(50, 10, 200), np.eye(3)[rng.choice(3, 200, p=[0.8, 0.15, 0.05])]]
@@ -303,7 +303,7 @@ def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless
 
 
 def test_every_experiment_setting_is_read_by_the_units_study_or_refused_with_a_reason():
-    from experiments import units
+    from experiments.studies.units import study as units
     from experiments.configs import leaf_paths
 
     def named(path, prefixes):
@@ -332,21 +332,21 @@ def test_every_experiment_setting_is_read_by_the_units_study_or_refused_with_a_r
                                        ("train.search.step_rule=gradient", "--arms"),
                                        ("actionability.threshold=0.6", "no actionability run")])
 def test_the_units_study_refuses_a_setting_it_would_ignore(tmp_path, key, hint):
-    from experiments import units
+    from experiments.studies.units import study as units
     with pytest.raises(ValueError, match=rf"--set {re.escape(key.split('=')[0])}=.*would change nothing.*{hint}"):
         units.main(["--datasets", "circles", "--set", key, "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
 
 
 def test_the_units_study_names_the_new_path_of_an_old_setting(tmp_path):
-    from experiments import units
+    from experiments.studies.units import study as units
     with pytest.raises(ValueError, match=r"'lambda_reg' is from the old flat config; it is now 'weights\.reg'"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=0.1", "--out", str(tmp_path / "bad")])
 
 
 def test_arm_difference_is_the_difference_of_reductions_over_paired_rounds():
     from ctrain.evaluate import compare
-    from experiments.units import arm_difference, round_ratios
+    from experiments.studies.units.study import arm_difference, round_ratios
 
     def summary(ct, bl):
         return [{"round": j, "model": m, "ip": v} for j, (c, b) in enumerate(zip(ct, bl))
@@ -371,7 +371,7 @@ def test_arm_difference_is_the_difference_of_reductions_over_paired_rounds():
 
 @pytest.mark.parametrize("rule", ["gradient", "normalized"])
 def test_eval_step_rule_reaches_the_units_studys_evaluator(monkeypatch, rule):
-    from experiments import units
+    from experiments.studies.units import study as units
     from experiments.configs import get_config
 
     seen = []

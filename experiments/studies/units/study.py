@@ -1,10 +1,11 @@
 """The units study: does counterfactual training's effect depend on the units of the features?
 
-    python -m experiments.units                          # synthetic sets + German, raw / standardised / x0.1 / x10
-    python -m experiments.units --datasets circles --copies raw standardized --arms paper units --seeds 0
-    python -m experiments.units --quick                  # circles only, 2 copies, 20 epochs (~2 min, 2-core CPU)
-    python -m experiments.units --datasets adult --copies raw standardized   # ~8 min, 2-core CPU
-    python -m experiments.units --datasets linearly_separable --copies raw standardized --set weights.reg=0.1
+    python -m experiments.studies.units.study          # synthetic sets + German, raw / standardised / x0.1 / x10
+    python -m experiments.studies.units.study --datasets circles --copies raw standardized --arms paper units --seeds 0
+    python -m experiments.studies.units.study --quick  # circles only, 2 copies, 20 epochs (~2 min, 2-core CPU)
+    python -m experiments.studies.units.study --datasets adult --copies raw standardized   # ~8 min, 2-core CPU
+    python -m experiments.studies.units.study --datasets linearly_separable --copies raw standardized \\
+        --set weights.reg=0.1
 
 For each dataset it trains BL and CT with the same seeds and initial weights on copies of the same data in
 different units (`raw`: the units the data comes in; `standardized`: mean 0 and sd 1 per continuous feature;
@@ -462,7 +463,7 @@ def command_of(a: dict) -> str:
 
 def invocation(argv: list[str]) -> str:
     """Returns the shell command that runs the study with arguments `argv`."""
-    return "python -m experiments.units " + shlex.join(argv)
+    return "python -m experiments.studies.units.study " + shlex.join(argv)
 
 
 if __name__ == "__main__":

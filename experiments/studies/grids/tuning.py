@@ -1,14 +1,15 @@
 """The one grid driver: the paper's tuning grids (App. C–D) or any axes, as programs that compile once per static group.
 
-    python -m experiments.tuning --grid generator --datasets moons       # the reference's 270-config grid, one dataset
-    python -m experiments.tuning --grid penalties --datasets circles     # 270 configs as 6 compiled programs
-    python -m experiments.tuning --grid tuning --datasets adult german --set seeds=0,1,2
-    python -m experiments.tuning --grid generator --datasets moons --task-index $SLURM_ARRAY_TASK_ID \\
+    python -m experiments.studies.grids.tuning --grid generator --datasets moons   # the reference's 270-config grid
+    python -m experiments.studies.grids.tuning --grid penalties --datasets circles # 270 configs, 6 compiled programs
+    python -m experiments.studies.grids.tuning --grid tuning --datasets adult german --set seeds=0,1,2
+    python -m experiments.studies.grids.tuning --grid generator --datasets moons --task-index $SLURM_ARRAY_TASK_ID \\
         --num-tasks $SLURM_ARRAY_TASK_COUNT                              # fan out; then:
-    python -m experiments.tuning --grid generator --datasets moons --collect   # one CSV + markdown of every config
-    python -m experiments.tuning --grid generator --datasets moons --axis train.search.generator=ecco \
+    python -m experiments.studies.grids.tuning --grid generator --datasets moons --collect  # one CSV + markdown
+    python -m experiments.studies.grids.tuning --grid generator --datasets moons --axis train.search.generator=ecco \\
         --axis train.search.max_steps=5,50                               # a grid's axis replaced
-    python -m experiments.tuning --grid custom --datasets circles --axis weights.reg=0.1,0.5 --axis train.epochs=50,100
+    python -m experiments.studies.grids.tuning --grid custom --datasets circles --axis weights.reg=0.1,0.5 \\
+        --axis train.epochs=50,100
 
 Expected time on a 2-core CPU (measured, `experiments/benchmarks/tuning_grid.py`): docs/performance.md; the
 generator grid of one synthetic dataset is the reference's 270-configuration grid (49 min–3 h 52 min on

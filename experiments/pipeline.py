@@ -99,17 +99,19 @@ def train_vae_aux(config: ExperimentConfig, data: Dataset) -> dict | None:
 
 
 def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, mutability: bool = False,
-                progress: bool = True, aux: dict | None = None, search: SearchConfig | None = None
-                ) -> tuple[list[tuple], list[list[dict]], float]:
+                progress: bool = True, aux: dict | None = None, search: SearchConfig | None = None,
+                model_kwargs: dict | None = None) -> tuple[list[tuple], list[list[dict]], float]:
     """Returns ([(apply_fn, params)] per seed, histories, wall seconds): all seeds trained as one vmapped program.
 
     `aux` reaches the training search (REVISE's {"vae_params": ...}); the vanilla objective searches nothing.
     `search` replaces the config's training search (`search_config`), e.g. to compare training searches.
+    `model_kwargs` go to `make_model` (e.g. the units study's `input_stats`).
     """
     tc = train_config(config, objective, data.num_features)
     if search is not None:
         tc = tc.replace(search=search)
     extra = {"image_shape": data.image_shape} if config.model == "lenet5" and data.image_shape else {}
+    extra.update(model_kwargs or {})
     apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = [make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1]
              for s in config.seeds]

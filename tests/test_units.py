@@ -12,7 +12,8 @@ from ctrain.data import load_dataset
 from ctrain.evaluate import ProtocolConfig, evaluate_explainability
 from ctrain.models import make_model
 from ctrain.search import WALK_PAST_TAU, SearchConfig, search_counterfactuals
-from ctrain.train import TrainConfig, create_train_state, fit
+from ctrain.train import TrainConfig, create_train_state, create_train_states, fit, fit_many
+from experiments.configs import get_config, override
 
 UNITS = SearchConfig(threshold=0.75, units="std", step_rule="normalized", step_size=0.1, max_steps=40)
 
@@ -172,9 +173,10 @@ def test_the_units_aware_protocol_scores_a_rescaled_copy_identically(circles):
 
 
 def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(tmp_path, monkeypatch):
+    from experiments import pipeline
     from experiments.studies.units import study as units
     seen = []
-    real_fit = units.fit_many
+    real_fit = pipeline.fit_many
 
     def fit_spy(states, data, config, **kwargs):
         seen.append((data.x_train.std(), config.objective, (config.search.units, config.search.step_rule,
@@ -182,7 +184,7 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
                      (config.search.categorical, config.schedule, config.burnin)))
         return real_fit(states, data, config, **kwargs)
 
-    monkeypatch.setattr(units, "fit_many", fit_spy)
+    monkeypatch.setattr(pipeline, "fit_many", fit_spy)
     md = tmp_path / "RESULTS.md"
     md.write_text("# kept\n")
     # one test-time λ_energy: one search to compile per model, not five
@@ -246,16 +248,17 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
 
 
 def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_through(tmp_path, monkeypatch):
+    from experiments import pipeline
     from experiments.studies.units import study as units
     from ctrain.search import SearchConfig, TRAINING_SEARCH
     seen = []
-    real_fit = units.fit_many
+    real_fit = pipeline.fit_many
 
     def fit_spy(states, data, config, **kwargs):
         seen.append((config.search.units, config.search.categorical))
         return real_fit(states, data, config, **kwargs)
 
-    monkeypatch.setattr(units, "fit_many", fit_spy)
+    monkeypatch.setattr(pipeline, "fit_many", fit_spy)
     # Scoring is not what this test is about: every metric comes back empty, so the tables say n/a.
     monkeypatch.setattr(units, "evaluate_pair", lambda *a, **k: ({}, {key: {} for key, _ in units.DIFF_METRICS}))
     results = units.main(["--datasets", "circles", "--copies", "raw", "--arms", "units", "paper", "--seeds", "0",
@@ -401,3 +404,26 @@ def test_the_step_rule_benchmark_scores_explain_for_bl_and_ct_under_each_rule(tm
             assert r["cost_sd"] > 0  # the searches moved
     assert json.loads((tmp_path / "r.json").read_text())["step_rules"]["circles"]["BL"]["clipped"] == \
         out["circles"]["BL"]["clipped"]
+
+
+@pytest.mark.parametrize("arm", ["paper", "units_clipped"])
+def test_train_pair_trains_what_its_own_loop_trained_before_it_used_train_seeds(arm):
+    """train_pair goes through pipeline.train_seeds; the models are bit-identical to its former hand-written loop."""
+    from experiments.studies.units import study as units
+
+    config = override(get_config("circles"), ["train.n_ce=30", "train.epochs=1"])
+    data = units.data_copy(config, "raw")
+    seeds = (0, 1)
+    models, _ = units.train_pair(config, data, arm, seeds, epochs=1, progress=False, categorical="relaxed")
+    spec = units.ARMS[arm]
+    extra = {"input_stats": data.input_stats()} if spec["normalize_inputs"] else {}
+    apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
+    inits = jax.tree.map(lambda *a: jnp.stack(a), *[
+        make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1] for s in seeds])
+    search = config.train.search.replace(categorical="relaxed", **spec["search"])
+    for label, objective in (("BL", "vanilla"), ("CT", "full")):
+        tc = config.train.replace(objective=objective, search=search, epochs=1)
+        states = create_train_states(apply_fn, inits, weights=config.weights, learning_rate=config.learning_rate)
+        states, _ = fit_many(states, data, tc, seeds=seeds, progress=False)
+        for i in range(len(seeds)):
+            chex.assert_trees_all_equal(models[label][i][1], jax.tree.map(lambda a, i=i: a[i], states.params))

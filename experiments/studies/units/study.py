@@ -56,17 +56,14 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ctrain.data import load_dataset
 from ctrain.evaluate import bootstrap_mean_ci, compare, evaluate_explainability, paired_rounds
-from ctrain.models import make_model
 from ctrain.search import CATEGORICAL_MODES, TRAINING_SEARCH, SearchConfig
-from ctrain.train import create_train_states, fit_many
 from experiments.configs import ExperimentConfig, get_config, override, path_in
-from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, loss_weights,
-                                 refuse_overwrite)
+from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, refuse_overwrite,
+                                 train_seeds)
 from experiments.results_md import write_section
 
 COPIES = ("raw", "standardized", "x0.1", "x10")
@@ -148,23 +145,17 @@ def train_pair(config: ExperimentConfig, data, arm: str, seeds, epochs: int | No
     leaving them 0/1 (`Dataset.input_stats`); the study's tables made before this option existed were made so.
     """
     spec = ARMS[arm]
-    extra = {}
+    model_kwargs = {}
     if spec["normalize_inputs"]:
         # One-hot columns stay 0/1 (Dataset.input_stats) unless the older tables' way is asked for.
-        extra["input_stats"] = ((data.x_train.mean(0), data.x_train.std(0)) if standardize_onehot
-                                else data.input_stats())
-    apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
-    inits = jax.tree.map(lambda *a: jnp.stack(a), *[
-        make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1] for s in seeds])
+        model_kwargs["input_stats"] = ((data.x_train.mean(0), data.x_train.std(0)) if standardize_onehot
+                                       else data.input_stats())
+    run = config.replace(seeds=tuple(seeds), train=config.train.replace(epochs=epochs or config.train.epochs))
     search = config.train.search.replace(categorical=categorical, **spec["search"])
-    weights = loss_weights(config)
     models, histories = {}, {}
     for label, objective in (("BL", "vanilla"), ("CT", "full")):
-        tc = config.train.replace(objective=objective, search=search, epochs=epochs or config.train.epochs)
-        states = create_train_states(apply_fn, inits, weights=weights, learning_rate=config.learning_rate)
-        states, hist = fit_many(states, data, tc, seeds=seeds, progress=progress)
-        models[label] = [(apply_fn, jax.tree.map(lambda a, i=i: a[i], states.params)) for i in range(len(seeds))]
-        histories[label] = hist
+        models[label], histories[label], _ = train_seeds(run, data, objective, progress=progress, search=search,
+                                                         model_kwargs=model_kwargs)
     return models, histories
 
 

@@ -129,8 +129,8 @@ def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, muta
 
 def protocol_config(config: ExperimentConfig, *, seed: int, actionability: bool = False) -> ProtocolConfig:
     """Returns `config.protocol` seeded by a training seed; for the cost experiment at `actionability.threshold`."""
-    threshold = config.actionability.threshold if actionability else config.protocol.threshold
-    return dataclasses.replace(config.protocol, threshold=threshold, seed=seed)
+    threshold = config.actionability.threshold if actionability else config.protocol.search.threshold
+    return dataclasses.replace(config.protocol, search=config.protocol.search.replace(threshold=threshold), seed=seed)
 
 
 def pool_rounds(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
@@ -284,7 +284,7 @@ def run_label(config: ExperimentConfig, data: Dataset) -> str:
     and the model when it is not the paper's MLP ("mnist_5k (LeNet-5)")."""
     parts = []
     if data.schema.groups:
-        trained, tested = config.train.search.categorical, config.protocol.categorical
+        trained, tested = config.train.search.categorical, config.protocol.search.categorical
         mode = CATEGORICAL_LABELS.get(trained, trained)
         if tested != trained:
             mode += f", tested {CATEGORICAL_LABELS.get(tested, tested)}"

@@ -67,11 +67,11 @@ def run_plan(configs, loaded: dict, modes) -> list[tuple]:
         name = config.data.name if config.model == paper_results.PAPER_MODEL else f"{config.data.name}-{config.model}"
         if modes and data.schema.groups:
             for mode in modes:
-                # A mode other than the config's own is tested in that mode (protocol.categorical belongs to the
-                # config's own training mode: the reference's snapped test-time search for its relaxed training).
-                tested = config.protocol.categorical if mode == config.train.search.categorical else mode
+                # A mode other than the config's own is tested in that mode (protocol.search.categorical belongs to
+                # the config's own training mode: the reference's snapped test-time search for its relaxed training).
+                tested = config.protocol.search.categorical if mode == config.train.search.categorical else mode
                 moded = replace_path(replace_path(config, "train.search.categorical", mode),
-                                     "protocol.categorical", tested)
+                                     "protocol.search.categorical", tested)
                 plan.append((moded, data, f"{name}-{mode}"))
         else:
             plan.append((config, data, name))

@@ -52,7 +52,7 @@ NOTES = """\
   the tables above, made by the command at the top from this commit, carry figures. The one-hot columns'
   domain (`--set data.kwargs.onehot_bounds=unit` keeps them in [0, 1] instead of the reference's μ ± 2σ
   domain) decides whether CT's adversarial examples reach where FGSM/PGD push Adult's inputs, so it moves
-  CT's robust accuracy there. The test-time one-hot search (`--set protocol.categorical=relaxed` against the
+  CT's robust accuracy there. The test-time one-hot search (`--set protocol.search.categorical=relaxed` against the
   reference's snapped "snap_state") moves Adult's validity and both models' costs; the reference's loader
   (TaijaData) also puts `education_num` into the `education` one-hot group, which pins it during the snapped
   search, and we do not copy that. The straight-through Adult row differs from the relaxed one by its

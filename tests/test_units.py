@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from ctrain.data import load_dataset
-from ctrain.evaluate import ProtocolConfig, evaluate_explainability
+from ctrain.evaluate import PROTOCOL_SEARCH, ProtocolConfig, evaluate_explainability
 from ctrain.models import make_model
 from ctrain.search import WALK_PAST_TAU, SearchConfig, search_counterfactuals
 from ctrain.train import TrainConfig, create_train_state, create_train_states, fit, fit_many
@@ -158,8 +158,9 @@ def test_the_units_aware_protocol_scores_a_rescaled_copy_identically(circles):
     models = {"BL": _model(circles, 0), "CT": _model(circles, 1)}
     big = circles.affine(10.0)
     big_models = {k: (_model(big, s)[0], p) for (k, (_, p)), s in zip(models.items(), (0, 1))}
-    protocol = ProtocolConfig(n_rounds=4, n_individuals=10, lambda_energy=(1.0,), max_steps=20, threshold=0.6,
-                              ip_samples=50, mmd_samples=8, mmd_length_scale="median", units="std")
+    protocol = ProtocolConfig(n_rounds=4, n_individuals=10, lambda_energy=(1.0,), ip_samples=50, mmd_samples=8,
+                              search=PROTOCOL_SEARCH.replace(max_steps=20, threshold=0.6, units="std"),
+                              mmd_length_scale="median")
     a = evaluate_explainability(models, circles.x_test, circles.y_test, num_classes=2, protocol=protocol,
                                 constraints=circles.constraints())
     b = evaluate_explainability(big_models, big.x_test, big.y_test, num_classes=2, protocol=protocol,
@@ -188,7 +189,7 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
     md = tmp_path / "RESULTS.md"
     md.write_text("# kept\n")
     # one test-time λ_energy: one search to compile per model, not five
-    sets = ["train.n_ce=60", "protocol.n_individuals=8", "protocol.max_steps=10", "protocol.ip_samples=30",
+    sets = ["train.n_ce=60", "protocol.n_individuals=8", "protocol.search.max_steps=10", "protocol.ip_samples=30",
             "protocol.mmd_samples=6", "weights.reg=0.3", "protocol.lambda_energy=1.0", "train.burnin=0.5",
             "train.schedule=per_batch"]
     results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units_clipped",
@@ -341,9 +342,9 @@ def test_the_units_study_refuses_a_setting_it_would_ignore(tmp_path, key, hint):
     assert not (tmp_path / "bad").exists()
 
 
-def test_the_units_study_names_the_new_path_of_an_old_setting(tmp_path):
+def test_the_units_study_refuses_an_old_flat_setting_as_an_unknown_path(tmp_path):
     from experiments.studies.units import study as units
-    with pytest.raises(ValueError, match=r"'lambda_reg' is from the old flat config; it is now 'weights\.reg'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'lambda_reg': the config tree's root has no field"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=0.1", "--out", str(tmp_path / "bad")])
 
 

@@ -111,8 +111,8 @@ OBJECTIVES = ("full", "vanilla")
 # The appendix's training defaults (Note 1) for every setting a grid does not vary; data settings stay per dataset.
 GRID_DEFAULTS = (SEARCH + "threshold=0.75", "weights.reg=0.1", "seeds=0")
 # The tuning protocol (App. Note 2); factuals come from the training split (`evaluate_group`).
-TUNING_PROTOCOL = ("protocol.n_rounds=5", "protocol.n_individuals=100", "protocol.threshold=0.95",
-                   "protocol.max_steps=50")
+TUNING_PROTOCOL = ("protocol.n_rounds=5", "protocol.n_individuals=100", "protocol.search.threshold=0.95",
+                   "protocol.search.max_steps=50")
 # Leaves of the TrainState: configurations differing only here train in one vmapped program.
 VMAPPABLE = ("weights.clf", "weights.div", "weights.reg", "weights.adv", "learning_rate")
 # Settings (dotted paths; a trailing "." is a whole branch) the vanilla objective never reads: its configurations

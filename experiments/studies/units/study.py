@@ -102,8 +102,8 @@ NOT_READ_BECAUSE = {
     "robustness.": "there is no robustness run", "expected_minutes": "it only documents the reproduction",
     "train.search.units": "each arm sets it (--arms)", "train.search.step_rule": "each arm sets it (--arms)",
     "train.search.convergence": "each arm sets it (--arms)", "train.search.categorical": "use --categorical",
-    "protocol.n_rounds": "use --rounds", "protocol.units": "the study's evaluator measures in standard deviations",
-    "protocol.step_rule": "use --eval-step-rule", "protocol.categorical": "use --eval-categorical",
+    "protocol.n_rounds": "use --rounds", "protocol.search.units": "the study's evaluator measures in standard deviations",
+    "protocol.search.step_rule": "use --eval-step-rule", "protocol.search.categorical": "use --eval-categorical",
 }
 
 
@@ -172,10 +172,10 @@ def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int, st
     for key, scale in (("median", "median"), ("fixed", config.protocol.mmd_length_scale)):
         summaries = []
         for i, seed in enumerate(seeds):
+            search = config.protocol.search.replace(units="std", step_rule=step_rule, categorical=categorical)
             protocol = dataclasses.replace(config.protocol, n_rounds=rounds,
                                            n_individuals=min(config.protocol.n_individuals, 100),
-                                           mmd_length_scale=scale, seed=seed, units="std", step_rule=step_rule,
-                                           categorical=categorical)
+                                           mmd_length_scale=scale, seed=seed, search=search)
             res = evaluate_explainability({"BL": models["BL"][i], "CT": models["CT"][i]}, data.x_test, data.y_test,
                                           num_classes=data.num_classes, protocol=protocol,
                                           constraints=data.constraints())

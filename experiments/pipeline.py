@@ -130,7 +130,8 @@ def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, muta
 def protocol_config(config: ExperimentConfig, *, seed: int, actionability: bool = False) -> ProtocolConfig:
     """Returns `config.protocol` seeded by a training seed; for the cost experiment at `actionability.threshold`."""
     threshold = config.actionability.threshold if actionability else config.protocol.search.threshold
-    return dataclasses.replace(config.protocol, search=config.protocol.search.replace(threshold=threshold), seed=seed)
+    search = config.protocol.search.replace(threshold=threshold)
+    return dataclasses.replace(config.protocol, search=search, seed=seed)
 
 
 def pool_rounds(summaries: list[list[dict]], n_rounds: int) -> list[dict]:

@@ -7,8 +7,8 @@ import pytest
 
 from ctrain import constraints as cons
 from ctrain import evaluate
-from ctrain.evaluate import (MIN_BOOTSTRAP_ROUNDS, PROTOCOL_SEARCH, ProtocolConfig, compare, compare_seeds, evaluate_explainability,
-                             evaluate_model, seed_interval, subsample_mask, write_records)
+from ctrain.evaluate import (MIN_BOOTSTRAP_ROUNDS, PROTOCOL_SEARCH, ProtocolConfig, compare, compare_seeds,
+                             evaluate_explainability, evaluate_model, seed_interval, subsample_mask, write_records)
 from ctrain.search import calibrate_conformal
 
 SMALL = ProtocolConfig(n_rounds=6, n_individuals=8, lambda_energy=(0.1, 1.0),
@@ -137,7 +137,8 @@ def test_protocol_scores_both_models_and_is_deterministic(linear_models):
 
 def test_rounds_without_valid_counterfactuals_are_na(linear_models):
     x, y = _data()
-    frozen = ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(max_steps=1, step_size=1e-6)})  # cannot cross the boundary
+    # T = 1 step of 1e-6: no counterfactual can cross the boundary
+    frozen = ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(max_steps=1, step_size=1e-6)})
     res = evaluate_explainability({"BL": linear_models["BL"]}, x, y, num_classes=2, protocol=frozen)
     assert all(r["cost"] is None and r["ip"] is None and r["ip_star"] is None for r in res["summary"])
     assert all(r["validity"] == 0.0 for r in res["summary"])
@@ -194,7 +195,8 @@ def test_protocol_search_is_the_references_whatever_the_library_defaults(linear_
     x, y = _data()
     base = {**SMALL.__dict__, "lambda_energy": (1.0,), "n_rounds": 2}
     runs = {rule: evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2,
-                                          protocol=ProtocolConfig(**{**base, "search": SMALL.search.replace(step_rule=rule)}))
+                                          protocol=ProtocolConfig(**{**base,
+                                                                     "search": SMALL.search.replace(step_rule=rule)}))
             for rule in ("gradient", "normalized")}
     assert runs["gradient"]["summary"] != runs["normalized"]["summary"]  # the field reaches the search
 
@@ -245,7 +247,8 @@ def _spy(monkeypatch):
 def test_ip_star_subsamples_the_valid_counterfactuals_to_mmd_samples(linear_models, naive_mmd2, monkeypatch):
     x, y = _data()
     protocol = ProtocolConfig(n_rounds=4, n_individuals=12, lambda_energy=(1.0,),
-                              search=PROTOCOL_SEARCH.replace(max_steps=30, threshold=0.6), ip_samples=20, mmd_samples=5, mmd_length_scale=2.0)
+                              search=PROTOCOL_SEARCH.replace(max_steps=30, threshold=0.6), ip_samples=20,
+                              mmd_samples=5, mmd_length_scale=2.0)
     seen = _spy(monkeypatch)
     res = evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2, protocol=protocol)
     (xs, mask, ys, scale), = seen["mmd"]
@@ -326,7 +329,8 @@ def test_records_never_hold_nan_even_when_the_search_diverges(linear_models, mon
     x, y = x[keep], y[keep]
     models = {"cliff": (cliff, linear_models["BL"][1]), "CT": linear_models["CT"]}
     protocols = [ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(step_size=5.0, max_steps=3)}),
-                 ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(step_size=1e39)})]  # inf in float32: x' = ±inf or NaN
+                 # inf in float32: x' = ±inf or NaN
+                 ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(step_size=1e39)})]
     for protocol in protocols:
         seen = _spy(monkeypatch)
         res = evaluate_explainability(models, x, y, num_classes=2, protocol=protocol)
@@ -347,7 +351,8 @@ def test_records_never_hold_nan_even_when_the_search_diverges(linear_models, mon
 def test_protocol_passes_each_models_aux_to_its_generator(linear, linear_models):
     x, y = _data()
     quantile = calibrate_conformal(linear, linear_models["CT"][1], jnp.asarray(x[:100]), jnp.asarray(y[:100]), alpha=0.1)
-    protocol = ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(generator="eccco"), "lambda_energy": (1.0,)})
+    protocol = ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(generator="eccco"),
+                                 "lambda_energy": (1.0,)})
     res = evaluate_explainability({"CT": (*linear_models["CT"], {"conformal_quantile": quantile})}, x, y, num_classes=2,
                                   protocol=protocol)
     assert any(row["validity"] for row in res["summary"])

@@ -83,7 +83,7 @@ def test_reproduce_end_to_end_on_a_tiny_config(set_args, tmp_path, monkeypatch):
         return real_fit(states, data, config, **kwargs)
 
     def evaluate_spy(models, x, y, **kwargs):
-        evaluated_with.append((x.shape[1], kwargs["protocol"].categorical))
+        evaluated_with.append((x.shape[1], kwargs["protocol"].search.categorical))
         return real_evaluate(models, x, y, **kwargs)
 
     monkeypatch.setattr(pipeline, "fit_many", fit_spy)

@@ -277,6 +277,7 @@ def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_th
 
 def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless_asked(monkeypatch):
     from ctrain.data import from_arrays
+    from experiments import pipeline
     from experiments.studies.units import study as units
     from experiments.configs import get_config
     rng = np.random.default_rng(0)
@@ -292,7 +293,7 @@ def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless
         seen.append(input_stats)
         raise Built  # the inputs are what this test is about, not training
 
-    monkeypatch.setattr(units, "make_model", make_model_spy)
+    monkeypatch.setattr(pipeline, "make_model", make_model_spy)  # train_pair builds its models there
     for standardize_onehot in (False, True):
         with pytest.raises(Built):
             units.train_pair(get_config("circles"), data, "units", [0], 1, False,

@@ -29,6 +29,12 @@ from ctrain.progress import progress as progress_display
 from ctrain.storage import write_atomic, write_json
 from ctrain.search import SearchConfig, explain, get_generator, predict, search_units
 
+# The reference's test-time search (§4.1): ECCo, T = 50 SGD steps of 0.1 on the raw input gradient in the data's
+# units, τ = 0.95, no cost penalty, relaxed one-hot groups, stopping at τ. Pinned field by field rather than inherited
+# from SearchConfig's defaults, so a change of the library's training-time defaults never changes what the protocol
+# measures; an explanation stops at τ, whatever training does.
+PROTOCOL_SEARCH = SearchConfig(generator="ecco", max_steps=50, step_size=0.1, threshold=0.95, lambda_cost=0.0,
+                               categorical="relaxed", units="absolute", step_rule="gradient", convergence="threshold")
 MEDIAN = "median"  # ProtocolConfig.mmd_length_scale: the median heuristic, per target class
 # Pairs grow quadratically; 1000 rows (~500k pairs) pin the median of a class down to well under 1%.
 MEDIAN_HEURISTIC_MAX_SAMPLES = 1000
@@ -48,12 +54,10 @@ class ProtocolConfig:
 
     n_rounds: int = 100
     n_individuals: int = 250  # per round and per λ_energy
+    # The λ_energy values the protocol sweeps: each replaces `search.lambda_energy` in turn (`search_config`).
     lambda_energy: tuple[float, ...] = (0.1, 0.5, 1.0, 5.0, 10.0)
-    generator: str = "ecco"
-    lambda_cost: float = 0.0
-    max_steps: int = 50
-    step_size: float = 0.1
-    threshold: float = 0.95
+    # The test-time search (generator, T, step, τ of validity, one-hot mode, units, step rule, stopping rule).
+    search: SearchConfig = PROTOCOL_SEARCH
     ip_samples: int = 1000  # target-class test points (drawn with replacement) for IP
     mmd_samples: int = 100  # per side for IP*: target-class test points, and at most this many valid CFs
     # ℓ > 0 of IP*'s Gaussian kernel, or "median": per target class t, the median pairwise distance of (up to
@@ -61,19 +65,12 @@ class ProtocolConfig:
     mmd_length_scale: float | str = metrics.DEFAULT_LENGTH_SCALE
     chunk_size: int = 1024
     seed: int = 0
-    categorical: str = "relaxed"  # the test-time search's one-hot mode (SearchConfig.categorical); reference: relaxed
-    # The test-time search's units (SearchConfig.units) and those of cost, IP and IP*: "std" measures every
-    # distance in each feature's standard deviation (Constraints.scale), which makes the protocol scale-free.
-    units: str = "absolute"
-    # The test-time search's step (SearchConfig.step_rule). Pinned to the reference's rather than inherited from
-    # SearchConfig, so a change of the library's training-time defaults never changes what the protocol measures.
-    step_rule: str = "gradient"
 
     def __post_init__(self):
         def bad(name, requirement):
             return ValueError(f"ProtocolConfig.{name} must be {requirement}, got {getattr(self, name)!r}")
 
-        for name in ("n_rounds", "n_individuals", "max_steps", "ip_samples", "chunk_size"):
+        for name in ("n_rounds", "n_individuals", "ip_samples", "chunk_size"):
             if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise bad(name, "an integer >= 1")
         if not _is_int(self.mmd_samples) or self.mmd_samples < 2:
@@ -91,20 +88,19 @@ class ProtocolConfig:
                                  f"in {self.lambda_energy!r}")
         # Plain floats keep the config hashable and its JSON form independent of how the values were given.
         object.__setattr__(self, "lambda_energy", tuple(float(v) for v in lambdas))
-        if not isinstance(self.generator, str):
-            raise bad("generator", "the name of a registered generator")
+        if not isinstance(self.search, SearchConfig):
+            raise bad("search", "a ctrain.search.SearchConfig (e.g. PROTOCOL_SEARCH.replace(threshold=0.9))")
         try:
-            get_generator(self.generator)
+            get_generator(self.search.generator)
         except ValueError as err:
-            raise ValueError(f"ProtocolConfig.generator: {err}") from None
-        for name, requirement, ok in (
-                ("lambda_cost", "a finite number >= 0", lambda v: v >= 0),
-                ("step_size", "a finite number > 0", lambda v: v > 0),
-                ("threshold", "a finite number in (0, 1)", lambda v: 0 < v < 1)):
-            value = getattr(self, name)
-            if not (_is_real(value) and math.isfinite(value) and ok(value)):
-                raise bad(name, requirement)
-        self.search_config(lambdas[0])  # the test-time search's own checks (one-hot mode, units)
+            raise ValueError(f"ProtocolConfig.search.generator: {err}") from None
+        # Fields of the search that the protocol sets itself, or that a test-time search does not read: a value
+        # other than PROTOCOL_SEARCH's would change nothing, so it is refused instead of ignored.
+        for name, why in (("lambda_energy", "set ProtocolConfig.lambda_energy, the values the protocol sweeps"),
+                          ("epsilon", "it bounds training's adversarial example, which the protocol does not make")):
+            if getattr(self.search, name) != getattr(PROTOCOL_SEARCH, name):
+                raise ValueError(f"ProtocolConfig.search.{name} must stay {getattr(PROTOCOL_SEARCH, name)!r} "
+                                 f"({why}), got {getattr(self.search, name)!r}")
         scale = self.mmd_length_scale
         if isinstance(scale, str):
             if scale != MEDIAN:
@@ -115,11 +111,8 @@ class ProtocolConfig:
             object.__setattr__(self, "mmd_length_scale", float(scale))
 
     def search_config(self, lambda_energy: float) -> SearchConfig:
-        """Returns the SearchConfig of the test-time generator at one λ_energy."""
-        return SearchConfig(generator=self.generator, max_steps=self.max_steps, step_size=self.step_size,
-                            threshold=self.threshold, lambda_cost=self.lambda_cost, lambda_energy=lambda_energy,
-                            categorical=self.categorical, units=self.units, step_rule=self.step_rule,
-                            convergence="threshold")  # an explanation stops at τ, whatever training does
+        """Returns the SearchConfig of the test-time generator at one λ_energy: `search` with that λ_energy."""
+        return self.search.replace(lambda_energy=lambda_energy)
 
 
 # "violations" is the mean count of broken constraints per counterfactual over all of a round's counterfactuals
@@ -264,7 +257,7 @@ def evaluate_explainability(models: Mapping[str, tuple], x_test, y_test, *, num_
             x_mmd = np.take_along_axis(x_cf.reshape(j, n, width) / unit, pick[:, :, None], axis=1)
             ip_star = np.asarray(_round_mmd2(x_mmd, picked, mmd_ref, round_scale))
             broken = np.asarray(cons.violations(e.x_cf, e.x, constraints)["total"]).reshape(j, n)
-            strict = ((e.p_target >= protocol.threshold) & finite).reshape(j, n)
+            strict = ((e.p_target >= protocol.search.threshold) & finite).reshape(j, n)
             for r in range(j):
                 v = valid[r]
                 rec = {"model": name, "round": r, "lambda_energy": lam, "factual_class": int(factual_class[r]),

@@ -12,20 +12,21 @@ name and one place, and each branch validates itself when it is built:
         model="mlp", learning_rate=1e-3, seeds=(0, 1, 2, 3, 4),
         train=TrainConfig(search=SearchConfig.reference(threshold=0.75, ...), epochs=100, batch_size=1000, n_ce=5000),
         weights=LossWeights(clf=1, div=0.5, reg=0.25, adv=0.25),           # λ's of CT (on the TrainState)
-        protocol=ProtocolConfig(threshold=0.95, ...),                      # test-time protocol: IP, IP*, validity
+        protocol=ProtocolConfig(search=PROTOCOL_SEARCH, ...),              # test-time protocol: IP, IP*, validity
         actionability=ActionabilityConfig(threshold=0.5, adv=None, reg=None),  # the cost experiment (CT_mut)
         sensitivity=SensitivityConfig(rounds=100, samples=2500, steps=50),     # integrated gradients, Table 2
         robustness=RobustnessConfig(enabled=True, samples=1000))               # FGSM / PGD curves
 
-τ has one name per role: `train.search.threshold` (training's search), `protocol.threshold` (the test-time search
-for IP / IP*) and `actionability.threshold` (the test-time search that measures cost with protected features).
+τ has one name per role: `train.search.threshold` (training's search), `protocol.search.threshold` (the test-time
+search for IP / IP*) and `actionability.threshold` (the test-time search that measures cost with protected features).
 
 `get_config(name)` returns a dataset's tree; `override(config, ["path=value", ...])` sets any leaf by its dotted
 path, typed by the field's annotation: tuples are comma lists, booleans true/false (or 1/0), optional values
 "none", and `data.kwargs.NAME=VALUE` sets a keyword of the dataset's loader (typed by the loader's signature;
-unknown keywords fail, listing the valid ones). A flat name of the old 42-field config (`tau`, `epochs`, ...)
-fails with its new path. Fields the pipeline sets per run (`train.objective`, the protocol's seed, ...) are
-refused with the reason (`PIPELINE_OWNED`). What needs the data (protected feature names, the model against the
+unknown keywords fail, listing the valid ones). An unknown path fails naming its nearest known branch and that
+branch's fields; docs/experiments.md maps the old 42-field config's flat names (`tau`, `epochs`, ...) to paths.
+Fields the pipeline sets per run (`train.objective`, the protocol's seed, ...) are refused with the reason
+(`PIPELINE_OWNED`). What needs the data (protected feature names, the model against the
 data's shape) is checked by `experiments.pipeline.check_run` right after loading, still before any training.
 
 Values follow paper-details.md §2 (Table 6) and reference-implementation.md §3.3: the reference's ECCo training
@@ -36,7 +37,7 @@ configuration on the 5,000-image subset that ships offline (4,000 train / 1,000 
 
 One-hot groups (Adult, German, Credit) are searched in `train.search.categorical` ("relaxed": the reference's
 parity, group columns are continuous features kept in their domain; "straight_through": ctrain's converging
-mode whose counterfactuals hold real categories) and tested in `protocol.categorical` (the reference snaps the
+mode whose counterfactuals hold real categories) and tested in `protocol.search.categorical` (the reference snaps the
 test-time search state after every step on these sets: "snap_state"; see ONEHOT_REFERENCE).
 `train.search.generator=revise` trains the reference's VAE first (`experiments.pipeline.vae_architecture`).
 """
@@ -52,12 +53,17 @@ import typing
 
 import numpy as np
 
-from ctrain.evaluate import ProtocolConfig
+from ctrain import models
+from ctrain.data import SYNTHETIC
+from ctrain.evaluate import PROTOCOL_SEARCH, ProtocolConfig
 from ctrain.objective import LossWeights, check_loss_weights
 from ctrain.search import GENERATORS, SearchConfig
 from ctrain.train import DEFAULT_LEARNING_RATE, TrainConfig
 
-MODELS = ("mlp", "linear", "lenet5")  # what ctrain.models.make_model builds
+# Models of ctrain.models that the pipeline cannot run, and why.
+UNRUNNABLE_MODELS = {"cnn_bn": "a stateful model (BatchNorm statistics, dropout): the pipeline trains, evaluates and "
+                               "plots (apply_fn, params) pairs"}
+MODELS = tuple(m for m in models.MODELS if m not in UNRUNNABLE_MODELS)  # what ctrain.models.make_model builds
 # Generators whose search needs inputs the pipeline does not build (`revise` gets its VAE: `pipeline.train_vae_aux`).
 NEEDS_AUX = {"eccco": "a conformal quantile (ctrain.search.calibrate_conformal) of the model being trained"}
 
@@ -199,6 +205,8 @@ class ExperimentConfig:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"ExperimentConfig.{name} must be a {kind.__name__}, got "
                                 f"{type(getattr(self, name)).__name__}")
+        if self.model in UNRUNNABLE_MODELS:
+            _fail("model", f"one of {MODELS} ({self.model!r} is {UNRUNNABLE_MODELS[self.model]})", self.model)
         if self.model not in MODELS:
             _fail("model", f"one of {MODELS}", self.model)
         if not _is_number(self.learning_rate) or not self.learning_rate > 0:
@@ -415,9 +423,9 @@ def paper_config(name: str, *, tau: float, lambda_reg: float, batch_size: int, n
                  ig_samples: int = 2500) -> ExperimentConfig:
     """Returns the ExperimentConfig of one paper row from the settings the paper's Table 6 varies per dataset."""
     train = PAPER_TRAIN.replace(search=PAPER_TRAIN.search.replace(threshold=tau), batch_size=batch_size, n_ce=n_ce)
-    protocol = ProtocolConfig(n_individuals=individuals,
-                              categorical=ONEHOT_REFERENCE_PROTOCOL if onehot else PAPER_TRAIN.search.categorical)
-    synthetic = name in SYNTHETIC_NAMES
+    protocol = ProtocolConfig(n_individuals=individuals, search=PROTOCOL_SEARCH.replace(
+        categorical=ONEHOT_REFERENCE_PROTOCOL if onehot else PAPER_TRAIN.search.categorical))
+    synthetic = name in SYNTHETIC
     return ExperimentConfig(
         data=DataConfig(name, kwargs=REFERENCE_DOMAIN if onehot else (), protected=protected),
         train=train, weights=LossWeights(reg=lambda_reg), protocol=protocol,
@@ -426,7 +434,6 @@ def paper_config(name: str, *, tau: float, lambda_reg: float, batch_size: int, n
         seeds=seeds, expected_minutes=expected_minutes)
 
 
-SYNTHETIC_NAMES = ("linearly_separable", "circles", "moons", "overlapping")
 _SYNTHETIC = dict(batch_size=30, n_ce=1000, individuals=250, protected=("x0",))
 _TABULAR = dict(batch_size=1000, n_ce=5000, individuals=100)
 # The reference evaluates MNIST with 100 rounds of 25 individuals per λ_energy (its ablation alone used 50).
@@ -461,6 +468,8 @@ CONFIGS: dict[str, ExperimentConfig] = {
     "digits": paper_config("digits", tau=0.5, lambda_reg=0.01, expected_minutes=2,
                            **{**_IMAGES, "batch_size": 100, "n_ce": 1000}),
 }
+# ctrain's synthetic sets in the paper's row order (the order reproduce runs and tabulates them).
+SYNTHETIC_NAMES = tuple(name for name in CONFIGS if name in SYNTHETIC)
 # The image sets' protected pixels (top and bottom rows) are immutable in their loaders' schema already.
 OFFLINE_NAMES = SYNTHETIC_NAMES + ("adult", "german", "digits", "mnist_5k")
 # Rows of the paper that a config reproduces on other data (the MNIST row on the offline 5k subset).
@@ -474,27 +483,6 @@ def get_config(name: str) -> ExperimentConfig:
     if name not in CONFIGS:
         raise ValueError(f"no config for dataset {name!r}; choose from {sorted(CONFIGS)}")
     return CONFIGS[name]
-
-
-# Where each field of the old flat config went: an old `--set` name fails with its new path.
-MOVED = {
-    "dataset": "data.name", "dataset_kwargs": "data.kwargs.NAME", "protected": "data.protected",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "shuffle": "train.shuffle",
-    "schedule": "train.schedule", "burnin": "train.burnin", "n_ce": "train.n_ce",
-    "tau": "train.search.threshold", "generator": "train.search.generator", "max_steps": "train.search.max_steps",
-    "step_size": "train.search.step_size", "epsilon": "train.search.epsilon",
-    "lambda_cost": "train.search.lambda_cost", "lambda_energy": "train.search.lambda_energy",
-    "categorical": "train.search.categorical (and protocol.categorical for the test-time search)",
-    "lambda_clf": "weights.clf", "lambda_div": "weights.div", "lambda_reg": "weights.reg", "lambda_adv": "weights.adv",
-    "mutability_lambda_adv": "actionability.adv", "mutability_lambda_reg": "actionability.reg",
-    "eval_rounds": "protocol.n_rounds", "eval_individuals": "protocol.n_individuals",
-    "eval_lambda_energy": "protocol.lambda_energy", "eval_max_steps": "protocol.max_steps",
-    "eval_tau": "protocol.threshold", "eval_cost_tau": "actionability.threshold",
-    "eval_categorical": "protocol.categorical", "ip_samples": "protocol.ip_samples",
-    "mmd_samples": "protocol.mmd_samples", "mmd_length_scale": "protocol.mmd_length_scale",
-    "ig_rounds": "sensitivity.rounds", "ig_samples": "sensitivity.samples", "ig_steps": "sensitivity.steps",
-    "robustness": "robustness.enabled", "robust_samples": "robustness.samples",
-}
 
 
 def path_in(path: str, prefixes) -> bool:
@@ -535,12 +523,17 @@ def replace_path(config: ExperimentConfig, path: str, value) -> ExperimentConfig
 
 
 def _unknown(key: str) -> ValueError:
-    head = key.split(".", 1)[0]
-    if head in MOVED:
-        return ValueError(f"config key {key!r} is from the old flat config; it is now {MOVED[head]!r}, "
-                          f"e.g. --set {MOVED[head].split(' ')[0].replace('.NAME', '.n_train')}=...")
-    return ValueError(f"unknown config key {key!r}; settable paths: {leaf_paths()} "
-                      "(loader keywords: data.kwargs.NAME)")
+    """Returns the error for an unknown dotted path: the path, its nearest known node and that node's fields."""
+    node, known = ExperimentConfig, []
+    for part in key.split("."):
+        hint = _hints(node).get(part)
+        if not (dataclasses.is_dataclass(hint) and isinstance(hint, type)):
+            break
+        node, known = hint, known + [part]
+    where = ".".join(known) or "the config tree's root"
+    return ValueError(f"unknown config key {key!r}: {where} has no field {key.split('.')[len(known)]!r}; its "
+                      f"fields: {sorted(f.name for f in dataclasses.fields(node))} (loader keywords: "
+                      "data.kwargs.NAME; the old flat names and their paths: docs/experiments.md)")
 
 
 def _leaf_annotation(key: str):

@@ -99,17 +99,19 @@ def train_vae_aux(config: ExperimentConfig, data: Dataset) -> dict | None:
 
 
 def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, mutability: bool = False,
-                progress: bool = True, aux: dict | None = None, search: SearchConfig | None = None
-                ) -> tuple[list[tuple], list[list[dict]], float]:
+                progress: bool = True, aux: dict | None = None, search: SearchConfig | None = None,
+                model_kwargs: dict | None = None) -> tuple[list[tuple], list[list[dict]], float]:
     """Returns ([(apply_fn, params)] per seed, histories, wall seconds): all seeds trained as one vmapped program.
 
     `aux` reaches the training search (REVISE's {"vae_params": ...}); the vanilla objective searches nothing.
     `search` replaces the config's training search (`search_config`), e.g. to compare training searches.
+    `model_kwargs` go to `make_model` (e.g. the units study's `input_stats`).
     """
     tc = train_config(config, objective, data.num_features)
     if search is not None:
         tc = tc.replace(search=search)
     extra = {"image_shape": data.image_shape} if config.model == "lenet5" and data.image_shape else {}
+    extra.update(model_kwargs or {})
     apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
     inits = [make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1]
              for s in config.seeds]
@@ -127,8 +129,9 @@ def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, muta
 
 def protocol_config(config: ExperimentConfig, *, seed: int, actionability: bool = False) -> ProtocolConfig:
     """Returns `config.protocol` seeded by a training seed; for the cost experiment at `actionability.threshold`."""
-    threshold = config.actionability.threshold if actionability else config.protocol.threshold
-    return dataclasses.replace(config.protocol, threshold=threshold, seed=seed)
+    threshold = config.actionability.threshold if actionability else config.protocol.search.threshold
+    search = config.protocol.search.replace(threshold=threshold)
+    return dataclasses.replace(config.protocol, search=search, seed=seed)
 
 
 def pool_rounds(summaries: list[list[dict]], n_rounds: int) -> list[dict]:
@@ -282,7 +285,7 @@ def run_label(config: ExperimentConfig, data: Dataset) -> str:
     and the model when it is not the paper's MLP ("mnist_5k (LeNet-5)")."""
     parts = []
     if data.schema.groups:
-        trained, tested = config.train.search.categorical, config.protocol.categorical
+        trained, tested = config.train.search.categorical, config.protocol.search.categorical
         mode = CATEGORICAL_LABELS.get(trained, trained)
         if tested != trained:
             mode += f", tested {CATEGORICAL_LABELS.get(tested, tested)}"

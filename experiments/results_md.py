@@ -1,7 +1,7 @@
 """Marked sections of RESULTS.md: text that one command owns, between <!-- name:start --> and <!-- name:end -->.
 
 `experiments.reproduce` rewrites RESULTS.md as a whole and keeps every marked section that other commands
-(e.g. `experiments.units --results-md RESULTS.md`) wrote there, so regenerating one part never drops another.
+(e.g. `experiments.studies.units.study --results-md RESULTS.md`) wrote there, so regenerating one part never drops another.
 """
 from __future__ import annotations
 

@@ -7,12 +7,12 @@ import pytest
 
 from ctrain import constraints as cons
 from ctrain import evaluate
-from ctrain.evaluate import (MIN_BOOTSTRAP_ROUNDS, ProtocolConfig, compare, compare_seeds, evaluate_explainability,
-                             evaluate_model, seed_interval, subsample_mask, write_records)
+from ctrain.evaluate import (MIN_BOOTSTRAP_ROUNDS, PROTOCOL_SEARCH, ProtocolConfig, compare, compare_seeds,
+                             evaluate_explainability, evaluate_model, seed_interval, subsample_mask, write_records)
 from ctrain.search import calibrate_conformal
 
-SMALL = ProtocolConfig(n_rounds=6, n_individuals=8, lambda_energy=(0.1, 1.0), max_steps=30, threshold=0.6,
-                       ip_samples=50, mmd_samples=10)
+SMALL = ProtocolConfig(n_rounds=6, n_individuals=8, lambda_energy=(0.1, 1.0),
+                       search=PROTOCOL_SEARCH.replace(max_steps=30, threshold=0.6), ip_samples=50, mmd_samples=10)
 
 
 def _data(n=200, seed=0):
@@ -137,7 +137,8 @@ def test_protocol_scores_both_models_and_is_deterministic(linear_models):
 
 def test_rounds_without_valid_counterfactuals_are_na(linear_models):
     x, y = _data()
-    frozen = ProtocolConfig(**{**SMALL.__dict__, "max_steps": 1, "step_size": 1e-6})  # cannot cross the boundary
+    # T = 1 step of 1e-6: no counterfactual can cross the boundary
+    frozen = ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(max_steps=1, step_size=1e-6)})
     res = evaluate_explainability({"BL": linear_models["BL"]}, x, y, num_classes=2, protocol=frozen)
     assert all(r["cost"] is None and r["ip"] is None and r["ip_star"] is None for r in res["summary"])
     assert all(r["validity"] == 0.0 for r in res["summary"])
@@ -161,22 +162,18 @@ def test_bad_protocol_input_raises(linear, linear_models):
     ("mmd_length_scale", math.nan, r"mmd_length_scale must be .*got nan"),
     ("mmd_length_scale", math.inf, r"mmd_length_scale must be .*got inf"),
     ("mmd_length_scale", "mean", r"mmd_length_scale must be .*got 'mean'"),
-    ("threshold", 0.0, r"threshold must be a finite number in \(0, 1\), got 0\.0"),
-    ("threshold", 1.0, r"threshold must be .*got 1\.0"),
-    ("threshold", math.nan, r"threshold must be .*got nan"),
-    ("step_size", 0.0, r"step_size must be a finite number > 0, got 0\.0"),
-    ("step_size", math.inf, r"step_size must be .*got inf"),
-    ("lambda_cost", -0.1, r"lambda_cost must be a finite number >= 0, got -0\.1"),
-    ("lambda_cost", math.nan, r"lambda_cost must be .*got nan"),
     ("lambda_energy", (0.1, math.nan), r"lambda_energy must hold finite numbers >= 0, got nan"),
     ("lambda_energy", (1.0, -1.0), r"lambda_energy must hold finite numbers >= 0, got -1\.0"),
     ("lambda_energy", (math.inf,), r"lambda_energy must hold .*got inf"),
     ("lambda_energy", (), r"lambda_energy must be a non-empty sequence.*got \(\)"),
-    ("generator", "wachter", r"generator: unknown generator 'wachter'"),
+    ("search", PROTOCOL_SEARCH.replace(generator="wachter"), r"search\.generator: unknown generator 'wachter'"),
+    ("search", PROTOCOL_SEARCH.replace(lambda_energy=1.0), r"search\.lambda_energy must stay 5\.0 \(set "
+                                                           r"ProtocolConfig\.lambda_energy"),
+    ("search", PROTOCOL_SEARCH.replace(epsilon=0.1), r"search\.epsilon must stay 0\.3 .*got 0\.1"),
+    ("search", {"threshold": 0.9}, r"search must be a ctrain\.search\.SearchConfig"),
     ("n_individuals", 2.5, r"n_individuals must be an integer >= 1, got 2\.5"),
     ("mmd_samples", 1, r"mmd_samples must be an integer >= 2.*got 1"),
     ("seed", -1, r"seed must be an integer >= 0, got -1"),
-    ("step_rule", "adam", r"step_rule"),
 ])
 def test_protocol_config_rejects_bad_values_naming_the_field_and_the_value(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -184,7 +181,8 @@ def test_protocol_config_rejects_bad_values_naming_the_field_and_the_value(field
 
 
 def test_protocol_config_accepts_and_normalises_good_values():
-    config = ProtocolConfig(lambda_energy=[1, 2.5], mmd_length_scale=2, threshold=0.5, lambda_cost=0)
+    config = ProtocolConfig(lambda_energy=[1, 2.5], mmd_length_scale=2,
+                            search=PROTOCOL_SEARCH.replace(threshold=0.5, lambda_cost=0))
     assert config.lambda_energy == (1.0, 2.5) and type(config.mmd_length_scale) is float
     assert ProtocolConfig(mmd_length_scale="median").mmd_length_scale == "median"
     hash(config)  # hashable: it can key caches
@@ -197,7 +195,8 @@ def test_protocol_search_is_the_references_whatever_the_library_defaults(linear_
     x, y = _data()
     base = {**SMALL.__dict__, "lambda_energy": (1.0,), "n_rounds": 2}
     runs = {rule: evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2,
-                                          protocol=ProtocolConfig(**{**base, "step_rule": rule}))
+                                          protocol=ProtocolConfig(**{**base,
+                                                                     "search": SMALL.search.replace(step_rule=rule)}))
             for rule in ("gradient", "normalized")}
     assert runs["gradient"]["summary"] != runs["normalized"]["summary"]  # the field reaches the search
 
@@ -247,8 +246,9 @@ def _spy(monkeypatch):
 
 def test_ip_star_subsamples_the_valid_counterfactuals_to_mmd_samples(linear_models, naive_mmd2, monkeypatch):
     x, y = _data()
-    protocol = ProtocolConfig(n_rounds=4, n_individuals=12, lambda_energy=(1.0,), max_steps=30, threshold=0.6,
-                              ip_samples=20, mmd_samples=5, mmd_length_scale=2.0)
+    protocol = ProtocolConfig(n_rounds=4, n_individuals=12, lambda_energy=(1.0,),
+                              search=PROTOCOL_SEARCH.replace(max_steps=30, threshold=0.6), ip_samples=20,
+                              mmd_samples=5, mmd_length_scale=2.0)
     seen = _spy(monkeypatch)
     res = evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2, protocol=protocol)
     (xs, mask, ys, scale), = seen["mmd"]
@@ -271,8 +271,8 @@ def test_median_length_scale_is_the_median_distance_of_each_target_class(linear_
     # Class 1: a unit square: median 1.
     x = np.array([[-4, -4], [-2, -4], [-4, -2], [-2, -2], [3, 3], [4, 3], [3, 4], [4, 4]], np.float32)
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    base = dict(n_rounds=6, n_individuals=4, lambda_energy=(1.0,), max_steps=50, threshold=0.6, ip_samples=4,
-                mmd_samples=3)
+    base = dict(n_rounds=6, n_individuals=4, lambda_energy=(1.0,), search=PROTOCOL_SEARCH.replace(threshold=0.6),
+                ip_samples=4, mmd_samples=3)
     seen = _spy(monkeypatch)
     res = evaluate_explainability({"CT": linear_models["CT"]}, x, y, num_classes=2,
                                   protocol=ProtocolConfig(**base, mmd_length_scale="median"))
@@ -328,8 +328,9 @@ def test_records_never_hold_nan_even_when_the_search_diverges(linear_models, mon
     keep = np.abs(x).max(1) < 5
     x, y = x[keep], y[keep]
     models = {"cliff": (cliff, linear_models["BL"][1]), "CT": linear_models["CT"]}
-    protocols = [ProtocolConfig(**{**SMALL.__dict__, "step_size": 5.0, "max_steps": 3}),
-                 ProtocolConfig(**{**SMALL.__dict__, "step_size": 1e39})]  # inf in float32: x' = ±inf or NaN
+    protocols = [ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(step_size=5.0, max_steps=3)}),
+                 # inf in float32: x' = ±inf or NaN
+                 ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(step_size=1e39)})]
     for protocol in protocols:
         seen = _spy(monkeypatch)
         res = evaluate_explainability(models, x, y, num_classes=2, protocol=protocol)
@@ -350,7 +351,8 @@ def test_records_never_hold_nan_even_when_the_search_diverges(linear_models, mon
 def test_protocol_passes_each_models_aux_to_its_generator(linear, linear_models):
     x, y = _data()
     quantile = calibrate_conformal(linear, linear_models["CT"][1], jnp.asarray(x[:100]), jnp.asarray(y[:100]), alpha=0.1)
-    protocol = ProtocolConfig(**{**SMALL.__dict__, "generator": "eccco", "lambda_energy": (1.0,)})
+    protocol = ProtocolConfig(**{**SMALL.__dict__, "search": SMALL.search.replace(generator="eccco"),
+                                 "lambda_energy": (1.0,)})
     res = evaluate_explainability({"CT": (*linear_models["CT"], {"conformal_quantile": quantile})}, x, y, num_classes=2,
                                   protocol=protocol)
     assert any(row["validity"] for row in res["summary"])
@@ -383,7 +385,7 @@ def test_progress_into_a_log_file_is_plain_lines_not_carriage_return_frames(line
     x, y = _data()
     log = io.StringIO()
     many = ProtocolConfig(n_rounds=2, n_individuals=4, lambda_energy=tuple(0.1 * i for i in range(1, 13)),
-                          max_steps=5, ip_samples=10, mmd_samples=4)
+                          search=PROTOCOL_SEARCH.replace(max_steps=5), ip_samples=10, mmd_samples=4)
     evaluate_explainability(linear_models, x, y, num_classes=2, protocol=many, progress=log)
     lines = log.getvalue().splitlines()
     assert "\r" not in log.getvalue() and 1 <= len(lines) <= PLAIN_LINES + 1

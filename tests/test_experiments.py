@@ -9,12 +9,13 @@ import pytest
 
 from ctrain.data import load_dataset
 from ctrain import metrics
-from experiments import paper_results, pipeline, reproduce
-from experiments.configs import (CONFIGS, MOVED, ExperimentConfig, flat_dict, from_dict, get_config, leaf_paths,
+from experiments import paper_results, pipeline, reproduce, tables
+from experiments.configs import (CONFIGS, ExperimentConfig, flat_dict, from_dict, get_config, leaf_paths,
                                  override, replace_path)
+from test_configs import old_flat_names
 
 TINY = ["train.epochs=2", "seeds=0", "protocol.n_rounds=3", "protocol.n_individuals=6", "protocol.lambda_energy=1.0",
-        "train.n_ce=60", "protocol.max_steps=20", "protocol.ip_samples=50", "protocol.mmd_samples=8",
+        "train.n_ce=60", "protocol.search.max_steps=20", "protocol.ip_samples=50", "protocol.mmd_samples=8",
         "sensitivity.rounds=6", "sensitivity.samples=40", "sensitivity.steps=4"]
 
 
@@ -82,7 +83,7 @@ def test_reproduce_end_to_end_on_a_tiny_config(set_args, tmp_path, monkeypatch):
         return real_fit(states, data, config, **kwargs)
 
     def evaluate_spy(models, x, y, **kwargs):
-        evaluated_with.append((x.shape[1], kwargs["protocol"].categorical))
+        evaluated_with.append((x.shape[1], kwargs["protocol"].search.categorical))
         return real_evaluate(models, x, y, **kwargs)
 
     monkeypatch.setattr(pipeline, "fit_many", fit_spy)
@@ -306,7 +307,7 @@ def test_baselines_run_beside_ct_with_the_same_protocol_and_say_whether_ct_beats
 def test_a_verdict_needs_a_confidence_interval_that_excludes_zero():
     def verdict(low, high, metric, note=""):
         # The verdict reads the interval over seeds only, never the pooled rounds' CI.
-        return reproduce._verdict({"ci_low": -5.0, "ci_high": -4.0, "note": "",
+        return tables._verdict({"ci_low": -5.0, "ci_high": -4.0, "note": "",
                                    "seeds": {"difference": {"low": low, "high": high, "note": note}}}, metric)
     assert verdict(-2.0, -1.0, "ip") == "CT better"  # CT's IP lower
     assert verdict(-2.0, -1.0, "validity") == "CT worse"  # CT's validity lower
@@ -315,7 +316,7 @@ def test_a_verdict_needs_a_confidence_interval_that_excludes_zero():
     assert verdict(None, None, "ip", "one seed").startswith("not computable (one seed")
 
 
-# One bad value (or more) per setting of the config tree that the old flat config had (MOVED's paths) and per
+# One bad value (or more) per setting of the config tree that the old flat config had (docs/experiments.md) and per
 # top-level leaf; the test below fails if one has none.
 BAD_VALUES = {
     "data.name": ["nope", 3],
@@ -330,11 +331,11 @@ BAD_VALUES = {
     "train.search.lambda_cost": [float("nan")], "train.search.lambda_energy": [-1.0],
     "actionability.adv": [float("nan"), -1.0], "actionability.reg": [-1.0, "0"], "protocol.n_rounds": [0],
     "protocol.n_individuals": [0], "protocol.lambda_energy": [(), (float("nan"),), (-1.0,)],
-    "protocol.max_steps": [0], "protocol.threshold": [0.0], "actionability.threshold": [1.0],
+    "protocol.search.max_steps": [0], "protocol.search.threshold": [0.0], "actionability.threshold": [1.0],
     "protocol.ip_samples": [0], "protocol.mmd_samples": [1],
     "protocol.mmd_length_scale": [0.0, float("nan"), float("inf"), -5.0, "mean", True],
     "robustness.enabled": ["yes"], "robustness.samples": [0], "train.search.categorical": ["nope", 1, "box"],
-    "protocol.categorical": ["nope", 1], "sensitivity.rounds": [0, 1.5], "sensitivity.samples": [0],
+    "protocol.search.categorical": ["nope", 1], "sensitivity.rounds": [0, 1.5], "sensitivity.samples": [0],
     "sensitivity.steps": [0, True],
     "seeds": [(), (-1,), (0, 0), (1.5,)], "expected_minutes": [-1.0, float("nan")],
 }
@@ -342,7 +343,7 @@ BAD_VALUES = {
 
 def test_every_config_setting_is_checked_when_the_config_is_built():
     top = {f.name for f in dataclasses.fields(ExperimentConfig)} & set(leaf_paths())  # the top-level leaves
-    moved = {path.split(" ")[0].removesuffix(".NAME") for path in MOVED.values()}
+    moved = {path.removesuffix(".NAME") for path in old_flat_names().values()}
     assert set(BAD_VALUES) == moved | top, "every setting needs a bad value here"
     base = get_config("circles")
     for path, values in BAD_VALUES.items():
@@ -384,7 +385,7 @@ def test_check_run_refuses_settings_that_do_not_fit_the_data():
                                       r"finite number > 0"),
     (["train.search.generator=nope"], r"ExperimentConfig\.train\.search\.generator.*one of \[.*'ecco'"),
     (["protocol.lambda_energy="], r"protocol\.lambda_energy=: ProtocolConfig\.lambda_energy must be a non-empty"),
-    (["tau=0.9"], r"'tau' is from the old flat config; it is now 'train\.search\.threshold'"),
+    (["tau=0.9"], r"unknown config key 'tau': the config tree's root has no field 'tau'"),
 ])
 def test_reproduce_checks_every_dataset_before_training_any(set_args, tmp_path, monkeypatch, bad, message):
     def no_training(*args, **kwargs):
@@ -442,7 +443,7 @@ def test_overrides_are_typed_and_errors_name_the_key_and_the_allowed_values():
                                          "data.kwargs.n_train=500", "actionability.reg=none"])
     assert (c.train.epochs, c.seeds, c.train.shuffle, dict(c.data.kwargs)) == (5, (1, 2), True, {"n_train": 500})
     assert c.actionability.reg is None
-    with pytest.raises(ValueError, match=r"unknown config key 'train\.epoch'; settable paths: .*'train\.epochs'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'train\.epoch': train has no field 'epoch'; its fields: \[.*'epochs'"):
         override(c, ["train.epoch=3"])
     with pytest.raises(ValueError, match="bad value for train.search.threshold: expected a number, got 'high'"):
         override(c, ["train.search.threshold=high"])
@@ -468,22 +469,22 @@ def test_categorical_mode_reaches_the_training_search_and_the_protocol():
     c = get_config("adult")
     assert c.train.search.categorical == "relaxed"  # the paper reproduction runs at the reference's parity
     for mode in ("relaxed", "straight_through"):
-        changed = override(c, [f"train.search.categorical={mode}", f"protocol.categorical={mode}"])  # tested as trained
+        changed = override(c, [f"train.search.categorical={mode}", f"protocol.search.categorical={mode}"])  # tested as trained
         search = pipeline.train_config(changed, "full").search
         assert search.categorical == mode
         assert (search.units, search.step_rule) == ("absolute", "gradient")  # else the reference's search
         for actionability in (False, True):  # the plausibility protocol and the cost experiment's
             protocol = pipeline.protocol_config(changed, seed=0, actionability=actionability)
-            assert protocol.categorical == mode
-            assert protocol.threshold == (changed.actionability.threshold if actionability
-                                          else changed.protocol.threshold)
+            assert protocol.search.categorical == mode
+            assert protocol.search.threshold == (changed.actionability.threshold if actionability
+                                          else changed.protocol.search.threshold)
     with pytest.raises(ValueError, match=r"train\.search\.categorical=box: categorical must be one of \('relaxed', "):
         override(c, ["train.search.categorical=box"])
     german = load_dataset("german")
     plan = reproduce.run_plan([get_config("german"), get_config("circles")],
                               {"german": german, "circles": load_dataset("circles", n_train=50, n_val=0, n_test=20)},
                               ["relaxed", "straight_through"])
-    assert [(c.data.name, c.train.search.categorical, c.protocol.categorical, folder) for c, _, folder in plan] == [
+    assert [(c.data.name, c.train.search.categorical, c.protocol.search.categorical, folder) for c, _, folder in plan] == [
         ("german", "relaxed", "snap_state", "german-relaxed"),
         ("german", "straight_through", "straight_through", "german-straight_through"),
         ("circles", "relaxed", "relaxed", "circles")]  # data without one-hot groups runs once: the mode changes nothing
@@ -520,7 +521,7 @@ def test_mnist_runs_offline_on_the_5k_subset_with_the_papers_settings_and_row():
     assert data.x_train.shape == (4000, 784) and data.x_test.shape == (1000, 784)
     assert paper_results.reduction("mnist_5k", 0) == "6.36*"  # compared with the paper's MNIST row
     result = {"dataset": "mnist_5k", "label": "mnist_5k", "comparisons": {"CT": {}}, "validity": {}, "accuracy": {}}
-    row = _table_text(reproduce.make_table([result]))[0]
+    row = _table_text(tables.make_table([result]))[0]
     assert row["IP* −% (paper)"] == "-70.31" and row["Validity (paper)"] == "1.00 / 1.00"
 
 
@@ -597,12 +598,12 @@ def test_eval_categorical_sets_the_test_time_search_and_labels_the_row():
     from experiments import pipeline
     german = load_dataset("german")
     config = get_config("german")
-    assert pipeline.protocol_config(config, seed=0).categorical == "snap_state"  # the reference's
-    assert pipeline.protocol_config(config, seed=0, actionability=True).categorical == "snap_state"
-    relaxed = override(config, ["protocol.categorical=relaxed"])  # tested as trained
-    assert pipeline.protocol_config(relaxed, seed=0).categorical == "relaxed"
+    assert pipeline.protocol_config(config, seed=0).search.categorical == "snap_state"  # the reference's
+    assert pipeline.protocol_config(config, seed=0, actionability=True).search.categorical == "snap_state"
+    relaxed = override(config, ["protocol.search.categorical=relaxed"])  # tested as trained
+    assert pipeline.protocol_config(relaxed, seed=0).search.categorical == "relaxed"
     assert pipeline.run_label(relaxed, german) == "german (relaxed)"
-    tested = override(config, ["protocol.categorical=snap_state"])
+    tested = override(config, ["protocol.search.categorical=snap_state"])
     protocol = pipeline.protocol_config(tested, seed=0)
     assert protocol.search_config(1.0).categorical == "snap_state"
     assert pipeline.search_config(tested).categorical == "relaxed"  # training keeps its own mode
@@ -614,12 +615,12 @@ def test_table2_and_figure1_say_where_ct_agrees_with_proposition_3_1():
                {"dataset": "b", "ig_difference_over_seeds": {"mean": 0.4, "significant": True}},
                {"dataset": "c", "ig_difference_over_seeds": {"mean": -0.1, "significant": False}},
                {"dataset": "d", "ig_difference_over_seeds": None}]
-    text = reproduce.table2_verdict(results)
+    text = tables.table2_verdict(results)
     assert "less sensitive on a, more sensitive on b, and not distinguishable on c." in text
-    assert reproduce.table2_verdict([{"dataset": "d"}]) == ""
-    agrees = reproduce.proposition_sentence(0.1, 0.2, [1.0, 2.0])
+    assert tables.table2_verdict([{"dataset": "d"}]) == ""
+    agrees = tables.proposition_sentence(0.1, 0.2, [1.0, 2.0])
     assert agrees.startswith("This agrees with Proposition 3.1") and "x1 is the more discriminative" in agrees
-    against = reproduce.proposition_sentence(0.3, 0.2, [2.0, 1.0])
+    against = tables.proposition_sentence(0.3, 0.2, [2.0, 1.0])
     assert against.startswith("This contradicts Proposition 3.1") and "does not hold" in against
 
 

@@ -410,7 +410,7 @@ def test_reproduce_makes_a_paper_row_from_the_fetched_archive(cache, serve, arch
     monkeypatch.setenv(URL_ENV, url)
     monkeypatch.setenv(SHA256_ENV, sha(archive))
     tiny = ["seeds=0", "train.epochs=1", "train.batch_size=8", "train.n_ce=8", "protocol.n_rounds=2",
-            "protocol.n_individuals=3", "protocol.lambda_energy=1.0", "protocol.max_steps=5", "protocol.ip_samples=10",
+            "protocol.n_individuals=3", "protocol.lambda_energy=1.0", "protocol.search.max_steps=5", "protocol.ip_samples=10",
             "protocol.mmd_samples=4", "sensitivity.rounds=2", "sensitivity.samples=4", "sensitivity.steps=2",
             "robustness.enabled=false", f"data.kwargs.n_val={N_VAL}"]
     out = tmp_path / "run"

@@ -3,10 +3,13 @@
 No training here: each row's comparisons are made by the pipeline's own `compared_over_rounds_and_seeds` from
 round summaries whose per-seed reductions are fixed by construction (CT's value = BL's × (1 − r/100)).
 """
+import json
+import os
+
 import numpy as np
 import pytest
 
-from experiments import paper_results, plots, reproduce
+from experiments import paper_results, plots, tables
 from experiments.pipeline import compared_over_rounds_and_seeds
 
 METRICS = ("ip", "ip_star", "cost")
@@ -44,17 +47,17 @@ def _result(dataset, seeds, reductions_pct, *, label=None, categorical="relaxed"
 
 def test_the_average_row_is_the_mean_over_rows_per_seed_that_every_row_has():
     rows = [_result("circles", range(5), [10, 20, 30, 40, 50]), _result("moons", range(3), [0, 10, 20])]
-    stat = reproduce.average_over_rows(rows, "ip")
+    stat = tables.average_over_rows(rows, "ip")
     assert stat["seeds"] == [0, 1, 2] and stat["rows"] == 2
     per_seed = [(10 + 0) / 2, (20 + 10) / 2, (30 + 20) / 2]
     np.testing.assert_allclose(stat["mean"], np.mean(per_seed), atol=1e-9)
     half = stat["high"] - stat["mean"]
     np.testing.assert_allclose(half, 9.925 * np.std(per_seed, ddof=1) / np.sqrt(3), rtol=1e-3)  # t(0.995, 2)
-    assert reproduce.paper_average(rows, 0) == pytest.approx((58.88 + 19.59) / 2)
+    assert tables.paper_average(rows, 0) == pytest.approx((58.88 + 19.59) / 2)
 
 
 def test_the_paper_average_over_its_nine_rows_is_the_papers_avg_row():
-    avg = reproduce.paper_all_rows_average()
+    avg = tables.paper_all_rows_average()
     assert round(avg["ip"], 1) == 15.6 and round(avg["ip_star"], 1) == 25.3 and round(avg["cost"], 1) == 18.5
 
 
@@ -64,7 +67,7 @@ def test_headline_has_one_row_per_paper_data_set_the_configs_own_one_hot_mode_an
                _result("adult", range(5), [5, 6, 7, 8, 9], label="adult (relaxed, tested snap-state)", groups=8),
                _result("german", range(5), [1, 1, 1, 1, 1]),  # not a paper data set
                _result("mnist_5k", range(3), [10, 20, 30])]
-    table = reproduce.make_headline(results)
+    table = tables.make_headline(results)
     body = [line for line in table.splitlines() if line.startswith("| ")][1:]
     assert [line.split(" | ")[0] for line in body] == [
         "| adult (relaxed, tested snap-state)", "| mnist_5k (the paper's mnist row)",
@@ -79,13 +82,13 @@ def test_readme_headline_fills_its_markers_and_refuses_a_file_without_them(tmp_p
             "started": "2026-12-06 22:00:00", "cpu_count": 2, "device": "cpu"}
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- headline:start -->\nold\n<!-- headline:end -->\n\nafter\n")
-    reproduce.write_readme_headline(str(readme), "| table |", meta)
+    tables.write_readme_headline(str(readme), "| table |", meta)
     text = readme.read_text()
     assert "old" not in text and "| table |" in text and "`0123456789`" in text and text.endswith("after\n")
     bare = tmp_path / "bare.md"
     bare.write_text("# no markers\n")
     with pytest.raises(ValueError, match="headline:start"):
-        reproduce.write_readme_headline(str(bare), "| table |", meta)
+        tables.write_readme_headline(str(bare), "| table |", meta)
 
 
 def test_figure_links_draw_figure5_from_the_ablation_and_link_figure2(tmp_path):
@@ -96,7 +99,7 @@ def test_figure_links_draw_figure5_from_the_ablation_and_link_figure2(tmp_path):
             {**_result("mnist_5k", range(3), [1, 2, 3]),
              "figures": {"counterfactual_grid": str(grid), "training_curves": str(grid.parent / "t.png")}}]
     out = tmp_path / "experiments" / "results_figures"
-    lines = reproduce._figure_links(rows, {}, str(out))
+    lines = tables._figure_links(rows, {}, str(out))
     assert any(line.startswith("- Figure 5") for line in lines)
     assert (out / "figure5_ablation.png").stat().st_size > 1000
     assert any("Figure 2, mnist_5k" in line and "figure2_counterfactuals_mnist_5k.png" in line for line in lines)
@@ -104,7 +107,7 @@ def test_figure_links_draw_figure5_from_the_ablation_and_link_figure2(tmp_path):
 
 
 def test_the_ablation_table_puts_the_papers_figure5_beside_ours():
-    table = reproduce.make_ablation_table([_result("circles", range(3), [10, 20, 30], ablation=True)])
+    table = tables.make_ablation_table([_result("circles", range(3), [10, 20, 30], ablation=True)])
     row = next(line for line in table.splitlines() if line.startswith("| circles"))
     assert "61 / -2 / 61" in row and "91 / 33 / 97" in row
 
@@ -117,12 +120,63 @@ def test_plot_ablation_refuses_no_rows(tmp_path):
 def test_cost_verdict_sorts_rows_by_the_sign_of_their_interval_over_seeds():
     rows = [_result("circles", range(5), [10, 12, 11, 13, 12]), _result("moons", range(5), [-20, -22, -21, -19, -20]),
             _result("overlapping", range(5), [-30, 40, -10, 25, 0])]
-    verdict = reproduce.cost_verdict(rows)
+    verdict = tables.cost_verdict(rows)
     assert "costs less on circles, more on moons, and is not distinguishable on overlapping" in verdict
 
 
 def test_agreement_lines_claim_a_direction_only_when_the_interval_over_seeds_excludes_zero():
-    lines = reproduce.agreement_lines([_result("circles", range(5), [10, 12, 11, 13, 12]),
+    lines = tables.agreement_lines([_result("circles", range(5), [10, 12, 11, 13, 12]),
                                        _result("moons", range(5), [-30, 40, -10, 25, 0])])
     assert "IP same direction (11.6 [" in lines[0]
     assert "IP not distinguishable from 0 over seeds" in lines[1] and "direction" not in lines[1].split(";")[0]
+
+
+STORE = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "results_store", "reproduce_v3")
+
+
+def _stored():
+    """Returns (results, metadata) of the stored reproduction that RESULTS.md is built from."""
+    with open(os.path.join(STORE, "results.json")) as f, open(os.path.join(STORE, "metadata.json")) as g:
+        return json.load(f), json.load(g)
+
+
+def _grid(text):
+    """Returns the cells of each markdown table row of `text` (the separator row left out), in order."""
+    rows = [line for line in text.splitlines() if line.startswith("|") and not line.startswith("|---")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+
+
+@pytest.mark.parametrize("make", [tables.make_table, tables.make_ig_table, tables.make_table7, tables.make_table8a,
+                                  tables.make_robustness_table, tables.make_ablation_table])
+def test_stored_tables_have_one_row_per_stored_result_in_order(make):
+    results, _ = _stored()
+    head, *rows = _grid(make(results))
+    labels = [r.get("label", r["dataset"]) for r in results]
+    assert [row[0] for row in rows[:len(labels)]] == labels
+    assert all(len(row) == len(head) for row in rows)
+    # Table 1 alone adds the average over the paper rows.
+    assert rows[len(labels):] == ([] if make is not tables.make_table else rows[-1:])
+
+
+def test_stored_headline_and_baselines_follow_the_stored_rows():
+    results, _ = _stored()
+    head, *rows = _grid(tables.make_headline(results))
+    paper = tables.paper_rows(results)
+    assert len(rows) == len(paper) + 1 and all(len(row) == len(head) for row in rows)
+    assert [row[1] for row in rows[:-1]] == [str(len(r["seeds"])) for r in paper]
+    head, *rows = _grid(tables.make_baselines_table(results))
+    expected = [(r["label"], m) for r in results if r.get("versus") for m in tables.BASELINE_MODELS
+                if m in r["means"]]
+    assert [(row[0], row[1]) for row in rows] == expected and all(len(row) == len(head) for row in rows)
+    assert len(tables.agreement_lines(results)) == len(results)
+
+
+def test_stored_all_tables_has_a_section_per_table_of_the_stored_run():
+    results, meta = _stored()
+    text = tables.all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta.get("figure1"),
+                             baselines=False)
+    sections = [line for line in text.splitlines() if line.startswith("## ")]
+    assert [s.split(":")[0] for s in sections[:4]] == ["## Table 1", "## Table 2", "## Table 7", "## Table 8a"]
+    assert ("## Ablation (paper Fig. 5)" in sections) == any(r.get("ablation") for r in results)
+    assert ("## Figure 1: linear models" in sections) == bool(meta.get("figure1"))
+    assert not any(s.startswith("## Baselines") for s in sections)

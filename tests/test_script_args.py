@@ -5,13 +5,15 @@ import os
 import numpy as np
 import pytest
 
-from experiments import pipeline, reproduce, tuning, units
+from experiments import pipeline, reproduce
+from experiments.studies.grids import tuning
+from experiments.studies.units import study as units
 
 # The cheapest reproduce run that trains BL and CT and scores them (tests/test_experiments.py's TINY, one epoch, two
 # protocol rounds); SMALL adds small splits of one shape for both synthetic sets, so they share compiled programs,
 # and no protected feature (no CT_mut, no IG): the merging of rows is what is tested, not what is in them.
 TINY = ["train.epochs=1", "seeds=0", "protocol.n_rounds=2", "protocol.n_individuals=6", "protocol.lambda_energy=1.0",
-        "train.n_ce=60", "protocol.max_steps=20", "protocol.ip_samples=50", "protocol.mmd_samples=8"]
+        "train.n_ce=60", "protocol.search.max_steps=20", "protocol.ip_samples=50", "protocol.mmd_samples=8"]
 SMALL = TINY + ["data.kwargs.n_train=300", "data.kwargs.n_test=100", "data.protected="]
 
 
@@ -69,8 +71,8 @@ def test_units_refuses_to_replace_a_finished_study_unless_overwrite(tmp_path, mo
     (["--set", "weights.reg=0.2"], r"--set weights\.reg=\.\.\. would change nothing.*--axis weights\.reg"),
     (["--set", "train.search.threshold=0.3"],
      r"--set train\.search\.threshold=\.\.\. would change nothing.*--axis train\.search\.threshold"),
-    (["--axis", "epochs=2,3"], r"'epochs' is from the old flat config; it is now 'train\.epochs'"),
-    (["--set", "tau=0.3"], r"'tau' is from the old flat config; it is now 'train\.search\.threshold'"),
+    (["--axis", "epochs=2,3"], r"unknown config key 'epochs': the config tree's root has no field 'epochs'"),
+    (["--set", "tau=0.3"], r"unknown config key 'tau': the config tree's root has no field 'tau'"),
     (["--axis", "train.objective=vanilla"], r"ExperimentConfig\.train\.objective is set by the pipeline"),
 ])
 def test_tuning_refuses_a_repeated_value_or_a_setting_it_ignores(tmp_path, monkeypatch, argv, message):

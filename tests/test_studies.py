@@ -119,10 +119,10 @@ def test_training_search_candidates_and_explainers_are_what_they_say():
     explain = training_search.candidate("explain", adult)
     assert (explain.convergence, explain.step_rule, explain.categorical) == ("threshold", "normalized_linf", "relaxed")
     ecco, wachter = (training_search.explainer(e, adult, seed=3) for e in ("ecco", "wachter"))
-    assert (ecco.generator, ecco.threshold, ecco.seed) == ("ecco", adult.protocol.threshold, 3)
+    assert (ecco.search.generator, ecco.search.threshold, ecco.seed) == ("ecco", adult.protocol.search.threshold, 3)
     assert ecco == pipeline.protocol_config(adult, seed=3)  # the paper's protocol, seeded by the training seed
-    assert (wachter.generator, wachter.lambda_cost, wachter.lambda_energy) == ("generic", 0.1, (0.0,))
-    assert (wachter.n_rounds, wachter.threshold) == (ecco.n_rounds, ecco.threshold)
+    assert (wachter.search.generator, wachter.search.lambda_cost, wachter.lambda_energy) == ("generic", 0.1, (0.0,))
+    assert (wachter.n_rounds, wachter.search.threshold) == (ecco.n_rounds, ecco.search.threshold)
     with pytest.raises(ValueError, match="unknown training search"):
         training_search.candidate("fast", adult)
 
@@ -134,7 +134,7 @@ def test_training_search_scores_each_candidate_with_both_explainers(monkeypatch)
     real = training_search.evaluate_explainability
 
     def evaluate_spy(models, x, y, **kwargs):
-        protocols.append((sorted(models), kwargs["protocol"].generator))
+        protocols.append((sorted(models), kwargs["protocol"].search.generator))
         return real(models, x, y, **kwargs)
 
     monkeypatch.setattr(training_search, "evaluate_explainability", evaluate_spy)

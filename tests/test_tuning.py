@@ -1,4 +1,4 @@
-"""The paper's tuning grids as programs (experiments/tuning.py) and the 270-configuration benchmark, on tiny slices."""
+"""The paper's tuning grids as programs (experiments/studies/grids/tuning.py) and the 270-configuration benchmark, on tiny slices."""
 import csv
 import json
 import os
@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 
-from experiments import tuning
+from experiments.studies.grids import tuning
 from experiments.benchmarks import tuning_grid
 
 # Tiny everything: 1 epoch, few counterfactuals, 2 protocol rounds of 6 training factuals, one test-time λ.
 TINY = ["train.epochs=1", "train.n_ce=40", "protocol.n_rounds=2", "protocol.n_individuals=6",
-        "protocol.lambda_energy=1.0", "protocol.max_steps=10", "protocol.ip_samples=40", "protocol.mmd_samples=4",
+        "protocol.lambda_energy=1.0", "protocol.search.max_steps=10", "protocol.ip_samples=40", "protocol.mmd_samples=4",
         "data.kwargs.n_train=300", "data.kwargs.n_test=60"]
 
 
@@ -32,7 +32,7 @@ def test_the_papers_grids_have_their_sizes_and_compile_once_per_static_setting()
     assert sorted(g.configs[0].train.epochs for g in other if g.objective == "vanilla") == [50, 100]
     point = generator[0]
     protocol = point.config.protocol
-    assert (protocol.n_rounds, protocol.n_individuals, protocol.threshold, protocol.max_steps, point.config.seeds) == \
+    assert (protocol.n_rounds, protocol.n_individuals, protocol.search.threshold, protocol.search.max_steps, point.config.seeds) == \
         (5, 100, 0.95, 50, (0,))  # the tuning protocol
     lr = [p for p in tuning.grid_points("tune_lr", ["moons"]) if p.objective == "full"]
     assert {p.config.train.search.threshold for p in lr} == {0.5}
@@ -53,11 +53,10 @@ def test_axes_and_sets_are_checked():
         tuning.grid_axes("nope")
     with pytest.raises(ValueError, match=r"ExperimentConfig\.train\.search\.generator 'eccco' needs a conformal"):
         tuning.grid_points("tuning", ["moons"], axes={"train.search.generator": ("eccco",)})
-    # Axis and --set keys are dotted paths: an old flat name fails with its new path, in either place.
-    with pytest.raises(ValueError, match=r"'max_steps' is from the old flat config; it is now "
-                                         r"'train\.search\.max_steps'"):
+    # Axis and --set keys are dotted paths: an old flat name fails as an unknown path, in either place.
+    with pytest.raises(ValueError, match=r"unknown config key 'max_steps': the config tree's root has no field"):
         tuning.grid_points("custom", ["moons"], axes={"max_steps": ("5",)})
-    with pytest.raises(ValueError, match=r"'eval_rounds' is from the old flat config; it is now 'protocol\.n_rounds'"):
+    with pytest.raises(ValueError, match=r"unknown config key 'eval_rounds': the config tree's root"):
         tuning.grid_points("custom", ["moons"], overrides=["eval_rounds=2"])
 
 

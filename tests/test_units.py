@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from ctrain.data import load_dataset
-from ctrain.evaluate import ProtocolConfig, evaluate_explainability
+from ctrain.evaluate import PROTOCOL_SEARCH, ProtocolConfig, evaluate_explainability
 from ctrain.models import make_model
 from ctrain.search import WALK_PAST_TAU, SearchConfig, search_counterfactuals
-from ctrain.train import TrainConfig, create_train_state, fit
+from ctrain.train import TrainConfig, create_train_state, create_train_states, fit, fit_many
+from experiments.configs import get_config, override
 
 UNITS = SearchConfig(threshold=0.75, units="std", step_rule="normalized", step_size=0.1, max_steps=40)
 
@@ -144,7 +145,7 @@ def test_clipped_steps_are_gradient_steps_of_at_most_linf_length_eta(slope, move
 
 
 def test_seed_reductions_are_each_training_seeds_own_reduction():
-    from experiments.units import seed_reductions
+    from experiments.studies.units.study import seed_reductions
     # Rounds 0-1 belong to seed 0 (ratios 0.5, 0.7: mean 0.6, a 40% reduction), 2-3 to seed 1 (mean 1.1: −10%);
     # seed 2 has no round.
     ratios = {0: 0.5, 1: 0.7, 2: 1.2, 3: 1.0}
@@ -157,8 +158,9 @@ def test_the_units_aware_protocol_scores_a_rescaled_copy_identically(circles):
     models = {"BL": _model(circles, 0), "CT": _model(circles, 1)}
     big = circles.affine(10.0)
     big_models = {k: (_model(big, s)[0], p) for (k, (_, p)), s in zip(models.items(), (0, 1))}
-    protocol = ProtocolConfig(n_rounds=4, n_individuals=10, lambda_energy=(1.0,), max_steps=20, threshold=0.6,
-                              ip_samples=50, mmd_samples=8, mmd_length_scale="median", units="std")
+    protocol = ProtocolConfig(n_rounds=4, n_individuals=10, lambda_energy=(1.0,), ip_samples=50, mmd_samples=8,
+                              search=PROTOCOL_SEARCH.replace(max_steps=20, threshold=0.6, units="std"),
+                              mmd_length_scale="median")
     a = evaluate_explainability(models, circles.x_test, circles.y_test, num_classes=2, protocol=protocol,
                                 constraints=circles.constraints())
     b = evaluate_explainability(big_models, big.x_test, big.y_test, num_classes=2, protocol=protocol,
@@ -172,9 +174,10 @@ def test_the_units_aware_protocol_scores_a_rescaled_copy_identically(circles):
 
 
 def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(tmp_path, monkeypatch):
-    from experiments import units
+    from experiments import pipeline
+    from experiments.studies.units import study as units
     seen = []
-    real_fit = units.fit_many
+    real_fit = pipeline.fit_many
 
     def fit_spy(states, data, config, **kwargs):
         seen.append((data.x_train.std(), config.objective, (config.search.units, config.search.step_rule,
@@ -182,11 +185,11 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
                      (config.search.categorical, config.schedule, config.burnin)))
         return real_fit(states, data, config, **kwargs)
 
-    monkeypatch.setattr(units, "fit_many", fit_spy)
+    monkeypatch.setattr(pipeline, "fit_many", fit_spy)
     md = tmp_path / "RESULTS.md"
     md.write_text("# kept\n")
     # one test-time λ_energy: one search to compile per model, not five
-    sets = ["train.n_ce=60", "protocol.n_individuals=8", "protocol.max_steps=10", "protocol.ip_samples=30",
+    sets = ["train.n_ce=60", "protocol.n_individuals=8", "protocol.search.max_steps=10", "protocol.ip_samples=30",
             "protocol.mmd_samples=6", "weights.reg=0.3", "protocol.lambda_energy=1.0", "train.burnin=0.5",
             "train.schedule=per_batch"]
     results = units.main(["--datasets", "circles", "--copies", "raw", "x10", "--arms", "paper", "units_clipped",
@@ -246,16 +249,17 @@ def test_the_units_study_runs_each_arm_with_its_settings_and_writes_its_tables(t
 
 
 def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_through(tmp_path, monkeypatch):
-    from experiments import units
+    from experiments import pipeline
+    from experiments.studies.units import study as units
     from ctrain.search import SearchConfig, TRAINING_SEARCH
     seen = []
-    real_fit = units.fit_many
+    real_fit = pipeline.fit_many
 
     def fit_spy(states, data, config, **kwargs):
         seen.append((config.search.units, config.search.categorical))
         return real_fit(states, data, config, **kwargs)
 
-    monkeypatch.setattr(units, "fit_many", fit_spy)
+    monkeypatch.setattr(pipeline, "fit_many", fit_spy)
     # Scoring is not what this test is about: every metric comes back empty, so the tables say n/a.
     monkeypatch.setattr(units, "evaluate_pair", lambda *a, **k: ({}, {key: {} for key, _ in units.DIFF_METRICS}))
     results = units.main(["--datasets", "circles", "--copies", "raw", "--arms", "units", "paper", "--seeds", "0",
@@ -273,7 +277,8 @@ def test_categorical_arm_trains_paper_parity_relaxed_and_the_default_straight_th
 
 def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless_asked(monkeypatch):
     from ctrain.data import from_arrays
-    from experiments import units
+    from experiments import pipeline
+    from experiments.studies.units import study as units
     from experiments.configs import get_config
     rng = np.random.default_rng(0)
     x = np.c_[rng.normal(50, 10, 200), np.eye(3)[rng.choice(3, 200, p=[0.8, 0.15, 0.05])]]
@@ -288,7 +293,7 @@ def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless
         seen.append(input_stats)
         raise Built  # the inputs are what this test is about, not training
 
-    monkeypatch.setattr(units, "make_model", make_model_spy)
+    monkeypatch.setattr(pipeline, "make_model", make_model_spy)  # train_pair builds its models there
     for standardize_onehot in (False, True):
         with pytest.raises(Built):
             units.train_pair(get_config("circles"), data, "units", [0], 1, False,
@@ -303,7 +308,7 @@ def test_models_that_standardise_their_inputs_leave_one_hot_columns_alone_unless
 
 
 def test_every_experiment_setting_is_read_by_the_units_study_or_refused_with_a_reason():
-    from experiments import units
+    from experiments.studies.units import study as units
     from experiments.configs import leaf_paths
 
     def named(path, prefixes):
@@ -332,21 +337,21 @@ def test_every_experiment_setting_is_read_by_the_units_study_or_refused_with_a_r
                                        ("train.search.step_rule=gradient", "--arms"),
                                        ("actionability.threshold=0.6", "no actionability run")])
 def test_the_units_study_refuses_a_setting_it_would_ignore(tmp_path, key, hint):
-    from experiments import units
+    from experiments.studies.units import study as units
     with pytest.raises(ValueError, match=rf"--set {re.escape(key.split('=')[0])}=.*would change nothing.*{hint}"):
         units.main(["--datasets", "circles", "--set", key, "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
 
 
-def test_the_units_study_names_the_new_path_of_an_old_setting(tmp_path):
-    from experiments import units
-    with pytest.raises(ValueError, match=r"'lambda_reg' is from the old flat config; it is now 'weights\.reg'"):
+def test_the_units_study_refuses_an_old_flat_setting_as_an_unknown_path(tmp_path):
+    from experiments.studies.units import study as units
+    with pytest.raises(ValueError, match=r"unknown config key 'lambda_reg': the config tree's root has no field"):
         units.main(["--datasets", "circles", "--set", "lambda_reg=0.1", "--out", str(tmp_path / "bad")])
 
 
 def test_arm_difference_is_the_difference_of_reductions_over_paired_rounds():
     from ctrain.evaluate import compare
-    from experiments.units import arm_difference, round_ratios
+    from experiments.studies.units.study import arm_difference, round_ratios
 
     def summary(ct, bl):
         return [{"round": j, "model": m, "ip": v} for j, (c, b) in enumerate(zip(ct, bl))
@@ -371,7 +376,7 @@ def test_arm_difference_is_the_difference_of_reductions_over_paired_rounds():
 
 @pytest.mark.parametrize("rule", ["gradient", "normalized"])
 def test_eval_step_rule_reaches_the_units_studys_evaluator(monkeypatch, rule):
-    from experiments import units
+    from experiments.studies.units import study as units
     from experiments.configs import get_config
 
     seen = []
@@ -401,3 +406,26 @@ def test_the_step_rule_benchmark_scores_explain_for_bl_and_ct_under_each_rule(tm
             assert r["cost_sd"] > 0  # the searches moved
     assert json.loads((tmp_path / "r.json").read_text())["step_rules"]["circles"]["BL"]["clipped"] == \
         out["circles"]["BL"]["clipped"]
+
+
+@pytest.mark.parametrize("arm", ["paper", "units_clipped"])
+def test_train_pair_trains_what_its_own_loop_trained_before_it_used_train_seeds(arm):
+    """train_pair goes through pipeline.train_seeds; the models are bit-identical to its former hand-written loop."""
+    from experiments.studies.units import study as units
+
+    config = override(get_config("circles"), ["train.n_ce=30", "train.epochs=1"])
+    data = units.data_copy(config, "raw")
+    seeds = (0, 1)
+    models, _ = units.train_pair(config, data, arm, seeds, epochs=1, progress=False, categorical="relaxed")
+    spec = units.ARMS[arm]
+    extra = {"input_stats": data.input_stats()} if spec["normalize_inputs"] else {}
+    apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
+    inits = jax.tree.map(lambda *a: jnp.stack(a), *[
+        make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1] for s in seeds])
+    search = config.train.search.replace(categorical="relaxed", **spec["search"])
+    for label, objective in (("BL", "vanilla"), ("CT", "full")):
+        tc = config.train.replace(objective=objective, search=search, epochs=1)
+        states = create_train_states(apply_fn, inits, weights=config.weights, learning_rate=config.learning_rate)
+        states, _ = fit_many(states, data, tc, seeds=seeds, progress=False)
+        for i in range(len(seeds)):
+            chex.assert_trees_all_equal(models[label][i][1], jax.tree.map(lambda a, i=i: a[i], states.params))

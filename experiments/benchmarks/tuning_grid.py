@@ -4,7 +4,7 @@
     python -m experiments.benchmarks.tuning_grid --dataset moons --json results/tuning_grid.json
     python -m experiments.benchmarks.tuning_grid --quick               # 2 generators, T 5, one λ and τ, 2 epochs
 
-Runs `experiments.tuning`'s generator grid (generator × T × λ_energy × τ × objective = 3·3·5·3·2 = 270
+Runs `experiments.studies.grids.tuning`'s generator grid (generator × T × λ_energy × τ × objective = 3·3·5·3·2 = 270
 configurations; App. C's settings, 100 epochs, the tuning protocol: 5 rounds × 100 training factuals × 5
 test-time λ_energy, T 50, τ 0.95) from an empty folder and reports the wall time, split into training,
 evaluation and the VAE of REVISE, beside the reference's figure: 49 min (moons) to 3 h 52 min (overlapping) on
@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 
-from experiments import tuning
+from experiments.studies.grids import tuning
 from experiments.benchmarks.common import write_json
 
 # reference-implementation.md §6: 270 configurations on 34 CPUs (2 GB each), per synthetic dataset.

@@ -1,10 +1,10 @@
 """The appendix grids (App. C–D) as a study: per grid and dataset, the best configuration beside the paper's choice.
 
-    python -m experiments.tuning --grid tuning --datasets linearly_separable circles moons overlapping \\
+    python -m experiments.studies.grids.tuning --grid tuning --datasets linearly_separable circles moons overlapping \\
         --set seeds=0,1,2 --out results/grids                  # and likewise tune_lr, penalties, other, generator
     python -m experiments.studies.grids.study --out results/grids      # tables.md and summary.json here
 
-It reads each grid's `grid.csv` (written by `experiments.tuning`), and the group folders' results.json for the
+It reads each grid's `grid.csv` (written by `experiments.studies.grids.tuning`), and the group folders' results.json for the
 training and evaluation time, and writes experiments/studies/grids/tables.md: per grid and dataset the
 configuration with the largest mean IP reduction and the one with the largest mean IP* reduction, each with its
 99% interval over seeds, and the row of the paper's own choice where the grid holds it (the dataset's
@@ -19,7 +19,7 @@ import json
 import os
 
 from experiments.configs import get_config, get_path
-from experiments.tuning import GRIDS
+from experiments.studies.grids.tuning import GRIDS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The columns of grid.csv that the study reports (besides the grid's axes).
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     grids = [g for g in args.grids if os.path.isfile(os.path.join(args.out, g, "grid.csv"))]
     if not grids:
-        raise FileNotFoundError(f"no grid.csv under {args.out!r} for {args.grids}: run experiments.tuning first")
+        raise FileNotFoundError(f"no grid.csv under {args.out!r} for {args.grids}: run experiments.studies.grids.tuning first")
     summary = summarise(args.out, grids)
     with open(os.path.join(args.dest, "tables.md"), "w") as f:
         f.write(tables(summary) + "\n")

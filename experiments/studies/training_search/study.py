@@ -50,7 +50,8 @@ def explainer(name: str, config, seed: int) -> ProtocolConfig:
     if name == "ecco":
         return ecco
     if name == "wachter":
-        return dataclasses.replace(ecco, generator="generic", lambda_cost=WACHTER_LAMBDA, lambda_energy=(0.0,))
+        return dataclasses.replace(ecco, search=ecco.search.replace(generator="generic", lambda_cost=WACHTER_LAMBDA),
+                                   lambda_energy=(0.0,))
     raise ValueError(f"unknown explainer {name!r}; choose from {EXPLAINERS}")
 
 

@@ -1,10 +1,11 @@
 """The units study: does counterfactual training's effect depend on the units of the features?
 
-    python -m experiments.units                          # synthetic sets + German, raw / standardised / x0.1 / x10
-    python -m experiments.units --datasets circles --copies raw standardized --arms paper units --seeds 0
-    python -m experiments.units --quick                  # circles only, 2 copies, 20 epochs (~2 min, 2-core CPU)
-    python -m experiments.units --datasets adult --copies raw standardized   # ~8 min, 2-core CPU
-    python -m experiments.units --datasets linearly_separable --copies raw standardized --set weights.reg=0.1
+    python -m experiments.studies.units.study          # synthetic sets + German, raw / standardised / x0.1 / x10
+    python -m experiments.studies.units.study --datasets circles --copies raw standardized --arms paper units --seeds 0
+    python -m experiments.studies.units.study --quick  # circles only, 2 copies, 20 epochs (~2 min, 2-core CPU)
+    python -m experiments.studies.units.study --datasets adult --copies raw standardized   # ~8 min, 2-core CPU
+    python -m experiments.studies.units.study --datasets linearly_separable --copies raw standardized \\
+        --set weights.reg=0.1
 
 For each dataset it trains BL and CT with the same seeds and initial weights on copies of the same data in
 different units (`raw`: the units the data comes in; `standardized`: mean 0 and sd 1 per continuous feature;
@@ -55,17 +56,14 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ctrain.data import load_dataset
 from ctrain.evaluate import bootstrap_mean_ci, compare, evaluate_explainability, paired_rounds
-from ctrain.models import make_model
 from ctrain.search import CATEGORICAL_MODES, TRAINING_SEARCH, SearchConfig
-from ctrain.train import create_train_states, fit_many
 from experiments.configs import ExperimentConfig, get_config, override, path_in
-from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, loss_weights,
-                                 refuse_overwrite)
+from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, refuse_overwrite,
+                                 train_seeds)
 from experiments.results_md import write_section
 
 COPIES = ("raw", "standardized", "x0.1", "x10")
@@ -104,8 +102,8 @@ NOT_READ_BECAUSE = {
     "robustness.": "there is no robustness run", "expected_minutes": "it only documents the reproduction",
     "train.search.units": "each arm sets it (--arms)", "train.search.step_rule": "each arm sets it (--arms)",
     "train.search.convergence": "each arm sets it (--arms)", "train.search.categorical": "use --categorical",
-    "protocol.n_rounds": "use --rounds", "protocol.units": "the study's evaluator measures in standard deviations",
-    "protocol.step_rule": "use --eval-step-rule", "protocol.categorical": "use --eval-categorical",
+    "protocol.n_rounds": "use --rounds", "protocol.search.units": "the study's evaluator measures in standard deviations",
+    "protocol.search.step_rule": "use --eval-step-rule", "protocol.search.categorical": "use --eval-categorical",
 }
 
 
@@ -147,23 +145,17 @@ def train_pair(config: ExperimentConfig, data, arm: str, seeds, epochs: int | No
     leaving them 0/1 (`Dataset.input_stats`); the study's tables made before this option existed were made so.
     """
     spec = ARMS[arm]
-    extra = {}
+    model_kwargs = {}
     if spec["normalize_inputs"]:
         # One-hot columns stay 0/1 (Dataset.input_stats) unless the older tables' way is asked for.
-        extra["input_stats"] = ((data.x_train.mean(0), data.x_train.std(0)) if standardize_onehot
-                                else data.input_stats())
-    apply_fn, _ = make_model(config.model, data.num_features, data.num_classes, jax.random.key(0), **extra)
-    inits = jax.tree.map(lambda *a: jnp.stack(a), *[
-        make_model(config.model, data.num_features, data.num_classes, jax.random.key(s), **extra)[1] for s in seeds])
+        model_kwargs["input_stats"] = ((data.x_train.mean(0), data.x_train.std(0)) if standardize_onehot
+                                       else data.input_stats())
+    run = config.replace(seeds=tuple(seeds), train=config.train.replace(epochs=epochs or config.train.epochs))
     search = config.train.search.replace(categorical=categorical, **spec["search"])
-    weights = loss_weights(config)
     models, histories = {}, {}
     for label, objective in (("BL", "vanilla"), ("CT", "full")):
-        tc = config.train.replace(objective=objective, search=search, epochs=epochs or config.train.epochs)
-        states = create_train_states(apply_fn, inits, weights=weights, learning_rate=config.learning_rate)
-        states, hist = fit_many(states, data, tc, seeds=seeds, progress=progress)
-        models[label] = [(apply_fn, jax.tree.map(lambda a, i=i: a[i], states.params)) for i in range(len(seeds))]
-        histories[label] = hist
+        models[label], histories[label], _ = train_seeds(run, data, objective, progress=progress, search=search,
+                                                         model_kwargs=model_kwargs)
     return models, histories
 
 
@@ -180,10 +172,10 @@ def evaluate_pair(config: ExperimentConfig, data, models, seeds, rounds: int, st
     for key, scale in (("median", "median"), ("fixed", config.protocol.mmd_length_scale)):
         summaries = []
         for i, seed in enumerate(seeds):
+            search = config.protocol.search.replace(units="std", step_rule=step_rule, categorical=categorical)
             protocol = dataclasses.replace(config.protocol, n_rounds=rounds,
                                            n_individuals=min(config.protocol.n_individuals, 100),
-                                           mmd_length_scale=scale, seed=seed, units="std", step_rule=step_rule,
-                                           categorical=categorical)
+                                           mmd_length_scale=scale, seed=seed, search=search)
             res = evaluate_explainability({"BL": models["BL"][i], "CT": models["CT"][i]}, data.x_test, data.y_test,
                                           num_classes=data.num_classes, protocol=protocol,
                                           constraints=data.constraints())
@@ -462,7 +454,7 @@ def command_of(a: dict) -> str:
 
 def invocation(argv: list[str]) -> str:
     """Returns the shell command that runs the study with arguments `argv`."""
-    return "python -m experiments.units " + shlex.join(argv)
+    return "python -m experiments.studies.units.study " + shlex.join(argv)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 """The one grid driver: the paper's tuning grids (App. C–D) or any axes, as programs that compile once per static group.
 
-    python -m experiments.tuning --grid generator --datasets moons       # the reference's 270-config grid, one dataset
-    python -m experiments.tuning --grid penalties --datasets circles     # 270 configs as 6 compiled programs
-    python -m experiments.tuning --grid tuning --datasets adult german --set seeds=0,1,2
-    python -m experiments.tuning --grid generator --datasets moons --task-index $SLURM_ARRAY_TASK_ID \\
+    python -m experiments.studies.grids.tuning --grid generator --datasets moons   # the reference's 270-config grid
+    python -m experiments.studies.grids.tuning --grid penalties --datasets circles # 270 configs, 6 compiled programs
+    python -m experiments.studies.grids.tuning --grid tuning --datasets adult german --set seeds=0,1,2
+    python -m experiments.studies.grids.tuning --grid generator --datasets moons --task-index $SLURM_ARRAY_TASK_ID \\
         --num-tasks $SLURM_ARRAY_TASK_COUNT                              # fan out; then:
-    python -m experiments.tuning --grid generator --datasets moons --collect   # one CSV + markdown of every config
-    python -m experiments.tuning --grid generator --datasets moons --axis train.search.generator=ecco \
+    python -m experiments.studies.grids.tuning --grid generator --datasets moons --collect  # one CSV + markdown
+    python -m experiments.studies.grids.tuning --grid generator --datasets moons --axis train.search.generator=ecco \\
         --axis train.search.max_steps=5,50                               # a grid's axis replaced
-    python -m experiments.tuning --grid custom --datasets circles --axis weights.reg=0.1,0.5 --axis train.epochs=50,100
+    python -m experiments.studies.grids.tuning --grid custom --datasets circles --axis weights.reg=0.1,0.5 \\
+        --axis train.epochs=50,100
 
 Expected time on a 2-core CPU (measured, `experiments/benchmarks/tuning_grid.py`): docs/performance.md; the
 generator grid of one synthetic dataset is the reference's 270-configuration grid (49 min–3 h 52 min on
@@ -110,8 +111,8 @@ OBJECTIVES = ("full", "vanilla")
 # The appendix's training defaults (Note 1) for every setting a grid does not vary; data settings stay per dataset.
 GRID_DEFAULTS = (SEARCH + "threshold=0.75", "weights.reg=0.1", "seeds=0")
 # The tuning protocol (App. Note 2); factuals come from the training split (`evaluate_group`).
-TUNING_PROTOCOL = ("protocol.n_rounds=5", "protocol.n_individuals=100", "protocol.threshold=0.95",
-                   "protocol.max_steps=50")
+TUNING_PROTOCOL = ("protocol.n_rounds=5", "protocol.n_individuals=100", "protocol.search.threshold=0.95",
+                   "protocol.search.max_steps=50")
 # Leaves of the TrainState: configurations differing only here train in one vmapped program.
 VMAPPABLE = ("weights.clf", "weights.div", "weights.reg", "weights.adv", "learning_rate")
 # Settings (dotted paths; a trailing "." is a whole branch) the vanilla objective never reads: its configurations

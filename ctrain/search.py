@@ -361,10 +361,10 @@ def check_model_and_params(apply_fn, params, width: int) -> int:
                              f"{_describe_shapes(got)}") from None
         differ = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
         differ.update({k: (v, None) for k, v in got.items() if k not in expected})
-        listed = ", ".join(f"{k} {a} (expected {b})" for k, (a, b) in list(differ.items())[:4])
-        raise ValueError(f"params do not fit this model for inputs of {width} features: {listed}"
-                         f"{' ...' if len(differ) > 4 else ''}; pass the parameters of this model, or x of the "
-                         "width they were built for") from None
+        listed = ", ".join(f"{k} {a} (one for {width} features: {b})" for k, (a, b) in list(differ.items())[:4])
+        raise ValueError(f"the model cannot take inputs of {width} features with these params: {listed}"
+                         f"{' ...' if len(differ) > 4 else ''}; pass x of the width the params were built for, "
+                         "or the params of this model") from None
 
 
 def _param_shapes(params) -> dict[str, tuple]:

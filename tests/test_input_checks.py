@@ -74,8 +74,8 @@ def test_params_of_another_model_or_none_are_named(key, linear):
     _, other = make_model("mlp", 3, 2, key)
     for search in (lambda p: explain(apply_fn, p, X, key=key, config=CFG),
                    lambda p: search_counterfactuals(apply_fn, p, X, jnp.ones(3, jnp.int32), key, CFG)):
-        with pytest.raises(ValueError, match=r"params do not fit this model for inputs of 2 features: "
-                                             r".*kernel'\] \(3, 32\) \(expected \(2, 32\)\)"):
+        with pytest.raises(ValueError, match=r"cannot take inputs of 2 features with these params: "
+                                             r".*kernel'\] \(3, 32\) \(one for 2 features: \(2, 32\)\)"):
             search(other)
 
 

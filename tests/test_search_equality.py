@@ -203,3 +203,28 @@ def test_stored_cases_exercise_what_they_name(reference):
 if __name__ == "__main__" and "--write" in sys.argv:
     write_reference()
     print(f"wrote {REFERENCE}")
+
+
+def _gathers(groups):
+    params, x, target, constraints = setting(groups)
+    hlo = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config")).lower(
+        mlp, params, x, target, jax.random.key(0), D, constraints).as_text()
+    return hlo.count("stablehlo.gather")
+
+
+def test_one_hot_groups_add_no_gathers_to_the_compiled_search():
+    """The groups are static: snapping them slices columns (a traced gather ran element by element on XLA CPU)."""
+    with_groups = _gathers(ADULT)
+    params, x, target, _ = setting(ADULT)
+    plain = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config")).lower(
+        mlp, params, x, target, jax.random.key(0), D, cons.make_constraints(x.shape[1])).as_text().count("stablehlo.gather")
+    assert with_groups == plain
+
+
+def test_groups_in_any_column_order_snap_as_the_padded_index_does():
+    x = jnp.asarray(np.random.default_rng(3).uniform(size=(5, 7)), jnp.float32)
+    for groups in (((0, 2, 5), (1, 3)), ((4, 5, 6), (0, 1)), ((2, 3),)):
+        index = np.full((len(groups), 3), -1, np.int32)
+        for i, g in enumerate(groups):
+            index[i, :len(g)] = g
+        np.testing.assert_array_equal(cons.snap_groups(x, groups), cons.snap_groups(x, jnp.asarray(index)))

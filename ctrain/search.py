@@ -28,8 +28,10 @@ from ctrain.energy import energy_from_logits
 from ctrain.models import VAE, check_model
 
 
-# How a search treats one-hot groups (`SearchConfig.categorical`); during the search a group's columns are relaxed,
-# each kept within its bounds:
+# How a search treats one-hot groups and lattice features (`SearchConfig.categorical`; `make_constraints`'s
+# grid_origin/grid_step, e.g. integer columns); during the search a group's columns and a lattice feature are
+# relaxed, each kept within its bounds, and "the snapped point" below also has its lattice features rounded onto
+# feasible lattice points (`constraints.snap`):
 #  "relaxed"           the reference's parity: group columns are continuous features kept in their box, never
 #                      snapped, so a counterfactual may hold a fractional category;
 #  "straight_through"  the model is evaluated, and τ checked, at the snapped point (real categories) while its

@@ -349,13 +349,14 @@ def check_key(key) -> jax.Array:
 def check_model_and_params(apply_fn, params, width: int) -> int:
     """Returns K, the logits the model gives for (N, width) inputs; raises a ValueError naming the parameters'
     shapes (against the model's own, where it can build them) when params are None or do not fit."""
-    if params is None:
-        raise ValueError("params is None: pass the model's parameters (e.g. state.params or make_model(...)[1])")
     try:
         return check_model(apply_fn, params, width)
     except ValueError as err:
         if "cannot take inputs of" not in str(err):
             raise
+        if params is None:  # a model without parameters may take None; this one failed on it
+            raise ValueError(f"the model failed on params=None: pass the model's parameters (e.g. state.params or "
+                             f"make_model(...)[1]) ({err})") from None
         got = _param_shapes(params)
         expected = _expected_param_shapes(apply_fn, width)
         if expected is None:

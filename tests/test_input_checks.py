@@ -61,9 +61,9 @@ def test_bad_keys_rows_widths_and_dtypes_are_named(key, linear):
 
 
 def test_params_of_another_model_or_none_are_named(key, linear):
-    with pytest.raises(ValueError, match="params is None"):
+    with pytest.raises(ValueError, match="the model failed on params=None: pass the model's parameters"):
         explain(linear, None, X, key=key, config=CFG)
-    with pytest.raises(ValueError, match="params is None"):
+    with pytest.raises(ValueError, match="failed on params=None"):
         search_counterfactuals(linear, None, X, jnp.ones(3, jnp.int32), key, CFG)
     # a plain function: the shapes the parameters have, beside the width of x
     with pytest.raises(ValueError, match=r"cannot take inputs of 2 features.*params belong to another model: "

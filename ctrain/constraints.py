@@ -3,8 +3,10 @@
 A counterfactual x' for a factual x is feasible when: immutable features equal x bit for bit,
 increase-only features satisfy x' >= x, decrease-only features x' <= x, every feature lies in
 [min(lower, x), max(upper, x)] (the factual itself is always feasible, even when it lies outside
-the bounds fitted on training data), and every one-hot group is a real category. The search runs
-relaxed (a group's columns move within their bounds) and `snap_groups` turns the result into a category.
+the bounds fitted on training data), every one-hot group is a real category, and every lattice feature
+(an integer column, standardised) is one of its lattice points origin + k·step. The search runs relaxed (a
+group's columns and a lattice feature move within their bounds) and `snap` turns the result into a category
+and lattice points.
 """
 from __future__ import annotations
 
@@ -19,13 +21,20 @@ CODES = {"free": FREE, "immutable": IMMUTABLE, "increase": INCREASE, "decrease":
 
 @flax.struct.dataclass
 class Constraints:
-    """Per-feature constraint arrays: mutability codes, bounds, and one-hot group column indices."""
+    """Per-feature constraint arrays: mutability codes, bounds, one-hot groups, scales and an optional lattice.
+
+    `groups` holds the one-hot groups' column indices as static (hashable) data, so a compiled search slices
+    them out instead of gathering them at run time; `group_index` is the same groups as a padded array.
+    """
 
     mutability: jax.Array  # (D,) int32, one of FREE/IMMUTABLE/INCREASE/DECREASE
     lower: jax.Array  # (D,) float32, may be -inf
     upper: jax.Array  # (D,) float32, may be +inf
     group_index: jax.Array  # (G, S) int32 column indices of one-hot groups, padded with -1
     scale: jax.Array  # (D,) float32 > 0, each feature's unit of change (training std) for units-aware searches
+    grid_origin: jax.Array | None = None  # (D,) float32: feature j takes the values grid_origin[j] + k·grid_step[j]
+    grid_step: jax.Array | None = None  # (D,) float32 >= 0, 0 for a continuous feature; None: no lattice at all
+    groups: tuple[tuple[int, ...], ...] = flax.struct.field(pytree_node=False, default=())
 
     @property
     def width(self) -> int:
@@ -36,14 +45,23 @@ class Constraints:
         return self.group_index.shape[-2] > 0
 
     @property
+    def has_lattice(self) -> bool:
+        return self.grid_step is not None
+
+    @property
     def protected(self) -> jax.Array:
         """Returns a (D,) bool mask of features with a mutability constraint."""
         return self.mutability != FREE
 
 
 def make_constraints(width: int, *, immutable=(), increase=(), decrease=(), lower=None, upper=None,
-                     groups=(), scale=None) -> Constraints:
-    """Returns Constraints for `width` features from column-index lists, optional bounds, one-hot groups and scales."""
+                     groups=(), scale=None, grid_origin=None, grid_step=None) -> Constraints:
+    """Returns Constraints for `width` features from column-index lists, optional bounds, one-hot groups and scales.
+
+    `grid_origin`, `grid_step` ((D,) each, optional): a lattice per feature; feature j may take only the values
+    grid_origin[j] + k·grid_step[j], k integer, where grid_step[j] > 0 (0: a continuous feature). For an integer
+    column standardised with training mean m and std s, origin = −m/s and step = 1/s. Origin defaults to 0.
+    """
     mut = np.full(width, FREE, np.int32)
     for code, cols in ((IMMUTABLE, immutable), (INCREASE, increase), (DECREASE, decrease)):
         cols = np.asarray(list(cols), dtype=np.int64)
@@ -75,11 +93,45 @@ def make_constraints(width: int, *, immutable=(), increase=(), decrease=(), lowe
     sc = np.ones(width, np.float32) if scale is None else np.asarray(scale, np.float32)
     if sc.shape != (width,) or not np.all(np.isfinite(sc)) or np.any(sc <= 0):
         raise ValueError(f"scale must be ({width},) finite values > 0, got shape {sc.shape}")
+    origin, step = _lattice(width, grid_origin, grid_step, lo, hi, flat)
     size = max((len(g) for g in groups), default=1)
     gidx = np.full((len(groups), size), -1, np.int32)
     for i, g in enumerate(groups):
         gidx[i, : len(g)] = g
-    return Constraints(jnp.asarray(mut), jnp.asarray(lo), jnp.asarray(hi), jnp.asarray(gidx), jnp.asarray(sc))
+    return Constraints(jnp.asarray(mut), jnp.asarray(lo), jnp.asarray(hi), jnp.asarray(gidx), jnp.asarray(sc),
+                       grid_origin=origin, grid_step=step, groups=tuple(tuple(int(i) for i in g) for g in groups))
+
+
+def _lattice(width: int, grid_origin, grid_step, lo: np.ndarray, hi: np.ndarray, group_columns: list[int]):
+    """Returns (origin, step) as (D,) arrays, or (None, None) when no feature has a lattice; raises on bad input."""
+    if grid_step is None:
+        if grid_origin is not None:
+            raise ValueError("grid_origin is given without grid_step: pass the lattice's step per feature too")
+        return None, None
+    step = np.asarray(grid_step, np.float32)
+    origin = np.zeros(width, np.float32) if grid_origin is None else np.asarray(grid_origin, np.float32)
+    if step.shape != (width,) or origin.shape != (width,):
+        raise ValueError(f"grid_origin/grid_step must have shape ({width},), got {origin.shape} and {step.shape}")
+    if not (np.all(np.isfinite(step)) and np.all(np.isfinite(origin))) or np.any(step < 0):
+        bad = np.flatnonzero(~np.isfinite(step) | ~np.isfinite(origin) | (step < 0)).tolist()
+        raise ValueError(f"grid_step must be finite and >= 0 (0: continuous) and grid_origin finite; columns {bad}")
+    on_groups = [j for j in group_columns if step[j] > 0]
+    if on_groups:
+        raise ValueError(f"columns {on_groups} are in one-hot groups and cannot also have a lattice (grid_step > 0)")
+    lattice = step > 0
+    k_lo = np.ceil((lo - origin) / np.where(lattice, step, 1) - _LATTICE_TOL)
+    k_hi = np.floor((hi - origin) / np.where(lattice, step, 1) + _LATTICE_TOL)
+    empty = lattice & (k_lo > k_hi)
+    if np.any(empty):
+        raise ValueError(f"columns {np.flatnonzero(empty).tolist()} have no lattice point within their bounds")
+    if not np.any(lattice):
+        return None, None
+    return jnp.asarray(origin), jnp.asarray(step)
+
+
+# A value within this fraction of a step of a lattice point is taken as on it: standardised integers are lattice
+# points only up to float32 rounding.
+_LATTICE_TOL = 1e-3
 
 
 def from_schema(schema) -> Constraints:
@@ -126,14 +178,39 @@ def _scatter_groups(x: jax.Array, group_index: jax.Array, values: jax.Array) -> 
     return jnp.where(jnp.any(match, axis=0), dense, x)
 
 
-def snap_groups(x: jax.Array, group_index: jax.Array) -> jax.Array:
-    """Returns x (..., D) with each one-hot group replaced by the one-hot vector of its largest entry."""
+def snap_groups(x: jax.Array, group_index) -> jax.Array:
+    """Returns x (..., D) with each one-hot group replaced by the one-hot vector of its largest entry.
+
+    `group_index` is `Constraints.groups` (static: each group is sliced out) or a (G, S) padded index array.
+    """
+    if isinstance(group_index, tuple):
+        return _snap_static_groups(x, group_index)
     if group_index.shape[0] == 0:
         return x
     v, valid = _gather_groups(x, group_index)
     best = jnp.argmax(jnp.where(valid, v, -jnp.inf), axis=-1)
     onehot = (jnp.arange(v.shape[-1]) == best[..., None]).astype(x.dtype)
     return _scatter_groups(x, group_index, onehot)
+
+
+def _one_hot_of_max(v: jax.Array) -> jax.Array:
+    return (jnp.arange(v.shape[-1]) == jnp.argmax(v, axis=-1)[..., None]).astype(v.dtype)
+
+
+def _snap_static_groups(x: jax.Array, groups: tuple[tuple[int, ...], ...]) -> jax.Array:
+    # XLA's CPU backend runs gathers with traced indices element by element (78% of an Adult search step): with the
+    # columns known when the search compiles, a contiguous group is a slice and the row is put back together by
+    # one concatenation.
+    if not groups:
+        return x
+    if not all(g == tuple(range(g[0], g[0] + len(g))) for g in groups):
+        return x.at[..., np.concatenate(groups)].set(
+            jnp.concatenate([_one_hot_of_max(x[..., np.asarray(g)]) for g in groups], axis=-1))
+    pieces, end = [], 0
+    for g in sorted(groups):
+        pieces += [x[..., end:g[0]], _one_hot_of_max(x[..., g[0]:g[-1] + 1])]
+        end = g[-1] + 1
+    return jnp.concatenate(pieces + [x[..., end:]], axis=-1)
 
 
 def project(x_cf: jax.Array, x: jax.Array, c: Constraints, box: tuple[jax.Array, jax.Array] | None = None
@@ -147,11 +224,41 @@ def project(x_cf: jax.Array, x: jax.Array, c: Constraints, box: tuple[jax.Array,
     return jnp.clip(x_cf, lo, hi)  # clip(v, x, x) is exactly x, so immutables stay bit-identical here
 
 
-def snap(x_cf: jax.Array, x: jax.Array, c: Constraints) -> jax.Array:
-    """Returns a relaxed-feasible x_cf (..., D) with its one-hot groups snapped to categories (immutables = x)."""
+def has_discrete(c: Constraints) -> bool:
+    """Returns whether the constraints hold one-hot groups or lattice features (anything `snap` changes)."""
+    return c.has_groups or c.has_lattice
+
+
+def snap(x_cf: jax.Array, x: jax.Array, c: Constraints, box: tuple[jax.Array, jax.Array] | None = None
+         ) -> jax.Array:
+    """Returns a relaxed-feasible x_cf (..., D) with its one-hot groups snapped to categories and its lattice
+    features rounded to feasible lattice points (immutables = x); `box` as in `project`."""
+    if c.has_lattice:
+        x_cf = round_to_lattice(x_cf, x, c, feasible_box(x, c) if box is None else box)
     if not c.has_groups:
         return x_cf
-    return jnp.where(c.mutability == IMMUTABLE, x, snap_groups(x_cf, c.group_index))
+    return jnp.where(c.mutability == IMMUTABLE, x, snap_groups(x_cf, c.groups))
+
+
+def round_to_lattice(x_cf: jax.Array, x: jax.Array, c: Constraints, box: tuple[jax.Array, jax.Array]) -> jax.Array:
+    """Returns x_cf (..., D) with each lattice feature at its nearest lattice point inside the feasible `box`.
+
+    Lattice points are counted from the factual when it is one (to float32 rounding), so an unchanged feature
+    stays x bit for bit and an increase-only feature moves by whole steps, x' >= x exactly; from the origin
+    otherwise. A feature whose box holds no lattice point (an off-lattice factual fenced in by its constraints)
+    keeps the factual's value, which is always feasible.
+    """
+    lo, hi = box
+    lattice = c.grid_step > 0
+    step = jnp.where(lattice, c.grid_step, 1.0)
+    k_x = (x - c.grid_origin) / step
+    on_lattice = jnp.abs(k_x - jnp.round(k_x)) <= _LATTICE_TOL
+    anchor = jnp.where(on_lattice, x, c.grid_origin)
+    k_lo = jnp.ceil((lo - anchor) / step - _LATTICE_TOL)
+    k_hi = jnp.floor((hi - anchor) / step + _LATTICE_TOL)
+    k = jnp.clip(jnp.round((x_cf - anchor) / step), k_lo, k_hi)
+    rounded = jnp.where(k_lo <= k_hi, jnp.clip(anchor + k * step, lo, hi), x)
+    return jnp.where(lattice, rounded, x_cf)
 
 
 def finalize(x_cf: jax.Array, x: jax.Array, c: Constraints, *, snap_groups: bool = True) -> jax.Array:

@@ -25,10 +25,13 @@ import optax
 
 from ctrain import constraints as cons
 from ctrain.energy import energy_from_logits
+from ctrain.models import VAE, check_model
 
 
-# How a search treats one-hot groups (`SearchConfig.categorical`); during the search a group's columns are relaxed,
-# each kept within its bounds:
+# How a search treats one-hot groups and lattice features (`SearchConfig.categorical`; `make_constraints`'s
+# grid_origin/grid_step, e.g. integer columns); during the search a group's columns and a lattice feature are
+# relaxed, each kept within its bounds, and "the snapped point" below also has its lattice features rounded onto
+# feasible lattice points (`constraints.snap`):
 #  "relaxed"           the reference's parity: group columns are continuous features kept in their box, never
 #                      snapped, so a counterfactual may hold a fractional category;
 #  "straight_through"  the model is evaluated, and τ checked, at the snapped point (real categories) while its
@@ -284,7 +287,6 @@ def eccco_loss(logits, x_cf, x, target, step, config, aux):
 
 
 def _vae(config: SearchConfig, width: int):
-    from ctrain.models import VAE
     return VAE(latent=config.vae_latent, hidden=config.vae_hidden, width=width)
 
 
@@ -344,8 +346,53 @@ def check_key(key) -> jax.Array:
                     + (f" {np.shape(key)} {getattr(key, 'dtype', '')}" if hasattr(key, "shape") else f" {key!r}"))
 
 
+def check_model_and_params(apply_fn, params, width: int) -> int:
+    """Returns K, the logits the model gives for (N, width) inputs; raises a ValueError naming the parameters'
+    shapes (against the model's own, where it can build them) when params are None or do not fit."""
+    try:
+        return check_model(apply_fn, params, width)
+    except ValueError as err:
+        if "cannot take inputs of" not in str(err):
+            raise
+        if params is None:  # a model without parameters may take None; this one failed on it
+            raise ValueError(f"the model failed on params=None: pass the model's parameters (e.g. state.params or "
+                             f"make_model(...)[1]) ({err})") from None
+        got = _param_shapes(params)
+        expected = _expected_param_shapes(apply_fn, width)
+        if expected is None:
+            raise ValueError(f"{err}; or params belong to another model: their shapes are "
+                             f"{_describe_shapes(got)}") from None
+        differ = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+        differ.update({k: (v, None) for k, v in got.items() if k not in expected})
+        listed = ", ".join(f"{k} {a} (one for {width} features: {b})" for k, (a, b) in list(differ.items())[:4])
+        raise ValueError(f"the model cannot take inputs of {width} features with these params: {listed}"
+                         f"{' ...' if len(differ) > 4 else ''}; pass x of the width the params were built for, "
+                         "or the params of this model") from None
+
+
+def _param_shapes(params) -> dict[str, tuple]:
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {jax.tree_util.keystr(path): tuple(np.shape(leaf)) for path, leaf in leaves}
+
+
+def _describe_shapes(shapes: dict[str, tuple], limit: int = 6) -> str:
+    items = [f"{k} {v}" for k, v in shapes.items()]
+    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "") if items else "(no arrays)"
+
+
+def _expected_param_shapes(apply_fn, width: int) -> dict[str, tuple] | None:
+    """Returns the parameter shapes of a Flax model (`apply_fn.module`) built for `width` inputs, else None."""
+    module = getattr(apply_fn, "module", None)
+    if module is None or not hasattr(module, "init"):
+        return None
+    try:
+        shapes = jax.eval_shape(module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, width), jnp.float32))
+    except Exception:  # a module that needs other init arguments: say what the params are, not what they should be
+        return None
+    return _param_shapes(shapes)
+
+
 def _check_inputs(apply_fn, params, x, target, constraints: cons.Constraints) -> None:
-    from ctrain.models import check_model
     if x.ndim != 2:
         raise ValueError(f"x must have shape (N, D), got {x.shape}")
     if x.shape[0] == 0:
@@ -357,12 +404,65 @@ def _check_inputs(apply_fn, params, x, target, constraints: cons.Constraints) ->
     if not jnp.issubdtype(target.dtype, jnp.integer):
         raise TypeError(f"target must hold integer class indices, got dtype {target.dtype}")
     cons.check_width(constraints, x.shape[1])
-    num_classes = check_model(apply_fn, params, x.shape[1])
+    num_classes = check_model_and_params(apply_fn, params, x.shape[1])
     if not isinstance(target, jax.core.Tracer):  # values can only be checked outside a trace
         t = np.asarray(target)
         if t.min() < 0 or t.max() >= num_classes:
             raise ValueError(f"target classes must be in [0, {num_classes}) for a model with {num_classes} logits, "
                              f"got values in [{t.min()}, {t.max()}]")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    """Where a search's state lives, chosen once before its loop: input space itself, or a generator's latent space.
+
+    All functions act on the whole batch, except `point`, which acts on one sample inside the per-sample gradient.
+    """
+
+    start: Callable  # x0 (N, D) -> the first state (N, S)
+    view: Callable  # state (N, S) -> the counterfactual (N, D) the model is judged at, feasible
+    point: Callable  # (state (S,), x (D,)) -> the point (D,) the generator's objective is evaluated at
+    gradient_at_view: bool  # the objective is taken at the view (straight-through), not at the state
+    logits_at_view: Callable  # (view (N, D), logits of the objective (N, K)) -> the logits at the view (N, K)
+    gradient: Callable  # the objective's gradient at the state -> the step's gradient in search units
+    move: Callable  # (state, step in search units) -> the next state, kept feasible
+
+
+def input_space(config: SearchConfig, x: jax.Array, c: cons.Constraints, unit: jax.Array) -> SearchSpace:
+    """Returns the identity search space: states are counterfactuals (N, D), kept projected onto the constraints."""
+    box = cons.feasible_box(x, c)
+    discrete = config.categorical != "relaxed" and cons.has_discrete(c)
+    snap_state = discrete and config.categorical == "snap_state"
+    keep = (lambda s: cons.snap(s, x, c, box)) if snap_state else (lambda s: s)
+    movable = (c.mutability != cons.IMMUTABLE).astype(x.dtype)
+    return SearchSpace(
+        start=lambda x0: keep(cons.project(x0, x, c, box)),
+        # States are kept projected, so only the snap onto categories (and lattices) separates state and view.
+        view=(lambda s: cons.snap(s, x, c, box)) if discrete else (lambda s: s),
+        point=lambda s, x_i: s,
+        gradient_at_view=discrete,
+        logits_at_view=lambda view, logits: logits,
+        # the gradient in search units (chain rule); fixed features add no length
+        gradient=lambda g: g * unit * movable,
+        move=lambda s, step: keep(cons.project(s + step * unit, x, c, box)))
+
+
+def latent_space(gen: Generator, config: SearchConfig, aux: Any, apply_fn, params, x: jax.Array,
+                 c: cons.Constraints) -> SearchSpace:
+    """Returns a latent search space (REVISE): states are codes, decoded and made feasible to be judged."""
+    decode_one = functools.partial(gen.decode, config, aux)
+    snap = config.categorical != "relaxed"
+    return SearchSpace(
+        start=jax.vmap(functools.partial(gen.encode, config, aux)),
+        view=lambda s: cons.finalize(jax.vmap(decode_one)(s), x, c, snap_groups=snap),
+        # The objective belongs to the counterfactual that is returned, the decoded point made feasible,
+        # not to the raw decoding (whose immutable copy may drift and saturate the loss).
+        point=lambda s, x_i: cons.project(decode_one(s), x_i, c),
+        gradient_at_view=False,
+        # τ is checked at the view, the decoding made feasible and snapped, not at the objective's point
+        logits_at_view=lambda view, logits: apply_fn(params, view),
+        gradient=lambda g: g,
+        move=lambda s, step: s + step)
 
 
 def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, key: jax.Array,
@@ -387,48 +487,19 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         raise TypeError(f"config must be a SearchConfig, got {type(config).__name__}")
     x = jnp.asarray(x)
     target = jnp.asarray(target)
-    constraints = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
-    _check_inputs(apply_fn, params, x, target, constraints)
-    key = check_key(key)
+    c = cons.unconstrained(x.shape[-1]) if constraints is None else constraints
+    _check_inputs(apply_fn, params, x, target, c)
+    check_key(key)
     gen = get_generator(config.generator)
     if gen.latent and (aux is None or "vae_params" not in aux):
         raise ValueError(f"generator {config.generator!r} searches a VAE latent space: pass aux={{'vae_params': ...}}")
+    x0 = x if x_init is None else _check_x_init(x_init, x)
     params = jax.lax.stop_gradient(params)
-    c = constraints
-
-    snap_groups = config.categorical != "relaxed"
-    snap_state = config.categorical == "snap_state" and c.has_groups and not gen.latent
-    if gen.latent:
-        encode = jax.vmap(functools.partial(gen.encode, config, aux))
-        decode_one = functools.partial(gen.decode, config, aux)
-        view_of = lambda s: cons.finalize(jax.vmap(decode_one)(s), x, c, snap_groups=snap_groups)
-    else:
-        encode = lambda v: v
-        decode_one = lambda s: s
-        # Identity-space states are kept projected, so only the one-hot snap separates state and view.
-        view_of = (lambda s: cons.snap(s, x, c)) if snap_groups else (lambda s: s)
-
     unit = search_units(config, c)
-    movable = (c.mutability != cons.IMMUTABLE).astype(x.dtype)
-    box = cons.feasible_box(x, c)
-    if x_init is not None:
-        x_init = jnp.asarray(x_init)
-        if x_init.shape != x.shape or not jnp.issubdtype(x_init.dtype, jnp.floating):
-            raise ValueError(f"x_init must be a floating (N, D) array like x {x.shape}, got {x_init.shape} "
-                             f"{x_init.dtype}")
-        x_init = x_init.astype(x.dtype)
-    s0 = encode(x if x_init is None else x_init)
-    if not gen.latent:
-        s0 = cons.project(s0, x, c, box)
-        if snap_state:
-            s0 = cons.snap(s0, x, c)
+    space = latent_space(gen, config, aux, apply_fn, params, x, c) if gen.latent else input_space(config, x, c, unit)
 
     def sample_objective(s, x_i, t_i, step):
-        x_cf = decode_one(s)
-        if gen.latent:
-            # The objective belongs to the counterfactual that is returned, the decoded point made feasible,
-            # not to the raw decoding (whose immutable copy may drift and saturate the loss).
-            x_cf = cons.project(x_cf, x_i, c)
+        x_cf = space.point(s, x_i)
         logits = apply_fn(params, x_cf[None])[0]
         if config.units != "absolute":
             # Generators see x' and x in search units, so their distance terms are measured in them too. x' is
@@ -439,9 +510,6 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
         return gen.loss(logits, x_cf, x_i, t_i, step, config, aux), logits
 
     grad_fn = jax.vmap(jax.value_and_grad(sample_objective, has_aux=True), in_axes=(0, 0, 0, None))
-    # Straight-through: the objective is evaluated at the snapped point, its gradient moves the relaxed state.
-    grad_at_view = config.categorical in ("straight_through", "snap_state") and c.has_groups and not gen.latent
-
     stop_at_threshold = config.convergence == "threshold"
     step_norm, direction = _STEP_RULES[config.step_rule]
 
@@ -455,46 +523,26 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
 
     def step_fn(carry):
         k, s, view, reached, steps, x_ae, x_mature, _ = carry
-        (_, logits), g = grad_fn(view if grad_at_view else s, x, target, k)
-        if gen.latent:  # τ is checked at the view, the decoding made feasible and snapped, not at the objective's
-            logits = apply_fn(params, view)
-        reached, x_ae, x_mature, p = check(view, logits, reached, x_ae, x_mature)
-        done = reached if stop_at_threshold else jnp.zeros_like(reached)
-        g = jnp.where(jnp.isfinite(g), g, 0.0)
-        if not gen.latent:
-            g = g * unit * movable  # the gradient in search units (chain rule); fixed features add no length
+        (_, logits), g = grad_fn(view if space.gradient_at_view else s, x, target, k)
+        reached, x_ae, x_mature, p = check(view, space.logits_at_view(view, logits), reached, x_ae, x_mature)
+        g = space.gradient(jnp.where(jnp.isfinite(g), g, 0.0))
         step = direction(g)
         if not stop_at_threshold:
             # Past τ the walk settles at a mode of its loss: the step shrinks with g there, where a fixed-length
             # step would circle the mode and turn rounding noise into steps of η. In std units g is in loss units
             # per standard deviation, so the clip at norm 1 is unit-free.
             step = jnp.where(reached[:, None], clip_by_norm(step_norm)(g), step)
-        updates = -config.step_size * step  # plain SGD, per sample
-        s_new = s + (updates if gen.latent else updates * unit)
-        if not gen.latent:
-            s_new = cons.project(s_new, x, c, box)
-        if snap_state:
-            s_new = cons.snap(s_new, x, c)
-        s = jnp.where(done[:, None], s, s_new)
+        s_new = space.move(s, -config.step_size * step)  # plain SGD, per sample
+        if stop_at_threshold:  # converged samples are frozen
+            s_new = jnp.where(reached[:, None], s, s_new)
         steps = steps + (~reached).astype(jnp.int32)  # the steps it took to reach τ, whether or not it goes on
-        return k + 1, s, view_of(s), reached, steps, x_ae, x_mature, p
+        return k + 1, s_new, space.view(s_new), reached, steps, x_ae, x_mature, p
 
     n = x.shape[0]
-    carry = (jnp.zeros((), jnp.int32), s0, view_of(s0), jnp.zeros(n, bool), jnp.zeros(n, jnp.int32), x, x,
+    s0 = space.start(x0)
+    carry = (jnp.zeros((), jnp.int32), s0, space.view(s0), jnp.zeros(n, bool), jnp.zeros(n, jnp.int32), x, x,
              jnp.zeros(n, x.dtype))
-    path = None
-    if config.loop == "while" and not return_path:
-        carry = jax.lax.while_loop(lambda cr: (cr[0] < config.max_steps) & ~(stop_at_threshold & jnp.all(cr[3])),
-                                   step_fn, carry)
-    else:
-        def scan_step(cr, _):
-            cr = step_fn(cr)
-            return cr, (cr[2] if return_path else None)
-
-        start = carry[2]
-        carry, path = jax.lax.scan(scan_step, carry, None, length=config.max_steps)
-        if return_path:
-            path = jnp.concatenate([start[None], path])
+    carry, path = _run_loop(step_fn, carry, config, stop_at_threshold, return_path)
     _, _, view, reached, steps, x_ae, x_mature, _ = carry
     logits = apply_fn(params, view)
     reached, x_ae, x_mature, p = check(view, logits, reached, x_ae, x_mature)
@@ -508,6 +556,30 @@ def search_counterfactuals(apply_fn, params, x: jax.Array, target: jax.Array, ke
     reached = reached & jnp.all(jnp.isfinite(logits), axis=-1)
     result = jax.lax.stop_gradient(SearchResult(x_cf=view, converged=reached, steps=steps, x_ae=x_ae, p_target=p))
     return (result, jax.lax.stop_gradient(path)) if return_path else result
+
+
+def _check_x_init(x_init, x: jax.Array) -> jax.Array:
+    x_init = jnp.asarray(x_init)
+    if x_init.shape != x.shape or not jnp.issubdtype(x_init.dtype, jnp.floating):
+        raise ValueError(f"x_init must be a floating (N, D) array like x {x.shape}, got {x_init.shape} {x_init.dtype}")
+    return x_init.astype(x.dtype)
+
+
+def _run_loop(step_fn, carry, config: SearchConfig, stop_at_threshold: bool, return_path: bool):
+    """Returns (final carry, path (T + 1, N, D) or None): a while loop that stops once every row has reached τ,
+    or a scan of exactly T steps (`loop="scan"`, or when the path is asked for)."""
+    if config.loop == "while" and not return_path:
+        def running(cr):
+            return (cr[0] < config.max_steps) & ~(stop_at_threshold & jnp.all(cr[3]))
+        return jax.lax.while_loop(running, step_fn, carry), None
+
+    def scan_step(cr, _):
+        cr = step_fn(cr)
+        return cr, (cr[2] if return_path else None)
+
+    start = carry[2]
+    carry, path = jax.lax.scan(scan_step, carry, None, length=config.max_steps)
+    return carry, (jnp.concatenate([start[None], path]) if return_path else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -659,7 +731,6 @@ def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchC
             aux: Any = None) -> Explanation:
     """Returns an Explanation for factuals x (N, D): targets random ≠ predicted class unless given (N,) or scalar."""
     from ctrain.data.schema import check_features
-    from ctrain.models import check_model
     x = check_features(x, what="x")
     n, width = x.shape
     if n == 0:
@@ -669,7 +740,7 @@ def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchC
     cons.check_width(constraints, width)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-    num_classes = check_model(apply_fn, params, width)
+    num_classes = check_model_and_params(apply_fn, params, width)
     logits = np.concatenate([np.asarray(lg) for lg in _chunked_logits(apply_fn, params, x, chunk_size)])
     predicted = logits.argmax(-1)
     key, tkey = jax.random.split(key)

@@ -60,6 +60,25 @@ def test_bad_keys_rows_widths_and_dtypes_are_named(key, linear):
     assert e.x.dtype == np.float32
 
 
+def test_params_of_another_model_or_none_are_named(key, linear):
+    with pytest.raises(ValueError, match="the model failed on params=None: pass the model's parameters"):
+        explain(linear, None, X, key=key, config=CFG)
+    with pytest.raises(ValueError, match="failed on params=None"):
+        search_counterfactuals(linear, None, X, jnp.ones(3, jnp.int32), key, CFG)
+    # a plain function: the shapes the parameters have, beside the width of x
+    with pytest.raises(ValueError, match=r"cannot take inputs of 2 features.*params belong to another model: "
+                                         r"their shapes are \['w'\] \(3, 2\)"):
+        explain(linear, {"w": jnp.ones((3, 2))}, X, key=key, config=CFG)
+    # a Flax model: the parameters' shapes against the model's own for x's width
+    apply_fn, _ = make_model("mlp", 2, 2, key)
+    _, other = make_model("mlp", 3, 2, key)
+    for search in (lambda p: explain(apply_fn, p, X, key=key, config=CFG),
+                   lambda p: search_counterfactuals(apply_fn, p, X, jnp.ones(3, jnp.int32), key, CFG)):
+        with pytest.raises(ValueError, match=r"cannot take inputs of 2 features with these params: "
+                                             r".*kernel'\] \(3, 32\) \(one for 2 features: \(2, 32\)\)"):
+            search(other)
+
+
 def test_models_with_the_wrong_output_are_named(key, linear):
     with pytest.raises(ValueError, match=r"must return logits of shape \(N, K\).*returned \(2,\)"):
         explain(lambda p, x: x @ p["w"][:, 0], PARAMS, X, key=key, config=CFG)

@@ -134,14 +134,14 @@ def _lattice(width: int, grid_origin, grid_step, lo: np.ndarray, hi: np.ndarray,
 _LATTICE_TOL = 1e-3
 
 
-def from_schema(schema) -> Constraints:
-    """Returns the Constraints arrays of a `ctrain.data.Schema`."""
+def from_schema(schema, grid_origin=None, grid_step=None) -> Constraints:
+    """Returns the Constraints arrays of a `ctrain.data.Schema`, with an optional (D,) integer lattice."""
     lo, hi = schema.bounds_array()
     muts = [f.mutability for f in schema.features]
     cols = {m: [i for i, v in enumerate(muts) if v == m] for m in CODES}
     return make_constraints(schema.width, immutable=cols["immutable"], increase=cols["increase"],
                             decrease=cols["decrease"], lower=lo, upper=hi, groups=list(schema.groups.values()),
-                            scale=schema.scale_array())
+                            scale=schema.scale_array(), grid_origin=grid_origin, grid_step=grid_step)
 
 
 def unconstrained(width: int) -> Constraints:

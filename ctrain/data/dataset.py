@@ -6,7 +6,6 @@ standardisation (fitted on train only), bound inference and validation happen in
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import sys
 import warnings
 from typing import Iterator, Sequence
@@ -164,20 +163,7 @@ class Dataset:
     def constraints(self):
         """Returns the `ctrain.constraints.Constraints` arrays for this dataset's schema, with the integer features'
         lattice (`lattice()`) when there are any."""
-        c = cons.from_schema(self.schema)
-        origin, step = self.lattice()
-        if not step.any():
-            return c
-        if "grid_step" not in inspect.signature(cons.make_constraints).parameters:
-            # Until the search's lattice lands (branch search), integer features are searched as continuous ones.
-            return c
-        muts = [f.mutability for f in self.schema.features]
-        cols = {m: [i for i, v in enumerate(muts) if v == m] for m in cons.CODES}
-        lo, hi = self.schema.bounds_array()
-        return cons.make_constraints(self.schema.width, immutable=cols["immutable"], increase=cols["increase"],
-                                     decrease=cols["decrease"], lower=lo, upper=hi,
-                                     groups=list(self.schema.groups.values()), scale=self.schema.scale_array(),
-                                     grid_origin=origin, grid_step=step)
+        return cons.from_schema(self.schema, *self.lattice())
 
     def _layout(self):
         return self.table if self.table is not None else Layout.from_schema(self.schema)

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -284,9 +285,6 @@ class VAE(nn.Module):
 def train_vae(x, key: jax.Array, *, latent: int = 2, hidden: int = 16, epochs: int = 50, batch_size: int = 64,
               learning_rate: float = 1e-3, beta: float = 1.0):
     """Returns VAE params fitted to x (N, D) by minimising squared reconstruction error + β·KL."""
-    import numpy as np
-    import optax
-
     x = jnp.asarray(np.asarray(x, np.float32))
     if x.ndim != 2 or x.shape[0] < batch_size:
         raise ValueError(f"x must be (N, D) with N >= batch_size={batch_size}, got {x.shape}")

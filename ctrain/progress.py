@@ -30,7 +30,7 @@ class Progress:
         self.every = max(1, math.ceil(total / PLAIN_LINES))
         self.bar = None
         if _interactive(stream):
-            from tqdm.auto import tqdm
+            from tqdm.auto import tqdm  # imported only when a bar is drawn: a log file gets plain lines
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=stream)
 
     def update(self, done: int, fields: dict[str, str], suffix: str = "") -> None:

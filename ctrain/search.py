@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from ctrain import constraints as cons
+from ctrain.data.schema import check_features
 from ctrain.energy import energy_from_logits
 from ctrain.models import VAE, check_model
 
@@ -665,7 +666,7 @@ class Explanation:
         decoded value equals the factual's shows `unchanged` ("-", as DiCE's visualize_as_dataframe does); None
         keeps the values and their dtypes.
         """
-        import pandas as pd
+        import pandas as pd  # an optional extra (ctrain[pandas]), needed only for frames
         if np.shape(self.x)[-1] != dataset.num_features:
             raise ValueError(f"the explanation has {np.shape(self.x)[-1]} features but dataset {dataset.name!r} "
                              f"has {dataset.num_features}")
@@ -730,7 +731,6 @@ def explain(apply_fn, params, x, target=None, *, key: jax.Array, config: SearchC
             constraints: cons.Constraints | None = None, chunk_size: int = 256, allow_same_class: bool = False,
             aux: Any = None) -> Explanation:
     """Returns an Explanation for factuals x (N, D): targets random ≠ predicted class unless given (N,) or scalar."""
-    from ctrain.data.schema import check_features
     x = check_features(x, what="x")
     n, width = x.shape
     if n == 0:

@@ -44,13 +44,14 @@ def _check_keywords(name: str, loader, kwargs: dict, positional: tuple[str, ...]
 
 
 def _real_loaders() -> dict:
+    # The real-data loaders need optional packages; without them the synthetic sets still load.
     loaders = {}
     try:
         from ctrain.data import tabular
         loaders.update(tabular.LOADERS)
     except ImportError:
         pass
-    try:
+    try:  # as above: the image loaders' optional packages
         from ctrain.data import images
         loaders.update(images.LOADERS)
     except ImportError:

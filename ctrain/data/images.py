@@ -80,7 +80,7 @@ def read_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_tfds(root: Path, dirs: list[Path]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Returns {"train", "test": (images (N, 28, 28), labels (N,))} of the tfds copy in root, else raises."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # seconds to import; only a prepared tfds copy needs it
 
     try:
         splits = {s: tfds.data_source("mnist", split=s, data_dir=str(root), download=False)
@@ -201,7 +201,7 @@ def load_digits(*, seed: int = 0, n_train: int | None = None, test_fraction: flo
 
     The top and bottom pixel rows (indices 0..7 and 56..63) are immutable.
     """
-    from sklearn.datasets import load_digits as sklearn_digits
+    from sklearn.datasets import load_digits as sklearn_digits  # scikit-learn is slow to import; only digits needs it
 
     bunch = sklearn_digits()
     return _finish("digits", _scale(bunch.images, 16.0), bunch.target.astype(np.int32), (8, 8), 1, seed=seed,

@@ -512,7 +512,7 @@ def _sklearn_home(data_dir) -> Path:
 
 def read_parquet_columns(path: Path, columns: Sequence[str]) -> dict[str, np.ndarray]:
     """Returns {column: float64 (N,)} of a parquet file, read with pyarrow (the `parquet` extra)."""
-    try:
+    try:  # pyarrow is the optional `parquet` extra, needed only for California housing
         import pyarrow.parquet as pq
     except ImportError:
         raise DataNotFoundError(f"{path} is a parquet file and reading it needs pyarrow: "

@@ -14,7 +14,7 @@ import shutil
 
 from ctrain.evaluate import seed_interval
 from experiments import paper_results, plots
-from experiments.configs import get_config
+from experiments.configs import CONFIGS, flat_dict, get_config
 from experiments.results_md import interval_text, marked_sections, write_section
 
 NOTES = """\
@@ -48,18 +48,8 @@ NOTES = """\
 - Actionability (the cost column, Table 2, Figure 1) depends on each data draw's geometry and on the training
   search: experiments/studies/actionability/README.md measures it over 20 draws per blob set, with the
   reason, and tests/test_proposition.py pins Proposition 3.1 down on Gaussian classes.
-- Settings that move Adult's and MNIST's figures, and what they do, are stated here without numbers: only
-  the tables above, made by the command at the top from this commit, carry figures. The one-hot columns'
-  domain (`--set data.kwargs.onehot_bounds=unit` keeps them in [0, 1] instead of the reference's μ ± 2σ
-  domain) decides whether CT's adversarial examples reach where FGSM/PGD push Adult's inputs, so it moves
-  CT's robust accuracy there. The test-time one-hot search (`--set protocol.search.categorical=relaxed` against the
-  reference's snapped "snap_state") moves Adult's validity and both models' costs; the reference's loader
-  (TaijaData) also puts `education_num` into the `education` one-hot group, which pins it during the snapped
-  search, and we do not copy that. The straight-through Adult row differs from the relaxed one by its
-  one-hot mode alone: its adversarial examples never leave {{0, 1}}. MNIST's 5k subset has 4 batches per epoch
-  against MNIST's 10, so 100 epochs make 400 parameter updates instead of the reference's 1,000
-  (`--set train.epochs=250` matches them). Each of these is a one-line rerun of `experiments.reproduce`
-  with the `--set` shown.
+- MNIST's 5k subset has 4 batches per epoch against MNIST's 10, so 100 epochs make 400 parameter updates instead
+  of the reference's 1,000 (`--set train.epochs=250` matches them).
 - Robust accuracy is read at ε = 0.1 of each dataset's own units; on the synthetic sets (feature scales of
   several units) no model loses accuracy there, so those rows carry no information about robustness.
 """
@@ -287,8 +277,80 @@ def make_headline(all_results: list[dict]) -> str:
                      + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
     lines.append(_average_line(rows, 9, notes))
     lines += ["", REDUCTION_TEXT + " " + PAPER_AVERAGE_TEXT.format(**paper_all_rows_average()) + " " + HEALTH_TEXT
-              + " Every table, and where and why ours differ from the paper: RESULTS.md."]
+              + " Every table, and where and why ours differ from the paper: RESULTS.md.", "",
+              training_search_text(all_results), *([""] + settings_lines(rows) if settings_lines(rows) else [])]
     return _with_notes(lines, notes)
+
+
+def training_search_text(all_results: list[dict]) -> str:
+    """Returns the sentence naming the training search and the one-hot mode of each paper row of the headline."""
+    from ctrain.search import SearchConfig
+    parts = []
+    for res in paper_rows(all_results):
+        search = get_config(res["dataset"]).train.search
+        reference = search == SearchConfig.reference(threshold=search.threshold, categorical=search.categorical)
+        mode = f", one-hot mode {res['categorical']}" if res.get("one_hot_groups") else ""
+        parts.append(f"{res.get('label', res['dataset'])}: {res.get('generator', 'n/a')}, "
+                     f"{'the reference' if reference else 'not the reference'}'s training search{mode}")
+    return ("Training search per row (the stored generator and one-hot mode; the search from the row's config, "
+            "`SearchConfig.reference` in experiments/configs.py, not the library default of the API tour): "
+            + "; ".join(parts) + ".")
+
+
+# Paths that a config scaled for its run but that do not change what the paper's row measures.
+_NOT_A_SETTING = ("data.name", "expected_minutes")
+
+
+def settings_differences(res: dict) -> list[str]:
+    """Returns "path ours (paper's row: theirs)" for each config setting in which a row differs from its paper row's."""
+    row = paper_results.row(res)
+    if row == res["dataset"] or row not in CONFIGS:
+        return []
+    ours = flat_dict(res["config"]) if res.get("config") else flat_dict(get_config(res["dataset"]))
+    theirs = flat_dict(get_config(row))
+    return [f"{k} {ours[k]} (paper's {row} row: {theirs.get(k)})" for k in sorted(ours)
+            if k not in _NOT_A_SETTING and ours[k] != theirs.get(k)]
+
+
+def settings_lines(all_results: list[dict]) -> list[str]:
+    """Returns one line per row run on other data than its paper row's, listing the settings that differ."""
+    lines = []
+    for res in all_results:
+        diff = settings_differences(res)
+        if diff:
+            source = "its stored config" if res.get("config") else (
+                "its config in experiments/configs.py at the tables' commit (the stored row does not record it)")
+            lines.append(f"- {res.get('label', res['dataset'])}: settings that differ from the paper's, from {source}: "
+                         + "; ".join(diff) + ".")
+    return lines
+
+
+def onehot_effect_lines(all_results: list[dict]) -> list[str]:
+    """Returns, per data set stored in several one-hot modes, each mode's CT FGSM accuracy and Table 8a cost reduction."""
+    by_dataset: dict[str, list[dict]] = {}
+    for res in all_results:
+        if res.get("one_hot_groups"):
+            by_dataset.setdefault(res["dataset"], []).append(res)
+    lines = []
+    for dataset, rows in by_dataset.items():
+        if len(rows) < 2:
+            continue
+        parts = []
+        for res in rows:
+            curve = ((res.get("robustness") or {}).get("CT") or {}).get("fgsm") or {}
+            fgsm = (f"CT's FGSM accuracy {curve['mean'][-1]:.2f} at ε = {curve['epsilon'][-1]:g}"
+                    if curve.get("mean") else "no FGSM curve stored")
+            cost = res["comparisons"].get("CT", {}).get("cost") or {}
+            stat, _ = reduction_stat(cost)
+            paper_est = ((cost.get("seeds") or {}).get("round_reduction") or {})
+            cost_text = (f"Table 8a cost −% {interval_text(paper_est)}" if _finite(paper_est.get("mean")) else
+                         f"Table 8a cost −% {cost['reduction_pct']:.1f} (pooled; interval needs a rerun)"
+                         if _finite(cost.get("reduction_pct")) else "no Table 8a cost stored")
+            parts.append(f"{res.get('label', dataset)}: {fgsm}, {cost_text}")
+        lines.append(f"- One-hot modes of {dataset}, from the stored rows (same seeds; they differ in the training one-hot mode "
+                     "and the test-time search their labels name): "
+                     + "; ".join(parts) + ".")
+    return lines
 
 
 def write_readme_headline(path: str, headline: str, meta: dict) -> None:
@@ -881,7 +943,8 @@ def write_results_md(path: str, meta: dict, results: list[dict], sensitivity: di
         body += ["## Figures", "", *links, ""]
     body += ["## Where this differs from the paper, and why", "",
              NOTES.format(length_scale=", ".join(scales), ig_rounds=ig.get("rounds", "n/a"),
-                          ig_samples=ig.get("samples", "n/a"))]
+                          ig_samples=ig.get("samples", "n/a")).rstrip("\n"),
+             *settings_lines(results), *onehot_effect_lines(results), "- " + training_search_text(results), ""]
     body += ["## Agreement with the paper, column by column", "", *agreement_lines(results), ""]
     if meta.get("skipped"):
         body += ["Datasets not run (their data is not available offline): "

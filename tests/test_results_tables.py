@@ -257,3 +257,31 @@ def test_table2_counts_the_seeds_where_ct_is_less_sensitive():
     table = tables.make_ig_table([res])
     assert "CT < BL in 3 of 4 seeds" in _row_cells(table)[5]
     assert "not distinguishable on circles (CT < BL in 3 of 4 seeds)" in table
+
+
+def test_settings_that_differ_from_the_paper_row_are_read_from_the_configs():
+    from experiments.configs import get_config
+    lines = tables.settings_lines([_result("mnist_5k", range(3), [1, 2, 3]), _result("moons", range(3), [1, 2, 3])])
+    assert len(lines) == 1 and lines[0].startswith("- mnist_5k:")
+    ours, paper = get_config("mnist_5k"), get_config("mnist")
+    assert f"train.n_ce {ours.train.n_ce} (paper's mnist row: {paper.train.n_ce})" in lines[0]
+    assert f"sensitivity.samples {ours.sensitivity.samples} (paper's mnist row: {paper.sensitivity.samples})" in lines[0]
+    # A stored config is read before the current one.
+    stored = {**_result("mnist_5k", range(3), [1, 2, 3]), "config": {**ours.to_dict(), "seeds": [7]}}
+    assert "seeds [7]" in tables.settings_lines([stored])[0] and "its stored config" in tables.settings_lines([stored])[0]
+
+
+def test_onehot_effects_print_each_modes_stored_fgsm_accuracy_and_cost():
+    rows = []
+    for label, categorical, fgsm, reductions in (("adult (relaxed)", "relaxed", 0.7, [1, 2, 3]),
+                                                  ("adult (straight-through)", "straight_through", 0.2, [40, 50, 60])):
+        res = _result("adult", range(3), reductions, label=label, categorical=categorical, groups=8)
+        res["comparisons"]["CT"]["cost"] = res["comparisons"]["CT"]["cost_protected"]
+        res["robustness"] = {"CT": {"fgsm": {"epsilon": [0.0, 0.1], "mean": [0.9, fgsm]}}}
+        rows.append(res)
+    (line,) = tables.onehot_effect_lines(rows + [_result("moons", range(3), [1, 2, 3])])
+    assert "adult (relaxed): CT's FGSM accuracy 0.70 at ε = 0.1, Table 8a cost −% 2.0 [" in line
+    assert "adult (straight-through): CT's FGSM accuracy 0.20 at ε = 0.1, Table 8a cost −% 50.0 [" in line
+    assert tables.onehot_effect_lines(rows[:1]) == []  # one mode alone: no comparison to print
+    assert "adult (relaxed): ecco, the reference's training search, one-hot mode relaxed" in tables.training_search_text(
+        [{**rows[0], "generator": "ecco"}])

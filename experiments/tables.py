@@ -71,19 +71,19 @@ def protocol_rounds(res: dict) -> tuple[int, str]:
     its dataset config's protocol.n_rounds (results stored before rows recorded it)."""
     if res.get("protocol_rounds"):
         return int(res["protocol_rounds"]), "stored"
-    return get_config(res["dataset"]).protocol.n_rounds, "the row's config (the stored row does not record it)"
+    return get_config(res["dataset"]).protocol.n_rounds, "the row's config, which the stored row does not record"
 
 
 def pooled_note(cmp: dict, n_seeds: int, rounds: tuple[int, str]) -> str:
     """Returns the note of a cell stored without per-seed round reductions: what its pooled estimate is, and why."""
     n, (r, source) = cmp.get("n_rounds"), rounds
-    where = f" (rounds per seed from {source})" if source != "stored" else ""
+    where = f"; rounds per seed from {source}" if source != "stored" else ""
     if n == n_seeds * r:
         return (f"stored before the per-seed round reductions: the mean of the per-round reductions over the seeds' "
                 f"pooled rounds; every seed has all its {r} rounds paired ({n} = {n_seeds} × {r}{where}), so it "
                 "equals the mean over seeds of the per-seed round means. Interval needs a rerun.")
     return (f"stored before the per-seed round reductions: the mean of the per-round reductions over the seeds' pooled "
-            f"rounds, {n} of {n_seeds} × {r}{where} paired and the per-seed counts not stored, so it weights seeds by "
+            f"rounds, {n} of {n_seeds} × {r} paired{where}, and the per-seed counts not stored, so it weights seeds by "
             "their paired rounds and need not equal the mean over seeds of the per-seed round means. Interval needs "
             "a rerun.")
 
@@ -883,7 +883,8 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
                 for res in results if res.get("ablation")]
     if ablation:
         plots.plot_ablation(os.path.join(out_dir, "figure5_ablation.png"), ablation)
-        lines.append("- Figure 5 (ablation: CD, AR and CT against BL on IP and IP*, intervals over seeds; red diamonds: "
+        lines.append("- Figure 5 (ablation: CD, AR and CT against BL on IP and IP*, the ratio of means per seed "
+                     "(Table 1b) with intervals over seeds; red diamonds: "
                      f"the paper's Fig. 5; the table above): ![Figure 5]({rel(os.path.join(out_dir, 'figure5_ablation.png'))})")
     for res in results:
         figs = res.get("figures") or {}

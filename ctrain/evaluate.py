@@ -9,7 +9,8 @@ target-class test points, as the reference subsamples both sides to 100.
 `compare` turns two models' per-round means into the paper's "% reduction ± s.e." with a 99%
 percentile-bootstrap CI of the difference: that re-samples one test set for fixed trained models, so it says
 nothing about another training seed. `compare_seeds` gives the claim about training: per seed the reduction of
-that seed's CT against its BL, and a Student-t interval of their mean over seeds. Everything returns plain
+that seed's CT against its BL (both the paper's mean of per-round reductions and the ratio of means), and a
+Student-t interval of their mean over seeds. Everything returns plain
 dicts; `write_records` stores them.
 """
 from __future__ import annotations
@@ -333,27 +334,37 @@ def seed_interval(values, *, level: float = 0.99) -> dict:
 
 def compare_seeds(per_seed: Sequence[Sequence[Mapping]], metric: str, *, treatment: str = "CT",
                   baseline: str = "BL", level: float = 0.99) -> dict:
-    """Returns the seed-level comparison of `metric`: per seed its reduction and difference, and intervals over seeds.
+    """Returns the seed-level comparison of `metric`: per seed its reductions and difference, and intervals over seeds.
 
     `per_seed` holds one round summary per training seed (the rows `evaluate_explainability` returns for that
-    seed's treatment and baseline models). Per seed s: reduction_s = −(mean_T / mean_B − 1)·100 and difference_s =
-    mean_T − mean_B, the means over the seed's rounds where both models have a value. "reduction" and "difference"
-    are `seed_interval`s of those (S,) values; "significant" is the reduction interval's, the statistic printed.
+    seed's treatment and baseline models). Per seed s, over the rounds j where both models have a value:
+    round_reduction_s = mean_j −(T_j / B_j − 1)·100 (the paper's estimator; rounds with B_j = 0 left out),
+    reduction_s = −(mean_j T_j / mean_j B_j − 1)·100 (the ratio of means) and difference_s = mean_j T_j − mean_j B_j.
+    "round_reduction", "reduction" and "difference" are `seed_interval`s of those (S,) values; "significant" is the
+    ratio-of-means reduction's (kept so that stored results read the same); "round_significant" is the paper
+    estimator's. "per_seed_n_rounds" counts each seed's paired rounds.
     """
-    reductions, differences = [], []
+    reductions, round_reductions, differences, n_rounds = [], [], [], []
     for summary in per_seed:
         paired = list(paired_rounds(summary, metric, treatment=treatment, baseline=baseline).values())
+        n_rounds.append(len(paired))
         if not paired:
             reductions.append(None)
+            round_reductions.append(None)
             differences.append(None)
             continue
         a, b = np.asarray(paired, np.float64).T
         differences.append(float(a.mean() - b.mean()))
         reductions.append(float(-(a.mean() / b.mean() - 1) * 100) if b.mean() != 0 else None)
+        nonzero = b != 0
+        round_reductions.append(float(-(np.mean(a[nonzero] / b[nonzero]) - 1) * 100) if nonzero.any() else None)
     reduction = seed_interval(reductions, level=level)
+    round_reduction = seed_interval(round_reductions, level=level)
     return {"metric": metric, "treatment": treatment, "baseline": baseline, "n_seeds": len(per_seed),
-            "per_seed_reduction_pct": reductions, "per_seed_difference": differences, "reduction": reduction,
-            "difference": seed_interval(differences, level=level), "significant": reduction["significant"],
+            "per_seed_reduction_pct": reductions, "per_seed_round_reduction_pct": round_reductions,
+            "per_seed_n_rounds": n_rounds, "per_seed_difference": differences, "reduction": reduction,
+            "round_reduction": round_reduction, "difference": seed_interval(differences, level=level),
+            "significant": reduction["significant"], "round_significant": round_reduction["significant"],
             "level": level}
 
 

@@ -14,7 +14,7 @@ import shutil
 
 from ctrain.evaluate import seed_interval
 from experiments import paper_results, plots
-from experiments.configs import get_config
+from experiments.configs import CONFIGS, flat_dict, get_config
 from experiments.results_md import interval_text, marked_sections, write_section
 
 NOTES = """\
@@ -48,18 +48,8 @@ NOTES = """\
 - Actionability (the cost column, Table 2, Figure 1) depends on each data draw's geometry and on the training
   search: experiments/studies/actionability/README.md measures it over 20 draws per blob set, with the
   reason, and tests/test_proposition.py pins Proposition 3.1 down on Gaussian classes.
-- Settings that move Adult's and MNIST's figures, and what they do, are stated here without numbers: only
-  the tables above, made by the command at the top from this commit, carry figures. The one-hot columns'
-  domain (`--set data.kwargs.onehot_bounds=unit` keeps them in [0, 1] instead of the reference's μ ± 2σ
-  domain) decides whether CT's adversarial examples reach where FGSM/PGD push Adult's inputs, so it moves
-  CT's robust accuracy there. The test-time one-hot search (`--set protocol.search.categorical=relaxed` against the
-  reference's snapped "snap_state") moves Adult's validity and both models' costs; the reference's loader
-  (TaijaData) also puts `education_num` into the `education` one-hot group, which pins it during the snapped
-  search, and we do not copy that. The straight-through Adult row differs from the relaxed one by its
-  one-hot mode alone: its adversarial examples never leave {{0, 1}}. MNIST's 5k subset has 4 batches per epoch
-  against MNIST's 10, so 100 epochs make 400 parameter updates instead of the reference's 1,000
-  (`--set train.epochs=250` matches them). Each of these is a one-line rerun of `experiments.reproduce`
-  with the `--set` shown.
+- MNIST's 5k subset has 4 batches per epoch against MNIST's 10, so 100 epochs make 400 parameter updates instead
+  of the reference's 1,000 (`--set train.epochs=250` matches them).
 - Robust accuracy is read at ε = 0.1 of each dataset's own units; on the synthetic sets (feature scales of
   several units) no model loses accuracy there, so those rows carry no information about robustness.
 """
@@ -69,17 +59,59 @@ def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _cell(cmp: dict | None, notes: list[str], where: str) -> str:
-    """Returns "seed mean [seed interval]* (±round s.e.)", or "n/a [note]" when the reduction is undefined."""
-    seeds = ((cmp or {}).get("seeds") or {}).get("reduction") or {}
+def _note(notes: list[str], text: str) -> int:
+    """Returns the 1-based number of `text` in `notes`, appending it when it is new (one note serves many cells)."""
+    if text not in notes:
+        notes.append(text)
+    return notes.index(text) + 1
+
+
+def protocol_rounds(res: dict) -> tuple[int, str]:
+    """Returns (protocol rounds per seed of a row, where that number comes from): its stored "protocol_rounds", else
+    its dataset config's protocol.n_rounds (results stored before rows recorded it)."""
+    if res.get("protocol_rounds"):
+        return int(res["protocol_rounds"]), "stored"
+    return get_config(res["dataset"]).protocol.n_rounds, "the row's config, which the stored row does not record"
+
+
+def pooled_note(cmp: dict, n_seeds: int, rounds: tuple[int, str]) -> str:
+    """Returns the note of a cell stored without per-seed round reductions: what its pooled estimate is, and why."""
+    n, (r, source) = cmp.get("n_rounds"), rounds
+    where = f"; rounds per seed from {source}" if source != "stored" else ""
+    if n == n_seeds * r:
+        return (f"stored before the per-seed round reductions: the mean of the per-round reductions over the seeds' "
+                f"pooled rounds; every seed has all its {r} rounds paired ({n} = {n_seeds} × {r}{where}), so it "
+                "equals the mean over seeds of the per-seed round means. Interval needs a rerun.")
+    return (f"stored before the per-seed round reductions: the mean of the per-round reductions over the seeds' pooled "
+            f"rounds, {n} of {n_seeds} × {r} paired{where}, and the per-seed counts not stored, so it weights seeds by "
+            "their paired rounds and need not equal the mean over seeds of the per-seed round means. Interval needs "
+            "a rerun.")
+
+
+def _cell(cmp: dict | None, notes: list[str], where: str, full: tuple = (0, (0, "stored"))) -> str:
+    """Returns the paper's estimator over seeds, "mean [seed interval]* (±round s.e.)"; for results stored without
+    it the pooled point estimate with a note (`full` = (seeds, rounds per seed)); or "n/a [note]"."""
+    seeds = ((cmp or {}).get("seeds") or {}).get("round_reduction") or {}
     if _finite(seeds.get("mean")):
         se = f" (±{cmp['se_pct']:.1f})" if _finite(cmp.get("se_pct")) else ""
         return interval_text(seeds) + se
-    if cmp and _finite(cmp.get("reduction_pct")):  # results saved before seed-level intervals: no mark
-        notes.append(f"{where}: stored without per-seed comparisons; the pooled-round reduction, unmarked")
-        return f"{cmp['reduction_pct']:.1f} [{len(notes)}]"
+    if cmp and _finite(cmp.get("reduction_pct")):  # results saved before per-seed round reductions: no interval
+        return f"{cmp['reduction_pct']:.1f} [{_note(notes, pooled_note(cmp, *full))}]"
     notes.append(f"{where}: {(cmp or {}).get('note') or 'not computed'}")
     return f"n/a [{len(notes)}]"
+
+
+def _full(res: dict) -> tuple[int, tuple[int, str]]:
+    return len(res.get("seeds", [])), protocol_rounds(res)
+
+
+def reduction_stat(cmp: dict | None) -> tuple[dict, str]:
+    """Returns (seed interval, its estimator's name): the paper's round estimator, or the ratio of means for results
+    stored before it."""
+    seeds = (cmp or {}).get("seeds") or {}
+    if _finite((seeds.get("round_reduction") or {}).get("mean")):
+        return seeds["round_reduction"], "mean of per-round reductions"
+    return seeds.get("reduction") or {}, "ratio of means"
 
 
 def _mean(value):
@@ -116,12 +148,13 @@ def _mechanism_cell(res: dict, labels=("CT",)) -> str:
 
 
 HEALTH_SHORT = "Mature / steps / skipped as in Table 1."
-REDUCTION_TEXT = ("Ours: CT vs BL in % (positive = CT better), the mean over training seeds of each seed's reduction "
-                  "(that seed's CT against its BL, means over its protocol rounds) [99% Student-t interval over "
-                  "seeds]; * = that interval excludes 0, so the mark and the interval are one statistic. (±): the "
-                  "paper's statistic, the s.e. of the per-round ratio over the seeds' pooled protocol rounds; the "
-                  "rounds re-sample one test set for fixed models, so it says nothing about another training seed "
-                  "and carries no mark.")
+REDUCTION_TEXT = ("Ours: CT vs BL in % (positive = CT better) by the paper's estimator: per training seed the mean "
+                  "over that seed's protocol rounds of the per-round reduction −(CT_j / BL_j − 1)·100 (CT against "
+                  "the BL of the same seed and initial weights), then the mean over seeds [99% Student-t interval "
+                  "over seeds]; * = that interval excludes 0, so the mark and the interval are one statistic. (±): "
+                  "the paper's s.e. of the per-round ratio over the seeds' pooled protocol rounds; the rounds "
+                  "re-sample one test set for fixed models, so it says nothing about another training seed and "
+                  "carries no mark. The per-seed ratio of means, −(mean_j CT_j / mean_j BL_j − 1)·100, is in Table 1b.")
 HEALTH_TEXT = ("Mature / steps / skipped: the share of the CF-trained model's training counterfactuals that reached "
                "τ in the last epoch, their mean search steps (means over seeds), and the updates skipped over the "
                "whole run for a non-finite loss or gradient (sum over seeds); CT_mut is CT trained with the protected "
@@ -143,17 +176,37 @@ def _paper_pair(table: dict, result: dict) -> str:
 REDUCTIONS = (("ip", "IP", 0), ("ip_star", "IP*", 1), ("cost_protected", "cost with protected features", 2))
 
 
-def average_over_rows(rows: list[dict], metric: str) -> dict:
+def average_over_rows(rows: list[dict], metric: str, key: str = "per_seed_round_reduction_pct",
+                      model: str = "CT") -> dict:
     """Returns the `seed_interval` of the rows' average reduction: per training seed that every row has, the mean
-    over rows of that seed's reduction (each seed trains every row afresh, so it replicates the whole average)."""
+    over rows of that seed's reduction `key` (each seed trains every row afresh, so it replicates the whole average).
+
+    Rows stored without `key` give no interval: then "pooled" is the mean over rows of their pooled `reduction_pct`
+    and every other figure is None.
+    """
     per_row = []
     for res in rows:
-        seeds = ((res["comparisons"].get("CT", {}).get(metric) or {}).get("seeds") or {})
-        per_row.append({s: v for s, v in zip(res.get("seeds", []), seeds.get("per_seed_reduction_pct") or [])
-                        if _finite(v)})
+        seeds = ((res["comparisons"].get(model, {}).get(metric) or {}).get("seeds") or {})
+        per_row.append({s: v for s, v in zip(res.get("seeds", []), seeds.get(key) or []) if _finite(v)})
+    if per_row and not all(per_row):
+        pooled = [(res["comparisons"].get(model, {}).get(metric) or {}).get("reduction_pct") for res in rows]
+        out = seed_interval([])
+        return {**out, "seeds": [], "rows": len(per_row), "note": f"{key} not stored for every row",
+                "pooled": sum(pooled) / len(pooled) if all(_finite(v) for v in pooled) else None}
     common = sorted(set.intersection(*(set(d) for d in per_row))) if per_row else []
     out = seed_interval([sum(d[s] for d in per_row) / len(per_row) for s in common])
-    return {**out, "seeds": common, "rows": len(per_row)}
+    return {**out, "seeds": common, "rows": len(per_row), "pooled": None}
+
+
+def _average_cell(stat: dict, notes: list[str]) -> str:
+    """Returns the Avg. row's cell: the interval over seeds, or the pooled point estimate with its note."""
+    if _finite(stat.get("mean")) or not _finite(stat.get("pooled")):
+        return interval_text(stat)
+    return f"{stat['pooled']:.1f} [{_note(notes, AVERAGE_POOLED_NOTE)}]"
+
+
+AVERAGE_POOLED_NOTE = ("Avg.: the rows were stored before the per-seed round reductions, so this is the mean over rows "
+                       "of their pooled point estimates; interval needs a rerun.")
 
 
 def paper_average(rows: list[dict], column: int) -> float | None:
@@ -178,14 +231,15 @@ def paper_rows(all_results: list[dict]) -> list[dict]:
     return [chosen[k] for k in paper_results.TABLE1 if k in chosen]
 
 
-def _average_line(rows: list[dict], n_columns: int) -> str:
+def _average_line(rows: list[dict], n_columns: int, notes: list[str]) -> str:
     """Returns Table 1's "Avg." row over the paper rows run: ours over seeds beside the paper's over the same rows."""
     stats = {metric: average_over_rows(rows, metric) for metric, _, _ in REDUCTIONS}
     cells = []
     for metric, _, column in REDUCTIONS:
         paper = paper_average(rows, column)
-        cells += [interval_text(stats[metric]), "–" if paper is None else f"{paper:.2f}"]
-    return (f"| Avg. over the {len(rows)} paper rows above | {len(stats['ip']['seeds'])} | " + " | ".join(cells)
+        cells += [_average_cell(stats[metric], notes), "–" if paper is None else f"{paper:.2f}"]
+    seeds = len(stats["ip"]["seeds"]) or "–"
+    return (f"| Avg. over the {len(rows)} paper rows above | {seeds} | " + " | ".join(cells)
             + " |" + " |" * (n_columns - 8))
 
 
@@ -217,13 +271,86 @@ def make_headline(all_results: list[dict]) -> str:
         ct = res["comparisons"].get("CT", {})
         cells = []
         for metric, name, column in REDUCTIONS:
-            cells += [_cell(ct.get(metric), notes, f"{label}, {name}"), paper_results.reduction(res, column)]
+            cells += [_cell(ct.get(metric), notes, f"{label}, {name}", _full(res)),
+                      paper_results.reduction(res, column)]
         lines.append(f"| {label} | {len(res.get('seeds', []))} | " + " | ".join(cells)
                      + f" | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
-    lines.append(_average_line(rows, 9))
+    lines.append(_average_line(rows, 9, notes))
     lines += ["", REDUCTION_TEXT + " " + PAPER_AVERAGE_TEXT.format(**paper_all_rows_average()) + " " + HEALTH_TEXT
-              + " Every table, and where and why ours differ from the paper: RESULTS.md."]
+              + " Every table, and where and why ours differ from the paper: RESULTS.md.", "",
+              training_search_text(all_results), *([""] + settings_lines(rows) if settings_lines(rows) else [])]
     return _with_notes(lines, notes)
+
+
+def training_search_text(all_results: list[dict]) -> str:
+    """Returns the sentence naming the training search and the one-hot mode of each paper row of the headline."""
+    from ctrain.search import SearchConfig
+    parts = []
+    for res in paper_rows(all_results):
+        search = get_config(res["dataset"]).train.search
+        reference = search == SearchConfig.reference(threshold=search.threshold, categorical=search.categorical)
+        mode = f", one-hot mode {res['categorical']}" if res.get("one_hot_groups") else ""
+        parts.append(f"{res.get('label', res['dataset'])}: {res.get('generator', 'n/a')}, "
+                     f"{'the reference' if reference else 'not the reference'}'s training search{mode}")
+    return ("Training search per row (the stored generator and one-hot mode; the search from the row's config, "
+            "`SearchConfig.reference` in experiments/configs.py, not the library default of the API tour): "
+            + "; ".join(parts) + ".")
+
+
+# Paths that a config scaled for its run but that do not change what the paper's row measures.
+_NOT_A_SETTING = ("data.name", "expected_minutes")
+
+
+def settings_differences(res: dict) -> list[str]:
+    """Returns "path ours (paper's row: theirs)" for each config setting in which a row differs from its paper row's."""
+    row = paper_results.row(res)
+    if row == res["dataset"] or row not in CONFIGS:
+        return []
+    ours = flat_dict(res["config"]) if res.get("config") else flat_dict(get_config(res["dataset"]))
+    theirs = flat_dict(get_config(row))
+    return [f"{k} {ours[k]} (paper's {row} row: {theirs.get(k)})" for k in sorted(ours)
+            if k not in _NOT_A_SETTING and ours[k] != theirs.get(k)]
+
+
+def settings_lines(all_results: list[dict]) -> list[str]:
+    """Returns one line per row run on other data than its paper row's, listing the settings that differ."""
+    lines = []
+    for res in all_results:
+        diff = settings_differences(res)
+        if diff:
+            source = "its stored config" if res.get("config") else (
+                "its config in experiments/configs.py at the tables' commit (the stored row does not record it)")
+            lines.append(f"- {res.get('label', res['dataset'])}: settings that differ from the paper's, from {source}: "
+                         + "; ".join(diff) + ".")
+    return lines
+
+
+def onehot_effect_lines(all_results: list[dict]) -> list[str]:
+    """Returns, per data set stored in several one-hot modes, each mode's CT FGSM accuracy and Table 8a cost reduction."""
+    by_dataset: dict[str, list[dict]] = {}
+    for res in all_results:
+        if res.get("one_hot_groups"):
+            by_dataset.setdefault(res["dataset"], []).append(res)
+    lines = []
+    for dataset, rows in by_dataset.items():
+        if len(rows) < 2:
+            continue
+        parts = []
+        for res in rows:
+            curve = ((res.get("robustness") or {}).get("CT") or {}).get("fgsm") or {}
+            fgsm = (f"CT's FGSM accuracy {curve['mean'][-1]:.2f} at ε = {curve['epsilon'][-1]:g}"
+                    if curve.get("mean") else "no FGSM curve stored")
+            cost = res["comparisons"].get("CT", {}).get("cost") or {}
+            stat, _ = reduction_stat(cost)
+            paper_est = ((cost.get("seeds") or {}).get("round_reduction") or {})
+            cost_text = (f"Table 8a cost −% {interval_text(paper_est)}" if _finite(paper_est.get("mean")) else
+                         f"Table 8a cost −% {cost['reduction_pct']:.1f} (pooled; interval needs a rerun)"
+                         if _finite(cost.get("reduction_pct")) else "no Table 8a cost stored")
+            parts.append(f"{res.get('label', dataset)}: {fgsm}, {cost_text}")
+        lines.append(f"- One-hot modes of {dataset}, from the stored rows (same seeds; they differ in the training one-hot mode "
+                     "and the test-time search their labels name): "
+                     + "; ".join(parts) + ".")
+    return lines
 
 
 def write_readme_headline(path: str, headline: str, meta: dict) -> None:
@@ -249,7 +376,7 @@ def make_table(all_results: list[dict]) -> str:
         label = res.get("label", res["dataset"])
         ct = res["comparisons"].get("CT", {})
         columns = (("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost with protected features"))
-        cells = [_cell(ct.get(m), notes, f"{label}, {name}") for m, name in columns]
+        cells = [_cell(ct.get(m), notes, f"{label}, {name}", _full(res)) for m, name in columns]
         lines.append(
             f"| {label} | {len(res.get('seeds', []))} | {cells[0]} | {paper_results.reduction(res, 0)} | {cells[1]} "
             f"| {paper_results.reduction(res, 1)} | {cells[2]} | {paper_results.reduction(res, 2)} "
@@ -258,7 +385,7 @@ def make_table(all_results: list[dict]) -> str:
             f"| {_mechanism_cell(res, ('CT',))} | {_mechanism_cell(res, ('CT_mut',))} |")
     rows = paper_rows(all_results)
     if rows:
-        lines.append(_average_line(rows, 14))
+        lines.append(_average_line(rows, 14, notes))
     lines.append("")
     lines.append(REDUCTION_TEXT + " The paper's columns are its own: its ± and * come from one trained model's "
                  "bootstrap rounds. " + (PAPER_AVERAGE_TEXT.format(**paper_all_rows_average()) + " " if rows else "")
@@ -267,6 +394,36 @@ def make_table(all_results: list[dict]) -> str:
     if verdict:
         lines += ["", verdict]
     return _with_notes(lines, notes)
+
+
+# Table 1b's columns: (model, metric, name); CD and AR only for rows with the ablation.
+RATIO_COLUMNS = (("CT", "ip", "IP"), ("CT", "ip_star", "IP*"), ("CT", "cost_protected", "cost, protected"),
+                 ("CT", "cost", "cost (Table 8a)"))
+RATIO_ABLATION = (("CD", "ip", "IP, CD"), ("AR", "ip", "IP, AR"), ("CD", "ip_star", "IP*, CD"),
+                  ("AR", "ip_star", "IP*, AR"))
+
+
+def make_ratio_table(all_results: list[dict]) -> str:
+    """Returns Table 1b: per row the ratio-of-means reductions over seeds of Table 1, Table 8a and the ablation."""
+    columns = RATIO_COLUMNS + (RATIO_ABLATION if any(r.get("ablation") for r in all_results) else ())
+    lines = ["| Data | Seeds | " + " | ".join(f"{name} −%" for _, _, name in columns) + " |",
+             "|" + "---|" * (len(columns) + 2)]
+    for res in all_results:
+        cells = [interval_text(((res["comparisons"].get(model, {}).get(metric) or {}).get("seeds") or {})
+                               .get("reduction") or {}) for model, metric, _ in columns]
+        lines.append(f"| {res.get('label', res['dataset'])} | {len(res.get('seeds', []))} | " + " | ".join(cells) + " |")
+    rows = paper_rows(all_results)
+    if rows:
+        cells = [interval_text(average_over_rows(rows, metric, "per_seed_reduction_pct", model)) if model == "CT"
+                 and metric != "cost" else "–" for model, metric, _ in columns]
+        lines.append(f"| Avg. over the {len(rows)} paper rows | "
+                     f"{len(average_over_rows(rows, 'ip', 'per_seed_reduction_pct')['seeds'])} | " + " | ".join(cells)
+                     + " |")
+    lines += ["", "The ratio of means, not the paper's estimator: per training seed −(mean_j CT_j / mean_j BL_j − 1)·100 "
+              "over the seed's paired rounds j, then the mean over seeds [99% Student-t interval over seeds]; * = it "
+              "excludes 0. It weights rounds by their BL value, so it and the paper's mean of per-round reductions "
+              "(Table 1) differ where the per-round ratio is heavy-tailed. CD and AR: the ablation's models against BL."]
+    return "\n".join(lines)
 
 
 def _ig_cell(entry: dict | None, notes: list[str], where: str) -> str:
@@ -294,10 +451,12 @@ def make_ig_table(all_results: list[dict]) -> str:
         fmt = lambda t: f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]"
         protected = ", ".join(res["protected"]) if len(res["protected"]) <= 3 else f"{len(res['protected'])} features"
         over_seeds = res.get("ig_difference_over_seeds") or {}
+        lower, counted = seeds_lower(res)
         lines.append(f"| {label} | {protected} | {len(res.get('seeds', []))} "
                      f"| {_ig_cell(res['ig'].get('CT'), notes, f'{label}, CT')} "
                      f"| {_ig_cell(res['ig'].get('BL'), notes, f'{label}, BL')} "
-                     f"| {interval_text(over_seeds, 2) if _finite(over_seeds.get('mean')) else '–'} "
+                     f"| {interval_text(over_seeds, 2) if _finite(over_seeds.get('mean')) else '–'}"
+                     f"{f'; CT < BL in {lower} of {counted} seeds' if counted else ''} "
                      f"| {fmt(paper[0]) if paper else '–'} | {fmt(paper[1]) if paper else '–'} "
                      f"| {_mechanism_cell(res, ('CT_mut',))} |")
     lines += ["", "Median over bootstrap rounds (each: test rows drawn with replacement, a U(−1, 1) baseline per row, "
@@ -308,6 +467,14 @@ def make_ig_table(all_results: list[dict]) -> str:
               "[99% Student-t interval over seeds]; * = it excludes 0. CT is the model trained with the protected "
               "features immutable (CT_mut), as in the reference. " + HEALTH_SHORT, "", table2_verdict(all_results)]
     return _with_notes(lines, notes)
+
+
+def seeds_lower(res: dict) -> tuple[int, int]:
+    """Returns (seeds where CT's median IG sensitivity is below BL's, seeds with both medians) of a row."""
+    ig = res.get("ig") or {}
+    pairs = [(c, b) for c, b in zip((ig.get("CT") or {}).get("seed_medians") or [],
+                                   (ig.get("BL") or {}).get("seed_medians") or []) if _finite(c) and _finite(b)]
+    return sum(c < b for c, b in pairs), len(pairs)
 
 
 def _rows_by_sign(all_results: list[dict], stat_of) -> tuple[list[str], list[str], list[str]]:
@@ -331,12 +498,13 @@ def _names(rows: list[str]) -> str:
 
 def cost_verdict(all_results: list[dict]) -> str:
     """Returns a sentence saying on which rows CT_mut's cost with protected features is lower than BL's over seeds."""
-    dearer, cheaper, unclear = _rows_by_sign(all_results, lambda res: (
-        (res["comparisons"].get("CT", {}).get("cost_protected") or {}).get("seeds") or {}).get("reduction"))
+    stat_of = lambda res: reduction_stat(res["comparisons"].get("CT", {}).get("cost_protected"))
+    dearer, cheaper, unclear = _rows_by_sign(all_results, lambda res: stat_of(res)[0])
     if not (dearer or cheaper or unclear):
         return ""
+    names = sorted({stat_of(res)[1] for res in all_results if _finite(stat_of(res)[0].get("mean"))})
     return (f"Against the paper's actionability claim (CT's counterfactuals cost less than BL's with the protected "
-            f"features immutable), over seeds: CT costs less on {_names(cheaper)}, more on {_names(dearer)}, and is "
+            f"features immutable), over seeds (by the {' and '.join(names)} per seed): CT costs less on {_names(cheaper)}, more on {_names(dearer)}, and is "
             f"not distinguishable on {_names(unclear)}. Why the direction depends on the data's geometry, the energy "
             "regulariser and the training search: experiments/studies/actionability/README.md (and "
             "tests/test_proposition.py for Proposition 3.1's known answers).")
@@ -347,8 +515,12 @@ def table2_verdict(all_results: list[dict]) -> str:
     lower, higher, unclear = _rows_by_sign(all_results, lambda res: res.get("ig_difference_over_seeds"))
     if not (lower or higher or unclear):
         return ""
-    return (f"Against Table 2's claim (CT less sensitive than BL), over seeds: CT is less sensitive on {_names(lower)}, "
-            f"more sensitive on {_names(higher)}, and not distinguishable on {_names(unclear)}. Why the direction "
+    counts = {res.get("label", res["dataset"]): seeds_lower(res) for res in all_results if res.get("ig")}
+    with_counts = lambda rows: _names([f"{r} (CT < BL in {counts[r][0]} of {counts[r][1]} seeds)" if r in counts
+                                       and counts[r][1] else r for r in rows])
+    return (f"Against Table 2's claim (CT less sensitive than BL), over seeds: CT is less sensitive on "
+            f"{with_counts(lower)}, more sensitive on {with_counts(higher)}, and not distinguishable on "
+            f"{with_counts(unclear)}. Why the direction "
             "turns with the data's geometry and the training search: "
             "experiments/studies/actionability/README.md.")
 
@@ -400,7 +572,7 @@ def make_table8a(all_results: list[dict]) -> str:
         paper_cell = f"{paper[0]:.2f}±{paper[1]:.2f}{'*' if paper[2] else ''}" if paper else "–"
         validity = res.get("validity_protected") or {}
         lines.append(f"| {label} | {len(res.get('seeds', []))} "
-                     f"| {_cell(res['comparisons'].get('CT', {}).get('cost'), notes, f'{label}, cost')} "
+                     f"| {_cell(res['comparisons'].get('CT', {}).get('cost'), notes, f'{label}, cost', _full(res))} "
                      f"| {paper_cell} | {_pair(validity, fmt='{:.2f}') if validity else '–'} "
                      f"| {_paper_pair(paper_results.VALIDITY_PROTECTED, res)} | {_mechanism_cell(res, ('CT', 'CT_mut'))} |")
     lines += ["", "Cost: CT vs BL in the plausibility runs (no mutability constraints, τ = 0.95). " + REDUCTION_TEXT
@@ -454,7 +626,8 @@ def make_ablation_table(all_results: list[dict]) -> str:
         paper = paper_results.FIGURE5.get(paper_results.row(res))
         cells = []
         for index, (metric, name) in enumerate((("ip", "IP"), ("ip_star", "IP*"))):
-            cells += [_cell(c.get(m, {}).get(metric), notes, f"{label}, {name} {m}") for m in ("CD", "AR", "CT")]
+            cells += [_cell(c.get(m, {}).get(metric), notes, f"{label}, {name} {m}", _full(res))
+                      for m in ("CD", "AR", "CT")]
             cells.append(" / ".join(f"{paper[m][index]:g}" for m in ("CD", "AR", "CT")) if paper else "–")
         lines.append(f"| {label} | {len(res.get('seeds', []))} | " + " | ".join(cells)
                      + f" | {_mechanism_cell(res, ('CD', 'AR', 'CT'))} |")
@@ -591,7 +764,8 @@ def write_baselines_study(results_md: str, results: list[dict], meta: dict) -> s
 def all_tables(results: list[dict], *, ablation: bool, figure1: dict | None = None, baselines: bool = True) -> str:
     """Returns every table of the run as one markdown text (Table 1, 2, 7, 8a, robustness, ablation, Figure 1's numbers,
     and with `baselines` the comparison with PGD-AT and JEM, which RESULTS.md leaves to its own study file)."""
-    parts = ["## Table 1: plausibility, actionability, validity, accuracy", "", make_table(results)]
+    parts = ["## Table 1: plausibility, actionability, validity, accuracy", "", make_table(results),
+             "", "## Table 1b: the ratio of means per seed (not the paper's estimator)", "", make_ratio_table(results)]
     if any(r.get("ig") for r in results):
         parts += ["", "## Table 2: sensitivity to the protected features (integrated gradients)", "",
                   make_ig_table(results)]
@@ -651,7 +825,13 @@ def agreement_lines(results: list[dict]) -> list[str]:
         parts = []
         for column, (metric, name) in enumerate((("ip", "IP"), ("ip_star", "IP*"), ("cost_protected", "cost"))):
             cmp = res["comparisons"].get("CT", {}).get(metric) or {}
-            ours = (cmp.get("seeds") or {}).get("reduction") or {}
+            ours, estimator = reduction_stat(cmp)
+            suffix = ""
+            if estimator == "ratio of means":
+                # Stored before the paper's estimator per seed: the sign is read off the ratio's interval, said so.
+                pooled = (f"; the paper's estimator, pooled: {cmp['reduction_pct']:.1f}, its interval needs a rerun"
+                          if _finite(cmp.get("reduction_pct")) else "")
+                suffix = f"; by the ratio of means per seed{pooled}"
             paper_value, paper_sig = paper_results.TABLE1[row][column]
             paper_text = "paper significant" if paper_sig else "paper not significant"
             if not _finite(ours.get("mean")):
@@ -660,11 +840,11 @@ def agreement_lines(results: list[dict]) -> list[str]:
             if not ours.get("significant"):
                 # Over seeds the sign is not established, so no direction is claimed either way.
                 parts.append(f"{name} not distinguishable from 0 over seeds ({interval_text(ours)}% vs "
-                             f"{paper_value:.1f}%, {paper_text})")
+                             f"{paper_value:.1f}%, {paper_text}{suffix})")
                 continue
             same = (ours["mean"] > 0) == (paper_value > 0)
             parts.append(f"{name} {'same' if same else 'opposite'} direction ({interval_text(ours)}% vs "
-                         f"{paper_value:.1f}%, {paper_text})")
+                         f"{paper_value:.1f}%, {paper_text}{suffix})")
         versus = f" (vs the paper's {row} row)" if row != d else ""
         health = [k for k in res.get("mechanism", {}) if _health(res, k)[0] is not None]
         conv_text = ", ".join(f"{k} {_health(res, k)[0]:.2f}" + (f" ({_health(res, k)[1]:.1f} search steps)"
@@ -703,7 +883,8 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
                 for res in results if res.get("ablation")]
     if ablation:
         plots.plot_ablation(os.path.join(out_dir, "figure5_ablation.png"), ablation)
-        lines.append("- Figure 5 (ablation: CD, AR and CT against BL on IP and IP*, intervals over seeds; red diamonds: "
+        lines.append("- Figure 5 (ablation: CD, AR and CT against BL on IP and IP*, the ratio of means per seed "
+                     "(Table 1b) with intervals over seeds; red diamonds: "
                      f"the paper's Fig. 5; the table above): ![Figure 5]({rel(os.path.join(out_dir, 'figure5_ablation.png'))})")
     for res in results:
         figs = res.get("figures") or {}
@@ -763,7 +944,8 @@ def write_results_md(path: str, meta: dict, results: list[dict], sensitivity: di
         body += ["## Figures", "", *links, ""]
     body += ["## Where this differs from the paper, and why", "",
              NOTES.format(length_scale=", ".join(scales), ig_rounds=ig.get("rounds", "n/a"),
-                          ig_samples=ig.get("samples", "n/a"))]
+                          ig_samples=ig.get("samples", "n/a")).rstrip("\n"),
+             *settings_lines(results), *onehot_effect_lines(results), "- " + training_search_text(results), ""]
     body += ["## Agreement with the paper, column by column", "", *agreement_lines(results), ""]
     if meta.get("skipped"):
         body += ["Datasets not run (their data is not available offline): "

@@ -95,6 +95,26 @@ def test_compare_seeds_reduces_each_seed_then_takes_the_interval_over_seeds():
     assert out["significant"] is out["reduction"]["significant"] is False
 
 
+def test_compare_seeds_gives_the_papers_round_estimator_beside_the_ratio_of_means():
+    # Seed 0, heavy-tailed ratio: rounds (T, B) = (1, 10), (1, 10), (2, 0.1): per-round reductions 90, 90, −1900,
+    # mean −573.3...; the ratio of means is −(4 / 20.1 − 1)·100 = 80.1. Seed 1: (1, 2) and (3, 2), B = 0 in round 2
+    # (left out of the round estimator only): per-round reductions 50 and −50, mean 0; ratio of means
+    # −(4 / 4 − 1)·100 = 0 with the B = 0 round's T = 0 in it as well.
+    rounds = {0: [(1.0, 10.0), (1.0, 10.0), (2.0, 0.1)], 1: [(1.0, 2.0), (3.0, 2.0), (0.0, 0.0)]}
+    per_seed = [[{"model": m, "round": r, "ip": v} for r, (t, b) in enumerate(rows) for m, v in (("CT", t), ("BL", b))]
+                for rows in rounds.values()]
+    out = compare_seeds(per_seed, "ip", level=0.95)
+    seed0 = (90.0 + 90.0 + -(2.0 / 0.1 - 1) * 100) / 3
+    assert out["per_seed_round_reduction_pct"] == pytest.approx([seed0, 0.0])
+    assert out["per_seed_reduction_pct"] == pytest.approx([-(4.0 / 20.1 - 1) * 100, 0.0])
+    assert out["per_seed_n_rounds"] == [3, 3]
+    assert out["round_reduction"]["mean"] == pytest.approx(seed0 / 2)
+    assert out["round_reduction"]["sd"] == pytest.approx(np.std([seed0, 0.0], ddof=1))
+    assert out["round_significant"] is out["round_reduction"]["significant"]
+    # One seed's rounds: its round estimator is `compare`'s reduction_pct over those rounds.
+    assert out["per_seed_round_reduction_pct"][0] == pytest.approx(compare(per_seed[0], "ip")["reduction_pct"])
+
+
 def test_compare_seeds_keeps_its_level_on_null_data():
     # Each seed's models differ by a seed-level effect that is zero on average, plus round noise.
     rng = np.random.default_rng(2)

@@ -146,7 +146,7 @@ def _grid(text):
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
 
 
-@pytest.mark.parametrize("make", [tables.make_table, tables.make_ig_table, tables.make_table7, tables.make_table8a,
+@pytest.mark.parametrize("make", [tables.make_table, tables.make_ratio_table, tables.make_ig_table, tables.make_table7, tables.make_table8a,
                                   tables.make_robustness_table, tables.make_ablation_table])
 def test_stored_tables_have_one_row_per_stored_result_in_order(make):
     results, _ = _stored()
@@ -154,8 +154,8 @@ def test_stored_tables_have_one_row_per_stored_result_in_order(make):
     labels = [r.get("label", r["dataset"]) for r in results]
     assert [row[0] for row in rows[:len(labels)]] == labels
     assert all(len(row) == len(head) for row in rows)
-    # Table 1 alone adds the average over the paper rows.
-    assert rows[len(labels):] == ([] if make is not tables.make_table else rows[-1:])
+    # Table 1 and 1b alone add the average over the paper rows.
+    assert rows[len(labels):] == (rows[-1:] if make in (tables.make_table, tables.make_ratio_table) else [])
 
 
 def test_stored_headline_and_baselines_follow_the_stored_rows():
@@ -176,7 +176,112 @@ def test_stored_all_tables_has_a_section_per_table_of_the_stored_run():
     text = tables.all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta.get("figure1"),
                              baselines=False)
     sections = [line for line in text.splitlines() if line.startswith("## ")]
-    assert [s.split(":")[0] for s in sections[:4]] == ["## Table 1", "## Table 2", "## Table 7", "## Table 8a"]
+    assert [s.split(":")[0] for s in sections[:5]] == ["## Table 1", "## Table 1b", "## Table 2", "## Table 7",
+                                                        "## Table 8a"]
     assert ("## Ablation (paper Fig. 5)" in sections) == any(r.get("ablation") for r in results)
     assert ("## Figure 1: linear models" in sections) == bool(meta.get("figure1"))
     assert not any(s.startswith("## Baselines") for s in sections)
+
+
+def _as_stored_before_round_reductions(res):
+    """Returns `res` with the per-seed round reductions taken out, as results stored before them read."""
+    for per_metric in res["comparisons"].values():
+        for cmp in per_metric.values():
+            for key in ("round_reduction", "per_seed_round_reduction_pct", "per_seed_n_rounds", "round_significant"):
+                cmp["seeds"].pop(key, None)
+    return res
+
+
+def _heavy_tailed(seeds_rounds):
+    """Returns a row whose seeds' rounds (CT, BL) make the round estimator and the ratio of means differ."""
+    per_seed = [[row for r, (t, b) in enumerate(rounds) for row in ({"model": "CT", "round": r, **{m: t for m in METRICS}},
+                                                                    {"model": "BL", "round": r, **{m: b for m in METRICS}})]
+                for rounds in seeds_rounds]
+    n = len(seeds_rounds[0])
+    compare = {m: compared_over_rounds_and_seeds(per_seed, n, m, treatment="CT") for m in ("ip", "ip_star")}
+    compare["cost_protected"] = compared_over_rounds_and_seeds(per_seed, n, "cost", treatment="CT")
+    return {"dataset": "circles", "label": "circles", "seeds": list(range(len(per_seed))), "categorical": "relaxed",
+            "one_hot_groups": 0, "comparisons": {"CT": compare}, "ablation": False, "protocol_rounds": n,
+            "mechanism": {}, "validity": {}, "accuracy": {}}
+
+
+HEAVY = [[(1.0, 10.0), (2.0, 0.1)], [(1.0, 2.0), (1.0, 2.0)], [(3.0, 4.0), (1.0, 1.0)]]
+
+
+def _row_cells(table, label="circles"):
+    return next(row for row in _grid(table) if row[0] == label)
+
+
+def test_table1_prints_the_papers_estimator_over_seeds_and_table1b_the_ratio_of_means():
+    res = _heavy_tailed(HEAVY)
+    seeds = res["comparisons"]["CT"]["ip"]["seeds"]
+    round_means = [-(np.mean([t / b for t, b in rounds]) - 1) * 100 for rounds in HEAVY]
+    np.testing.assert_allclose(seeds["per_seed_round_reduction_pct"], round_means)
+    cell = _row_cells(tables.make_table([res]))[2]
+    assert cell.startswith(f"{np.mean(round_means):.1f} [") and "Interval needs a rerun" not in tables.make_table([res])
+    ratio_cell = _row_cells(tables.make_ratio_table([res]))[2]
+    assert ratio_cell.startswith(f"{seeds['reduction']['mean']:.1f} [")
+    assert ratio_cell.split(" [")[0] != cell.split(" [")[0]  # the two estimators differ on this heavy tail
+
+
+def test_results_stored_without_round_reductions_show_the_pooled_estimate_and_no_interval():
+    res = _as_stored_before_round_reductions(_heavy_tailed(HEAVY))
+    table = tables.make_table([res])
+    cmp = res["comparisons"]["CT"]["ip"]
+    assert _row_cells(table)[2] == f"{cmp['reduction_pct']:.1f} [1]"
+    assert "Interval needs a rerun" in table and f"every seed has all its 2 rounds paired (6 = 3 × 2)" in table
+    # A seed with a round left unpaired: the pooled estimate weights seeds by rounds, and the note says so.
+    res = _heavy_tailed(HEAVY)
+    res["comparisons"]["CT"]["ip"]["n_rounds"] = 5
+    table = tables.make_table([_as_stored_before_round_reductions(res)])
+    assert "5 of 3 × 2 paired" in table and "need not equal" in table
+
+
+def test_the_average_row_of_rows_stored_without_round_reductions_is_pooled_and_unmarked():
+    rows = [_as_stored_before_round_reductions(_result("circles", range(5), [10, 20, 30, 40, 50])),
+            _result("moons", range(5), [0, 10, 20, 30, 40])]
+    stat = tables.average_over_rows(rows, "ip")
+    assert stat["mean"] is None and stat["low"] is None
+    assert stat["pooled"] == pytest.approx((30 + 20) / 2)
+    for row in rows:
+        row.update(validity={}, accuracy={})
+    avg = next(line for line in tables.make_table(rows).splitlines() if line.startswith("| Avg."))
+    assert "| 25.0 [" in avg and "*" not in avg
+
+
+def test_table2_counts_the_seeds_where_ct_is_less_sensitive():
+    res = _result("circles", range(4), [1, 2, 3, 4])
+    res.update(protected=["x0"], ig={"CT": {"median": 0.2, "ci_low": 0.1, "ci_high": 0.3, "seed_medians": [0.1, 0.5, 0.2, 0.3]},
+                                     "BL": {"median": 0.3, "ci_low": 0.2, "ci_high": 0.4, "seed_medians": [0.2, 0.4, 0.3, 0.4]}},
+               ig_difference_over_seeds={"n": 4, "mean": -0.05, "low": -0.2, "high": 0.1, "significant": False})
+    table = tables.make_ig_table([res])
+    assert "CT < BL in 3 of 4 seeds" in _row_cells(table)[5]
+    assert "not distinguishable on circles (CT < BL in 3 of 4 seeds)" in table
+
+
+def test_settings_that_differ_from_the_paper_row_are_read_from_the_configs():
+    from experiments.configs import get_config
+    lines = tables.settings_lines([_result("mnist_5k", range(3), [1, 2, 3]), _result("moons", range(3), [1, 2, 3])])
+    assert len(lines) == 1 and lines[0].startswith("- mnist_5k:")
+    ours, paper = get_config("mnist_5k"), get_config("mnist")
+    assert f"train.n_ce {ours.train.n_ce} (paper's mnist row: {paper.train.n_ce})" in lines[0]
+    assert f"sensitivity.samples {ours.sensitivity.samples} (paper's mnist row: {paper.sensitivity.samples})" in lines[0]
+    # A stored config is read before the current one.
+    stored = {**_result("mnist_5k", range(3), [1, 2, 3]), "config": {**ours.to_dict(), "seeds": [7]}}
+    assert "seeds [7]" in tables.settings_lines([stored])[0] and "its stored config" in tables.settings_lines([stored])[0]
+
+
+def test_onehot_effects_print_each_modes_stored_fgsm_accuracy_and_cost():
+    rows = []
+    for label, categorical, fgsm, reductions in (("adult (relaxed)", "relaxed", 0.7, [1, 2, 3]),
+                                                  ("adult (straight-through)", "straight_through", 0.2, [40, 50, 60])):
+        res = _result("adult", range(3), reductions, label=label, categorical=categorical, groups=8)
+        res["comparisons"]["CT"]["cost"] = res["comparisons"]["CT"]["cost_protected"]
+        res["robustness"] = {"CT": {"fgsm": {"epsilon": [0.0, 0.1], "mean": [0.9, fgsm]}}}
+        rows.append(res)
+    (line,) = tables.onehot_effect_lines(rows + [_result("moons", range(3), [1, 2, 3])])
+    assert "adult (relaxed): CT's FGSM accuracy 0.70 at ε = 0.1, Table 8a cost −% 2.0 [" in line
+    assert "adult (straight-through): CT's FGSM accuracy 0.20 at ε = 0.1, Table 8a cost −% 50.0 [" in line
+    assert tables.onehot_effect_lines(rows[:1]) == []  # one mode alone: no comparison to print
+    assert "adult (relaxed): ecco, the reference's training search, one-hot mode relaxed" in tables.training_search_text(
+        [{**rows[0], "generator": "ecco"}])

@@ -17,7 +17,6 @@ non-finite value) is null, and a comparison's "note" (or the results' "notes") s
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -27,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ctrain.data import Dataset, load_dataset
-from ctrain import metrics
+from ctrain import metrics, storage
 from ctrain.evaluate import (ProtocolConfig, compare, compare_seeds, evaluate_explainability, evaluate_model,
                              seed_interval, write_records)
 from ctrain.models import make_model, train_vae
@@ -195,8 +194,7 @@ def json_safe(obj, notes: list[str] | None = None, path: str = ""):
 def write_json(path: str, obj) -> list[str]:
     """Writes obj to path as strict JSON (NaN/inf as null); returns the notes on the values nulled."""
     notes: list[str] = []
-    with open(path, "w") as f:
-        json.dump(json_safe(obj, notes), f, indent=1, allow_nan=False)
+    storage.write_json(path, json_safe(obj, notes), indent=1, allow_nan=False)
     return notes
 
 

@@ -51,6 +51,7 @@ import sys
 import time
 
 from ctrain.search import CATEGORICAL_MODES
+from ctrain.storage import write_atomic
 from experiments import paper_results
 from experiments.configs import CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, get_config, override, replace_path
 from experiments.pipeline import (train_figure1, check_distinct, check_output_file, load_data, refuse_overwrite, run_label,
@@ -169,8 +170,7 @@ def main(argv=None) -> list[dict]:
     results = merge_results(earlier, new, replaced)
     meta = merge_metadata(earlier_meta, meta, replaced, ran={c.data.name for c in configs})
     table = all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta["figure1"])
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + "\n")
+    write_atomic(os.path.join(args.out, "table.md"), table + "\n")
     write_json(os.path.join(args.out, "results.json"), results)
     write_json(os.path.join(args.out, "metadata.json"), meta)
     print(table)
@@ -201,8 +201,7 @@ def rebuild_tables(out: str, results_md: str | None = None, readme: str | None =
     now = run_metadata()
     meta = {**_read_json(paths["metadata.json"]), "tables_commit": now["git_commit"], "tables_dirty": now["git_dirty"]}
     table = all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta.get("figure1"))
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(table + "\n")
+    write_atomic(os.path.join(out, "table.md"), table + "\n")
     print(table)
     if results_md:
         sensitivity = None

@@ -1,7 +1,6 @@
 """Timing helpers shared by the benchmark scripts: repeated wall-clock measurements and a machine description."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -9,6 +8,8 @@ import time
 from typing import Callable
 
 import jax
+
+from ctrain import storage
 
 
 def block(tree):
@@ -39,9 +40,7 @@ def machine() -> dict[str, str]:
 def write_json(path: str | None, payload: dict) -> None:
     """Writes `payload` (plus the machine description) as JSON to `path` when a path is given."""
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"machine": machine(), **payload}, f, indent=2)
+        storage.write_json(path, {"machine": machine(), **payload}, indent=2)
 
 
 def fmt(stats: dict[str, float], scale: float = 1e3) -> str:

@@ -31,6 +31,7 @@ import time
 import jax
 import numpy as np
 
+from ctrain.storage import write_atomic, write_json
 from experiments.benchmarks import search_throughput, train_step, training
 from experiments.benchmarks.common import fmt, machine
 
@@ -233,8 +234,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--collectives-only", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.collectives_only:  # the subprocess of `collectives()`
-        with open(args.collectives_only, "w") as f:
-            json.dump(collective_report(args.collective_programs), f)
+        write_json(args.collectives_only, collective_report(args.collective_programs))
         return {}
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
@@ -271,17 +271,15 @@ def main(argv=None) -> dict:
         report["section_s"][name] = time.perf_counter() - t0
         report["wall_s"] = time.perf_counter() - start
         print(f"{name}: {report['section_s'][name]:.1f} s", flush=True)
-        with open(json_path, "w") as f:  # written after every section so a run cut off by its limit keeps them
-            json.dump(report, f, indent=2, default=str)
+        # written after every section so a run cut off by its limit keeps them
+        write_json(json_path, report, indent=2, default=str)
     if report.get("failed"):
         raise SystemExit(f"device check: sections failed: {report['failed']}")
     report["goals"] = goals(report)
 
     table = markdown(report) + f"\nWall time of the check: {report['wall_s']:.0f} s.\n"
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2, default=str)
-    with open(os.path.join(args.out, "device_check.md"), "w") as f:
-        f.write(table)
+    write_json(json_path, report, indent=2, default=str)
+    write_atomic(os.path.join(args.out, "device_check.md"), table)
     print(table)
     print(f"written: {os.path.join(args.out, 'device_check.json')} and device_check.md")
     return report

@@ -26,6 +26,7 @@ from ctrain.data import load_dataset
 from ctrain.data.synthetic import BLOB_STD, blob_bayes_accuracy
 from ctrain.evaluate import compare_seeds, evaluate_explainability, seed_interval
 from ctrain.search import SearchConfig
+from ctrain.storage import write_atomic
 from experiments import pipeline
 from experiments.configs import ActionabilityConfig, get_config, replace_path
 from experiments.results_md import interval_text
@@ -258,8 +259,7 @@ def main(argv=None) -> list[dict]:
 
 def write_outputs(out: str, rows: list[dict]) -> None:
     """Writes tables.md and summary.json for `rows` (all draws finished so far) under `out`."""
-    with open(os.path.join(out, "tables.md"), "w") as f:
-        f.write(tables(rows) + "\n")
+    write_atomic(os.path.join(out, "tables.md"), tables(rows) + "\n")
     pipeline.write_json(os.path.join(out, "summary.json"), summarise(rows))
 
 

@@ -18,6 +18,7 @@ import csv
 import json
 import os
 
+from ctrain.storage import write_atomic, write_json
 from experiments.configs import get_config, get_path
 from experiments.studies.grids.tuning import GRIDS
 
@@ -150,14 +151,11 @@ def main(argv=None) -> dict:
     if not grids:
         raise FileNotFoundError(f"no grid.csv under {args.out!r} for {args.grids}: run experiments.studies.grids.tuning first")
     summary = summarise(args.out, grids)
-    with open(os.path.join(args.dest, "tables.md"), "w") as f:
-        f.write(tables(summary) + "\n")
+    write_atomic(os.path.join(args.dest, "tables.md"), tables(summary) + "\n")
     for grid in grids:
-        with open(os.path.join(args.out, grid, "grid.md")) as src, \
-                open(os.path.join(args.dest, f"grid_{grid}.md"), "w") as dst:
-            dst.write(src.read())
-    with open(os.path.join(args.dest, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
+        with open(os.path.join(args.out, grid, "grid.md")) as src:
+            write_atomic(os.path.join(args.dest, f"grid_{grid}.md"), src.read())
+    write_json(os.path.join(args.dest, "summary.json"), summary, indent=1, default=str)
     print(tables(summary))
     return summary
 

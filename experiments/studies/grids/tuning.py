@@ -58,6 +58,7 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -70,6 +71,7 @@ import numpy as np
 from ctrain.evaluate import evaluate_explainability
 from ctrain.models import make_model
 from ctrain.objective import LossWeights
+from ctrain.storage import write_atomic
 from ctrain.train import create_train_states, fit_many
 from experiments.configs import (OFFLINE_NAMES, SYNTHETIC_NAMES, ExperimentConfig, flat_dict, from_dict, get_config,
                                  get_path, leaf_paths, override, path_in, replace_path)
@@ -462,12 +464,12 @@ def collect(out: str, grid: str) -> dict:
     os.makedirs(folder, exist_ok=True)
     csv_path, md_path = os.path.join(folder, "grid.csv"), os.path.join(folder, "grid.md")
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: (r["dataset"], r["group"], r["config"])))
-    with open(md_path, "w") as f:
-        f.write(grid_markdown(grid, rows) + "\n")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["dataset"], r["group"], r["config"])))
+    write_atomic(csv_path, text.getvalue())
+    write_atomic(md_path, grid_markdown(grid, rows) + "\n")
     return {"csv": csv_path, "md": md_path, "rows": rows}
 
 

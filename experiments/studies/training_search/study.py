@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 import numpy as np
 
 from ctrain.evaluate import ProtocolConfig, compare_seeds, evaluate_explainability
 from ctrain.search import SearchConfig
+from ctrain.storage import write_atomic
 from experiments import pipeline
 from experiments.configs import get_config, replace_path
 from experiments.results_md import interval_text
@@ -118,8 +120,7 @@ def tables(rows: list[dict]) -> str:
 
 def write_outputs(out: str, rows: list[dict]) -> None:
     """Writes tables.md for `rows` (every dataset finished so far) under `out`."""
-    with open(f"{out}/tables.md", "w") as f:
-        f.write(tables(rows) + "\n")
+    write_atomic(os.path.join(out, "tables.md"), tables(rows) + "\n")
 
 
 def main(argv=None) -> list[dict]:

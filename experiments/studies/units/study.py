@@ -61,6 +61,7 @@ import numpy as np
 from ctrain.data import load_dataset
 from ctrain.evaluate import bootstrap_mean_ci, compare, evaluate_explainability, paired_rounds
 from ctrain.search import CATEGORICAL_MODES, TRAINING_SEARCH, SearchConfig
+from ctrain.storage import write_atomic, write_json
 from experiments.configs import ExperimentConfig, get_config, override, path_in
 from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, refuse_overwrite,
                                  train_seeds)
@@ -396,9 +397,8 @@ def main(argv=None) -> list[dict]:
     command = invocation(argv if argv is not None else sys.argv[1:])
     machine = this_machine()
     wall_s = time.perf_counter() - t0
-    with open(os.path.join(args.out, "units.json"), "w") as f:
-        json.dump({"args": vars(args), "command": command, "machine": machine, "results": results,
-                   "wall_s": wall_s}, f, indent=1, allow_nan=False)
+    write_json(os.path.join(args.out, "units.json"), {"args": vars(args), "command": command, "machine": machine,
+                                                      "results": results, "wall_s": wall_s}, indent=1, allow_nan=False)
     write_tables(results, args, command, wall_s, machine)
     return results
 
@@ -414,8 +414,7 @@ def write_tables(results: list[dict], args, command: str, wall_s: float, machine
     differences = difference_table(results, args.arms[0])
     if differences:
         text += "\n\n" + differences
-    with open(os.path.join(args.out, "units.md"), "w") as f:
-        f.write(f"Command: `{command}`{note}\n\n{text}\n")
+    write_atomic(os.path.join(args.out, "units.md"), f"Command: `{command}`{note}\n\n{text}\n")
     if args.results_md:
         write_section(args.results_md, args.section, f"### {args.title}\n\nMade by `{command}` in "
                                                      f"{wall_s / 60:.0f} min ({machine}){note}.\n\n{text}")

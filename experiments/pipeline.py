@@ -16,10 +16,13 @@ non-finite value) is null, and a comparison's "note" (or the results' "notes") s
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import sys
 import time
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -554,6 +557,41 @@ def run_metadata() -> dict:
 # --------------------------------------------------------------------------------------------------
 # Command-line checks shared by the experiment scripts: each runs before anything trains, so a bad argument
 # fails at once instead of after hours of training (or, worse, trains something other than what was asked).
+
+
+class CommandError(ValueError):
+    """A mistake in a command's settings or its --out folder, said in one line with its fix; the command exits 2."""
+
+
+@contextlib.contextmanager
+def command_checks() -> Iterator[None]:
+    """Yields once; a ValueError, TypeError, KeyError or FileNotFoundError raised inside becomes a CommandError.
+
+    Wraps the checks a script runs before it trains, so the mistakes found there reach `run_command` as one line;
+    an error of the same kind raised later (while training) keeps its traceback.
+    """
+    try:
+        yield
+    except CommandError:
+        raise
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise CommandError(" ".join(str(text).split())) from err
+
+
+def run_command(main: Callable, argv=None, prog: str | None = None) -> int:
+    """Returns the exit status of `main(argv)`: 0, 2 after a CommandError, 1 after a failed write (StorageError),
+    each failure printed as one line on stderr with no traceback."""
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        main(argv)
+    except CommandError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except storage.StorageError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def check_flags(config: ExperimentConfig, flags: dict[str, tuple[str, object]]) -> ExperimentConfig:

@@ -153,11 +153,13 @@ def test_reproduce_adds_datasets_to_a_finished_run_and_never_loses_one(set_args,
     assert meta["command"].count("python -m experiments.reproduce") == 2 and " && " in meta["command"]
     assert set(meta["per_dataset_wall_s"]) == {"linearly_separable", "circles"}
 
-    # A dataset that is there already is refused before anything trains, naming it.
+    # A dataset that is there already, made by another configuration, is refused before anything trains, naming
+    # the row and what differs; made by the same one, it is reused with no training.
     monkeypatch.setattr(pipeline, "train_seeds", _no_training)
-    with pytest.raises(ValueError, match=r"already holds finished results for circles.*--overwrite"):
-        reproduce.main(["--datasets", "circles", "moons", *base])
+    with pytest.raises(ValueError, match=r"circles.*made otherwise \(train\.epochs 1 -> 2\).*--overwrite"):
+        reproduce.main(["--datasets", "circles", "moons", *base, "--set", "train.epochs=2"])
     assert not (out / "moons").exists() and json.loads((out / "results.json").read_text()) == stored
+    assert reproduce.main(["--datasets", "circles", *base]) == stored
 
     # --tables-only rebuilds both rows, and brings back a row results.json lost (as the code before this did).
     (out / "table.md").unlink()
@@ -174,6 +176,7 @@ def test_reproduce_adds_datasets_to_a_finished_run_and_never_loses_one(set_args,
     (out / "circles" / "stale.txt").write_text("from the run replaced")
 
     def fake_run(config, workdir, **kwargs):
+        assert not os.path.exists(workdir)  # the replaced row's folder went first
         os.makedirs(workdir)
         res = {**stored[1], "marker": "new"}
         pipeline.write_json(os.path.join(workdir, "results.json"), res)

@@ -565,33 +565,40 @@ class CommandError(ValueError):
 
 @contextlib.contextmanager
 def command_checks() -> Iterator[None]:
-    """Yields once; a ValueError, TypeError, KeyError or FileNotFoundError raised inside becomes a CommandError.
+    """Yields once; a ValueError, TypeError, KeyError or FileNotFoundError raised inside is marked a command mistake.
 
-    Wraps the checks a script runs before it trains, so the mistakes found there reach `run_command` as one line;
-    an error of the same kind raised later (while training) keeps its traceback.
+    Wraps the checks a script runs before it trains, so the mistakes found there reach `run_command` as one line
+    (a caller of `main` still gets the error's own type); an error of the same kind raised later, while training,
+    keeps its traceback.
     """
     try:
         yield
-    except CommandError:
-        raise
     except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-        text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        raise CommandError(" ".join(str(text).split())) from err
+        err.command_mistake = True
+        raise
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(text).split())
 
 
 def run_command(main: Callable, argv=None, prog: str | None = None) -> int:
-    """Returns the exit status of `main(argv)`: 0, 2 after a CommandError, 1 after a failed write (StorageError),
-    each failure printed as one line on stderr with no traceback."""
+    """Returns the exit status of `main(argv)`: its own if it returns an int, else 0; 2 after a CommandError, 1 after
+    a failed write (StorageError), each failure printed as one line on stderr with no traceback."""
     prog = prog or os.path.basename(sys.argv[0])
     try:
-        main(argv)
-    except CommandError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        status = main(argv)
     except storage.StorageError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return 1
-    return 0
+    except Exception as err:
+        if not (isinstance(err, CommandError) or getattr(err, "command_mistake", False)):
+            raise
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    # A main that returns an int returns its own exit status (a benchmark whose figures miss their goal, say).
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def check_flags(config: ExperimentConfig, flags: dict[str, tuple[str, object]]) -> ExperimentConfig:

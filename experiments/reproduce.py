@@ -365,7 +365,8 @@ def stored_rows(out: str, replaceable=()) -> StoredRows:
     if damaged:
         path, why = damaged[0]
         raise ValueError(f"{path} is damaged ({why}): its row cannot be read; retrain it with --overwrite "
-                         f"(with its dataset in --datasets), or move {os.path.dirname(path)!r} out of {out!r} to drop it"
+                         f"(with its dataset in --datasets), or move {os.path.dirname(path)!r} out of {out!r} to drop "
+                         "it"
                          + (f" ({len(damaged) - 1} more damaged row file(s))" if len(damaged) > 1 else ""))
     meta_path, metadata = os.path.join(out, "metadata.json"), None
     if os.path.exists(meta_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import platform
 import statistics
 import time
@@ -35,6 +36,17 @@ def machine() -> dict[str, str]:
     return {"platform": platform.platform(), "cpu_count": str(os.cpu_count()), "python": platform.python_version(),
             "jax": jax.__version__, "backend": jax.default_backend(), "device": getattr(dev, "device_kind", str(dev)),
             "device_count": str(jax.device_count())}
+
+
+def check_arguments(datasets=(), json_path: str | None = None) -> None:
+    """Returns None; raises ValueError for a dataset without a config or an unwritable --json (run_command: one
+    line, exit 2)."""
+    from experiments.configs import get_config
+    from experiments.pipeline import check_output_file, command_checks
+    with command_checks():
+        for name in datasets:
+            get_config(name)
+        check_output_file("--json", json_path)
 
 
 def write_json(path: str | None, payload: dict) -> None:

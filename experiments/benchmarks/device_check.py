@@ -34,6 +34,7 @@ import numpy as np
 from ctrain.storage import write_atomic, write_json
 from experiments.benchmarks import search_throughput, train_step, training
 from experiments.benchmarks.common import fmt, machine
+from experiments.pipeline import run_command
 
 FULL = dict(step_batch=1000, search_batch=10_000, loop_samples=50, widths=[2, 104, 784], ks=[1, 10, 100, 1000],
             many_epochs=100, long_epochs=100, repeats=5, matmul_n=4096, many_budget_s=240)
@@ -214,7 +215,8 @@ def goals(report: dict) -> list[str]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CPU/CI sizes (about a minute on 2 cores)")
-    parser.add_argument("--out", default=os.path.join("results", "device_check"))
+    parser.add_argument("--out", default=os.path.join("results", "device_check"),
+                        help='folder of device_check.json and device_check.md (default: %(default)s)')
     parser.add_argument("--step-batch", type=int, help="batch of the CT/vanilla step comparison")
     parser.add_argument("--step-cases", nargs="+", choices=("adult", "mnist"), default=["adult", "mnist"],
                         help="input sizes of the step comparison")
@@ -224,8 +226,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--ks", type=int, nargs="+", help="numbers of seeds for fit_many")
     parser.add_argument("--many-epochs", type=int, help="epochs per fit_many call")
     parser.add_argument("--long-epochs", type=int, help="epochs of the single fit run")
-    parser.add_argument("--repeats", type=int)
-    parser.add_argument("--matmul-n", type=int)
+    parser.add_argument("--repeats", type=int,
+                        help="timed calls per measurement (default: --quick's or the full check's)")
+    parser.add_argument("--matmul-n", type=int,
+                        help="size n of the n x n matmul that measures FLOP/s (default: --quick's or the full check's)")
     parser.add_argument("--subsample", type=int, default=None, help="training samples of the synthetic set")
     parser.add_argument("--many-budget-s", type=float,
                         help="seconds for the fit_many section: a larger K runs fewer epochs, or none, to stay inside")
@@ -286,4 +290,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

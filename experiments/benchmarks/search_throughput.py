@@ -10,6 +10,7 @@ matmul throughput (`matmul_flops_per_s`).
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,8 @@ import numpy as np
 
 from ctrain.models import make_model
 from ctrain.search import SearchConfig, search_counterfactuals
-from experiments.benchmarks.common import fmt, measure, write_json
+from experiments.benchmarks.common import check_arguments, fmt, measure, write_json
+from experiments.pipeline import run_command
 
 search = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config"))
 
@@ -68,14 +70,19 @@ def classes_for(width: int) -> int:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1000,
+                        help='factuals per search (default: %(default)s)')
+    parser.add_argument("--steps", type=int, default=30,
+                        help='search steps (default: %(default)s)')
+    parser.add_argument("--repeats", type=int, default=5,
+                        help='timed calls per case (default: %(default)s)')
     parser.add_argument("--loop-samples", type=int, default=200, help="factuals timed in the per-sample loop")
     parser.add_argument("--widths", type=int, nargs="+", default=[2, 784],
                         help="input widths (2 classes below 784 features, 10 at 784 and above)")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None,
+                        help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
+    check_arguments(json_path=args.json)
     rows = [run_case(w, classes_for(w), args.batch, args.steps, args.repeats, min(args.loop_samples, args.batch))
             for w in args.widths]
     print("| MLP | batch | T | vmapped ms (median [min–max]) | per-sample loop ms | CF/s vmapped | CF/s loop | speed-up |")
@@ -88,4 +95,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

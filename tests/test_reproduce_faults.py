@@ -5,6 +5,7 @@ leaves the previous files readable, and a deleted or damaged results.json is reb
 """
 import contextlib
 import errno
+import io
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import pytest
 
 from ctrain import storage
 from experiments import pipeline, reproduce
+from experiments.configs import get_config, override
 
 ROOT = Path(__file__).resolve().parents[1]
 # test_script_args' SMALL: one epoch, one seed, two protocol rounds, no protected feature (no CT_mut, no IG).
@@ -143,7 +145,9 @@ def test_a_full_disk_during_a_results_write_loses_nothing(out, monkeypatch, caps
     monkeypatch.setattr(reproduce, "train_and_evaluate", _fake_row(out, "circles"))
     _disk_full_on(monkeypatch, out / target)
     assert pipeline.run_command(reproduce.main, ["--datasets", "circles", *_args(out)]) == 1
-    err = capsys.readouterr().err
+    printed, err = capsys.readouterr()
+    minutes = get_config("circles").expected_minutes
+    assert f"1 row(s) to train into {out.resolve()}: expected ~{minutes:g} min" in printed
     assert "No space left on device" in err and target in err and len(err.strip().splitlines()) == 1
     # The file that failed is the previous one, whole (or, new, not there); every other is whole too.
     assert (out / target).read_bytes() == before[target] if target in before else not (out / target).exists()
@@ -181,3 +185,22 @@ def test_a_damaged_row_file_is_named_with_how_to_recover_and_left_as_it_is(out, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(row) in err and "--overwrite" in err
     assert row.read_text() == spoilt
+
+
+def test_progress_names_the_dataset_the_model_the_seeds_and_the_stage():
+    config = override(get_config("linearly_separable"), SMALL + ["seeds=0,1,2"])
+    data = pipeline.load_data(config)
+    for label, expected in ((None, "[linearly_separable BL seeds 0-2 train] "),
+                            ("CT_mut", "[linearly_separable CT_mut seeds 0-2 train] ")):
+        log = io.StringIO()
+        pipeline.train_seeds(config, data, "vanilla", progress=log, label=label)
+        lines = log.getvalue().splitlines()
+        assert lines and all(line.startswith(expected) for line in lines), lines
+    log = io.StringIO()
+    shown = pipeline.stage_progress(log, "moons seed 3 BL/CT evaluate")
+    shown.write("evaluate search 1/10")
+    shown.write(" ok\nevaluate search 2/10\n")
+    assert log.getvalue() == ("[moons seed 3 BL/CT evaluate] evaluate search 1/10 ok\n"
+                              "[moons seed 3 BL/CT evaluate] evaluate search 2/10\n")
+    assert pipeline.stage_progress(False, "any") is False
+    assert pipeline.seeds_text([3]) == "seed 3" and pipeline.seeds_text([0, 2]) == "seeds 0,2"

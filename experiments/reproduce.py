@@ -61,8 +61,8 @@ from ctrain.storage import write_atomic
 from experiments import paper_results
 from experiments.configs import (CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, flat_dict, get_config, override,
                                  replace_path)
-from experiments.pipeline import (check_distinct, check_output_file, command_checks, load_data, run_command, run_label,
-                                  run_metadata, train_and_evaluate, train_figure1, write_json)
+from experiments.pipeline import (check_distinct, check_output_file, command_checks, json_safe, load_data, run_command,
+                                  run_label, run_metadata, train_and_evaluate, train_figure1, write_json)
 from experiments.tables import all_tables, make_headline, write_readme_headline, write_results_md
 
 
@@ -246,7 +246,8 @@ def reusable_rows(out: str, plan, labels, stored: "StoredRows", args, now: dict)
         why = []
         try:
             old_config = _read_json(os.path.join(where, "config.json"))
-            why += _differences(old_config, json.loads(json.dumps(config.to_dict())))
+            # as config.json holds it: strict JSON, a non-finite value as null
+            why += _differences(old_config, json.loads(json.dumps(json_safe(config.to_dict()))))
         except (OSError, ValueError):
             why.append("its config.json is missing or damaged")
         for flag, was in (("--ablation", bool(row.get("ablation"))), ("--baselines", bool(row.get("versus")))):

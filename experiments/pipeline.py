@@ -16,18 +16,20 @@ non-finite value) is null, and a comparison's "note" (or the results' "notes") s
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import math
 import os
+import sys
 import time
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ctrain.data import Dataset, load_dataset
-from ctrain import metrics
+from ctrain import metrics, storage
 from ctrain.evaluate import (ProtocolConfig, compare, compare_seeds, evaluate_explainability, evaluate_model,
                              seed_interval, write_records)
 from ctrain.models import make_model, train_vae
@@ -98,14 +100,61 @@ def train_vae_aux(config: ExperimentConfig, data: Dataset) -> dict | None:
     return {"vae_params": params}
 
 
+def seeds_text(seeds) -> str:
+    """Returns how progress names a run's seeds: "seed 3", "seeds 0-4" (a run of consecutive seeds), "seeds 0,2"."""
+    seeds = list(seeds)
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    if seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"seeds {seeds[0]}-{seeds[-1]}"
+    return "seeds " + ",".join(map(str, seeds))
+
+
+class LabelledLines:
+    """A text stream that writes to `stream` with `label` at the start of every line (for progress in a log)."""
+
+    def __init__(self, stream, label: str):
+        self.stream, self.label, self._line_start = stream, label, True
+
+    def write(self, text: str) -> int:
+        """Returns len(text) after writing it with the label before each line it starts."""
+        out = []
+        for piece in text.splitlines(keepends=True):
+            out.append(f"{self.label} {piece}" if self._line_start else piece)
+            self._line_start = piece.endswith("\n")
+        self.stream.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+def stage_progress(progress, label: str):
+    """Returns the progress setting for one stage named `label` (dataset, model, seeds, stage): on a terminal or in
+    a notebook the same setting, after a header line naming the stage; in a log, a stream that puts the label at the
+    start of each of its lines. False stays False."""
+    if progress is None or progress is False:
+        return progress
+    stream = sys.stderr if progress is True else progress
+    if (getattr(stream, "isatty", None) and stream.isatty()) or "ipykernel" in sys.modules:
+        stream.write(f"== {label}\n")
+        return progress
+    return LabelledLines(stream, f"[{label}]")
+
+
 def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, mutability: bool = False,
                 progress: bool = True, aux: dict | None = None, search: SearchConfig | None = None,
-                model_kwargs: dict | None = None) -> tuple[list[tuple], list[list[dict]], float]:
+                model_kwargs: dict | None = None,
+                label: str | None = None) -> tuple[list[tuple], list[list[dict]], float]:
     """Returns ([(apply_fn, params)] per seed, histories, wall seconds): all seeds trained as one vmapped program.
 
     `aux` reaches the training search (REVISE's {"vae_params": ...}); the vanilla objective searches nothing.
     `search` replaces the config's training search (`search_config`), e.g. to compare training searches.
-    `model_kwargs` go to `make_model` (e.g. the units study's `input_stats`).
+    `model_kwargs` go to `make_model` (e.g. the units study's `input_stats`). `label` names the model in the
+    progress (default: the objective's, e.g. CT; "CT_mut" for the protected-feature run).
     """
     tc = train_config(config, objective, data.num_features)
     if search is not None:
@@ -119,8 +168,10 @@ def train_seeds(config: ExperimentConfig, data: Dataset, objective: str, *, muta
                                  learning_rate=config.learning_rate,
                                  weights=loss_weights(config, mutability=mutability))
     t0 = time.perf_counter()
+    label = label or LABELS.get(objective, objective)
+    shown = stage_progress(progress, f"{data.name} {label} {seeds_text(config.seeds)} train")
     states, histories = fit_many(states, data, tc, seeds=config.seeds, constraints=data.constraints(),
-                                 progress=progress, aux=aux if tc.needs_counterfactuals else None)
+                                 progress=shown, aux=aux if tc.needs_counterfactuals else None)
     jax.block_until_ready(states.params)
     wall = time.perf_counter() - t0
     models = [(apply_fn, jax.tree.map(lambda a, i=i: a[i], states.params)) for i in range(len(config.seeds))]
@@ -195,8 +246,7 @@ def json_safe(obj, notes: list[str] | None = None, path: str = ""):
 def write_json(path: str, obj) -> list[str]:
     """Writes obj to path as strict JSON (NaN/inf as null); returns the notes on the values nulled."""
     notes: list[str] = []
-    with open(path, "w") as f:
-        json.dump(json_safe(obj, notes), f, indent=1, allow_nan=False)
+    storage.write_json(path, json_safe(obj, notes), indent=1, allow_nan=False)
     return notes
 
 
@@ -404,7 +454,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
                                                                                     progress=progress, aux=aux)
     if protected:
         trained["CT_mut"], histories["CT_mut"], timings["train_CT_mut_s"] = train_seeds(
-            config, data_protected, "full", mutability=True, progress=progress, aux=aux)
+            config, data_protected, "full", mutability=True, progress=progress, aux=aux, label="CT_mut")
     history_notes = write_json(os.path.join(workdir, "histories.json"), histories)
 
     t0 = time.perf_counter()
@@ -414,8 +464,9 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
         seed_dir = os.path.join(workdir, f"seed_{seed}")
         models = {label: trained[label][i] for label in labels}
         res = evaluate_explainability(models, data.x_test, data.y_test, num_classes=data.num_classes,
-                                      protocol=protocol_config(config, seed=seed),
-                                      constraints=data.constraints(), progress=progress)
+                                      protocol=protocol_config(config, seed=seed), constraints=data.constraints(),
+                                      progress=stage_progress(progress, f"{data.name} seed {seed} "
+                                                                        f"{'/'.join(models)} evaluate"))
         write_records(os.path.join(seed_dir, "plausibility_rounds.csv"), res["rounds"])
         write_records(os.path.join(seed_dir, "plausibility_summary.csv"), res["summary"])
         plaus.append(res["summary"])
@@ -423,7 +474,9 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str, *, data: Dataset 
             res_mut = evaluate_explainability({"BL": trained["BL"][i], "CT": trained["CT_mut"][i]}, data.x_test,
                                               data.y_test, num_classes=data.num_classes,
                                               protocol=protocol_config(config, seed=seed, actionability=True),
-                                              constraints=data_protected.constraints(), progress=progress)
+                                              constraints=data_protected.constraints(),
+                                              progress=stage_progress(progress, f"{data.name} seed {seed} BL/CT_mut "
+                                                                                "evaluate protected"))
             write_records(os.path.join(seed_dir, "actionability_summary.csv"), res_mut["summary"])
             cost.append(res_mut["summary"])
     timings["evaluate_s"] = time.perf_counter() - t0
@@ -556,6 +609,48 @@ def run_metadata() -> dict:
 # --------------------------------------------------------------------------------------------------
 # Command-line checks shared by the experiment scripts: each runs before anything trains, so a bad argument
 # fails at once instead of after hours of training (or, worse, trains something other than what was asked).
+
+
+class CommandError(ValueError):
+    """A mistake in a command's settings or its --out folder, said in one line with its fix; the command exits 2."""
+
+
+@contextlib.contextmanager
+def command_checks() -> Iterator[None]:
+    """Yields once; a ValueError, TypeError, KeyError or FileNotFoundError raised inside is marked a command mistake.
+
+    Wraps the checks a script runs before it trains, so the mistakes found there reach `run_command` as one line
+    (a caller of `main` still gets the error's own type); an error of the same kind raised later, while training,
+    keeps its traceback.
+    """
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        err.command_mistake = True
+        raise
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    return " ".join(str(text).split())
+
+
+def run_command(main: Callable, argv=None, prog: str | None = None) -> int:
+    """Returns the exit status of `main(argv)`: its own if it returns an int, else 0; 2 after a CommandError, 1 after
+    a failed write (StorageError), each failure printed as one line on stderr with no traceback."""
+    prog = prog or os.path.basename(sys.argv[0])
+    try:
+        status = main(argv)
+    except storage.StorageError as err:
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if not (isinstance(err, CommandError) or getattr(err, "command_mistake", False)):
+            raise
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    # A main that returns an int returns its own exit status (a benchmark whose figures miss their goal, say).
+    return status if isinstance(status, int) and not isinstance(status, bool) else 0
 
 
 def check_flags(config: ExperimentConfig, flags: dict[str, tuple[str, object]]) -> ExperimentConfig:

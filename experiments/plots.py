@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ctrain.search import sample_targets, search_counterfactuals_jit  # noqa: E402
+from ctrain.storage import save_figure  # noqa: E402
 
 
 
@@ -24,7 +25,7 @@ def _save(fig, path):
     folder = os.path.dirname(os.fspath(path))
     if folder:
         os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    save_figure(fig, path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -36,8 +36,14 @@ of a second, so the row would take about 8 hours there (extrapolated from 3 meas
 
 A run into an --out that already holds finished runs adds its rows beside theirs: results.json, metadata.json
 and the tables then cover every row there, and metadata.json's `runs` lists the commands that made them. A
-row that is there already (same dataset and one-hot mode, or same folder) is refused before anything trains,
-unless --overwrite, which replaces that row (and its folder) alone.
+row asked for again (same dataset and one-hot mode, or same folder) is reused, with no training, when the
+same configuration, flags and commit made it (its config.json and made_by.json say so), so the same command
+run twice succeeds and prints the table; one made otherwise is refused before anything trains, naming what
+differs; --overwrite retrains it and replaces that row (and its folder) alone.
+
+Every file is written atomically (ctrain.storage), and the top-level results.json is derived from the
+per-row <row>/results.json files: a run or --tables-only rebuilds it when it is missing or damaged (a damaged
+one is kept as results.json.damaged). A damaged row file is named, with how to recover, and never overwritten.
 """
 from __future__ import annotations
 
@@ -51,10 +57,12 @@ import sys
 import time
 
 from ctrain.search import CATEGORICAL_MODES
+from ctrain.storage import write_atomic
 from experiments import paper_results
-from experiments.configs import CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, get_config, override, replace_path
-from experiments.pipeline import (train_figure1, check_distinct, check_output_file, load_data, refuse_overwrite, run_label,
-                                 run_metadata, train_and_evaluate, write_json)
+from experiments.configs import (CONFIGS, OFFLINE_NAMES, SYNTHETIC_NAMES, flat_dict, get_config, override,
+                                 replace_path)
+from experiments.pipeline import (check_distinct, check_output_file, command_checks, json_safe, load_data, run_command,
+                                  run_label, run_metadata, train_and_evaluate, train_figure1, write_json)
 from experiments.tables import all_tables, make_headline, write_readme_headline, write_results_md
 
 
@@ -78,10 +86,11 @@ def run_plan(configs, loaded: dict, modes) -> list[tuple]:
     return plan
 
 
-def main(argv=None) -> list[dict]:
-    """Returns the results of every row in --out after this run: its own rows and the earlier ones kept."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """Returns reproduce's argument parser (every flag with its help; the module docstring as the epilog)."""
+    parser = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 1)[1])
     parser.add_argument("--datasets", nargs="+", default=None, help=f"any of {sorted(CONFIGS)}")
     parser.add_argument("--full", action="store_true", help="every dataset whose data can be loaded")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -93,87 +102,98 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--ablation", action="store_true", help="also train CD (no adversarial) and AR (no div/reg)")
     parser.add_argument("--baselines", action="store_true",
                         help="also train PGD adversarial training and JEM-style training, compared with CT")
-    parser.add_argument("--out", default=os.path.join("results", "reproduce"))
+    parser.add_argument("--out", default=os.path.join("results", "reproduce"),
+                        help="folder of the results: one folder per row, results.json, metadata.json, table.md "
+                             "(default: %(default)s)")
     parser.add_argument("--results-md", default=None, help="also write this RESULTS.md (and copy the figures beside it)")
     parser.add_argument("--readme", default=None,
                         help="also fill this README's headline table (between <!-- headline:start/end --> markers)")
     parser.add_argument("--no-plots", action="store_true", help="no figures (Figure 1 and the per-dataset plots)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--tables-only", action="store_true",
-                        help="train nothing: rebuild table.md (and --results-md) from the results in --out")
+                        help="train nothing: rebuild results.json and table.md (and --results-md) from the rows in "
+                             "--out")
     parser.add_argument("--overwrite", action="store_true",
-                        help="rerun rows that --out already holds, replacing them (default: refused before training)")
-    args = parser.parse_args(argv)
-    check_output_file("--results-md", args.results_md)
-    if args.readme is not None and not os.path.isfile(args.readme):
-        raise ValueError(f"--readme {args.readme!r} is not a file: the headline table is written into an existing "
-                         "README between <!-- headline:start --> and <!-- headline:end -->")
-    if args.tables_only:
-        return rebuild_tables(args.out, args.results_md, args.readme)
+                        help="retrain rows that --out already holds, replacing them (default: a row made by the same "
+                             "configuration and commit is reused, one made otherwise is refused)")
+    return parser
 
-    names = args.datasets or (list(CONFIGS) if args.full else list(SYNTHETIC_NAMES))
-    t0 = time.perf_counter()
-    # Every config is checked, and its data loaded and checked, before the first training: a typo fails at once.
-    configs = [override(get_config(n), args.overrides) for n in names]
-    check_distinct("--datasets", [c.data.name for c in configs])  # by config name: an alias repeats its dataset too
-    if args.categorical_modes:
-        check_distinct("--categorical-modes", args.categorical_modes)
-        for mode in args.categorical_modes:
-            replace_path(configs[0], "train.search.categorical", mode)  # the configs' own check of the mode
-    loaded, skipped = {}, {}
-    for config in configs:
-        try:
-            loaded[config.data.name] = load_data(config)
-        except FileNotFoundError as err:
-            if not (args.full and config.data.name not in OFFLINE_NAMES):
-                raise
-            skipped[config.data.name] = str(err).splitlines()[0]
-            print(f"== {config.data.name}: skipped: {skipped[config.data.name]}", flush=True)
-    plan = run_plan([c for c in configs if c.data.name in loaded], loaded, args.categorical_modes)
-    # The rows --out holds already stay; one asked for again is refused now, before anything trains.
-    earlier, folders, _ = stored_runs(args.out)
-    labels = [run_label(config, data) for config, data, _ in plan]
-    there = {_label(r) for r in earlier}
-    clashes = [label for (_, _, folder), label in zip(plan, labels) if label in there or folder in folders]
-    if not args.overwrite:
-        refuse_overwrite(args.out, clashes, "pass --overwrite to replace them, or leave them out of --datasets "
-                                            "(rows already there stay beside the new ones), or choose another --out")
+
+def main(argv=None) -> list[dict]:
+    """Returns the results of every row in --out after this run: its own rows, the reused and the earlier ones."""
+    args = build_parser().parse_args(argv)
+    with command_checks():
+        check_output_file("--results-md", args.results_md)
+        if args.readme is not None and not os.path.isfile(args.readme):
+            raise ValueError(f"--readme {args.readme!r} is not a file: the headline table is written into an "
+                             "existing README between <!-- headline:start --> and <!-- headline:end -->")
+        if args.tables_only:
+            return rebuild_tables(args.out, args.results_md, args.readme)
+        names = args.datasets or (list(CONFIGS) if args.full else list(SYNTHETIC_NAMES))
+        t0 = time.perf_counter()
+        # Every config is checked, and its data loaded and checked, before the first training: a typo fails at once.
+        configs = [override(get_config(n), args.overrides) for n in names]
+        check_distinct("--datasets", [c.data.name for c in configs])  # by config name: an alias repeats its dataset
+        if args.categorical_modes:
+            check_distinct("--categorical-modes", args.categorical_modes)
+            for mode in args.categorical_modes:
+                replace_path(configs[0], "train.search.categorical", mode)  # the configs' own check of the mode
+        loaded, skipped = {}, {}
+        for config in configs:
+            try:
+                loaded[config.data.name] = load_data(config)
+            except FileNotFoundError as err:
+                if not (args.full and config.data.name not in OFFLINE_NAMES):
+                    raise
+                skipped[config.data.name] = str(err).splitlines()[0]
+                print(f"== {config.data.name}: skipped: {skipped[config.data.name]}", flush=True)
+        plan = run_plan([c for c in configs if c.data.name in loaded], loaded, args.categorical_modes)
+        labels = [run_label(config, data) for config, data, _ in plan]
+        now = run_metadata()
+        # The rows --out holds already stay; one asked for again is reused if the same configuration and commit
+        # made it, retrained with --overwrite, and refused otherwise, all decided now, before anything trains.
+        stored = stored_rows(args.out, replaceable=[f for _, _, f in plan] if args.overwrite else ())
+        reused = [] if args.overwrite else reusable_rows(args.out, plan, labels, stored, args, now)
+    todo = [(entry, label) for entry, label in zip(plan, labels) if label not in reused]
+    folders = {folder: _label(row) for folder, row in stored.rows.items()}
     # Replaced: the rows run again, and the rows of the folders rewritten (another row label in the same folder).
-    replaced = set(labels) | {folders[folder] for _, _, folder in plan if folder in folders}
-    meta_path = os.path.join(args.out, "metadata.json")
-    earlier_meta = _read_json(meta_path) if earlier and os.path.isfile(meta_path) else None
+    replaced = {label for _, label in todo} | {folders[f] for (_, _, f), _ in todo if f in folders}
+    minutes = sum(config.expected_minutes for (config, _, _), _ in todo)
+    print(f"== {len(todo)} row(s) to train into {os.path.abspath(args.out)}"
+          + (f", {len(reused)} reused" if reused else "")
+          + (f": expected ~{minutes:g} min on a 2-core CPU" if todo else ""), flush=True)
     os.makedirs(args.out, exist_ok=True)
     command = "python -m experiments.reproduce " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-    meta = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **run_metadata()}
+    meta = {"command": command, "started": time.strftime("%Y-%m-%d %H:%M:%S"), **now}
     new = []
-    for (config, data, folder), label in zip(plan, labels):
+    for (config, data, folder), label in todo:
         mode = f", one-hot mode {config.train.search.categorical}" if data.schema.groups else ""
         print(f"== {folder}: seeds {list(config.seeds)}, {config.train.epochs} epochs{mode} "
               f"(expected ~{config.expected_minutes:g} min on a 2-core CPU)", flush=True)
-        # --overwrite: the replaced row's folder goes (files of the old run, e.g. a seed it had and this run has
-        # not, would otherwise sit beside the new ones), only now, so a failure before this row keeps it.
-        for old in [f for f, old_label in folders.items() if f == folder or old_label == label]:
+        # The row's folder goes (with --overwrite the replaced row's files, e.g. of a seed it had and this run has
+        # not; else an unfinished row's), only now, so a failure before this row keeps it.
+        for old in [folder] + [f for f, old_label in folders.items() if old_label == label and f != folder]:
             shutil.rmtree(os.path.join(args.out, old), ignore_errors=True)
-        new.append(train_and_evaluate(config, os.path.join(args.out, folder), data=data,
-                                      ablation=args.ablation, baselines=args.baselines, progress=not args.quiet,
-                                      plots=not args.no_plots))
+        row = train_and_evaluate(config, os.path.join(args.out, folder), data=data, ablation=args.ablation,
+                                 baselines=args.baselines, progress=not args.quiet, plots=not args.no_plots)
+        write_json(os.path.join(args.out, folder, MADE_BY), made_by(now, command))
+        new.append(row)
+    earlier_meta = stored.metadata
     figure1 = None
-    ls = [(c, d) for c, d, _ in plan if c.data.name == "linearly_separable"]
+    ls = [(c, d) for ((c, d, _), _) in todo if c.data.name == "linearly_separable"]
     if ls and not args.no_plots:
         t1 = time.perf_counter()
         figure1 = train_figure1(os.path.join(args.out, "figures", "figure1_linear.png"), *ls[0],
-                                  progress=not args.quiet)
+                                progress=not args.quiet)
         figure1["wall_s"] = time.perf_counter() - t1
-    meta.update(wall_time_s=time.perf_counter() - t0, skipped=skipped, figure1=figure1,
-                per_dataset_wall_s={r["label"]: r["timings"]["total_s"] for r in new})
-    results = merge_results(earlier, new, replaced)
-    meta = merge_metadata(earlier_meta, meta, replaced, ran={c.data.name for c in configs})
-    table = all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta["figure1"])
-    with open(os.path.join(args.out, "table.md"), "w") as f:
-        f.write(table + "\n")
-    write_json(os.path.join(args.out, "results.json"), results)
-    write_json(os.path.join(args.out, "metadata.json"), meta)
-    print(table)
+    results = merge_results(stored.results, new, replaced)
+    if new or not earlier_meta:
+        meta.update(wall_time_s=time.perf_counter() - t0, skipped=skipped, figure1=figure1,
+                    per_dataset_wall_s={r["label"]: r["timings"]["total_s"] for r in new})
+        meta = merge_metadata(earlier_meta, meta, replaced, ran={c.data.name for c in configs})
+    else:
+        meta = earlier_meta  # nothing trained: the record of the commands that made the rows stays as it was
+    write_outputs(args.out, results, meta)
     if skipped:
         print("\nSkipped (data not available): " + ", ".join(sorted(skipped)))
     if args.results_md:
@@ -184,26 +204,83 @@ def main(argv=None) -> list[dict]:
     return results
 
 
-def rebuild_tables(out: str, results_md: str | None = None, readme: str | None = None) -> list[dict]:
-    """Returns the results stored in `out` after rewriting its table.md (and results_md) from them; trains nothing.
+# Beside each row's results.json: the commit and command that made it, so that a later run knows whether to reuse it.
+MADE_BY = "made_by.json"
 
-    A finished dataset folder whose row results.json lacks (dropped by a version that replaced the file on every
-    run, or left by an interrupted run) is added back to results.json and the tables.
-    """
-    paths = {name: os.path.join(out, name) for name in ("results.json", "metadata.json")}
-    missing = [p for p in paths.values() if not os.path.isfile(p)]
-    if missing:
-        raise FileNotFoundError(f"--tables-only needs a finished run in {out!r}; missing {missing}")
-    results, _, recovered = stored_runs(out)
-    if recovered:
-        print(f"Rows recovered from their folders (not in results.json): {', '.join(recovered)}", flush=True)
-        write_json(paths["results.json"], results)
-    now = run_metadata()
-    meta = {**_read_json(paths["metadata.json"]), "tables_commit": now["git_commit"], "tables_dirty": now["git_dirty"]}
+
+def made_by(now: dict, command: str) -> dict:
+    """Returns the record of who made a row: {"git_commit", "git_dirty", "command"}."""
+    return {"git_commit": now.get("git_commit"), "git_dirty": now.get("git_dirty"), "command": command}
+
+
+def write_outputs(out: str, results: list[dict], meta: dict) -> str:
+    """Returns the tables' text after writing table.md, results.json and metadata.json of `out` and printing it."""
     table = all_tables(results, ablation=any(r.get("ablation") for r in results), figure1=meta.get("figure1"))
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(table + "\n")
+    # table.md first, results.json (the rows' record) last: a failed write leaves the earlier record whole.
+    write_atomic(os.path.join(out, "table.md"), table + "\n")
+    write_json(os.path.join(out, "metadata.json"), meta)
+    write_json(os.path.join(out, "results.json"), results)
     print(table)
+    return table
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """Returns "path old -> new" for every dotted setting that differs between two config trees."""
+    a, b = flat_dict(old), flat_dict(new)
+    return [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+
+
+def reusable_rows(out: str, plan, labels, stored: "StoredRows", args, now: dict) -> list[str]:
+    """Returns the labels of the planned rows that `out` holds made by the same configuration, flags and commit.
+
+    Raises ValueError naming the first such row made otherwise (what differs, and how to go on)."""
+    by_label = {_label(row): folder for folder, row in stored.rows.items()}
+    reused = []
+    for (config, _, folder), label in zip(plan, labels):
+        there = folder if folder in stored.rows else by_label.get(label)
+        if there is None:
+            continue
+        where = os.path.join(out, there)
+        row = stored.rows[there]
+        why = []
+        try:
+            old_config = _read_json(os.path.join(where, "config.json"))
+            # as config.json holds it: strict JSON, a non-finite value as null
+            why += _differences(old_config, json.loads(json.dumps(json_safe(config.to_dict()))))
+        except (OSError, ValueError):
+            why.append("its config.json is missing or damaged")
+        for flag, was in (("--ablation", bool(row.get("ablation"))), ("--baselines", bool(row.get("versus")))):
+            if was != getattr(args, flag[2:]):
+                why.append(f"{flag} {'on' if was else 'off'} -> {'on' if not was else 'off'}")
+        try:
+            commit = _read_json(os.path.join(where, MADE_BY)).get("git_commit")
+        except (OSError, ValueError, AttributeError):
+            commit = None
+        if commit != now.get("git_commit") or commit is None:
+            why.append(f"commit {str(commit)[:10] if commit else 'unknown'} -> {str(now.get('git_commit'))[:10]}")
+        if why:
+            raise ValueError(f"{where} holds a finished row for {label} made otherwise ({'; '.join(why[:4])}"
+                             f"{'; ...' if len(why) > 4 else ''}); nothing was trained: pass --overwrite to retrain "
+                             "it, leave it out of --datasets, or choose another --out")
+        dirty = " (uncommitted changes in the working tree)" if now.get("git_dirty") else ""
+        print(f"== {there}: reusing the finished row in {where}, made by the same configuration and commit "
+              f"{str(commit)[:10]}{dirty}; pass --overwrite to retrain it", flush=True)
+        reused.append(label)
+    return reused
+
+
+def rebuild_tables(out: str, results_md: str | None = None, readme: str | None = None) -> list[dict]:
+    """Returns the rows stored in `out` after rewriting its results.json and table.md (and results_md) from the
+    per-row results; trains nothing. A row results.json lacks (lost, or the file damaged) is brought back."""
+    stored = stored_rows(out)
+    if not stored.results:
+        raise FileNotFoundError(f"--tables-only needs a finished run in {out!r}: it holds no <row>/results.json")
+    now = run_metadata()
+    meta = stored.metadata or {**now, "command": "(not recorded: metadata.json was missing)", "figure1": None}
+    meta = {**meta, "tables_commit": now["git_commit"], "tables_dirty": now["git_dirty"]}
+    write_outputs(out, stored.results, meta)
+    results = stored.results
     if results_md:
         sensitivity = None
         for name in sorted(os.listdir(out)):  # the runs' own configs (IG settings for the notes)
@@ -229,26 +306,92 @@ def _read_json(path: str):
         return json.load(f)
 
 
-def stored_runs(out: str) -> tuple[list[dict], dict[str, str], list[str]]:
-    """Returns (results, {folder: row label}, recovered folders) of the finished runs in `out`: results.json's rows,
-    then those of any finished dataset folder whose row results.json lacks (the recovered folders)."""
-    path = os.path.join(out, "results.json")
-    results = _read_json(path) if os.path.isfile(path) else []
-    labels = {_label(r) for r in results}
-    folders, recovered = {}, []
+def damage(path: str, kind: type = list):
+    """Returns (the file's JSON value, None) if `path` holds a JSON `kind`, else (None, what is wrong with it)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        return None, f"unreadable: {err.strerror or err}"
+    if not raw.strip():
+        return None, "empty"
+    try:
+        value = json.loads(raw)
+    except ValueError as err:
+        return None, f"not JSON, e.g. cut short: {err}"
+    if not isinstance(value, kind):
+        return None, f"a JSON {type(value).__name__}, not a {kind.__name__}"
+    return value, None
+
+
+def set_aside(path: str) -> str:
+    """Returns the name the damaged file `path` was renamed to (`<path>.damaged`, numbered if that is taken)."""
+    aside, n = f"{path}.damaged", 1
+    while os.path.exists(aside):
+        n += 1
+        aside = f"{path}.damaged{n}"
+    os.replace(path, aside)
+    return aside
+
+
+@dataclasses.dataclass
+class StoredRows:
+    """What an --out holds: `rows` {folder: its results.json row}, `results` (the rows in the stored order) and
+    `metadata` (metadata.json, or None)."""
+    rows: dict
+    results: list
+    metadata: dict | None
+
+
+def stored_rows(out: str, replaceable=()) -> StoredRows:
+    """Returns the finished rows of `out`, read from the per-row `<folder>/results.json` files (the top-level
+    results.json only gives their order); a folder without results.json is an unfinished row and is left out.
+
+    A damaged top-level results.json is renamed to results.json.damaged, and said so; it is rebuilt by the caller.
+    A damaged row file, or metadata.json, raises ValueError naming it and how to recover, unless the row's folder is
+    in `replaceable` (it is about to be retrained).
+    """
+    rows, damaged = {}, []
     for name in sorted(os.listdir(out)) if os.path.isdir(out) else []:
-        try:
-            res = _read_json(os.path.join(out, name, "results.json"))
-        except (OSError, ValueError):  # no results.json, or half-written: not a finished row
+        path = os.path.join(out, name, "results.json")
+        if not os.path.isfile(path):
             continue
-        if not isinstance(res, dict) or "dataset" not in res:
-            continue
-        folders[name] = _label(res)
-        if folders[name] not in labels:
-            results.append(res)
-            labels.add(folders[name])
-            recovered.append(name)
-    return results, folders, recovered
+        row, why = damage(path, dict)
+        if why is None and "dataset" not in row:
+            why = "a dict without a dataset"
+        if why is None:
+            rows[name] = row
+        elif name not in replaceable:
+            damaged.append((path, why))
+    if damaged:
+        path, why = damaged[0]
+        raise ValueError(f"{path} is damaged ({why}): its row cannot be read; retrain it with --overwrite "
+                         f"(with its dataset in --datasets), or move {os.path.dirname(path)!r} out of {out!r} to drop "
+                         "it"
+                         + (f" ({len(damaged) - 1} more damaged row file(s))" if len(damaged) > 1 else ""))
+    meta_path, metadata = os.path.join(out, "metadata.json"), None
+    if os.path.exists(meta_path):
+        metadata, why = damage(meta_path, dict)
+        if why:
+            raise ValueError(f"{meta_path} is damaged ({why}): the record of the commands that made the rows is lost; "
+                             "move it away (e.g. to metadata.json.damaged) and run again to record this run alone")
+    order = []
+    top = os.path.join(out, "results.json")
+    if os.path.exists(top):
+        listed, why = damage(top, list)
+        if why:
+            aside = set_aside(top)
+            print(f"== {top} was damaged ({why}): kept as {aside}; results.json is rebuilt from the per-row "
+                  "files", flush=True)
+        else:
+            order = [_label(r) for r in listed if isinstance(r, dict) and "dataset" in r]
+            lost = [label for label in order if label not in {_label(r) for r in rows.values()}]
+            if lost:
+                print(f"== rows in {top} without their folder's results.json are dropped: {', '.join(lost)}",
+                      flush=True)
+    position = {label: i for i, label in enumerate(order)}
+    results = sorted(rows.values(), key=lambda r: position.get(_label(r), len(position)))
+    return StoredRows(rows, results, metadata)
 
 
 def merge_results(earlier: list[dict], new: list[dict], replaced=()) -> list[dict]:
@@ -296,4 +439,4 @@ def merge_metadata(earlier: dict | None, meta: dict, replaced=(), ran=()) -> dic
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

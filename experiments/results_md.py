@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import re
 
+from ctrain.storage import write_atomic
+
 _SECTION = re.compile(r"<!-- (?P<name>[\w.-]+):start -->\n.*?\n<!-- (?P=name):end -->", re.S)
 
 
@@ -25,8 +27,7 @@ def write_section(path: str, name: str, text: str) -> None:
         body = body[:body.index(start)] + block + body[body.index(end) + len(end):]
     else:
         body = body.rstrip() + "\n\n" + block + "\n"
-    with open(path, "w") as f:
-        f.write(body)
+    write_atomic(path, body)
 
 
 def interval_text(stat: dict, digits: int = 1) -> str:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 
 from ctrain.evaluate import seed_interval
+from ctrain.storage import write_atomic
 from experiments import paper_results, plots
 from experiments.configs import CONFIGS, flat_dict, get_config
 from experiments.results_md import interval_text, marked_sections, write_section
@@ -756,8 +756,7 @@ def write_baselines_study(results_md: str, results: list[dict], meta: dict) -> s
                else "")
             + f" at commit `{meta['git_commit'][:10]}`{' (with uncommitted changes)' if meta.get('git_dirty') else ''}"
             f", {meta['cpu_count']} CPUs ({meta['device']}).", "", "## Tables", "", versus, ""]
-    with open(path, "w") as f:
-        f.write("\n".join(body))
+    write_atomic(path, "\n".join(body))
     return path
 
 
@@ -869,7 +868,8 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
 
     def copy(src, name):
         dst = os.path.join(out_dir, name)
-        shutil.copyfile(src, dst)
+        with open(src, "rb") as f:
+            write_atomic(dst, f.read())
         return rel(dst)
 
     if meta.get("figure1"):
@@ -952,5 +952,4 @@ def write_results_md(path: str, meta: dict, results: list[dict], sensitivity: di
                  + ", ".join(f"{k} ({v})" for k, v in sorted(meta["skipped"].items())), ""]
     # Sections that other commands wrote into the file (the units study, ...) are theirs to refresh: keep them.
     kept = marked_sections(open(path).read()) if os.path.exists(path) else []
-    with open(path, "w") as f:
-        f.write("\n".join(body) + "".join(f"\n{block}\n" for block in kept))
+    write_atomic(path, "\n".join(body) + "".join(f"\n{block}\n" for block in kept))

@@ -229,7 +229,7 @@ def test_results_stored_without_round_reductions_show_the_pooled_estimate_and_no
     table = tables.make_table([res])
     cmp = res["comparisons"]["CT"]["ip"]
     assert _row_cells(table)[2] == f"{cmp['reduction_pct']:.1f} [1]"
-    assert "Interval needs a rerun" in table and f"every seed has all its 2 rounds paired (6 = 3 × 2)" in table
+    assert "Interval needs a rerun" in table and "every seed has all its 2 rounds paired (6 = 3 × 2)" in table
     # A seed with a round left unpaired: the pooled estimate weights seeds by rounds, and the note says so.
     res = _heavy_tailed(HEAVY)
     res["comparisons"]["CT"]["ip"]["n_rounds"] = 5

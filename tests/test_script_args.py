@@ -153,11 +153,13 @@ def test_reproduce_adds_datasets_to_a_finished_run_and_never_loses_one(set_args,
     assert meta["command"].count("python -m experiments.reproduce") == 2 and " && " in meta["command"]
     assert set(meta["per_dataset_wall_s"]) == {"linearly_separable", "circles"}
 
-    # A dataset that is there already is refused before anything trains, naming it.
+    # A dataset that is there already, made by another configuration, is refused before anything trains, naming
+    # the row and what differs; made by the same one, it is reused with no training.
     monkeypatch.setattr(pipeline, "train_seeds", _no_training)
-    with pytest.raises(ValueError, match=r"already holds finished results for circles.*--overwrite"):
-        reproduce.main(["--datasets", "circles", "moons", *base])
+    with pytest.raises(ValueError, match=r"circles.*made otherwise \(train\.epochs 1 -> 2\).*--overwrite"):
+        reproduce.main(["--datasets", "circles", "moons", *base, "--set", "train.epochs=2"])
     assert not (out / "moons").exists() and json.loads((out / "results.json").read_text()) == stored
+    assert reproduce.main(["--datasets", "circles", *base]) == stored
 
     # --tables-only rebuilds both rows, and brings back a row results.json lost (as the code before this did).
     (out / "table.md").unlink()
@@ -174,6 +176,7 @@ def test_reproduce_adds_datasets_to_a_finished_run_and_never_loses_one(set_args,
     (out / "circles" / "stale.txt").write_text("from the run replaced")
 
     def fake_run(config, workdir, **kwargs):
+        assert not os.path.exists(workdir)  # the replaced row's folder went first
         os.makedirs(workdir)
         res = {**stored[1], "marker": "new"}
         pipeline.write_json(os.path.join(workdir, "results.json"), res)
@@ -186,3 +189,69 @@ def test_reproduce_adds_datasets_to_a_finished_run_and_never_loses_one(set_args,
     assert not (out / "circles" / "stale.txt").exists()
     assert [run["rows"] for run in json.loads((out / "metadata.json").read_text())["runs"]] == [
         ["linearly_separable"], ["circles"]]  # the first circles run no longer made a row: its command is dropped
+
+
+# Every experiments script, by module: its main(argv) is the command line's.
+SCRIPTS = ["experiments.reproduce", "experiments.studies.units.study", "experiments.studies.grids.tuning",
+           "experiments.studies.grids.study", "experiments.studies.actionability.study",
+           "experiments.studies.actionability.proposition", "experiments.studies.training_search.study",
+           *(f"experiments.benchmarks.{name}" for name in ("categorical", "ct_cost", "device_check", "metrics_memory",
+                                                           "run_all", "search_throughput", "step_rules", "train_step",
+                                                           "training", "tuning_grid"))]
+
+
+class _Parsed(Exception):
+    def __init__(self, parser):
+        self.parser = parser
+
+
+def _parser_of(module_name: str, monkeypatch):
+    """Returns the argparse parser that the script's main builds (stopped before it parses anything)."""
+    import argparse
+    import importlib
+
+    def stop(self, *args, **kwargs):
+        raise _Parsed(self)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", stop)
+    with pytest.raises(_Parsed) as caught:
+        importlib.import_module(module_name).main([])
+    return caught.value.parser
+
+
+@pytest.mark.parametrize("module_name", SCRIPTS)
+def test_every_flag_has_help_and_the_description_shows_once(module_name, monkeypatch):
+    parser = _parser_of(module_name, monkeypatch)
+    assert [a.option_strings for a in parser._actions if not a.help] == []
+    text, description = (" ".join(t.split()) for t in (parser.format_help(), parser.description or ""))
+    assert description and text.count(description) == 1  # not again in the epilog
+
+
+@pytest.mark.parametrize("module_name, argv, names", [
+    ("experiments.reproduce", ["--set", "nonexistent.field=1"], "nonexistent"),
+    ("experiments.studies.units.study", ["--set", "nonexistent.field=1"], "nonexistent"),
+    ("experiments.studies.grids.tuning", ["--grid", "tuning", "--num-tasks", "0"], "--num-tasks must be >= 1"),
+    ("experiments.studies.grids.tuning", ["--grid", "tuning", "--set", "nonexistent.field=1"], "nonexistent"),
+    ("experiments.studies.grids.study", ["--out", "{tmp}/nothing"], "no grid.csv"),
+    ("experiments.studies.actionability.study", ["--datasets", "no_such_set"], "no_such_set"),
+    ("experiments.studies.training_search.study", ["--datasets", "no_such_set"], "no_such_set"),
+    ("experiments.benchmarks.categorical", ["--datasets", "no_such_set"], "no_such_set"),
+    ("experiments.benchmarks.training", ["--many-dataset", "no_such_set"], "no_such_set"),
+    ("experiments.benchmarks.train_step", ["--json", "{tmp}/no/such/folder/x.json"], "--json"),
+])
+def test_a_configuration_mistake_is_one_line_and_exit_2(module_name, argv, names, tmp_path, monkeypatch, capsys):
+    import importlib
+    monkeypatch.setattr(pipeline, "train_seeds", _no_training)
+    main = importlib.import_module(module_name).main
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert pipeline.run_command(main, [*argv, "--out", str(tmp_path / "out")] if "--out" not in argv and
+                                "benchmarks" not in module_name else argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and names in err and "Traceback" not in err, err
+
+
+def test_an_error_while_running_keeps_its_traceback():
+    # Only the checks before training are command mistakes: a bug met later is not hidden as one line.
+    def broken(argv):
+        raise ValueError("a bug in training")
+    with pytest.raises(ValueError, match="a bug in training"):
+        pipeline.run_command(broken, [])

@@ -14,6 +14,7 @@ Full run (Adult 10 epochs + German 10 epochs, three modes): about 6 minutes on a
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -24,9 +25,9 @@ from ctrain.data import load_dataset
 from ctrain.models import make_model
 from ctrain.search import CATEGORICAL_MODES, SearchConfig, explain
 from ctrain.train import TrainConfig, create_train_state, fit
-from experiments.benchmarks.common import write_json
+from experiments.benchmarks.common import check_arguments, write_json
 from experiments.configs import get_config
-from experiments.pipeline import free_schema, loss_weights
+from experiments.pipeline import free_schema, loss_weights, run_command
 
 
 def _train_search(config, mode: str) -> SearchConfig:
@@ -74,14 +75,18 @@ def test_time(name: str, modes, n: int, bl_epochs: int, seed: int = 0) -> dict[s
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["adult", "german"])
-    parser.add_argument("--modes", nargs="+", default=list(CATEGORICAL_MODES), choices=CATEGORICAL_MODES)
+    parser.add_argument("--datasets", nargs="+", default=["adult", "german"],
+                        help='datasets with one-hot groups to time (default: %(default)s)')
+    parser.add_argument("--modes", nargs="+", default=list(CATEGORICAL_MODES), choices=CATEGORICAL_MODES,
+                        help='one-hot search modes to compare (default: all)')
     parser.add_argument("--epochs", type=int, default=10, help="CT epochs per mode (maturity per epoch)")
     parser.add_argument("--bl-epochs", type=int, default=30, help="epochs of the baseline searched at test time")
     parser.add_argument("--n", type=int, default=500, help="test factuals per mode")
     parser.add_argument("--quick", action="store_true", help="German only, 3 CT epochs, 5 BL epochs, 100 factuals")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None,
+                        help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
+    check_arguments(args.datasets, args.json)
     if args.quick:
         args.datasets, args.epochs, args.bl_epochs, args.n = ["german"], 3, 5, 100
     out = {}
@@ -107,4 +112,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -1,7 +1,6 @@
 """Timing helpers shared by the benchmark scripts: repeated wall-clock measurements and a machine description."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -9,6 +8,8 @@ import time
 from typing import Callable
 
 import jax
+
+from ctrain import storage
 
 
 def block(tree):
@@ -36,12 +37,21 @@ def machine() -> dict[str, str]:
             "device_count": str(jax.device_count())}
 
 
+def check_arguments(datasets=(), json_path: str | None = None) -> None:
+    """Returns None; raises ValueError for a dataset without a config or an unwritable --json (run_command: one
+    line, exit 2)."""
+    from experiments.configs import get_config
+    from experiments.pipeline import check_output_file, command_checks
+    with command_checks():
+        for name in datasets:
+            get_config(name)
+        check_output_file("--json", json_path)
+
+
 def write_json(path: str | None, payload: dict) -> None:
     """Writes `payload` (plus the machine description) as JSON to `path` when a path is given."""
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w") as f:
-            json.dump({"machine": machine(), **payload}, f, indent=2)
+        storage.write_json(path, {"machine": machine(), **payload}, indent=2)
 
 
 def fmt(stats: dict[str, float], scale: float = 1e3) -> str:

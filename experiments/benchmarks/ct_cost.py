@@ -45,6 +45,7 @@ and MNIST-5k and were replaced by `amortised`, which has not been measured at fu
 from __future__ import annotations
 
 import argparse
+import sys
 import json
 import statistics
 import time
@@ -54,7 +55,7 @@ import numpy as np
 from ctrain.evaluate import compare_seeds, evaluate_explainability
 from ctrain.search import TRAINING_SEARCH
 from experiments import pipeline
-from experiments.benchmarks.common import write_json
+from experiments.benchmarks.common import check_arguments, write_json
 from experiments.configs import get_config, override, replace_path
 from experiments.plots import plot_cost_trade_off
 from experiments.results_md import interval_text
@@ -172,19 +173,24 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true",
                         help=f"a smoke run: {QUICK['datasets']}, seeds {QUICK['seeds']}, {QUICK['epochs']} epochs, "
                              f"{QUICK['rounds']} protocol rounds of {QUICK['individuals']} individuals")
-    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None,
+                        help="datasets to time (default: the script's list)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help='training variants to time (default: all)')
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="training seeds (default 0 1 2 3 4)")
     parser.add_argument("--epochs", type=int, default=None, help="override train.epochs (default: the config's)")
     parser.add_argument("--rounds", type=int, default=None, help="override protocol.n_rounds")
     parser.add_argument("--individuals", type=int, default=None, help="override protocol.n_individuals")
-    parser.add_argument("--progress", action="store_true")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--progress", action="store_true",
+                        help='show the training progress')
+    parser.add_argument("--json", default=None,
+                        help='also write the rows to this JSON file')
     parser.add_argument("--plot", default=None, help="write the trade-off (IP / IP* against the CT/BL run-time ratio, "
                                                      "per dataset) as a PNG here")
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="train nothing: print the table (and --plot) of the rows a finished run wrote to FILE")
     args = parser.parse_args(argv)
+    check_arguments(args.datasets or (), args.json)
     if args.from_json:
         with open(args.from_json) as f:
             stored = json.load(f)
@@ -196,9 +202,10 @@ def main(argv=None) -> dict:
                                           individuals=None)
     datasets = args.datasets or quick["datasets"]
     seeds = args.seeds or quick["seeds"]
-    pipeline.check_distinct("--datasets", datasets)
-    pipeline.check_distinct("--variants", args.variants)
-    pipeline.check_distinct("--seeds", seeds)
+    with pipeline.command_checks():
+        pipeline.check_distinct("--datasets", datasets)
+        pipeline.check_distinct("--variants", args.variants)
+        pipeline.check_distinct("--seeds", seeds)
     if "default" not in args.variants:
         parser.error("--variants must include 'default': the decision rule compares the others against it")
     settings = {"datasets": datasets, "variants": args.variants, "seeds": seeds,
@@ -226,4 +233,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(pipeline.run_command(main, sys.argv[1:]))

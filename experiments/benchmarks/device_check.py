@@ -31,8 +31,10 @@ import time
 import jax
 import numpy as np
 
+from ctrain.storage import write_atomic, write_json
 from experiments.benchmarks import search_throughput, train_step, training
 from experiments.benchmarks.common import fmt, machine
+from experiments.pipeline import run_command
 
 FULL = dict(step_batch=1000, search_batch=10_000, loop_samples=50, widths=[2, 104, 784], ks=[1, 10, 100, 1000],
             many_epochs=100, long_epochs=100, repeats=5, matmul_n=4096, many_budget_s=240)
@@ -213,7 +215,8 @@ def goals(report: dict) -> list[str]:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CPU/CI sizes (about a minute on 2 cores)")
-    parser.add_argument("--out", default=os.path.join("results", "device_check"))
+    parser.add_argument("--out", default=os.path.join("results", "device_check"),
+                        help='folder of device_check.json and device_check.md (default: %(default)s)')
     parser.add_argument("--step-batch", type=int, help="batch of the CT/vanilla step comparison")
     parser.add_argument("--step-cases", nargs="+", choices=("adult", "mnist"), default=["adult", "mnist"],
                         help="input sizes of the step comparison")
@@ -223,8 +226,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--ks", type=int, nargs="+", help="numbers of seeds for fit_many")
     parser.add_argument("--many-epochs", type=int, help="epochs per fit_many call")
     parser.add_argument("--long-epochs", type=int, help="epochs of the single fit run")
-    parser.add_argument("--repeats", type=int)
-    parser.add_argument("--matmul-n", type=int)
+    parser.add_argument("--repeats", type=int,
+                        help="timed calls per measurement (default: --quick's or the full check's)")
+    parser.add_argument("--matmul-n", type=int,
+                        help="size n of the n x n matmul that measures FLOP/s (default: --quick's or the full check's)")
     parser.add_argument("--subsample", type=int, default=None, help="training samples of the synthetic set")
     parser.add_argument("--many-budget-s", type=float,
                         help="seconds for the fit_many section: a larger K runs fewer epochs, or none, to stay inside")
@@ -233,8 +238,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--collectives-only", metavar="JSON", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.collectives_only:  # the subprocess of `collectives()`
-        with open(args.collectives_only, "w") as f:
-            json.dump(collective_report(args.collective_programs), f)
+        write_json(args.collectives_only, collective_report(args.collective_programs))
         return {}
     for name, value in (QUICK if args.quick else FULL).items():
         if getattr(args, name) is None:
@@ -271,21 +275,19 @@ def main(argv=None) -> dict:
         report["section_s"][name] = time.perf_counter() - t0
         report["wall_s"] = time.perf_counter() - start
         print(f"{name}: {report['section_s'][name]:.1f} s", flush=True)
-        with open(json_path, "w") as f:  # written after every section so a run cut off by its limit keeps them
-            json.dump(report, f, indent=2, default=str)
+        # written after every section so a run cut off by its limit keeps them
+        write_json(json_path, report, indent=2, default=str)
     if report.get("failed"):
         raise SystemExit(f"device check: sections failed: {report['failed']}")
     report["goals"] = goals(report)
 
     table = markdown(report) + f"\nWall time of the check: {report['wall_s']:.0f} s.\n"
-    with open(json_path, "w") as f:
-        json.dump(report, f, indent=2, default=str)
-    with open(os.path.join(args.out, "device_check.md"), "w") as f:
-        f.write(table)
+    write_json(json_path, report, indent=2, default=str)
+    write_atomic(os.path.join(args.out, "device_check.md"), table)
     print(table)
     print(f"written: {os.path.join(args.out, 'device_check.json')} and device_check.md")
     return report
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -23,6 +23,7 @@ import numpy as np
 
 from ctrain import metrics
 from experiments.benchmarks.common import machine, write_json
+from experiments.pipeline import run_command
 
 _PAGE_BYTES = resource.getpagesize()
 _MB = 1024 ** 2
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--n", type=int, default=10_000, help="counterfactuals")
     parser.add_argument("--m", type=int, default=None, help="target samples (default: --n)")
     parser.add_argument("--d", type=int, default=784, help="features")
-    parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--chunk-size", type=int, default=1024,
+                        help='rows per chunk of the chunked metrics (default: %(default)s)')
     parser.add_argument("--length-scales", type=float, nargs="+",
                         default=[metrics.DEFAULT_LENGTH_SCALE, metrics.REFERENCE_CODE_LENGTH_SCALE],
                         help="MMD kernel length scales (default: the paper's 0.5 and the reference code's 5.0)")
@@ -141,4 +143,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main, sys.argv[1:]))

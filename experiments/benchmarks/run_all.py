@@ -20,7 +20,8 @@ import sys
 import time
 
 from experiments.benchmarks import ct_cost, search_throughput, train_step, training
-from experiments.benchmarks.common import machine, write_json
+from experiments.benchmarks.common import check_arguments, machine, write_json
+from experiments.pipeline import run_command
 
 
 def main(argv=None) -> dict:
@@ -29,8 +30,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--with-ct-cost", action="store_true",
                         help="also run the full ct_cost benchmark (4 datasets x 5 seeds; hours on a CPU)")
     parser.add_argument("--with-reproduce", action="store_true", help="also time `python -m experiments.reproduce`")
-    parser.add_argument("--json", default=os.path.join("results", "benchmarks.json"))
+    parser.add_argument("--json", default=os.path.join("results", "benchmarks.json"),
+                        help="file of every benchmark's rows (default: %(default)s)")
     args = parser.parse_args(argv)
+    check_arguments(json_path=args.json)
     repeats = 2 if args.quick else 5
     print(f"machine: {machine()}\n")
     out = {}
@@ -65,4 +68,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -15,6 +15,7 @@ with the ratio default / gradient (issue 35 asks for at most 1.2x at batch 10,00
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,8 @@ import numpy as np
 
 from ctrain.models import make_model
 from ctrain.search import EXPLAIN_SEARCH, SearchConfig, search_counterfactuals
-from experiments.benchmarks.common import fmt, measure, write_json
+from experiments.benchmarks.common import check_arguments, fmt, measure, write_json
+from experiments.pipeline import run_command
 
 search = jax.jit(search_counterfactuals, static_argnames=("apply_fn", "config"))
 
@@ -103,9 +105,9 @@ def classes_for(width: int) -> int:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=1000, help="factuals searched at once")
-    parser.add_argument("--steps", type=int, default=30, help="search steps T")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    parser.add_argument("--batch", type=int, default=1000, help="factuals searched at once (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=30, help="search steps T (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (default: %(default)s)")
     parser.add_argument("--loop-samples", type=int, default=200, help="factuals timed in the per-sample loop")
     parser.add_argument("--widths", type=int, nargs="+", default=[2, 784],
                         help="input widths (2 classes below 784 features, 10 at 784 and above)")
@@ -113,6 +115,7 @@ def main(argv=None) -> list[dict]:
                         help="time the default step rule beside plain gradient steps, not the per-sample loop")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
+    check_arguments(json_path=args.json)
     if args.step_rules:
         rows = [step_rule_case(w, classes_for(w), args.batch, args.steps, args.repeats) for w in args.widths]
         print_step_rules(rows)
@@ -130,4 +133,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -13,6 +13,7 @@ CPU.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import numpy as np
@@ -21,9 +22,9 @@ from ctrain.data import load_dataset
 from ctrain.models import make_model
 from ctrain.search import STEP_RULES, TRAINING_SEARCH, SearchConfig, explain
 from ctrain.train import TrainConfig, create_train_state, fit
-from experiments.benchmarks.common import write_json
+from experiments.benchmarks.common import check_arguments, write_json
 from experiments.configs import get_config
-from experiments.pipeline import free_schema, loss_weights
+from experiments.pipeline import free_schema, loss_weights, run_command
 
 
 def trained_models(name: str, epochs: int, seed: int = 0):
@@ -61,13 +62,17 @@ def explain_outcomes(data, model, rules, n: int, seed: int = 0) -> dict[str, dic
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["adult"])
-    parser.add_argument("--rules", nargs="+", default=list(STEP_RULES), choices=STEP_RULES)
+    parser.add_argument("--datasets", nargs="+", default=["adult"],
+                        help='datasets to compare the step rules on (default: %(default)s)')
+    parser.add_argument("--rules", nargs="+", default=list(STEP_RULES), choices=STEP_RULES,
+                        help='search step rules to compare (default: all)')
     parser.add_argument("--epochs", type=int, default=20, help="BL and CT epochs")
     parser.add_argument("--n", type=int, default=500, help="test factuals per model and rule")
     parser.add_argument("--quick", action="store_true", help="circles, 2 epochs, 100 factuals")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--json", default=None,
+                        help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
+    check_arguments(args.datasets, args.json)
     if args.quick:
         args.datasets, args.epochs, args.n = ["circles"], 2, 100
     out = {}
@@ -87,4 +92,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -14,6 +14,7 @@ where every sample takes all T steps, so its work per sample is T steps whatever
 from __future__ import annotations
 
 import argparse
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,8 @@ from ctrain.models import make_model
 from ctrain.objective import make_counterfactual_batch, positive_pool
 from ctrain.search import WALK_PAST_TAU, SearchConfig
 from ctrain.train import TrainConfig, create_train_state, make_train_step
-from experiments.benchmarks.common import fmt, measure, write_json
+from experiments.benchmarks.common import check_arguments, fmt, measure, write_json
+from experiments.pipeline import run_command
 
 SEARCHES = ("stop at τ", "walk")
 CASES = {"adult-sized (104 features, 2 classes)": (104, 2, 192), "mnist (784 features, 10 classes)": (784, 10, 500)}
@@ -77,11 +79,16 @@ def run_case(name: str, width: int, classes: int, n_ce: int, batch: int, repeats
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threshold", type=float, default=0.5)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--batch", type=int, default=1000,
+                        help='rows per training batch (default: %(default)s)')
+    parser.add_argument("--repeats", type=int, default=5,
+                        help='timed steps per case (default: %(default)s)')
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="the search's target probability τ (default: %(default)s)")
+    parser.add_argument("--json", default=None,
+                        help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
+    check_arguments(json_path=args.json)
     rows = [run_case(name, w, k, n, args.batch, args.repeats, args.threshold, search)
             for name, (w, k, n) in CASES.items() for search in SEARCHES]
     print("| input | training search | n_ce/batch | vanilla ms | CT ms | steps to τ | steps per sample | loop iters "
@@ -99,4 +106,4 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

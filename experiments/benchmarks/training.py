@@ -9,6 +9,7 @@ compilation included, for the device check.
 from __future__ import annotations
 
 import argparse
+import sys
 import statistics
 import time
 
@@ -19,9 +20,9 @@ from ctrain.data import load_dataset
 from ctrain.models import make_model
 from ctrain.objective import positive_pool
 from ctrain.train import create_train_state, create_train_states, fit, fit_many, make_train_epoch
-from experiments.benchmarks.common import block, fmt, measure, write_json
+from experiments.benchmarks.common import block, check_arguments, fmt, measure, write_json
 from experiments.configs import SYNTHETIC_NAMES, get_config
-from experiments.pipeline import free_schema, loss_weights, train_config
+from experiments.pipeline import free_schema, loss_weights, run_command, train_config
 
 
 def _setup(name: str, objective: str):
@@ -182,13 +183,19 @@ def long_run(name: str, epochs: int, subsample: int | None = None) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=list(SYNTHETIC_NAMES))
+    parser.add_argument("--datasets", nargs="+", default=list(SYNTHETIC_NAMES),
+                        help='datasets whose fit is timed (default: the synthetic sets)')
     parser.add_argument("--seeds", type=int, default=10, help="K for the vmapped-vs-sequential comparison")
-    parser.add_argument("--many-epochs", type=int, default=10)
-    parser.add_argument("--many-dataset", default="circles")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--many-epochs", type=int, default=10,
+                        help='epochs of the fit_many comparison (default: %(default)s)')
+    parser.add_argument("--many-dataset", default="circles",
+                        help='dataset of the fit_many comparison (default: %(default)s)')
+    parser.add_argument("--repeats", type=int, default=3,
+                        help='timed runs per case (default: %(default)s)')
+    parser.add_argument("--json", default=None,
+                        help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
+    check_arguments([*args.datasets, args.many_dataset], args.json)
     rows = []
     for name in args.datasets:
         try:
@@ -214,4 +221,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import resource
 import shutil
 import tempfile
 import time
 
 from experiments.studies.grids import tuning
-from experiments.benchmarks.common import write_json
+from experiments.benchmarks.common import check_arguments, write_json
+from experiments.pipeline import run_command
 
 # reference-implementation.md §6: 270 configurations on 34 CPUs (2 GB each), per synthetic dataset.
 REFERENCE_MINUTES = {"moons": 49, "linearly_separable": 64, "circles": 109, "overlapping": 232}
@@ -79,13 +81,18 @@ def report(result: dict) -> str:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--dataset", default="overlapping", choices=sorted(REFERENCE_MINUTES))
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 1)[1])
+    parser.add_argument("--dataset", default="overlapping", choices=sorted(REFERENCE_MINUTES),
+                        help='dataset of the grid that is timed (default: %(default)s)')
     parser.add_argument("--out", default=None, help="grid folder to keep (default: a temporary one, deleted)")
     parser.add_argument("--quick", action="store_true", help="a 4-configuration slice with 2 epochs (about a minute)")
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--json", default=None,
+                        help='also write the timings to this JSON file')
+    parser.add_argument("--quiet", action="store_true",
+                        help='no progress bars')
     args = parser.parse_args(argv)
+    check_arguments([args.dataset], args.json)
     out = args.out or tempfile.mkdtemp(prefix="tuning_grid_")
     try:
         result = benchmark(args.dataset, out=out, axes=QUICK_AXES if args.quick else None,
@@ -100,4 +107,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

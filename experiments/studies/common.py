@@ -88,10 +88,11 @@ def rewrite_outputs(out: str, write_outputs: Callable[[str, list[dict]], None]) 
 
 def add_arguments(parser: argparse.ArgumentParser, *, out: str, seeds: Sequence[int]) -> None:
     """Adds the arguments every study takes: --seeds, --epochs, --out, --quiet and --tables-only."""
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(seeds),
+                        help="the training seeds, at least two (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=None, help="default: each dataset config's")
-    parser.add_argument("--out", default=out)
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--out", default=out, help="folder of the rows (rows/*.json) and tables (default: %(default)s)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--tables-only", action="store_true", help="rewrite the study's tables from --out's rows")
 
 

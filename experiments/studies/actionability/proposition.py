@@ -24,6 +24,7 @@ from ctrain.models import make_model
 from ctrain.objective import LossWeights
 from ctrain.search import WALK_PAST_TAU, SearchConfig
 from ctrain.train import TrainConfig, create_train_states, fit_many
+from experiments import pipeline
 
 DIVERGENCE_ONLY = LossWeights(clf=1.0, div=0.5, reg=0.0, adv=0.0)
 ARMS = {"BL": ("vanilla", True), "protected": ("full", True), "unprotected": ("full", False)}
@@ -87,8 +88,10 @@ def table(seeds=(0, 1, 2, 3, 4), epochs: int = 10) -> str:
 def main(argv=None) -> str:
     """Prints and returns the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4],
+                        help='training seeds (default: %(default)s)')
+    parser.add_argument("--epochs", type=int, default=10,
+                        help='training epochs (default: %(default)s)')
     args = parser.parse_args(argv)
     if len(set(args.seeds)) != len(args.seeds) or args.epochs < 1:
         parser.error("--seeds must be distinct and --epochs >= 1")
@@ -98,4 +101,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(pipeline.run_command(main, sys.argv[1:]))

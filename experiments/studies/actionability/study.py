@@ -26,6 +26,7 @@ from ctrain.data import load_dataset
 from ctrain.data.synthetic import BLOB_STD, blob_bayes_accuracy
 from ctrain.evaluate import compare_seeds, evaluate_explainability, seed_interval
 from ctrain.search import SearchConfig
+from ctrain.storage import write_atomic
 from experiments import pipeline
 from experiments.configs import ActionabilityConfig, get_config, replace_path
 from experiments.results_md import interval_text
@@ -237,31 +238,32 @@ def _row_name(row_key: tuple) -> str:
 def main(argv=None) -> list[dict]:
     """Runs the study (resuming finished draws under --out) and returns its rows; writes tables.md and summary.json."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=["linearly_separable", "overlapping"])
+    parser.add_argument("--datasets", nargs="+", default=["linearly_separable", "overlapping"],
+                        help='datasets of the study (default: %(default)s)')
     parser.add_argument("--draws", type=int, default=20, help="data draws per synthetic set (real sets have one)")
     parser.add_argument("--search", choices=SEARCHES, default="parity", help="the CT arms' training search")
     common.add_arguments(parser, out="results/actionability", seeds=[0, 1, 2])
     args = parser.parse_args(argv)
-    if args.tables_only:
-        return common.rewrite_outputs(args.out, write_outputs)
-    if args.draws < 1:
-        parser.error("--draws must be >= 1")
-    common.check_arguments(parser, args)
-    pipeline.check_distinct("--datasets", args.datasets)
-    for name in args.datasets:
-        study_config(name, args.seeds, args.epochs)  # unknown names fail here, before any training
-    common.check_settings(args.out, {"seeds": args.seeds, "epochs": args.epochs, **STUDY_PROTOCOL})
-    plan = [(name, draw, args.search) for name in args.datasets for draw in separable_draws(name, args.draws)]
+    with pipeline.command_checks():
+        if args.tables_only:
+            return common.rewrite_outputs(args.out, write_outputs)
+        if args.draws < 1:
+            parser.error("--draws must be >= 1")
+        common.check_arguments(parser, args)
+        pipeline.check_distinct("--datasets", args.datasets)
+        for name in args.datasets:
+            study_config(name, args.seeds, args.epochs)  # unknown names fail here, before any training
+        common.check_settings(args.out, {"seeds": args.seeds, "epochs": args.epochs, **STUDY_PROTOCOL})
+        plan = [(name, draw, args.search) for name in args.datasets for draw in separable_draws(name, args.draws)]
     run = lambda key: run_draw(key[0], key[1], args.seeds, search=key[2], epochs=args.epochs)
     return common.run_rows(args.out, plan, _row_name, run, write_outputs, progress=not args.quiet)
 
 
 def write_outputs(out: str, rows: list[dict]) -> None:
     """Writes tables.md and summary.json for `rows` (all draws finished so far) under `out`."""
-    with open(os.path.join(out, "tables.md"), "w") as f:
-        f.write(tables(rows) + "\n")
+    write_atomic(os.path.join(out, "tables.md"), tables(rows) + "\n")
     pipeline.write_json(os.path.join(out, "summary.json"), summarise(rows))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(pipeline.run_command(main, sys.argv[1:]))

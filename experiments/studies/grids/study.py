@@ -17,8 +17,11 @@ import argparse
 import csv
 import json
 import os
+import sys
 
+from ctrain.storage import write_atomic, write_json
 from experiments.configs import get_config, get_path
+from experiments.pipeline import command_checks, run_command
 from experiments.studies.grids.tuning import GRIDS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -143,24 +146,24 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the --out folder the grids were run into")
     parser.add_argument("--grids", nargs="+", default=["tuning", "tune_lr", "penalties", "other", "generator"],
-                        choices=sorted(GRIDS))
+                        choices=sorted(GRIDS),
+                        help='grids to gather (default: %(default)s)')
     parser.add_argument("--dest", default=HERE, help="where tables.md and the grids' markdown go")
     args = parser.parse_args(argv)
-    grids = [g for g in args.grids if os.path.isfile(os.path.join(args.out, g, "grid.csv"))]
-    if not grids:
-        raise FileNotFoundError(f"no grid.csv under {args.out!r} for {args.grids}: run experiments.studies.grids.tuning first")
-    summary = summarise(args.out, grids)
-    with open(os.path.join(args.dest, "tables.md"), "w") as f:
-        f.write(tables(summary) + "\n")
+    with command_checks():
+        grids = [g for g in args.grids if os.path.isfile(os.path.join(args.out, g, "grid.csv"))]
+        if not grids:
+            raise FileNotFoundError(f"no grid.csv under {args.out!r} for {args.grids}: run "
+                                    "experiments.studies.grids.tuning first")
+        summary = summarise(args.out, grids)
+    write_atomic(os.path.join(args.dest, "tables.md"), tables(summary) + "\n")
     for grid in grids:
-        with open(os.path.join(args.out, grid, "grid.md")) as src, \
-                open(os.path.join(args.dest, f"grid_{grid}.md"), "w") as dst:
-            dst.write(src.read())
-    with open(os.path.join(args.dest, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1, default=str)
+        with open(os.path.join(args.out, grid, "grid.md")) as src:
+            write_atomic(os.path.join(args.dest, f"grid_{grid}.md"), src.read())
+    write_json(os.path.join(args.dest, "summary.json"), summary, indent=1, default=str)
     print(tables(summary))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

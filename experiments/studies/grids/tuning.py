@@ -58,9 +58,11 @@ import argparse
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import os
+import sys
 import time
 
 import jax
@@ -70,11 +72,13 @@ import numpy as np
 from ctrain.evaluate import evaluate_explainability
 from ctrain.models import make_model
 from ctrain.objective import LossWeights
+from ctrain.storage import write_atomic
 from ctrain.train import create_train_states, fit_many
 from experiments.configs import (OFFLINE_NAMES, SYNTHETIC_NAMES, ExperimentConfig, flat_dict, from_dict, get_config,
                                  get_path, leaf_paths, override, path_in, replace_path)
-from experiments.pipeline import (check_distinct, compared_over_rounds_and_seeds, free_schema, json_safe, load_data,
-                                  protocol_config, skipped_updates, train_config, train_vae_aux, write_json)
+from experiments.pipeline import (check_distinct, command_checks, compared_over_rounds_and_seeds, free_schema, json_safe,
+                                  load_data, protocol_config, run_command, skipped_updates, train_config, train_vae_aux,
+                                  write_json)
 from experiments.results_md import interval_text
 
 
@@ -345,23 +349,32 @@ def run_group(group: Group, data, workdir: str, *, aux=None, progress: bool = Fa
     return results
 
 
+def check_tasks(task_index: int, num_tasks: int) -> None:
+    """Returns None; raises ValueError naming --num-tasks below 1, or a --task-index outside [0, --num-tasks)."""
+    if num_tasks < 1:
+        raise ValueError(f"--num-tasks must be >= 1 (the number of tasks the grid's groups are split into), "
+                         f"got {num_tasks}")
+    if not 0 <= task_index < num_tasks:
+        raise ValueError(f"--task-index must be in [0, {num_tasks}) for --num-tasks {num_tasks}, got {task_index}")
+
+
 def run(grid: str, datasets, *, out: str, overrides=(), axes=None, task_index: int = 0, num_tasks: int = 1,
         progress: bool = False, log=print) -> dict:
     """Returns {"groups", "ran", "skipped", "points", "timings"} after running this task's unfinished groups.
 
     Every configuration is checked, and every dataset loaded and checked, before the first group trains.
     """
-    if not 0 <= task_index < num_tasks:
-        raise ValueError(f"task_index must be in [0, {num_tasks}), got {task_index}")
-    points = grid_points(grid, datasets, overrides=overrides, axes=axes)
-    groups = make_groups(points)
-    mine = groups[task_index::num_tasks]
-    loaded, vaes = {}, {}
-    for group in mine:
-        for config in group.configs:
-            source = (config.data.name, config.data.kwargs)
-            if source not in loaded:
-                loaded[source] = free_schema(load_data(config))
+    with command_checks():
+        check_tasks(task_index, num_tasks)
+        points = grid_points(grid, datasets, overrides=overrides, axes=axes)
+        groups = make_groups(points)
+        mine = groups[task_index::num_tasks]
+        loaded, vaes = {}, {}
+        for group in mine:
+            for config in group.configs:
+                source = (config.data.name, config.data.kwargs)
+                if source not in loaded:
+                    loaded[source] = free_schema(load_data(config))
     t0 = time.perf_counter()
     ran, skipped, timings = [], [], {"train_s": 0.0, "evaluate_s": 0.0, "vae_s": 0.0, "groups": {}}
     for i, group in enumerate(mine):
@@ -462,12 +475,12 @@ def collect(out: str, grid: str) -> dict:
     os.makedirs(folder, exist_ok=True)
     csv_path, md_path = os.path.join(folder, "grid.csv"), os.path.join(folder, "grid.md")
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: (r["dataset"], r["group"], r["config"])))
-    with open(md_path, "w") as f:
-        f.write(grid_markdown(grid, rows) + "\n")
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["dataset"], r["group"], r["config"])))
+    write_atomic(csv_path, text.getvalue())
+    write_atomic(md_path, grid_markdown(grid, rows) + "\n")
     return {"csv": csv_path, "md": md_path, "rows": rows}
 
 
@@ -521,25 +534,30 @@ def grid_markdown(grid: str, rows: list[dict]) -> str:
 def main(argv=None) -> dict:
     """Returns `run`'s summary (with the collected tables of a single-task run), or `collect`'s with --collect."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--grid", required=True, choices=sorted(GRIDS))
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 1)[1])
+    parser.add_argument("--grid", required=True, choices=sorted(GRIDS),
+                        help='the grid to run (see above)')
     parser.add_argument("--datasets", nargs="+", default=None, help="default: the grid's datasets (see above)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every configuration (repeatable), e.g. --set seeds=0,1,2")
     parser.add_argument("--axis", dest="axes", action="append", default=[], metavar="KEY=V1,V2",
                         help="replace (or add) a grid axis, e.g. --axis train.search.generator=ecco")
-    parser.add_argument("--task-index", type=int, default=0)
-    parser.add_argument("--num-tasks", type=int, default=1)
-    parser.add_argument("--out", default=os.path.join("results", "tuning"))
+    parser.add_argument("--task-index", type=int, default=0,
+                        help="this task's index, 0 to --num-tasks - 1: it runs every num-tasks-th group from it")
+    parser.add_argument("--num-tasks", type=int, default=1,
+                        help="the number of tasks (machines, jobs) the grid's groups are split into, >= 1")
+    parser.add_argument("--out", default=os.path.join("results", "tuning"),
+                        help="folder of the grids' groups (default: %(default)s)")
     parser.add_argument("--collect", action="store_true", help="only gather finished groups into grid.csv / grid.md")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if not 0 <= args.task_index < args.num_tasks:
-        parser.error(f"--task-index must be in [0, {args.num_tasks})")
-    if args.collect:
-        out = collect(args.out, args.grid)
-        print(out["md"])
-        return out
+    with command_checks():
+        check_tasks(args.task_index, args.num_tasks)
+        if args.collect:
+            out = collect(args.out, args.grid)
+            print(out["md"])
+            return out
     datasets = args.datasets or list(GRIDS[args.grid].datasets)
     res = run(args.grid, datasets, out=args.out, overrides=args.overrides, axes=parse_axes(args.axes),
               task_index=args.task_index, num_tasks=args.num_tasks, progress=not args.quiet)
@@ -553,4 +571,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

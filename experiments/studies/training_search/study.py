@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 
 import numpy as np
 
 from ctrain.evaluate import ProtocolConfig, compare_seeds, evaluate_explainability
 from ctrain.search import SearchConfig
+from ctrain.storage import write_atomic
 from experiments import pipeline
 from experiments.configs import get_config, replace_path
 from experiments.results_md import interval_text
@@ -118,31 +120,33 @@ def tables(rows: list[dict]) -> str:
 
 def write_outputs(out: str, rows: list[dict]) -> None:
     """Writes tables.md for `rows` (every dataset finished so far) under `out`."""
-    with open(f"{out}/tables.md", "w") as f:
-        f.write(tables(rows) + "\n")
+    write_atomic(os.path.join(out, "tables.md"), tables(rows) + "\n")
 
 
 def main(argv=None) -> list[dict]:
     """Runs the study (resuming finished datasets under --out) and returns its rows; writes tables.md."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="+",
-                        default=["linearly_separable", "circles", "moons", "overlapping", "adult", "mnist_5k"])
-    parser.add_argument("--searches", nargs="+", choices=SEARCHES, default=list(SEARCHES))
+                        default=["linearly_separable", "circles", "moons", "overlapping", "adult", "mnist_5k"],
+                        help='datasets of the study (default: %(default)s)')
+    parser.add_argument("--searches", nargs="+", choices=SEARCHES, default=list(SEARCHES),
+                        help='training searches to compare (default: all)')
     common.add_arguments(parser, out="results/training_search", seeds=[0, 1, 2, 3, 4])
     args = parser.parse_args(argv)
-    if args.tables_only:
-        return common.rewrite_outputs(args.out, write_outputs)
-    common.check_arguments(parser, args)
-    pipeline.check_distinct("--datasets", args.datasets)
-    pipeline.check_distinct("--searches", args.searches)
-    for name in args.datasets:
-        get_config(name)  # unknown names fail here, before any training
-    common.check_settings(args.out, {"seeds": args.seeds, "epochs": args.epochs, "searches": args.searches,
-                                     **STUDY_ROUNDS})
+    with pipeline.command_checks():
+        if args.tables_only:
+            return common.rewrite_outputs(args.out, write_outputs)
+        common.check_arguments(parser, args)
+        pipeline.check_distinct("--datasets", args.datasets)
+        pipeline.check_distinct("--searches", args.searches)
+        for name in args.datasets:
+            get_config(name)  # unknown names fail here, before any training
+        common.check_settings(args.out, {"seeds": args.seeds, "epochs": args.epochs, "searches": args.searches,
+                                         **STUDY_ROUNDS})
     run = lambda item: run_dataset(item[0], args.searches, args.seeds, epochs=args.epochs)
     return common.run_rows(args.out, [(name,) for name in args.datasets], lambda item: item[0], run, write_outputs,
                            progress=not args.quiet)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(pipeline.run_command(main, sys.argv[1:]))

@@ -61,9 +61,10 @@ import numpy as np
 from ctrain.data import load_dataset
 from ctrain.evaluate import bootstrap_mean_ci, compare, evaluate_explainability, paired_rounds
 from ctrain.search import CATEGORICAL_MODES, TRAINING_SEARCH, SearchConfig
+from ctrain.storage import write_atomic, write_json
 from experiments.configs import ExperimentConfig, get_config, override, path_in
-from experiments.pipeline import (check_distinct, check_flags, check_output_file, free_schema, refuse_overwrite,
-                                 train_seeds)
+from experiments.pipeline import (check_distinct, check_flags, check_output_file, command_checks, free_schema,
+                                  refuse_overwrite, run_command, train_seeds)
 from experiments.results_md import write_section
 
 COPIES = ("raw", "standardized", "x0.1", "x10")
@@ -315,19 +316,24 @@ def difference_table(results: list[dict], reference: str = "paper") -> str:
 def main(argv=None) -> list[dict]:
     """Returns the study's rows, one per dataset, copy and arm (those saved in --out with --tables-only)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 1)[1])
     parser.add_argument("--datasets", nargs="+",
-                        default=["linearly_separable", "circles", "moons", "overlapping", "german"])
-    parser.add_argument("--copies", nargs="+", default=list(COPIES), choices=COPIES)
+                        default=["linearly_separable", "circles", "moons", "overlapping", "german"],
+                        help='datasets of the study (default: %(default)s)')
+    parser.add_argument("--copies", nargs="+", default=list(COPIES), choices=COPIES,
+                        help='copies of each dataset in other units: raw, standardized, x0.1, x10 (default: all)')
     parser.add_argument("--arms", nargs="+", default=["paper", "units_clipped"], choices=list(ARMS),
                         help="paper and units_clipped (the walk past τ) by default; inputs, std_search, "
                              "normalized and units_threshold change one thing each; the first arm is the one the "
                              "others are compared with")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1],
+                        help='training seeds (default: %(default)s)')
     parser.add_argument("--epochs", type=int, default=None, help="override the paper's epochs (default: config)")
     parser.add_argument("--rounds", type=int, default=30, help="bootstrap rounds per seed")
     parser.add_argument("--quick", action="store_true", help="circles, raw and standardized, 20 epochs, 10 rounds")
-    parser.add_argument("--out", default=os.path.join("results", "units"))
+    parser.add_argument("--out", default=os.path.join("results", "units"),
+                        help='folder of units.json and units.md (default: %(default)s)')
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="ExperimentConfig override at a dotted path for every dataset (repeatable), "
                              "e.g. --set weights.reg=0.1")
@@ -341,7 +347,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--standardize-onehot", action="store_true",
                         help="models that standardise their inputs standardise one-hot columns too (how the "
                              "tables made before this flag existed were made; default: one-hot columns stay 0/1)")
-    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--progress", action="store_true",
+                        help='show the training progress')
     parser.add_argument("--tables-only", action="store_true",
                         help="write the tables of the finished run in --out (its units.json) again, no training")
     parser.add_argument("--results-md", default=None, help="also write the tables into this file (e.g. RESULTS.md)")
@@ -351,28 +358,30 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the finished study in --out (default: refused before training)")
     args = parser.parse_args(argv)
-    check_output_file("--results-md", args.results_md)
-    if args.tables_only:
-        return rewrite_tables(args, argv)
-    if args.quick:
-        args.datasets, args.copies, args.epochs, args.rounds, args.seeds = ["circles"], ["raw", "standardized"], 20, \
-            10, [0]
-    # Checked before anything trains: a bad argument, --set or dataset name fails at once.
-    for flag in ("datasets", "copies", "arms"):  # --seeds: the config's own rule, as for reproduce's seeds=
-        check_distinct(f"--{flag}", getattr(args, flag))
-    configs = {name: override(get_config(name), args.overrides) for name in args.datasets}  # unknown paths fail
-    for item in args.overrides:
-        key = item.split("=", 1)[0].strip()
-        why = unread_reason(key)
-        if why:
-            raise ValueError(f"--set {key}=... would change nothing in the units study ({why})")
-    for config in configs.values():
-        # The config's own rules for its seeds, epochs and rounds (--epochs 0 would otherwise train its default).
-        check_flags(config, {"--seeds": ("seeds", tuple(args.seeds)), "--rounds": ("protocol.n_rounds", args.rounds),
-                             "--epochs": ("train.epochs", config.train.epochs if args.epochs is None else args.epochs)})
-    if not args.overwrite and os.path.isfile(os.path.join(args.out, "units.json")):
-        refuse_overwrite(args.out, ["a units study (units.json)"],
-                         "pass --overwrite to replace it, or choose another --out")
+    with command_checks():
+        check_output_file("--results-md", args.results_md)
+        if args.tables_only:
+            return rewrite_tables(args, argv)
+        if args.quick:
+            args.datasets, args.copies, args.epochs, args.rounds, args.seeds = ["circles"], ["raw", "standardized"], \
+                20, 10, [0]
+        # Checked before anything trains: a bad argument, --set or dataset name fails at once.
+        for flag in ("datasets", "copies", "arms"):  # --seeds: the config's own rule, as for reproduce's seeds=
+            check_distinct(f"--{flag}", getattr(args, flag))
+        configs = {name: override(get_config(name), args.overrides) for name in args.datasets}  # unknown paths fail
+        for item in args.overrides:
+            key = item.split("=", 1)[0].strip()
+            why = unread_reason(key)
+            if why:
+                raise ValueError(f"--set {key}=... would change nothing in the units study ({why})")
+        for config in configs.values():
+            # The config's own rules for its seeds, epochs and rounds (--epochs 0 would otherwise train its default).
+            epochs = config.train.epochs if args.epochs is None else args.epochs
+            check_flags(config, {"--seeds": ("seeds", tuple(args.seeds)),
+                                 "--rounds": ("protocol.n_rounds", args.rounds), "--epochs": ("train.epochs", epochs)})
+        if not args.overwrite and os.path.isfile(os.path.join(args.out, "units.json")):
+            refuse_overwrite(args.out, ["a units study (units.json)"],
+                             "pass --overwrite to replace it, or choose another --out")
     os.makedirs(args.out, exist_ok=True)
     results = []
     t0 = time.perf_counter()
@@ -396,9 +405,8 @@ def main(argv=None) -> list[dict]:
     command = invocation(argv if argv is not None else sys.argv[1:])
     machine = this_machine()
     wall_s = time.perf_counter() - t0
-    with open(os.path.join(args.out, "units.json"), "w") as f:
-        json.dump({"args": vars(args), "command": command, "machine": machine, "results": results,
-                   "wall_s": wall_s}, f, indent=1, allow_nan=False)
+    write_json(os.path.join(args.out, "units.json"), {"args": vars(args), "command": command, "machine": machine,
+                                                      "results": results, "wall_s": wall_s}, indent=1, allow_nan=False)
     write_tables(results, args, command, wall_s, machine)
     return results
 
@@ -414,8 +422,7 @@ def write_tables(results: list[dict], args, command: str, wall_s: float, machine
     differences = difference_table(results, args.arms[0])
     if differences:
         text += "\n\n" + differences
-    with open(os.path.join(args.out, "units.md"), "w") as f:
-        f.write(f"Command: `{command}`{note}\n\n{text}\n")
+    write_atomic(os.path.join(args.out, "units.md"), f"Command: `{command}`{note}\n\n{text}\n")
     if args.results_md:
         write_section(args.results_md, args.section, f"### {args.title}\n\nMade by `{command}` in "
                                                      f"{wall_s / 60:.0f} min ({machine}){note}.\n\n{text}")
@@ -458,4 +465,4 @@ def invocation(argv: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main, sys.argv[1:]))

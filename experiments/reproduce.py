@@ -287,6 +287,12 @@ def rebuild_tables(out: str, results_md: str | None = None, readme: str | None =
             path = os.path.join(out, name, "config.json")
             if os.path.isfile(path) and sensitivity is None:
                 sensitivity = _read_json(path).get("sensitivity")
+        if sensitivity is None and stored.results:
+            # A stored run kept without its row folders' config.json: the IG settings of the first row's dataset
+            # as its config gives them now, and the notes say where they came from.
+            first = min(stored.rows, key=lambda folder: folder)
+            sensitivity = {**dataclasses.asdict(get_config(stored.rows[first]["dataset"]).sensitivity),
+                           "source": f"experiments/configs.py ({first}): the stored rows hold no config.json"}
         meta = {**meta, "tables_command": "python -m experiments.reproduce --tables-only --out "
                                           f"{shlex.quote(out)} --results-md {shlex.quote(results_md)}"}
         write_results_md(results_md, meta, results, sensitivity=sensitivity)

@@ -868,6 +868,13 @@ def _figure_links(results: list[dict], meta: dict, out_dir: str) -> list[str]:
 
     def copy(src, name):
         dst = os.path.join(out_dir, name)
+        if not os.path.exists(src):
+            # A stored run names figures by the paths of the machine that made it; a rebuild elsewhere links the
+            # copy an earlier build left beside RESULTS.md (tables only: figures are drawn by the run).
+            if not os.path.exists(dst):
+                raise FileNotFoundError(f"figure {src} is gone and no earlier copy is at {dst}; rerun the row to "
+                                        "draw it again")
+            return rel(dst)
         with open(src, "rb") as f:
             write_atomic(dst, f.read())
         return rel(dst)
@@ -945,6 +952,7 @@ def write_results_md(path: str, meta: dict, results: list[dict], sensitivity: di
     body += ["## Where this differs from the paper, and why", "",
              NOTES.format(length_scale=", ".join(scales), ig_rounds=ig.get("rounds", "n/a"),
                           ig_samples=ig.get("samples", "n/a")).rstrip("\n"),
+             *([f"- The IG settings above are read from {ig['source']}."] if ig.get("source") else []),
              *settings_lines(results), *onehot_effect_lines(results), "- " + training_search_text(results), ""]
     body += ["## Agreement with the paper, column by column", "", *agreement_lines(results), ""]
     if meta.get("skipped"):

@@ -5,11 +5,13 @@ round summaries whose per-seed reductions are fixed by construction (CT's value 
 """
 import json
 import os
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
 
-from experiments import paper_results, plots, tables
+from experiments import paper_results, plots, reproduce, tables
 from experiments.pipeline import compared_over_rounds_and_seeds
 
 METRICS = ("ip", "ip_star", "cost")
@@ -285,3 +287,15 @@ def test_onehot_effects_print_each_modes_stored_fgsm_accuracy_and_cost():
     assert tables.onehot_effect_lines(rows[:1]) == []  # one mode alone: no comparison to print
     assert "adult (relaxed): ecco, the reference's training search, one-hot mode relaxed" in tables.training_search_text(
         [{**rows[0], "generator": "ecco"}])
+
+
+def test_tables_only_rebuilds_the_committed_results_md_from_the_stored_run(tmp_path):
+    """The stored reproduction (per-row files, no run folders' configs, figures named by another machine's paths)
+    rebuilds RESULTS.md as committed, apart from the lines that name the commit and command of the rebuild."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "experiments" / "results_store" / "reproduce_v3", tmp_path / "out")
+    shutil.copytree(root / "experiments" / "results_figures", tmp_path / "experiments" / "results_figures")
+    shutil.copy(root / "RESULTS.md", tmp_path / "RESULTS.md")
+    reproduce.main(["--tables-only", "--out", str(tmp_path / "out"), "--results-md", str(tmp_path / "RESULTS.md")])
+    keep = lambda text: [line for line in text.splitlines() if "Tables rebuilt from" not in line]
+    assert keep((tmp_path / "RESULTS.md").read_text()) == keep((root / "RESULTS.md").read_text())

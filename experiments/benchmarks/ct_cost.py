@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import statistics
 import time
 
@@ -54,7 +56,8 @@ import numpy as np
 from ctrain.evaluate import compare_seeds, evaluate_explainability
 from ctrain.search import TRAINING_SEARCH
 from experiments import pipeline
-from experiments.benchmarks.common import write_json
+from ctrain import storage
+from experiments.benchmarks.common import machine
 from experiments.configs import get_config, override, replace_path
 from experiments.plots import plot_cost_trade_off
 from experiments.results_md import interval_text
@@ -84,6 +87,15 @@ def variant_config(name: str, config):
     raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
 
 
+def floor_ratio(ce_per_batch: int, batch_size: int, mean_steps: float) -> float:
+    """Returns R* = 1 + (m/B)·(s̄ + 4), the CT/BL epoch ratio at its arithmetic (issue 35), a float.
+
+    One row's forward-backward pass through the model is one unit: a BL epoch costs B per batch, a CT epoch adds
+    m counterfactuals per batch, each of s̄ search steps and four loss passes (x⁺, x', x_AE and the regulariser's).
+    """
+    return 1.0 + ce_per_batch / batch_size * (mean_steps + 4.0)
+
+
 def _epoch_median(histories: list[list[dict]], first: int = 0) -> float:
     """Returns the median epoch time after epoch `first` (the first one searching) over all seeds' histories."""
     times = ([h["time_s"] for run in histories for h in run[first + 1:]]
@@ -94,6 +106,12 @@ def _epoch_median(histories: list[list[dict]], first: int = 0) -> float:
 def _mean_log(histories, key: str) -> float | None:
     values = [h[key] for run in histories for h in run if key in h]
     return float(np.mean(values)) if values else None
+
+
+def _per_epoch(histories, key: str) -> list[float | None]:
+    """Returns the mean over seeds of `key` in every epoch (None for an epoch that did not log it)."""
+    return [float(np.mean([run[e][key] for run in histories])) if key in histories[0][e] else None
+            for e in range(len(histories[0]))]
 
 
 def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds: int | None = None,
@@ -135,6 +153,11 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
     for v in variants:
         ct_epoch = _epoch_median(histories[v], configs[v].train.burnin_epochs)
         cost_cmp = compare_seeds(cost[v], "cost", treatment=v)["difference"] if v in cost else None
+        # the counts fit uses (ctrain.train._prepare_run): whole batches only, ceil(n_ce / batches) per batch
+        batch_size = configs[v].train.batch_size
+        ce_per_batch = math.ceil(configs[v].train.n_ce / (len(data.x_train) // batch_size))
+        steps = _mean_log(histories[v], "search_steps")
+        mature = _per_epoch(histories[v], "converged")
         rows.append(pipeline.json_safe({
             "dataset": name, "variant": v, "seeds": list(config.seeds), "epochs": config.train.epochs,
             "ct_epoch_s": ct_epoch, "bl_epoch_s": bl_epoch, "epoch_ratio": ct_epoch / bl_epoch,
@@ -142,7 +165,10 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
             "ip": compare_seeds(plaus, "ip", treatment=v)["reduction"],
             "ip_star": compare_seeds(plaus, "ip_star", treatment=v)["reduction"],
             "cost_protected": cost_cmp, "protected": list(protected),
-            "mature": _mean_log(histories[v], "converged"), "steps": _mean_log(histories[v], "search_steps"),
+            "mature": _mean_log(histories[v], "converged"), "steps": steps,
+            "mature_last": mature[-1], "mature_epochs": mature,
+            "batch_size": batch_size, "ce_per_batch": ce_per_batch,
+            "floor_ratio": None if steps is None else floor_ratio(ce_per_batch, batch_size, steps),
             "chain_age": _mean_log(histories[v], "chain_age"), "n_ce": configs[v].train.n_ce,
             "chain_steps": configs[v].train.chain_steps or configs[v].train.search.max_steps,
             "searched_epochs": sum("search_steps" in h for h in histories[v][0]),
@@ -155,14 +181,15 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
 def table(rows: list[dict]) -> str:
     """Returns the markdown table of the rows."""
     show = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
-    lines = ["| dataset | variant | seeds | CT/BL epoch | CT/BL run | wall s | IP −% | IP* −% | cost Δ protected "
-             "| mature | steps | age | skipped |", "|" + "---|" * 13]
+    lines = ["| dataset | variant | seeds | CT/BL epoch | R* | CT/BL run | wall s | IP −% | IP* −% | cost Δ protected "
+             "| mature | last | steps | age | skipped |", "|" + "---|" * 15]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['variant']} | {len(r['seeds'])} | {r['epoch_ratio']:.1f} "
+                     f"| {show(r.get('floor_ratio'), '{:.1f}')} "
                      f"| {show(r.get('run_ratio'), '{:.1f}')} | {r['wall_s']:.1f} | {interval_text(r['ip'])} "
                      f"| {interval_text(r['ip_star'])} "
                      f"| {'–' if r['cost_protected'] is None else interval_text(r['cost_protected'], 3)} "
-                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r.get('chain_age'), '{:.1f}')} "
+                     f"| {show(r['mature'])} | {show(r.get('mature_last'))} | {show(r['steps'], '{:.1f}')} | {show(r.get('chain_age'), '{:.1f}')} "
                      f"| {'–' if r.get('skipped') is None else sum(r['skipped'])} |")  # rows stored before the count: –
     return "\n".join(lines)
 
@@ -205,20 +232,30 @@ def main(argv=None) -> dict:
                 **{k: getattr(args, k) if getattr(args, k) is not None else quick[k]
                    for k in ("epochs", "rounds", "individuals")}}
     t0 = time.perf_counter()
-    rows = []
+    rows, load = [], []
     for name in datasets:
+        # the host's 1-minute load average before and after each dataset: timings on a shared machine need it beside
+        before = os.getloadavg()[0]
         rows += run_dataset(name, args.variants, seeds, epochs=settings["epochs"], rounds=settings["rounds"],
                             individuals=settings["individuals"], progress=args.progress)
-        print(f"{name}: done after {time.perf_counter() - t0:.0f} s", flush=True)
+        load.append({"dataset": name, "load_before": before, "load_after": os.getloadavg()[0],
+                     "seconds": time.perf_counter() - t0})
+        print(f"{name}: done after {time.perf_counter() - t0:.0f} s (load {before:.1f} → {load[-1]['load_after']:.1f})",
+              flush=True)
     print()
     print(table(rows))
-    print("\nCT/BL epoch: median epoch time after the first (CT epochs only for burnin), CT over BL; CT/BL run: the "
-          "training runs' wall times, CT over BL; wall s: all seeds' training (one program, "
+    print("\nCT/BL epoch: median epoch time after the first (CT epochs only for burnin), CT over BL; R*: its floor "
+          "1 + (m/B)(steps + 4) from the row's own counts (m counterfactuals per batch of B, steps the mean search "
+          "steps); CT/BL run: the training runs' wall times, CT over BL; wall s: all seeds' training (one program, "
           "compile included); IP / IP* −%: reduction against BL, mean over seeds [99% interval over seeds], * "
           "excludes 0; cost Δ: protected-feature runs, cost − BL's; mature / steps / age: training searches (age: "
-          "amortised chains' epochs since restart), mean over epochs and seeds; skipped: non-finite updates skipped, all seeds.")
-    out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0, "run": pipeline.run_metadata()}
-    write_json(args.json, out)
+          "amortised chains' epochs since restart), mean over epochs and seeds; last: mature in the last epoch, mean "
+          "over seeds; skipped: non-finite updates skipped, all seeds.")
+    out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0, "load": load,
+           "run": pipeline.run_metadata()}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        storage.write_json(args.json, {"machine": machine(), **out}, indent=2)
     for path in (args.json, args.plot and plot_cost_trade_off(args.plot, rows)):
         if path:
             print(f"\nwritten: {path}")

@@ -67,6 +67,7 @@ VARIANTS = ("default", "paper", "amortised", "fewer", "burnin")
 CHAIN_STEPS = 5  # the amortised variant's search steps per chain and epoch
 FEWER = 4  # the fewer variant divides the dataset's n_ce by this
 BURNIN = 0.5  # the burnin variant's share of conventional epochs (the reference's App. C grid value)
+FLOOR = dict(datasets=["adult", "mnist_5k"], epochs=12, repeats=2)  # --floor: issue 35's done-when measurement
 QUICK = dict(datasets=["circles"], seeds=[0, 1], epochs=4, rounds=2, individuals=20)
 
 
@@ -178,6 +179,52 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
     return rows
 
 
+def floor_check(name: str, variants, *, epochs: int = FLOOR["epochs"], repeats: int = FLOOR["repeats"],
+                seed: int = 0) -> list[dict]:
+    """Returns one row per variant of dataset `name`: its CT/BL epoch ratio (best of `repeats` interleaved runs) and R*.
+
+    The issue's done-when measurement: one seed, `epochs` epochs, BL and every variant trained in turn `repeats`
+    times (so a burst of load hits all of them alike); each run's median epoch after the first (compilation), the
+    best run of each, CT over BL.
+    """
+    config = replace_path(replace_path(get_config(name), "seeds", (seed,)), "train.epochs", epochs)
+    data = pipeline.free_schema(pipeline.load_data(config))
+    configs = {"BL": config, **{v: variant_config(v, config) for v in variants}}
+    times = {k: [] for k in configs}
+    steps = {v: [] for v in variants}
+    load = []
+    for _ in range(repeats):
+        for k, c in configs.items():
+            load.append(os.getloadavg()[0])
+            hist = pipeline.train_seeds(c, data, "vanilla" if k == "BL" else "full")[1]
+            times[k].append(_epoch_median(hist, c.train.burnin_epochs if k != "BL" else 0))
+            if k != "BL":
+                steps[k].append(_mean_log(hist, "search_steps"))
+    rows = []
+    for v in variants:
+        batch_size = configs[v].train.batch_size
+        ce_per_batch = math.ceil(configs[v].train.n_ce / (len(data.x_train) // batch_size))
+        ratio = min(times[v]) / min(times["BL"])
+        r_star = floor_ratio(ce_per_batch, batch_size, float(np.mean(steps[v])))
+        rows.append({"dataset": name, "variant": v, "seed": seed, "epochs": epochs, "repeats": repeats,
+                     "ct_epoch_s": times[v], "bl_epoch_s": times["BL"], "epoch_ratio": ratio, "steps": steps[v],
+                     "batch_size": batch_size, "ce_per_batch": ce_per_batch, "floor_ratio": r_star,
+                     "over_floor": ratio / r_star, "load": load})
+    return rows
+
+
+def floor_table(rows: list[dict]) -> str:
+    """Returns the markdown table of floor_check's rows."""
+    lines = ["| dataset | variant | BL epoch ms | CT epoch ms | CT/BL epoch | steps | m/B | R* | CT/BL ÷ R* | load |",
+             "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['variant']} | {min(r['bl_epoch_s']) * 1e3:.1f} "
+                     f"| {min(r['ct_epoch_s']) * 1e3:.1f} | {r['epoch_ratio']:.1f} | {np.mean(r['steps']):.1f} "
+                     f"| {r['ce_per_batch']}/{r['batch_size']} | {r['floor_ratio']:.1f} | {r['over_floor']:.2f} "
+                     f"| {min(r['load']):.1f}–{max(r['load']):.1f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     """Returns the markdown table of the rows."""
     show = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
@@ -211,6 +258,10 @@ def main(argv=None) -> dict:
                                                      "per dataset) as a PNG here")
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="train nothing: print the table (and --plot) of the rows a finished run wrote to FILE")
+    parser.add_argument("--floor", action="store_true",
+                        help=f"measure only the CT/BL epoch ratio against R* (issue 35): seed 0, {FLOOR['epochs']} "
+                             f"epochs (--epochs), BL and the variants in turn, best of {FLOOR['repeats']}; datasets "
+                             f"default {FLOOR['datasets']}; no protocol")
     args = parser.parse_args(argv)
     if args.from_json:
         with open(args.from_json) as f:
@@ -231,6 +282,8 @@ def main(argv=None) -> dict:
     settings = {"datasets": datasets, "variants": args.variants, "seeds": seeds,
                 **{k: getattr(args, k) if getattr(args, k) is not None else quick[k]
                    for k in ("epochs", "rounds", "individuals")}}
+    if args.floor:
+        return _floor_main(args, datasets=args.datasets or FLOOR["datasets"])
     t0 = time.perf_counter()
     rows, load = [], []
     for name in datasets:
@@ -253,12 +306,29 @@ def main(argv=None) -> dict:
           "over seeds; skipped: non-finite updates skipped, all seeds.")
     out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0, "load": load,
            "run": pipeline.run_metadata()}
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        storage.write_json(args.json, {"machine": machine(), **out}, indent=2)
+    _write(args.json, out)
     for path in (args.json, args.plot and plot_cost_trade_off(args.plot, rows)):
         if path:
             print(f"\nwritten: {path}")
+    return out
+
+
+def _write(path: str | None, out: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        storage.write_json(path, {"machine": machine(), **out}, indent=2)
+
+
+def _floor_main(args, datasets) -> dict:
+    t0 = time.perf_counter()
+    rows = [row for name in datasets for row in floor_check(name, args.variants, epochs=args.epochs or FLOOR["epochs"])]
+    print(floor_table(rows))
+    print("\nBL / CT epoch: the best of the interleaved runs' median epoch after the first; steps: the CT runs' mean "
+          "search steps; R* = 1 + (m/B)(steps + 4); load: the 1-minute load average before each run.")
+    out = {"floor": rows, "seconds": time.perf_counter() - t0, "run": pipeline.run_metadata()}
+    _write(args.json, out)
+    if args.json:
+        print(f"\nwritten: {args.json}")
     return out
 
 

@@ -20,6 +20,9 @@ vmapped program, `experiments.pipeline.train_seeds`; plausibility runs: every fe
               reference's own lever (its `burnin` keyword, default 0.0; 0.5 is the value of its App. C grid, and the
               paper's RQ5 reads burn-in as CT for fine-tuning): half the epochs search nothing.
 Measured per variant:
+  R*            the floor 1 + (m/B)·(s̄ + 4) (`floor_ratio`) from the row's counts: m counterfactuals per batch of B,
+                s̄ its mean search steps (amortised: steps taken per chain and epoch); `--floor` measures the
+                default's CT/BL epoch against it (seed 0, best of two interleaved runs);
   CT/BL epoch   steady-state epoch time ratio: median epoch time after the first (the fit history's `time_s`) of
                 CT over BL's; for burnin the CT epochs only (after the first of them);
   CT/BL run     the whole training run's wall time (compilation included) of CT over BL's: what a burn-in saves;
@@ -39,7 +42,8 @@ within the default's seed-level interval on every dataset of this benchmark (cir
 seeds, the paper's protocol); otherwise it stays an option. docs/performance.md holds the measured run (4fd7ef2,
 47 min on the 2-core CPU) and its verdict: `fewer` and `burnin` pass that rule; the `persistent` and `capped`
 variants measured there (a buffer of one chain per training sample, drawn at random each epoch) failed it on Adult
-and MNIST-5k and were replaced by `amortised`, which has not been measured at full size yet; the defaults stay:
+and MNIST-5k and were replaced by `amortised`, whose 5-seed study (experiments/studies/amortised_ct/) loses IP
+and IP* on Adult and IP on MNIST-5k at 4× / 12× BL's run, so it fails that rule too; the defaults stay:
 `TrainConfig.chain_steps` None, `burnin` 0.0 and n_ce the dataset's.
 """
 from __future__ import annotations

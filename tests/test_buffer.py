@@ -47,6 +47,16 @@ def test_a_warm_start_that_is_already_mature_takes_no_step_and_is_returned_proje
 
 # --- the cost benchmark --------------------------------------------------------------------------------------
 
+def test_floor_ratio_counts_one_unit_per_bl_row_search_step_and_loss_pass():
+    from experiments.benchmarks.ct_cost import floor_ratio
+    # 250 counterfactuals per batch of 1,000, 8 search steps each plus 4 loss passes: 1 + 0.25·12 = 4 BL epochs.
+    assert floor_ratio(250, 1000, 8.0) == pytest.approx(4.0)
+    # no counterfactuals is BL itself; steps and counterfactuals add linearly
+    assert floor_ratio(0, 1000, 30.0) == 1.0
+    assert floor_ratio(500, 1000, 0.0) == pytest.approx(3.0)
+    assert floor_ratio(100, 100, 26.0) - floor_ratio(100, 100, 16.0) == pytest.approx(10.0)
+
+
 def test_ct_cost_quick_writes_its_json(tmp_path):
     out = tmp_path / "ct_cost.json"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,10 +77,18 @@ def test_ct_cost_quick_writes_its_json(tmp_path):
     # burnin trains the first half of the epochs conventionally: those epochs search nothing
     assert [row["searched_epochs"] for row in result["rows"]] == [2, 2, 2, 1]
     for row in result["rows"]:
+        # R*, from the row's own counts: m = ceil(n_ce / whole batches) counterfactuals per batch of B
+        assert row["ce_per_batch"] >= 1 and row["batch_size"] > 0
+        assert row["floor_ratio"] == pytest.approx(
+            1 + row["ce_per_batch"] / row["batch_size"] * (row["steps"] + 4))
+        # the last epoch's mature share is the last of the per-epoch shares, one per epoch
+        assert len(row["mature_epochs"]) == row["epochs"] and row["mature_last"] == row["mature_epochs"][-1]
+        assert 0 <= row["mature_last"] <= 1
         assert row["epoch_ratio"] > 0 and row["wall_s"] > 0 and 0 <= row["mature"] <= 1
         assert set(row["ip"]) >= {"mean", "low", "high"}
         assert len(row["skipped"]) == 2 and all(n == 0 for n in row["skipped"])
-    assert "| dataset |" in proc.stdout and "| skipped |" in proc.stdout
+    assert "| dataset |" in proc.stdout and "| skipped |" in proc.stdout and "| R* |" in proc.stdout
+    assert [entry["dataset"] for entry in result["load"]] == ["circles"]
     # the stored rows give the same table, and the trade-off figure, without training
     from experiments.benchmarks import ct_cost
     assert ct_cost.main(["--from-json", str(out), "--plot", str(tmp_path / "trade_off.png")]) == result

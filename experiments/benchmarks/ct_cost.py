@@ -20,6 +20,9 @@ vmapped program, `experiments.pipeline.train_seeds`; plausibility runs: every fe
               reference's own lever (its `burnin` keyword, default 0.0; 0.5 is the value of its App. C grid, and the
               paper's RQ5 reads burn-in as CT for fine-tuning): half the epochs search nothing.
 Measured per variant:
+  R*            the floor 1 + (m/B)·(s̄ + 4) (`floor_ratio`) from the row's counts: m counterfactuals per batch of B,
+                s̄ its mean search steps (amortised: steps taken per chain and epoch); `--floor` measures the
+                default's CT/BL epoch against it (seed 0, best of two interleaved runs);
   CT/BL epoch   steady-state epoch time ratio: median epoch time after the first (the fit history's `time_s`) of
                 CT over BL's; for burnin the CT epochs only (after the first of them);
   CT/BL run     the whole training run's wall time (compilation included) of CT over BL's: what a burn-in saves;
@@ -39,7 +42,8 @@ within the default's seed-level interval on every dataset of this benchmark (cir
 seeds, the paper's protocol); otherwise it stays an option. docs/performance.md holds the measured run (4fd7ef2,
 47 min on the 2-core CPU) and its verdict: `fewer` and `burnin` pass that rule; the `persistent` and `capped`
 variants measured there (a buffer of one chain per training sample, drawn at random each epoch) failed it on Adult
-and MNIST-5k and were replaced by `amortised`, which has not been measured at full size yet; the defaults stay:
+and MNIST-5k and were replaced by `amortised`, whose 5-seed study (experiments/studies/amortised_ct/) loses IP
+and IP* on Adult and IP on MNIST-5k at 4× / 12× BL's run, so it fails that rule too; the defaults stay:
 `TrainConfig.chain_steps` None, `burnin` 0.0 and n_ce the dataset's.
 """
 from __future__ import annotations
@@ -47,6 +51,8 @@ from __future__ import annotations
 import argparse
 import sys
 import json
+import math
+import os
 import statistics
 import time
 
@@ -55,7 +61,8 @@ import numpy as np
 from ctrain.evaluate import compare_seeds, evaluate_explainability
 from ctrain.search import TRAINING_SEARCH
 from experiments import pipeline
-from experiments.benchmarks.common import check_arguments, write_json
+from ctrain import storage
+from experiments.benchmarks.common import check_arguments, machine
 from experiments.configs import get_config, override, replace_path
 from experiments.plots import plot_cost_trade_off
 from experiments.results_md import interval_text
@@ -65,6 +72,7 @@ VARIANTS = ("default", "paper", "amortised", "fewer", "burnin")
 CHAIN_STEPS = 5  # the amortised variant's search steps per chain and epoch
 FEWER = 4  # the fewer variant divides the dataset's n_ce by this
 BURNIN = 0.5  # the burnin variant's share of conventional epochs (the reference's App. C grid value)
+FLOOR = dict(datasets=["adult", "mnist_5k"], epochs=12, repeats=2)  # --floor: issue 35's done-when measurement
 QUICK = dict(datasets=["circles"], seeds=[0, 1], epochs=4, rounds=2, individuals=20)
 
 
@@ -85,6 +93,15 @@ def variant_config(name: str, config):
     raise ValueError(f"unknown variant {name!r}; choose from {VARIANTS}")
 
 
+def floor_ratio(ce_per_batch: int, batch_size: int, mean_steps: float) -> float:
+    """Returns R* = 1 + (m/B)·(s̄ + 4), the CT/BL epoch ratio at its arithmetic (issue 35), a float.
+
+    One row's forward-backward pass through the model is one unit: a BL epoch costs B per batch, a CT epoch adds
+    m counterfactuals per batch, each of s̄ search steps and four loss passes (x⁺, x', x_AE and the regulariser's).
+    """
+    return 1.0 + ce_per_batch / batch_size * (mean_steps + 4.0)
+
+
 def _epoch_median(histories: list[list[dict]], first: int = 0) -> float:
     """Returns the median epoch time after epoch `first` (the first one searching) over all seeds' histories."""
     times = ([h["time_s"] for run in histories for h in run[first + 1:]]
@@ -95,6 +112,12 @@ def _epoch_median(histories: list[list[dict]], first: int = 0) -> float:
 def _mean_log(histories, key: str) -> float | None:
     values = [h[key] for run in histories for h in run if key in h]
     return float(np.mean(values)) if values else None
+
+
+def _per_epoch(histories, key: str) -> list[float | None]:
+    """Returns the mean over seeds of `key` in every epoch (None for an epoch that did not log it)."""
+    return [float(np.mean([run[e][key] for run in histories])) if key in histories[0][e] else None
+            for e in range(len(histories[0]))]
 
 
 def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds: int | None = None,
@@ -136,6 +159,11 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
     for v in variants:
         ct_epoch = _epoch_median(histories[v], configs[v].train.burnin_epochs)
         cost_cmp = compare_seeds(cost[v], "cost", treatment=v)["difference"] if v in cost else None
+        # the counts fit uses (ctrain.train._prepare_run): whole batches only, ceil(n_ce / batches) per batch
+        batch_size = configs[v].train.batch_size
+        ce_per_batch = math.ceil(configs[v].train.n_ce / (len(data.x_train) // batch_size))
+        steps = _mean_log(histories[v], "search_steps")
+        mature = _per_epoch(histories[v], "converged")
         rows.append(pipeline.json_safe({
             "dataset": name, "variant": v, "seeds": list(config.seeds), "epochs": config.train.epochs,
             "ct_epoch_s": ct_epoch, "bl_epoch_s": bl_epoch, "epoch_ratio": ct_epoch / bl_epoch,
@@ -143,7 +171,10 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
             "ip": compare_seeds(plaus, "ip", treatment=v)["reduction"],
             "ip_star": compare_seeds(plaus, "ip_star", treatment=v)["reduction"],
             "cost_protected": cost_cmp, "protected": list(protected),
-            "mature": _mean_log(histories[v], "converged"), "steps": _mean_log(histories[v], "search_steps"),
+            "mature": _mean_log(histories[v], "converged"), "steps": steps,
+            "mature_last": mature[-1], "mature_epochs": mature,
+            "batch_size": batch_size, "ce_per_batch": ce_per_batch,
+            "floor_ratio": None if steps is None else floor_ratio(ce_per_batch, batch_size, steps),
             "chain_age": _mean_log(histories[v], "chain_age"), "n_ce": configs[v].train.n_ce,
             "chain_steps": configs[v].train.chain_steps or configs[v].train.search.max_steps,
             "searched_epochs": sum("search_steps" in h for h in histories[v][0]),
@@ -153,17 +184,64 @@ def run_dataset(name: str, variants, seeds, *, epochs: int | None = None, rounds
     return rows
 
 
+def floor_check(name: str, variants, *, epochs: int = FLOOR["epochs"], repeats: int = FLOOR["repeats"],
+                seed: int = 0) -> list[dict]:
+    """Returns one row per variant of dataset `name`: its CT/BL epoch ratio (best of `repeats` interleaved runs) and R*.
+
+    The issue's done-when measurement: one seed, `epochs` epochs, BL and every variant trained in turn `repeats`
+    times (so a burst of load hits all of them alike); each run's median epoch after the first (compilation), the
+    best run of each, CT over BL.
+    """
+    config = replace_path(replace_path(get_config(name), "seeds", (seed,)), "train.epochs", epochs)
+    data = pipeline.free_schema(pipeline.load_data(config))
+    configs = {"BL": config, **{v: variant_config(v, config) for v in variants}}
+    times = {k: [] for k in configs}
+    steps = {v: [] for v in variants}
+    load = []
+    for _ in range(repeats):
+        for k, c in configs.items():
+            load.append(os.getloadavg()[0])
+            hist = pipeline.train_seeds(c, data, "vanilla" if k == "BL" else "full")[1]
+            times[k].append(_epoch_median(hist, c.train.burnin_epochs if k != "BL" else 0))
+            if k != "BL":
+                steps[k].append(_mean_log(hist, "search_steps"))
+    rows = []
+    for v in variants:
+        batch_size = configs[v].train.batch_size
+        ce_per_batch = math.ceil(configs[v].train.n_ce / (len(data.x_train) // batch_size))
+        ratio = min(times[v]) / min(times["BL"])
+        r_star = floor_ratio(ce_per_batch, batch_size, float(np.mean(steps[v])))
+        rows.append({"dataset": name, "variant": v, "seed": seed, "epochs": epochs, "repeats": repeats,
+                     "ct_epoch_s": times[v], "bl_epoch_s": times["BL"], "epoch_ratio": ratio, "steps": steps[v],
+                     "batch_size": batch_size, "ce_per_batch": ce_per_batch, "floor_ratio": r_star,
+                     "over_floor": ratio / r_star, "load": load})
+    return rows
+
+
+def floor_table(rows: list[dict]) -> str:
+    """Returns the markdown table of floor_check's rows."""
+    lines = ["| dataset | variant | BL epoch ms | CT epoch ms | CT/BL epoch | steps | m/B | R* | CT/BL ÷ R* | load |",
+             "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['variant']} | {min(r['bl_epoch_s']) * 1e3:.1f} "
+                     f"| {min(r['ct_epoch_s']) * 1e3:.1f} | {r['epoch_ratio']:.1f} | {np.mean(r['steps']):.1f} "
+                     f"| {r['ce_per_batch']}/{r['batch_size']} | {r['floor_ratio']:.1f} | {r['over_floor']:.2f} "
+                     f"| {min(r['load']):.1f}–{max(r['load']):.1f} |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict]) -> str:
     """Returns the markdown table of the rows."""
     show = lambda v, f="{:.2f}": "–" if v is None else f.format(v)
-    lines = ["| dataset | variant | seeds | CT/BL epoch | CT/BL run | wall s | IP −% | IP* −% | cost Δ protected "
-             "| mature | steps | age | skipped |", "|" + "---|" * 13]
+    lines = ["| dataset | variant | seeds | CT/BL epoch | R* | CT/BL run | wall s | IP −% | IP* −% | cost Δ protected "
+             "| mature | last | steps | age | skipped |", "|" + "---|" * 15]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['variant']} | {len(r['seeds'])} | {r['epoch_ratio']:.1f} "
+                     f"| {show(r.get('floor_ratio'), '{:.1f}')} "
                      f"| {show(r.get('run_ratio'), '{:.1f}')} | {r['wall_s']:.1f} | {interval_text(r['ip'])} "
                      f"| {interval_text(r['ip_star'])} "
                      f"| {'–' if r['cost_protected'] is None else interval_text(r['cost_protected'], 3)} "
-                     f"| {show(r['mature'])} | {show(r['steps'], '{:.1f}')} | {show(r.get('chain_age'), '{:.1f}')} "
+                     f"| {show(r['mature'])} | {show(r.get('mature_last'))} | {show(r['steps'], '{:.1f}')} | {show(r.get('chain_age'), '{:.1f}')} "
                      f"| {'–' if r.get('skipped') is None else sum(r['skipped'])} |")  # rows stored before the count: –
     return "\n".join(lines)
 
@@ -189,6 +267,10 @@ def main(argv=None) -> dict:
                                                      "per dataset) as a PNG here")
     parser.add_argument("--from-json", default=None, metavar="FILE",
                         help="train nothing: print the table (and --plot) of the rows a finished run wrote to FILE")
+    parser.add_argument("--floor", action="store_true",
+                        help=f"measure only the CT/BL epoch ratio against R* (issue 35): seed 0, {FLOOR['epochs']} "
+                             f"epochs (--epochs), BL and the variants in turn, best of {FLOOR['repeats']}; datasets "
+                             f"default {FLOOR['datasets']}; no protocol")
     args = parser.parse_args(argv)
     check_arguments(args.datasets or (), args.json)
     if args.from_json:
@@ -211,24 +293,53 @@ def main(argv=None) -> dict:
     settings = {"datasets": datasets, "variants": args.variants, "seeds": seeds,
                 **{k: getattr(args, k) if getattr(args, k) is not None else quick[k]
                    for k in ("epochs", "rounds", "individuals")}}
+    if args.floor:
+        return _floor_main(args, datasets=args.datasets or FLOOR["datasets"])
     t0 = time.perf_counter()
-    rows = []
+    rows, load = [], []
     for name in datasets:
+        # the host's 1-minute load average before and after each dataset: timings on a shared machine need it beside
+        before = os.getloadavg()[0]
         rows += run_dataset(name, args.variants, seeds, epochs=settings["epochs"], rounds=settings["rounds"],
                             individuals=settings["individuals"], progress=args.progress)
-        print(f"{name}: done after {time.perf_counter() - t0:.0f} s", flush=True)
+        load.append({"dataset": name, "load_before": before, "load_after": os.getloadavg()[0],
+                     "seconds": time.perf_counter() - t0})
+        print(f"{name}: done after {time.perf_counter() - t0:.0f} s (load {before:.1f} → {load[-1]['load_after']:.1f})",
+              flush=True)
     print()
     print(table(rows))
-    print("\nCT/BL epoch: median epoch time after the first (CT epochs only for burnin), CT over BL; CT/BL run: the "
-          "training runs' wall times, CT over BL; wall s: all seeds' training (one program, "
+    print("\nCT/BL epoch: median epoch time after the first (CT epochs only for burnin), CT over BL; R*: its floor "
+          "1 + (m/B)(steps + 4) from the row's own counts (m counterfactuals per batch of B, steps the mean search "
+          "steps); CT/BL run: the training runs' wall times, CT over BL; wall s: all seeds' training (one program, "
           "compile included); IP / IP* −%: reduction against BL, mean over seeds [99% interval over seeds], * "
           "excludes 0; cost Δ: protected-feature runs, cost − BL's; mature / steps / age: training searches (age: "
-          "amortised chains' epochs since restart), mean over epochs and seeds; skipped: non-finite updates skipped, all seeds.")
-    out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0, "run": pipeline.run_metadata()}
-    write_json(args.json, out)
+          "amortised chains' epochs since restart), mean over epochs and seeds; last: mature in the last epoch, mean "
+          "over seeds; skipped: non-finite updates skipped, all seeds.")
+    out = {"rows": rows, "settings": settings, "seconds": time.perf_counter() - t0, "load": load,
+           "run": pipeline.run_metadata()}
+    _write(args.json, out)
     for path in (args.json, args.plot and plot_cost_trade_off(args.plot, rows)):
         if path:
             print(f"\nwritten: {path}")
+    return out
+
+
+def _write(path: str | None, out: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        storage.write_json(path, {"machine": machine(), **out}, indent=2)
+
+
+def _floor_main(args, datasets) -> dict:
+    t0 = time.perf_counter()
+    rows = [row for name in datasets for row in floor_check(name, args.variants, epochs=args.epochs or FLOOR["epochs"])]
+    print(floor_table(rows))
+    print("\nBL / CT epoch: the best of the interleaved runs' median epoch after the first; steps: the CT runs' mean "
+          "search steps; R* = 1 + (m/B)(steps + 4); load: the 1-minute load average before each run.")
+    out = {"floor": rows, "seconds": time.perf_counter() - t0, "run": pipeline.run_metadata()}
+    _write(args.json, out)
+    if args.json:
+        print(f"\nwritten: {args.json}")
     return out
 
 

@@ -46,18 +46,6 @@ def resolve_workdir(workdir) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(workdir)))
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists but belongs to another user
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
 # Lock files this process holds: a lock naming our own pid that is not in here was left by an earlier process
 # that had the same pid (pids restart in every container), so it is stale rather than ours.
 _HELD: set[str] = set()
@@ -117,7 +105,7 @@ class WorkdirLock:
             return False  # another host's process cannot be checked from here, and a bad pid proves nothing
         if pid == os.getpid():
             return self.path not in _HELD
-        return not _pid_alive(pid)
+        return not storage.pid_alive(pid)
 
     def _refuse(self, holder: dict) -> WorkdirLockedError:
         if not holder:

@@ -128,3 +128,16 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> str:
     if "format" not in savefig_kwargs and ext:
         savefig_kwargs["format"] = ext  # the temporary's .tmp suffix must not pick the format
     return write_with(path, lambda f: fig.savefig(f, **savefig_kwargs), binary=True)
+
+
+def pid_alive(pid: int) -> bool:
+    """Returns whether process `pid` exists on this host (the owner of a lock or a temporary file)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists but belongs to another user
+        return True
+    except (OverflowError, ValueError):
+        return False
+    return True

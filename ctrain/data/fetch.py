@@ -45,6 +45,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path, PurePosixPath
 
+from ctrain import storage
+
 TABULAR_URL = ("https://github.com/JuliaTrustworthyAI/CounterfactualExplanations.jl/releases/download/"
                "artifacts-1.8/data-tabular.tar.gz")
 TABULAR_SHA256 = "d8dbfb26ff80f315418f29e4a5d9686c743933614c2ab3a9d0119187c9339bcb"
@@ -93,18 +95,6 @@ def resolve_deadline(deadline_s: float | None = None) -> float:
     return float(deadline_s)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists but belongs to another user
-        return True
-    except (OverflowError, ValueError):
-        return False
-    return True
-
-
 def remove_stale_temporaries(dest: Path) -> list[str]:
     """Returns the names of the download/extraction temporaries in `dest` it removed: those of processes now gone.
 
@@ -120,7 +110,7 @@ def remove_stale_temporaries(dest: Path) -> list[str]:
         if match is None:
             continue
         pid = int(match.group(1)) if match.group(1) else None
-        if pid is not None and (pid == os.getpid() or _pid_alive(pid)):
+        if pid is not None and (pid == os.getpid() or storage.pid_alive(pid)):
             continue  # another live fetch's, or one of ours in progress
         try:
             shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.unlink(entry.path)
